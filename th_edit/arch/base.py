@@ -1,0 +1,255 @@
+"""What every architecture adapter provides, and the folding math they share.
+
+An adapter knows, for one model family, where each attention head's weights live in the state
+dict and how the layer's norms act on them. From that it produces the *effective* per-head
+matrices of METHOD.md §1 (row-vector convention):
+
+    q = x̃ W_Q + b_Q,  k = x̃ W_K + b_K,  v = x̃ W_V + b_V,  head output written = z W_O
+
+where x̃ is the residual stream normalized but not yet scaled by the norm's weight
+(`normalize`). The norm weight g is folded into W_Q/W_K/W_V (LayerNorm: also its mean removal
+C = I − 11ᵀ/d, and its bias into b_*); per-head QK-norm weights are folded on the right of
+W_Q/W_K (their per-token scale is positive and ignored); a post-attention norm weight (Gemma) is
+folded on the right of W_O, so that W_O maps into the residual stream itself.
+
+Adapters also say exactly which tensor slice holds each head's W_Q and W_O, which is where edits
+are written back (`Slot`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from th_edit.checkpoint import TensorSource
+from th_edit.errors import UserError
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one head's matrix lives inside a stored parameter.
+
+    `index` indexes the parameter as stored; `transpose` says whether the stored block is the
+    transpose of the math-orientation matrix (nn.Linear stores out×in, Conv1D stores in×out).
+    """
+
+    param: str
+    index: tuple[slice, ...]
+    transpose: bool
+
+    def read(self, source: TensorSource) -> torch.Tensor:
+        block = source.get(self.param)[self.index]
+        return block.T if self.transpose else block
+
+    def write(self, tensor: torch.Tensor, value: torch.Tensor) -> None:
+        """Write a math-orientation block into `tensor` (the stored parameter) in place."""
+        tensor[self.index] = (value.T if self.transpose else value).to(tensor.dtype)
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    kind: str  # "layernorm" | "rmsnorm"
+    weight: str
+    bias: str | None
+    eps: float
+    offset: float  # Gemma stores γ and multiplies by (1 + γ)
+
+    def gain(self, source: TensorSource, dtype: torch.dtype) -> torch.Tensor:
+        return source.get(self.weight).to(dtype) + self.offset
+
+
+@dataclass(frozen=True)
+class ArchInfo:
+    family: str
+    model_type: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    norm: str  # human-readable norm kind
+    rotary: str  # human-readable rotary description
+    qk_norm: bool
+    post_attention_norm: bool
+    parallel_residual: bool
+    tied_embeddings: bool
+    vocab_size: int
+
+
+@dataclass
+class LayerWeights:
+    """Effective weights of every query head of one layer (H = query heads, GQA expanded)."""
+
+    layer: int
+    W_Q: torch.Tensor  # [H, d, dh]
+    W_K: torch.Tensor  # [H, d, dh]  (the head's KV group)
+    W_V: torch.Tensor  # [H, d, dh]
+    W_O: torch.Tensor  # [H, dh, d]
+    b_Q: torch.Tensor  # [H, dh]
+    b_K: torch.Tensor  # [H, dh]
+    b_V: torch.Tensor  # [H, dh]
+    b_O: torch.Tensor  # [d]  output-projection bias (not per head)
+    in_gain: torch.Tensor  # [d]  g of the input norm, folded into W_Q/W_K/W_V
+    out_gain: torch.Tensor | None  # [d]  post-attention norm weight folded into W_O, if any
+
+
+class Adapter(ABC):
+    family: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]
+
+    def __init__(self, config):
+        self.config = config
+        self.n_layers: int = config.num_hidden_layers
+        self.n_heads: int = config.num_attention_heads
+        self.n_kv_heads: int = getattr(config, "num_key_value_heads", None) or self.n_heads
+        self.d_model: int = config.hidden_size
+        self.d_head: int = getattr(config, "head_dim", None) or self.d_model // self.n_heads
+        if self.n_heads % self.n_kv_heads:
+            raise UserError(f"{self.n_heads} query heads do not split into {self.n_kv_heads} KV groups")
+
+    # ---- family-specific layout -------------------------------------------------------------
+
+    @abstractmethod
+    def info(self) -> ArchInfo: ...
+
+    @abstractmethod
+    def q_slot(self, layer: int, head: int) -> Slot: ...
+
+    @abstractmethod
+    def k_slot(self, layer: int, kv_head: int) -> Slot: ...
+
+    @abstractmethod
+    def v_slot(self, layer: int, kv_head: int) -> Slot: ...
+
+    @abstractmethod
+    def o_slot(self, layer: int, head: int) -> Slot: ...
+
+    @abstractmethod
+    def bias_slots(self, layer: int, head: int) -> tuple[Slot | None, Slot | None, Slot | None]:
+        """(q, k, v) bias slices of this query head, or None where there is no bias."""
+
+    @abstractmethod
+    def o_bias(self, layer: int) -> str | None: ...
+
+    @abstractmethod
+    def input_norm(self, layer: int) -> NormSpec: ...
+
+    def qk_norm(self, layer: int) -> tuple[NormSpec, NormSpec] | None:
+        """Per-head norms applied to q and k after projection (Gemma 3, Qwen3)."""
+        return None
+
+    def output_norm(self, layer: int) -> NormSpec | None:
+        """A norm applied to the attention output before it joins the residual (Gemma)."""
+        return None
+
+    # Module paths, for hooks on a live model.
+    @abstractmethod
+    def attention_module(self, layer: int) -> str: ...
+
+    @abstractmethod
+    def output_projection_module(self, layer: int) -> str:
+        """The module whose input is the heads' outputs z, concatenated head-major."""
+
+    @abstractmethod
+    def input_norm_module(self, layer: int) -> str: ...
+
+    # ---- shared ------------------------------------------------------------------------------
+
+    def kv_group(self, head: int) -> int:
+        """The KV head whose W_K/W_V query head `head` uses (grouped-query attention)."""
+        return head // (self.n_heads // self.n_kv_heads)
+
+    def check_head(self, layer: int, head: int) -> None:
+        if not 0 <= layer < self.n_layers:
+            raise IndexError(f"layer {layer} out of range 0..{self.n_layers - 1}")
+        if not 0 <= head < self.n_heads:
+            raise IndexError(f"head {head} out of range 0..{self.n_heads - 1}")
+
+    def in_gain(self, source: TensorSource, layer: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        return self.input_norm(layer).gain(source, dtype)
+
+    def out_gain(self, source: TensorSource, layer: int, dtype: torch.dtype = torch.float64) -> torch.Tensor | None:
+        spec = self.output_norm(layer)
+        return None if spec is None else spec.gain(source, dtype)
+
+    def normalize(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        """x̃: the residual stream normalized by the layer's input norm, before its weight."""
+        spec = self.input_norm(layer)
+        if spec.kind == "layernorm":
+            centered = x - x.mean(-1, keepdim=True)
+            return centered * torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + spec.eps)
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + spec.eps)
+
+    def layer_weights(self, source: TensorSource, layer: int, dtype: torch.dtype = torch.float32) -> LayerWeights:
+        source = _Memo(source)  # every head slices the same few parameters: read each once
+        norm = self.input_norm(layer)
+        gain = norm.gain(source, torch.float64)
+        beta = source.get(norm.bias).to(torch.float64) if norm.bias else None
+        qk_norms = self.qk_norm(layer)
+        q_gain = qk_norms[0].gain(source, torch.float64) if qk_norms else None
+        k_gain = qk_norms[1].gain(source, torch.float64) if qk_norms else None
+        out_gain = self.out_gain(source, layer)
+
+        def fold(raw: torch.Tensor, raw_bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+            raw = raw.to(torch.float64)
+            bias = raw_bias.to(torch.float64) if raw_bias is not None else torch.zeros(raw.shape[1], dtype=torch.float64)
+            if beta is not None:  # LayerNorm's bias enters through the projection
+                bias = bias + beta @ raw
+            folded = gain[:, None] * raw
+            if norm.kind == "layernorm":  # C diag(g) W: remove the column means (C = I − 11ᵀ/d)
+                folded = folded - folded.mean(0, keepdim=True)
+            return folded, bias
+
+        rows: dict[str, list[torch.Tensor]] = {k: [] for k in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")}
+        for head in range(self.n_heads):
+            group = self.kv_group(head)
+            bq, bk, bv = (slot.read(source) if slot else None for slot in self.bias_slots(layer, head))
+            W_Q, b_Q = fold(self.q_slot(layer, head).read(source), bq)
+            W_K, b_K = fold(self.k_slot(layer, group).read(source), bk)
+            W_V, b_V = fold(self.v_slot(layer, group).read(source), bv)
+            if q_gain is not None:
+                W_Q, b_Q = W_Q * q_gain, b_Q * q_gain
+                W_K, b_K = W_K * k_gain, b_K * k_gain
+            W_O = self.o_slot(layer, head).read(source).to(torch.float64)
+            if out_gain is not None:
+                W_O = W_O * out_gain
+            for key, value in zip(rows, (W_Q, W_K, W_V, W_O, b_Q, b_K, b_V)):
+                rows[key].append(value)
+        o_bias = self.o_bias(layer)
+        b_O = source.get(o_bias).to(torch.float64) if o_bias else torch.zeros(self.d_model, dtype=torch.float64)
+        stacked = {k: torch.stack(v).to(dtype) for k, v in rows.items()}
+        return LayerWeights(
+            layer=layer, b_O=b_O.to(dtype), in_gain=gain.to(dtype),
+            out_gain=None if out_gain is None else out_gain.to(dtype), **stacked,
+        )
+
+
+class _Memo:
+    def __init__(self, source: TensorSource):
+        self.source = source
+        self.seen: dict[str, torch.Tensor] = {}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.source
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self.seen:
+            self.seen[name] = self.source.get(name)
+        return self.seen[name]
+
+
+def linear_rows(param: str, start: int, stop: int) -> Slot:
+    """Rows start:stop of an nn.Linear weight (out×in): math block is its transpose (in×…)."""
+    return Slot(param, (slice(start, stop), slice(None)), transpose=True)
+
+
+def linear_cols(param: str, start: int, stop: int) -> Slot:
+    """Columns start:stop of an nn.Linear weight (out×in): math block (…×out) is its transpose."""
+    return Slot(param, (slice(None), slice(start, stop)), transpose=True)
+
+
+def vector_range(param: str, start: int, stop: int) -> Slot:
+    return Slot(param, (slice(start, stop),), transpose=False)

@@ -1,0 +1,327 @@
+"""Safetensors checkpoints on disk: lazy tensor reads and a streaming, deterministic writer.
+
+The `safetensors` library reads by memory-mapping and writes only from a dict that holds every
+tensor at once. Editing a checkpoint touches a handful of tensors, so here we read single tensors
+with plain file reads (no mapping, so untouched weights never enter the process) and write shards
+tensor by tensor, copying unchanged tensors byte for byte. Peak memory is one tensor, not one model.
+The format (https://github.com/huggingface/safetensors#format): 8-byte little-endian header length,
+a JSON header {name: {dtype, shape, data_offsets}}, then the data buffer with no holes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+import torch
+
+from th_edit.errors import UserError
+
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+DTYPE_CODES = {dtype: code for code, dtype in SAFETENSORS_DTYPES.items()}
+FLOAT_CODES = {"F64", "F32", "F16", "BF16"}
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+_COPY_CHUNK = 16 * 1024 * 1024
+
+
+class TensorSource(Protocol):
+    """Anything that hands out weights by their model state-dict name."""
+
+    def get(self, name: str) -> torch.Tensor: ...
+
+    def __contains__(self, name: object) -> bool: ...
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    name: str  # the key as written in the file
+    dtype: str  # safetensors dtype code, e.g. "F32"
+    shape: tuple[int, ...]
+    file: Path
+    start: int  # absolute byte offset of the data in `file`
+    nbytes: int
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return SAFETENSORS_DTYPES[self.dtype]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def read_header(path: Path) -> tuple[dict[str, StoredTensor], dict[str, str]]:
+    """Parse one .safetensors file's header without touching its data."""
+    with open(path, "rb") as f:
+        raw_len = f.read(8)
+        if len(raw_len) != 8:
+            raise UserError(f"{path} is not a safetensors file (too short)")
+        (header_len,) = struct.unpack("<Q", raw_len)
+        if header_len > 100_000_000:
+            raise UserError(f"{path} is not a safetensors file (implausible header length)")
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UserError(f"{path} is not a safetensors file ({exc})") from None
+    data_start = 8 + header_len
+    metadata = header.pop("__metadata__", None) or {}
+    entries = {}
+    for name, spec in header.items():
+        begin, end = spec["data_offsets"]
+        if spec["dtype"] not in SAFETENSORS_DTYPES:
+            raise UserError(f"{path}: tensor {name} has dtype {spec['dtype']}, which th-edit cannot handle")
+        entries[name] = StoredTensor(name, spec["dtype"], tuple(spec["shape"]), path, data_start + begin, end - begin)
+    return entries, metadata
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The safetensors files of a checkpoint directory, in index order."""
+    index = directory / INDEX_FILE
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [directory / name for name in sorted(set(weight_map.values()))]
+    single = directory / SINGLE_FILE
+    if single.is_file():
+        return [single]
+    return sorted(directory.glob("*.safetensors"))
+
+
+class CheckpointTensors:
+    """Lazy, read-only access to the tensors of a safetensors checkpoint directory.
+
+    Names are model state-dict names. Older checkpoints sometimes store keys without the
+    base-model prefix (GPT-2's `h.0.attn...` for `transformer.h.0.attn...`); `resolve` maps those,
+    exactly as transformers does when it loads them.
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        files = weight_files(directory)
+        if not files:
+            raise UserError(
+                f"{directory} has no .safetensors weights (th-edit reads safetensors only; "
+                "convert .bin checkpoints with transformers' save_pretrained first)"
+            )
+        self.files = files
+        self.entries: dict[str, StoredTensor] = {}
+        self.metadata: dict[str, str] = {}
+        for file in files:
+            entries, metadata = read_header(file)
+            self.entries.update(entries)
+            self.metadata.update(metadata)
+
+    def resolve(self, name: str) -> str:
+        if name in self.entries:
+            return name
+        _, _, unprefixed = name.partition(".")
+        if unprefixed in self.entries:
+            return unprefixed
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            self.resolve(str(name))
+        except KeyError:
+            return False
+        return True
+
+    def entry(self, name: str) -> StoredTensor:
+        return self.entries[self.resolve(name)]
+
+    def get(self, name: str) -> torch.Tensor:
+        entry = self.entry(name)
+        with open(entry.file, "rb") as f:
+            f.seek(entry.start)
+            buffer = bytearray(f.read(entry.nbytes))
+        if not buffer:
+            return torch.empty(entry.shape, dtype=entry.torch_dtype)
+        return torch.frombuffer(buffer, dtype=entry.torch_dtype).reshape(entry.shape)
+
+    def total_parameters(self) -> int:
+        return sum(entry.numel for entry in self.entries.values())
+
+    def dtypes(self) -> dict[str, int]:
+        """Parameter count per stored dtype."""
+        counts: dict[str, int] = {}
+        for entry in self.entries.values():
+            counts[entry.dtype] = counts.get(entry.dtype, 0) + entry.numel
+        return counts
+
+
+class ModelTensors:
+    """The same interface over an in-memory transformers model (no copies)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.state = model.state_dict(keep_vars=True)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.state
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.state[name].detach()
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+@dataclass(frozen=True)
+class PendingTensor:
+    """One tensor to write: its header facts and a callable that streams its bytes."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    write_to: Callable[[BinaryIO], None]
+
+
+def tensor_bytes_writer(tensor: torch.Tensor) -> Callable[[BinaryIO], None]:
+    def write(out: BinaryIO) -> None:
+        flat = tensor.detach().contiguous().reshape(-1)
+        if flat.numel():
+            out.write(flat.view(torch.uint8).numpy().data)
+
+    return write
+
+
+def pending_from_tensor(name: str, tensor: torch.Tensor) -> PendingTensor:
+    return PendingTensor(
+        name, DTYPE_CODES[tensor.dtype], tuple(tensor.shape), tensor.numel() * tensor.element_size(),
+        tensor_bytes_writer(tensor),
+    )
+
+
+def pending_copy(entry: StoredTensor, name: str | None = None) -> PendingTensor:
+    """Copy a stored tensor byte for byte, without decoding it."""
+
+    def write(out: BinaryIO) -> None:
+        with open(entry.file, "rb") as f:
+            f.seek(entry.start)
+            left = entry.nbytes
+            while left:
+                chunk = f.read(min(_COPY_CHUNK, left))
+                if not chunk:
+                    raise OSError(f"{entry.file} ended early while copying {entry.name}")
+                out.write(chunk)
+                left -= len(chunk)
+
+    return PendingTensor(name or entry.name, entry.dtype, entry.shape, entry.nbytes, write)
+
+
+def _shard_groups(tensors: list[PendingTensor], max_shard_bytes: int | None) -> list[list[PendingTensor]]:
+    """Greedy sharding in the given order, like transformers: a tensor bigger than the limit
+    gets a shard of its own."""
+    if max_shard_bytes is None:
+        return [tensors]
+    groups: list[list[PendingTensor]] = [[]]
+    size = 0
+    for tensor in tensors:
+        if groups[-1] and size + tensor.nbytes > max_shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(tensor)
+        size += tensor.nbytes
+    return groups
+
+
+def _write_one_file(path: Path, tensors: list[PendingTensor], metadata: dict[str, str]) -> None:
+    # Larger dtypes first keeps every tensor aligned to its element size (the data buffer may
+    # not have holes), the same rule the reference implementation follows.
+    ordered = sorted(tensors, key=lambda t: (-SAFETENSORS_DTYPES[t.dtype].itemsize, t.name))
+    header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
+    offset = 0
+    for tensor in ordered:
+        header[tensor.name] = {"dtype": tensor.dtype, "shape": list(tensor.shape), "data_offsets": [offset, offset + tensor.nbytes]}
+        offset += tensor.nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with open(path, "wb") as out:
+        out.write(struct.pack("<Q", len(encoded)))
+        out.write(encoded)
+        for tensor in ordered:
+            before = out.tell()
+            tensor.write_to(out)
+            if out.tell() - before != tensor.nbytes:
+                raise RuntimeError(f"wrote {out.tell() - before} bytes for {tensor.name}, expected {tensor.nbytes}")
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def write_checkpoint_weights(
+    directory: Path,
+    tensors: Iterable[PendingTensor],
+    max_shard_bytes: int | None = None,
+    progress: Callable[[Iterable[list[PendingTensor]]], Iterable[list[PendingTensor]]] | None = None,
+) -> list[Path]:
+    """Write tensors as `model.safetensors`, or as numbered shards plus an index when they exceed
+    `max_shard_bytes`. Output depends only on the tensors' names, dtypes, shapes and bytes."""
+    tensors = list(tensors)
+    names = [t.name for t in tensors]
+    if len(set(names)) != len(names):
+        raise ValueError("duplicate tensor names")
+    groups = _shard_groups(tensors, max_shard_bytes)
+    metadata = {"format": "pt"}
+    if len(groups) == 1:
+        path = directory / SINGLE_FILE
+        _write_one_file(path, groups[0], metadata)
+        return [path]
+    paths = []
+    weight_map = {}
+    iterator = progress(groups) if progress else groups
+    for i, group in enumerate(iterator, start=1):
+        path = directory / f"model-{i:05d}-of-{len(groups):05d}.safetensors"
+        _write_one_file(path, group, metadata)
+        paths.append(path)
+        weight_map.update({t.name: path.name for t in group})
+    index = {"metadata": {"total_size": sum(t.nbytes for t in tensors)}, "weight_map": dict(sorted(weight_map.items()))}
+    (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    return paths
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_COPY_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def parse_size(text: str | int) -> int:
+    """'500MB', '2GB', '1.5GiB' or a byte count -> bytes (decimal units as in transformers)."""
+    if isinstance(text, int):
+        return text
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    cleaned = text.strip().upper().replace(" ", "")
+    number = cleaned.rstrip("KMGTIB")
+    unit = cleaned[len(number):]
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (use e.g. 500MB or 2GB)") from None
+    if unit not in units or value <= 0:
+        raise ValueError(f"not a size: {text!r} (use e.g. 500MB or 2GB)")
+    return int(value * units[unit])

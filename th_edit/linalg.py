@@ -1,0 +1,53 @@
+"""Factored linear algebra on per-head matrices (METHOD.md §2): never build a d×d matrix.
+
+OV_h = W_V W_O and QK_h = W_Q W_Kᵀ have rank ≤ d_head. A thin QR of the tall left factor
+(W = Q R, Q: d×dh orthonormal columns) turns the SVD of the d×d product into the SVD of a small
+dh×d matrix:  W R' = Q (R R') = (Q U) S Vᵀ.  Everything is batched over heads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from th_edit.arch.base import LayerWeights
+
+NEAR_TIE_RTOL = 1e-3  # METHOD.md §2: closer singular values than this have no stable order
+
+
+@dataclass
+class HeadSVD:
+    """Thin SVD M = U diag(S) Vᵀ of per-head d×d products, batched over leading dims.
+
+    U: [..., d, r] left (read) directions, S: [..., r] descending, V: [..., d, r] right
+    directions: for OV the write directions v_k, for QK the key-side reads b_k.
+    """
+
+    U: torch.Tensor
+    S: torch.Tensor
+    V: torch.Tensor
+
+
+def factored_svd(left: torch.Tensor, right: torch.Tensor) -> HeadSVD:
+    """SVD of left @ right with left: [..., d, r] and right: [..., r, d], via QR of `left`."""
+    Q, R = torch.linalg.qr(left)
+    U_small, S, Vh = torch.linalg.svd(R @ right, full_matrices=False)
+    return HeadSVD(U=Q @ U_small, S=S, V=Vh.transpose(-1, -2))
+
+
+def ov_svd(weights: LayerWeights) -> HeadSVD:
+    """OV_h = W_V^eff W_O for every query head of a layer."""
+    return factored_svd(weights.W_V, weights.W_O)
+
+
+def qk_svd(weights: LayerWeights) -> HeadSVD:
+    """QK_h = W_Q^eff (W_K^eff)ᵀ for every query head of a layer (unrotated, bias-free form)."""
+    return factored_svd(weights.W_Q, weights.W_K.transpose(-1, -2))
+
+
+def near_ties(singular_values: torch.Tensor, rtol: float = NEAR_TIE_RTOL) -> list[int]:
+    """Indices k whose singular value is within `rtol` (relative) of component k+1's."""
+    s = singular_values.double()
+    gaps = (s[:-1] - s[1:]) / s[:-1].clamp_min(torch.finfo(torch.float64).tiny)
+    return [int(k) for k in torch.nonzero(gaps < rtol).flatten()]

