@@ -247,7 +247,25 @@ def _shard_groups(tensors: list[PendingTensor], max_shard_bytes: int | None) -> 
     return groups
 
 
-def _write_one_file(path: Path, tensors: list[PendingTensor], metadata: dict[str, str]) -> None:
+class _HashingWriter:
+    """A binary file that also hashes everything written to it (saves re-reading the output)."""
+
+    def __init__(self, file: BinaryIO):
+        self.file, self.digest, self.position = file, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        self.file.write(view)
+        self.digest.update(view)
+        self.position += len(view)
+        return len(view)
+
+    def tell(self) -> int:
+        return self.position
+
+
+def _write_one_file(path: Path, tensors: list[PendingTensor], metadata: dict[str, str]) -> str:
+    """Write one safetensors file; returns its sha256."""
     # Larger dtypes first keeps every tensor aligned to its element size (the data buffer may
     # not have holes), the same rule the reference implementation follows.
     ordered = sorted(tensors, key=lambda t: (-SAFETENSORS_DTYPES[t.dtype].itemsize, t.name))
@@ -258,16 +276,18 @@ def _write_one_file(path: Path, tensors: list[PendingTensor], metadata: dict[str
         offset += tensor.nbytes
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
-    with open(path, "wb") as out:
+    with open(path, "wb") as file:
+        out = _HashingWriter(file)
         out.write(struct.pack("<Q", len(encoded)))
         out.write(encoded)
         for tensor in ordered:
             before = out.tell()
-            tensor.write_to(out)
+            tensor.write_to(out)  # type: ignore[arg-type]
             if out.tell() - before != tensor.nbytes:
                 raise RuntimeError(f"wrote {out.tell() - before} bytes for {tensor.name}, expected {tensor.nbytes}")
-        out.flush()
-        os.fsync(out.fileno())
+        file.flush()
+        os.fsync(file.fileno())
+    return out.digest.hexdigest()
 
 
 def write_checkpoint_weights(
@@ -275,9 +295,10 @@ def write_checkpoint_weights(
     tensors: Iterable[PendingTensor],
     max_shard_bytes: int | None = None,
     progress: Callable[[Iterable[list[PendingTensor]]], Iterable[list[PendingTensor]]] | None = None,
-) -> list[Path]:
+) -> dict[str, str]:
     """Write tensors as `model.safetensors`, or as numbered shards plus an index when they exceed
-    `max_shard_bytes`. Output depends only on the tensors' names, dtypes, shapes and bytes."""
+    `max_shard_bytes`. Output depends only on the tensors' names, dtypes, shapes and bytes.
+    Returns {file name: sha256}."""
     tensors = list(tensors)
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
@@ -285,20 +306,17 @@ def write_checkpoint_weights(
     groups = _shard_groups(tensors, max_shard_bytes)
     metadata = {"format": "pt"}
     if len(groups) == 1:
-        path = directory / SINGLE_FILE
-        _write_one_file(path, groups[0], metadata)
-        return [path]
-    paths = []
+        return {SINGLE_FILE: _write_one_file(directory / SINGLE_FILE, groups[0], metadata)}
+    hashes = {}
     weight_map = {}
     iterator = progress(groups) if progress else groups
     for i, group in enumerate(iterator, start=1):
-        path = directory / f"model-{i:05d}-of-{len(groups):05d}.safetensors"
-        _write_one_file(path, group, metadata)
-        paths.append(path)
-        weight_map.update({t.name: path.name for t in group})
+        name = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
+        hashes[name] = _write_one_file(directory / name, group, metadata)
+        weight_map.update({t.name: name for t in group})
     index = {"metadata": {"total_size": sum(t.nbytes for t in tensors)}, "weight_map": dict(sorted(weight_map.items()))}
     (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-    return paths
+    return hashes
 
 
 def sha256_file(path: Path) -> str:

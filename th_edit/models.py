@@ -216,12 +216,12 @@ def _resolve_gguf(path: Path, reference: str, kind: str) -> ResolvedModel:
     digest = sha256_file(path)
     target = cache_dir() / "dequantized" / f"{path.stem}-{digest[:16]}"
     if not (target / "config.json").is_file():
-        _dequantize_to(path, target)
+        _dequantize_to(path, target, digest)
     return ResolvedModel(reference, kind, target, gguf_file=path.name, gguf_sha256=digest,
                          notes=[] if kind == "alias" else [f"weights dequantized to float32 from {path.name}"])
 
 
-def _dequantize_to(gguf_path: Path, target: Path) -> None:
+def _dequantize_to(gguf_path: Path, target: Path, digest: str) -> None:
     """Dequantize with transformers' GGUF reader and save an ordinary checkpoint.
 
     transformers marks GGUF-loaded models as quantized and refuses save_pretrained, so we write
@@ -259,7 +259,7 @@ def _dequantize_to(gguf_path: Path, target: Path) -> None:
             model.generation_config.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "th_edit_source.json").write_text(
-            json.dumps({"gguf_file": gguf_path.name, "gguf_sha256": sha256_file(gguf_path)}, indent=2) + "\n"
+            json.dumps({"gguf_file": gguf_path.name, "gguf_sha256": digest}, indent=2) + "\n"
         )
         try:
             staging.rename(target)

@@ -1,0 +1,118 @@
+"""Recipe validation: every mistake is one line naming the field, exit code 2, nothing written."""
+
+import pytest
+from click.testing import CliRunner
+from tiny import tiny_model
+
+from th_edit.cli import main
+from th_edit.recipe import Recipe, field_path, parse_recipe
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    path = tmp_path_factory.mktemp("base")
+    tiny_model("llama").save_pretrained(path)  # 3 layers, 6 heads, d_head 8
+    return path
+
+
+GOOD_EDIT = "  - {layer: 1, head: 2, circuit: ov, components: [0], scale: 2.0}\n"
+
+
+def recipe_text(base, edits=GOOD_EDIT, extra="", base_line=None):
+    base_line = base_line if base_line is not None else f"base_model: {base}\n"
+    return f"{base_line}seed: 0\nedits:\n{edits}output:\n  dir: OUT\n{extra}"
+
+
+CASES = [
+    # (edits block, extra top-level text, expected fragments)
+    ("  - {layer: 1, head: 2, circuit: ov, components: [0], scale: 2.0, gain: 3}\n", "", ["edits[0].gain", "unknown key"]),
+    ("  - {layer: 1, head: 2, circuit: vo, components: [0], scale: 2.0}\n", "", ["edits[0].circuit", "'ov' or 'qk'"]),
+    ("  - {layer: one, head: 2, circuit: ov, components: [0], scale: 2.0}\n", "", ["edits[0].layer", "integer"]),
+    ("  - {layer: 1, head: 2, circuit: ov, components: [0, x], scale: 2.0}\n", "", ["edits[0].components[1]"]),
+    ("  - {layer: 1, head: 2, circuit: ov, components: [], scale: 2.0}\n", "", ["edits[0].components"]),
+    ("  - {layer: 1, head: 2, circuit: ov, components: [0], scale: -1}\n", "", ["edits[0].scale", ">= 0"]),
+    ("  - {layer: 1, head: 2, circuit: ov, components: [0], scale: .nan}\n", "", ["edits[0].scale", "finite"]),
+    ("  - {layer: 1, head: 2, circuit: ov, components: [0], scale: .inf}\n", "", ["edits[0].scale", "finite"]),
+    ("  - {layer: 1, head: 2, circuit: ov, components: [0], scale: yes}\n", "", ["edits[0].scale", "number"]),
+    ("  - {layer: 1, head: 2, circuit: ov, components: [0]}\n", "", ["edits[0].scale", "required"]),
+    (GOOD_EDIT + "  - {layer: 1, head: 2, circuit: ov, components: [3, 0], scale: 0.5}\n", "",
+     ["edits[1].components[1]", "repeats edits[0]", "layer 1, head 2, ov, component 0"]),
+    (GOOD_EDIT, "colour: red\n", ["colour", "unknown key"]),
+    (GOOD_EDIT, "benchmark:\n  tasks: [laundry, sudoku]\n", ["benchmark.tasks[1]"]),
+    ("  - {layer: 3, head: 2, circuit: ov, components: [0], scale: 2.0}\n", "", ["edits[0].layer", "0..2"]),
+    ("  - {layer: 1, head: 6, circuit: qk, components: [0], scale: 2.0}\n", "", ["edits[0].head", "0..5"]),
+    ("  - {layer: 1, head: 2, circuit: qk, components: [1, 8], scale: 2.0}\n", "", ["edits[0].components[1]", "0..7"]),
+]
+
+
+@pytest.mark.parametrize("edits,extra,fragments", CASES)
+def test_bad_recipes(base, tmp_path, edits, extra, fragments):
+    out = tmp_path / "out"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(recipe_text(base, edits, extra).replace("OUT", str(out)))
+    result = CliRunner().invoke(main, ["apply", str(recipe)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert not out.exists() and list(tmp_path.iterdir()) == [recipe]
+
+
+@pytest.mark.parametrize("text,fragments", [
+    ("base_model: x\nedits: [\n", ["line 3", "malformed YAML"]),
+    ("edits:\n" + GOOD_EDIT, ["base_model", "required"]),
+    ("- just\n- a list\n", ["YAML mapping"]),
+    ("base_model: no-such-alias\nedits:\n" + GOOD_EDIT + "output: {dir: o}\n", ["base_model", "unknown model"]),
+    ("base_model: ./missing\nedits:\n" + GOOD_EDIT + "output: {dir: o}\n", ["base_model", "no such file"]),
+])
+def test_bad_files(tmp_path, text, fragments):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    result = CliRunner().invoke(main, ["apply", str(recipe)])
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert "\n" not in line and line.startswith("error: ")
+    for fragment in fragments:
+        assert fragment in line, line
+
+
+def test_missing_recipe_file(tmp_path):
+    result = CliRunner().invoke(main, ["apply", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2 and "recipe file not found" in result.output
+
+
+def test_missing_output_dir(base, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"base_model: {base}\nedits:\n{GOOD_EDIT}")
+    result = CliRunner().invoke(main, ["apply", str(recipe)])
+    assert result.exit_code == 2 and "output.dir is not set" in result.output
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    text = "base_model: !!python/object/apply:os.system ['echo pwned']\nedits: []\n"
+    with pytest.raises(Exception) as excinfo:
+        parse_recipe(text)
+    assert "malformed YAML" in str(excinfo.value)
+
+
+def test_defaults_and_field_paths():
+    recipe = parse_recipe("base_model: smollm2-135m\nedits:\n" + GOOD_EDIT)
+    assert isinstance(recipe, Recipe)
+    assert recipe.output.dtype == "keep" and recipe.seed == 0 and recipe.benchmark is None
+    assert field_path(("edits", 2, "components", 0)) == "edits[2].components[0]"
+    assert field_path(("output", "dtype")) == "output.dtype"
+
+
+def test_existing_output_refused_then_forced(base, tmp_path):
+    out = tmp_path / "out"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(recipe_text(base).replace("OUT", str(out)))
+    assert CliRunner().invoke(main, ["--quiet", "apply", str(recipe)]).exit_code == 0
+    marker = out / "marker"
+    marker.write_text("old")
+    refused = CliRunner().invoke(main, ["apply", str(recipe)])
+    assert refused.exit_code == 2 and "already exists" in refused.output and marker.exists()
+    forced = CliRunner().invoke(main, ["--quiet", "apply", str(recipe), "--force"])
+    assert forced.exit_code == 0 and not marker.exists() and (out / "model.safetensors").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

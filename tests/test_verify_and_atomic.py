@@ -1,0 +1,126 @@
+"""`verify` catches every kind of drift; interrupted writes never leave a partial checkpoint."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+from test_apply import EDITS, write_recipe
+from tiny import tiny_model
+
+from th_edit import checkpoint
+from th_edit.cli import main
+
+
+@pytest.fixture()
+def edited(tmp_path):
+    base = tmp_path / "base"
+    tiny_model("qwen2").save_pretrained(base)
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path / "r.yaml", base, EDITS, dir=str(out))
+    assert CliRunner().invoke(main, ["--quiet", "apply", str(recipe)]).exit_code == 0
+    return base, out
+
+
+def verify(out):
+    return CliRunner().invoke(main, ["--quiet", "verify", str(out)])
+
+
+def test_verify_ok(edited):
+    result = verify(edited[1])
+    assert result.exit_code == 0 and result.stdout.strip() == "ok"
+
+
+def test_verify_detects_modified_weights(edited):
+    weights = edited[1] / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x01
+    weights.write_bytes(bytes(data))
+    result = verify(edited[1])
+    assert result.exit_code == 1 and "model.safetensors: sha256 differs" in result.stderr
+
+
+def test_verify_detects_a_changed_recipe(edited):
+    recipe = edited[1] / "recipe.yaml"
+    recipe.write_text(recipe.read_text().replace("scale: 2.5", "scale: 2.4"))
+    result = verify(edited[1])
+    assert result.exit_code == 1
+    assert "recipe.yaml: sha256 differs" in result.stderr
+    assert "component 0: realized singular value" in result.stderr
+    assert "different weights in: model.safetensors" in result.stderr
+
+
+def test_verify_detects_a_changed_base(edited):
+    base, out = edited
+    tiny_model("qwen2", seed=1).save_pretrained(base)
+    result = verify(out)
+    assert result.exit_code == 1 and "its weight files changed since apply" in result.stderr
+
+
+def test_verify_detects_edited_provenance(edited):
+    path = edited[1] / "provenance.json"
+    record = json.loads(path.read_text())
+    record["edits"][0]["components"][0]["realized"] *= 1.01
+    path.write_text(json.dumps(record))
+    result = verify(edited[1])
+    assert result.exit_code == 1 and "differs from the recorded" in result.stderr
+
+
+def test_verify_refuses_a_plain_directory(tmp_path):
+    result = verify(tmp_path)
+    assert result.exit_code == 2 and "not a th-edit checkpoint" in result.output
+
+
+def test_interrupt_during_write_leaves_nothing(tmp_path, monkeypatch):
+    base = tmp_path / "base"
+    tiny_model("llama").save_pretrained(base)
+    out = tmp_path / "out"
+    original = checkpoint._write_one_file
+
+    def write_then_interrupt(path, tensors, metadata):
+        original(path, tensors, metadata)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "_write_one_file", write_then_interrupt)
+    recipe = write_recipe(tmp_path / "r.yaml", base, EDITS, dir=str(out))
+    result = CliRunner().invoke(main, ["--quiet", "apply", str(recipe)])
+    assert result.exit_code == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "r.yaml"]
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_signals_mid_write_never_leave_a_partial_target(tmp_path, sig):
+    """A real apply on smollm2-135m (540 MB write) interrupted while its weights are being written."""
+    out = tmp_path / "out"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("base_model: smollm2-135m\nedits:\n  - {layer: 3, head: 1, circuit: ov, components: [0], scale: 2.0}\n"
+                      f"output: {{dir: {out}}}\n")
+    out.mkdir()  # with --force, an existing target must survive the interruption intact
+    (out / "keep-me").write_text("previous checkpoint")
+    proc = subprocess.Popen([sys.executable, "-m", "th_edit", "--quiet", "apply", str(recipe), "--force"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        partial = [p for p in tmp_path.glob(".out.partial-*") if (p / "model.safetensors").exists()]
+        if partial and (partial[0] / "model.safetensors").stat().st_size > 1_000_000:
+            break
+        time.sleep(0.002)
+    else:
+        pytest.fail("never saw the staging directory")
+    os.kill(proc.pid, sig)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert (out / "keep-me").read_text() == "previous checkpoint" and not (out / "model.safetensors").exists()
+    leftovers = list(tmp_path.glob(".out.partial-*"))
+    if sig == signal.SIGKILL:
+        assert leftovers  # nothing can clean up after kill -9 ... until the next run does
+        rerun = subprocess.run([sys.executable, "-m", "th_edit", "--quiet", "apply", str(recipe), "--force"], capture_output=True)
+        assert rerun.returncode == 0, rerun.stderr
+        assert not list(tmp_path.glob(".out.partial-*")) and (out / "model.safetensors").is_file()
+    else:
+        assert not leftovers

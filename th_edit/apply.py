@@ -1,0 +1,120 @@
+"""`apply`: recipe in, edited checkpoint out. Shared by the `apply` and `verify` commands."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from th_edit import ui
+from th_edit.arch import Adapter, adapter_for
+from th_edit.card import model_card, provenance
+from th_edit.checkpoint import CheckpointTensors, sha256_file
+from th_edit.edit import EditResult, Overlay, cast_for_output, compute_edits, measure_realized
+from th_edit.errors import UserError
+from th_edit.export import check_target, copy_side_files, staging_directory, write_weights
+from th_edit.models import ResolvedModel, load_config, resolve
+from th_edit.recipe import Recipe, check_against_model, load_recipe
+
+
+@dataclass
+class Prepared:
+    """A validated recipe bound to its resolved base model."""
+
+    recipe: Recipe
+    recipe_text: str
+    source: str  # where the recipe came from, for messages
+    base: ResolvedModel
+    adapter: Adapter
+    tensors: CheckpointTensors
+
+    @property
+    def out_dtype(self) -> torch.dtype | None:
+        dtype = self.recipe.output.dtype
+        return None if dtype == "keep" else getattr(torch, dtype)
+
+    @property
+    def out_dtype_name(self) -> str:
+        if self.out_dtype is not None:
+            return str(self.out_dtype).removeprefix("torch.")
+        stored = {e.torch_dtype for e in self.tensors.entries.values() if e.torch_dtype.is_floating_point}
+        return ", ".join(sorted(str(d).removeprefix("torch.") for d in stored))
+
+
+@dataclass
+class Computed:
+    """The edit, cast to the output dtype, with realized singular values measured."""
+
+    result: EditResult
+    cast: dict[str, torch.Tensor]  # parameter name -> tensor as it will be written
+    warnings: list[str] = field(default_factory=list)
+
+
+def prepare(recipe: Recipe, recipe_text: str, source: str, base_override: str | None = None) -> Prepared:
+    """Resolve the base model and check the recipe's indices against it."""
+    reference = base_override or recipe.base_model
+    try:
+        base = resolve(reference)
+    except UserError as exc:
+        raise UserError(f"{source}: base_model: {exc}") from None
+    adapter = adapter_for(load_config(base))
+    check_against_model(recipe, adapter, source)
+    return Prepared(recipe, recipe_text, source, base, adapter, base.tensors())
+
+
+def prepare_file(path: Path) -> Prepared:
+    recipe, text = load_recipe(path)
+    return prepare(recipe, text, str(path))
+
+
+def compute(prepared: Prepared) -> Computed:
+    tensors = prepared.tensors
+    result = compute_edits(prepared.adapter, tensors, prepared.recipe.edits)
+    stored = {name: tensors.entry(name).torch_dtype for name in result.tensors}
+    cast, warnings = cast_for_output(result, stored, prepared.out_dtype)
+    measure_realized(prepared.adapter, Overlay(tensors, cast, prepared.out_dtype), tensors, result.reports)
+    for report in result.reports:
+        for k in report.ambiguous:
+            warnings.append(
+                f"layer {report.layer} head {report.head} {report.circuit.upper()} component {k}: its singular value "
+                "is within 1e-3 (relative) of a neighbour's, so which direction index k names is not stable"
+            )
+    return Computed(result, cast, warnings)
+
+
+def resolve_target(prepared: Prepared, out: Path | None) -> Path:
+    if out is not None:
+        return out
+    if prepared.recipe.output.dir:
+        return Path(prepared.recipe.output.dir).expanduser()
+    raise UserError(f"{prepared.source}: output.dir is not set (set it in the recipe or pass --out)")
+
+
+def write(prepared: Prepared, computed: Computed, target: Path, force: bool,
+          benchmark: dict | None = None, benchmark_markdown: str | None = None) -> dict[str, str]:
+    """Write the complete checkpoint atomically; returns {weight file: sha256}."""
+    base = prepared.base
+    # A hub revision or GGUF hash already pins the base; a local directory is pinned by its files.
+    base_weights = {p.name: sha256_file(p) for p in prepared.tensors.files} if base.kind == "local" else None
+    with staging_directory(target, force) as staging:
+        weights = write_weights(staging, prepared.tensors, computed.cast, prepared.out_dtype,
+                                prepared.recipe.output.max_shard_bytes)
+        copy_side_files(base.path, staging, prepared.out_dtype)
+        (staging / "recipe.yaml").write_text(prepared.recipe_text)
+        record = provenance(
+            prepared.recipe, hashlib.sha256(prepared.recipe_text.encode()).hexdigest(), base, base_weights,
+            computed.result.reports, weights, prepared.out_dtype_name, benchmark,
+        )
+        (staging / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")
+        card = model_card(target.name, prepared.recipe, prepared.recipe_text, base, computed.result.reports,
+                          prepared.out_dtype_name, benchmark_markdown)
+        (staging / "README.md").write_text(card)
+    return weights
+
+
+def report_warnings(computed: Computed) -> None:
+    for message in computed.warnings:
+        ui.warn(message)

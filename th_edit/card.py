@@ -1,0 +1,114 @@
+"""The model card (README.md) and provenance record written with every edited checkpoint."""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+from importlib.metadata import PackageNotFoundError, version
+
+import yaml
+
+from th_edit import __version__
+from th_edit.edit import HeadReport
+from th_edit.models import ResolvedModel
+from th_edit.recipe import Recipe
+
+LIBRARIES = ("torch", "transformers", "safetensors", "huggingface_hub", "numpy", "gguf", "pydantic")
+CONVENTIONS = (
+    "Singular components of each query head's effective OV = W_V W_O and QK = W_Q W_K^T (input norm folded; "
+    "QK-norm and post-attention norm weights folded; biases and rotary left out), 0 = largest. "
+    "OV edits are written into the head's slice of the output projection, QK edits into its slice of the "
+    "query projection; key/value projections are never touched."
+)
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "th-edit": __version__}
+    for name in LIBRARIES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return versions
+
+
+def provenance(recipe: Recipe, recipe_sha256: str, base: ResolvedModel, base_weights: dict[str, str] | None,
+               reports: list[HeadReport], weights: dict[str, str], out_dtype: str,
+               benchmark: dict | None = None) -> dict[str, object]:
+    base_record = {k: v for k, v in base.provenance().items() if k != "path"}  # no machine-local paths
+    if base_weights:
+        base_record["weight_files_sha256"] = base_weights
+    return {
+        "tool": "th-edit",
+        "th_edit_version": __version__,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "base": base_record,
+        "recipe": {"file": "recipe.yaml", "sha256": recipe_sha256},
+        "output": {"dtype": out_dtype, "max_shard_size": recipe.output.max_shard_size},
+        "libraries": library_versions(),
+        "conventions": CONVENTIONS,
+        "edits": [report.as_dict() for report in reports],
+        "weights_sha256": weights,
+        "benchmark": benchmark,
+    }
+
+
+def _edit_table(reports: list[HeadReport]) -> str:
+    lines = [
+        "| layer | head | circuit | component | scale | σ before | σ target | σ realized |",
+        "| ---: | ---: | :---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for report in reports:
+        for c in report.components:
+            realized = "—" if c.realized is None else f"{c.realized:.5g}"
+            lines.append(f"| {report.layer} | {report.head} | {report.circuit.upper()} | {c.component} | {c.scale:g} | "
+                         f"{c.original:.5g} | {c.target:.5g} | {realized} |")
+    return "\n".join(lines)
+
+
+def model_card(name: str, recipe: Recipe, recipe_text: str, base: ResolvedModel, reports: list[HeadReport],
+               out_dtype: str, benchmark_markdown: str | None = None) -> str:
+    front: dict[str, object] = {}
+    if base.hub_id:  # a local path means nothing to the Hub
+        front["base_model"] = base.hub_id
+    front["library_name"] = "transformers"
+    front["tags"] = ["th-edit", "model-editing"]
+    n_components = sum(len(r.components) for r in reports)
+    base_line = f"`{base.reference}`"
+    if base.revision:
+        base_line += f" at revision `{base.revision}`"
+    if base.gguf_file:
+        base_line += f" (GGUF file `{base.gguf_file}`, sha256 `{base.gguf_sha256}`)"
+    parts = [
+        "---\n" + yaml.safe_dump(front, sort_keys=False) + "---",
+        f"# {name}",
+        f"{base_line} with {n_components} singular component(s) of {len(reports)} attention head matrix(es) "
+        f"rescaled by th-edit {__version__}. "
+        "It is an ordinary checkpoint of the same architecture: plain `transformers` loads it, th-edit is not needed.",
+    ]
+    if recipe.description:
+        parts.append(recipe.description.strip())
+    if base.notes:
+        parts.append("\n".join(f"**Note:** {note}." for note in base.notes))
+    parts += [
+        "## Edits",
+        "Singular values σ of each head's effective matrix before the edit, the target (scale × σ) and the "
+        f"value measured by re-decomposing the written weights ({out_dtype}).",
+        _edit_table(reports),
+        CONVENTIONS,
+    ]
+    if benchmark_markdown:
+        parts += ["## Before / after", benchmark_markdown]
+    parts += [
+        "## Recipe",
+        "```yaml\n" + recipe_text.rstrip() + "\n```",
+        "## Usage",
+        "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+        'model = AutoModelForCausalLM.from_pretrained("<this repo or directory>")\n'
+        'tokenizer = AutoTokenizer.from_pretrained("<this repo or directory>")\n```',
+        "## Provenance",
+        "`provenance.json` records the base model (revision or file hash), library versions, the realized "
+        "singular values of every edit and the sha256 of every weight file; `th-edit verify <dir>` recomputes "
+        "the edits from `recipe.yaml` and checks them.",
+    ]
+    return "\n\n".join(parts) + "\n"

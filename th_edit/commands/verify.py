@@ -1,0 +1,25 @@
+"""`th-edit verify OUT_DIR`: check an edited checkpoint against its recipe and base."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from th_edit import ui
+from th_edit.verify import verify
+
+
+@click.command("verify")
+@click.argument("out_dir", type=click.Path(path_type=Path))
+def verify_command(out_dir: Path) -> None:
+    """Recompute the edits of OUT_DIR from its recipe.yaml and base model, and check the weight
+    hashes and realized singular values recorded in provenance.json. Exit 1 on any mismatch."""
+    problems = verify(out_dir)
+    if problems:
+        for problem in problems:
+            click.echo(f"mismatch: {problem}", err=True)
+        sys.exit(1)
+    ui.info(f"{out_dir}: weights, recipe and realized singular values match provenance.json")
+    click.echo("ok")

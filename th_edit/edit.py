@@ -1,0 +1,231 @@
+"""Exact rank-component edits written into standard weights (METHOD.md §4).
+
+Scaling OV component k of head h by α:  OV' = OV (I + (α−1) v_k v_kᵀ), written into W_O only.
+Scaling QK component k by α:            QK' = (I + (α−1) a_k a_kᵀ) QK,  written into W_Q only.
+
+Effective matrices carry folded norm weights, so the stored weights get the same update
+conjugated by those weights:
+    W_Q ← diag(g)⁻¹ M diag(g) W_Q          g: input-norm gain (γ, or 1+γ for Gemma)
+    W_O ← W_O diag(go) M diag(go)⁻¹        go: post-attention norm gain (Gemma), else identity
+with M = I + Σ_k (α_k−1) x_k x_kᵀ (x = a or v; orthonormal, so the components compose).
+LayerNorm's mean removal C commutes with M because a_k lies in range(C).
+W_Q and W_O belong to one query head, so an edit never reaches another head through GQA-shared
+K/V weights, and it commutes with RoPE, which acts after the projection.
+Everything is computed in float64; the caller casts to the checkpoint's dtype.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+
+from th_edit.arch import Adapter
+from th_edit.checkpoint import TensorSource
+from th_edit.errors import UserError
+from th_edit.linalg import near_ties, ov_svd, qk_svd
+from th_edit.recipe import Edit
+
+ALIGNED = 0.99  # |cos| above which a re-SVD direction is "the same component"
+
+
+@dataclass(frozen=True)
+class HeadEdit:
+    """All components of one (layer, head, circuit) scaled together."""
+
+    layer: int
+    head: int
+    circuit: str  # "ov" | "qk"
+    scales: dict[int, float]  # component -> α
+    edit_indices: tuple[int, ...]  # which recipe edits contributed (for messages)
+
+
+@dataclass
+class ComponentReport:
+    component: int
+    scale: float
+    original: float
+    target: float
+    realized: float | None = None
+    realized_index: int | None = None  # index of the matched component after the edit
+    alignment: float | None = None  # |cos| between the original and matched directions
+
+
+@dataclass
+class HeadReport:
+    layer: int
+    head: int
+    circuit: str
+    components: list[ComponentReport]
+    max_untouched_change: float | None = None  # max relative change of the other singular values
+    ambiguous: list[int] = field(default_factory=list)  # targeted components with a near-tied neighbour
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "layer": self.layer, "head": self.head, "circuit": self.circuit,
+            "components": [vars(c) for c in self.components],
+            "max_untouched_relative_change": self.max_untouched_change,
+            "ambiguous_components": self.ambiguous,
+        }
+
+
+@dataclass
+class EditResult:
+    """New values (float64, full parameters) for every parameter an edit touched."""
+
+    tensors: dict[str, torch.Tensor]
+    reports: list[HeadReport]
+    intended_deltas: dict[str, torch.Tensor]  # parameter -> new − old (float64), for cast-loss checks
+
+
+def group_edits(edits: list[Edit]) -> list[HeadEdit]:
+    grouped: dict[tuple[int, int, str], dict[int, float]] = defaultdict(dict)
+    origins: dict[tuple[int, int, str], list[int]] = defaultdict(list)
+    for i, edit in enumerate(edits):
+        key = (edit.layer, edit.head, edit.circuit)
+        origins[key].append(i)
+        for component in edit.components:
+            grouped[key][component] = edit.scale
+    return [HeadEdit(*key, dict(sorted(scales.items())), tuple(origins[key])) for key, scales in sorted(grouped.items())]
+
+
+def compute_edits(adapter: Adapter, source: TensorSource, edits: list[Edit]) -> EditResult:
+    head_edits = group_edits(edits)
+    new: dict[str, torch.Tensor] = {}
+    reports: list[HeadReport] = []
+    by_layer: dict[int, list[HeadEdit]] = defaultdict(list)
+    for head_edit in head_edits:
+        by_layer[head_edit.layer].append(head_edit)
+
+    for layer, layer_edits in sorted(by_layer.items()):
+        weights = adapter.layer_weights(source, layer, dtype=torch.float64)
+        svds = {"ov": ov_svd(weights), "qk": qk_svd(weights)}
+        for head_edit in layer_edits:
+            svd = svds[head_edit.circuit]
+            S = svd.S[head_edit.head]
+            ties = near_ties(S)
+            ambiguous = [k for k in head_edit.scales if k in ties or (k - 1) in ties]
+            reports.append(HeadReport(
+                layer, head_edit.head, head_edit.circuit,
+                [ComponentReport(k, a, float(S[k]), a * float(S[k])) for k, a in head_edit.scales.items()],
+                ambiguous=ambiguous,
+            ))
+            ks = list(head_edit.scales)
+            coeffs = torch.tensor([head_edit.scales[k] - 1.0 for k in ks], dtype=torch.float64)
+            if head_edit.circuit == "ov":
+                directions = svd.V[head_edit.head][:, ks]  # write directions v_k, [d, n]
+                slot = adapter.o_slot(layer, head_edit.head)
+                gain = weights.out_gain
+            else:
+                directions = svd.U[head_edit.head][:, ks]  # query-side reads a_k, [d, n]
+                slot = adapter.q_slot(layer, head_edit.head)
+                gain = weights.in_gain
+            if gain is not None and bool((gain == 0).any()):
+                raise UserError(
+                    f"edits[{head_edit.edit_indices[0]}]: layer {layer} has a norm weight of exactly zero, so an exact "
+                    f"{head_edit.circuit.upper()} edit cannot be written into the stored weights"
+                )
+            if slot.param not in new:
+                new[slot.param] = source.get(slot.param).to(torch.float64).clone()
+            block = slot.read(new)  # current (possibly already edited) block, math orientation
+            slot.write(new[slot.param], _updated_block(block, directions, coeffs, gain, head_edit.circuit))
+
+    deltas = {name: tensor - source.get(name).to(torch.float64) for name, tensor in new.items()}
+    return EditResult(new, reports, deltas)
+
+
+def _updated_block(block: torch.Tensor, X: torch.Tensor, coeffs: torch.Tensor, gain: torch.Tensor | None,
+                   circuit: str) -> torch.Tensor:
+    """Apply M = I + X diag(c) Xᵀ, conjugated by the folded gain, as a low-rank update."""
+    ones = torch.ones(X.shape[0], dtype=torch.float64)
+    g = gain if gain is not None else ones
+    if circuit == "ov":  # W_O (dh×d) ← W_O diag(g) M diag(g)⁻¹
+        return block + ((block * g) @ X) * coeffs @ (X.T / g)
+    # W_Q (d×dh) ← diag(g)⁻¹ M diag(g) W_Q
+    return block + (X / g[:, None]) * coeffs @ (X.T @ (g[:, None] * block))
+
+
+def measure_realized(adapter: Adapter, edited: TensorSource, original: TensorSource, reports: list[HeadReport]) -> None:
+    """Re-SVD every edited head from `edited` (the weights as they will be written, already cast)
+    and fill in the realized singular values, matched by direction since scaling can reorder them."""
+    layers = sorted({r.layer for r in reports})
+    for layer in layers:
+        before = adapter.layer_weights(original, layer, dtype=torch.float64)
+        after = adapter.layer_weights(edited, layer, dtype=torch.float64)
+        svd_before = {"ov": ov_svd(before), "qk": qk_svd(before)}
+        svd_after = {"ov": ov_svd(after), "qk": qk_svd(after)}
+        for report in (r for r in reports if r.layer == layer):
+            old, new = svd_before[report.circuit], svd_after[report.circuit]
+            h = report.head
+            # Match on the left and right directions together: |cos u|·|cos v|.
+            match = (old.U[h].T @ new.U[h]).abs() * (old.V[h].T @ new.V[h]).abs()  # [r_old, r_new]
+            for comp in report.components:
+                j = int(match[comp.component].argmax())
+                alignment = float(match[comp.component, j])
+                if alignment >= ALIGNED:
+                    comp.realized, comp.realized_index = float(new.S[h, j]), j
+                else:
+                    # A (near-)zero singular value has no stable direction (α = 0 ablations):
+                    # measure the edited matrix along the original pair instead, ‖M' v_k‖.
+                    comp.realized = _gain_along(after, report.circuit, h, old, comp.component)
+                comp.alignment = alignment
+            targeted = {c.component for c in report.components}
+            changes = []
+            for k in range(old.S.shape[1]):
+                if k in targeted or float(old.S[h, k]) == 0.0:
+                    continue
+                j = int(match[k].argmax())
+                changes.append(abs(float(new.S[h, j]) - float(old.S[h, k])) / float(old.S[h, k]))
+            report.max_untouched_change = max(changes) if changes else 0.0
+
+
+def _gain_along(weights, circuit: str, head: int, old, k: int) -> float:
+    v = old.V[head][:, k]
+    if circuit == "ov":  # ‖OV' v‖ with OV' = W_V W_O
+        return float((weights.W_V[head] @ (weights.W_O[head] @ v)).norm())
+    return float((weights.W_Q[head] @ (weights.W_K[head].T @ v)).norm())
+
+
+class Overlay:
+    """A tensor source with some parameters replaced and, optionally, floats cast to the output
+    dtype: the weights exactly as they will be written."""
+
+    def __init__(self, base: TensorSource, replaced: dict[str, torch.Tensor], dtype: torch.dtype | None = None):
+        self.base, self.replaced, self.dtype = base, replaced, dtype
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.replaced or name in self.base
+
+    def get(self, name: str) -> torch.Tensor:
+        if name in self.replaced:
+            return self.replaced[name]
+        tensor = self.base.get(name)
+        return tensor.to(self.dtype) if self.dtype is not None and tensor.is_floating_point() else tensor
+
+
+def write_into_model(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Put edited parameters into a loaded model, in place, in the model's own dtype."""
+    state = model.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            state[name].copy_(tensor.to(state[name].dtype))
+
+
+def cast_for_output(result: EditResult, source_dtypes: dict[str, torch.dtype], out_dtype: torch.dtype | None
+                    ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Cast edited parameters to the output dtype; warn where the cast loses > 1% of the change."""
+    cast: dict[str, torch.Tensor] = {}
+    warnings = []
+    for name, tensor in result.tensors.items():
+        dtype = out_dtype or source_dtypes[name]
+        cast[name] = tensor.to(dtype)
+        intended = result.intended_deltas[name]
+        if intended.abs().max() == 0:
+            continue
+        original = (tensor - intended).to(dtype).to(torch.float64)
+        realized = cast[name].to(torch.float64) - original
+        loss = float((realized - intended).norm() / intended.norm())
+        if loss > 0.01:
+            warnings.append(f"{name}: casting to {str(dtype).removeprefix('torch.')} loses {loss:.1%} of the intended change")
+    return cast, warnings

@@ -1,0 +1,82 @@
+"""Pushing an edited checkpoint to the Hugging Face Hub.
+
+The token is whatever huggingface_hub finds on its own (HF_TOKEN or the cached login); th-edit
+only checks that one exists and never reads, prints or stores it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from huggingface_hub import HfApi, get_token
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+from th_edit.errors import UserError
+
+# Weight files of an earlier push that this one does not replace would mix two checkpoints.
+STALE_WEIGHTS = ["*.safetensors", "model.safetensors.index.json"]
+
+
+@dataclass(frozen=True)
+class PushPlan:
+    folder: Path
+    repo_id: str
+    private: bool
+    revision: str | None
+    files: list[tuple[str, int]]  # (relative path, bytes)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(size for _, size in self.files)
+
+
+def plan_push(folder: Path, repo_id: str, private: bool, revision: str | None) -> PushPlan:
+    if not folder.is_dir():
+        raise UserError(f"no such directory: {folder}")
+    if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
+        raise UserError(f"{folder} is not a checkpoint directory (config.json and safetensors weights expected)")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise UserError(f"repo id '{repo_id}' must have the form user-or-org/name")
+    files = sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
+    return PushPlan(folder, repo_id, private, revision, files)
+
+
+def push(plan: PushPlan, api: HfApi | None = None) -> str:
+    """Create the repo if needed and upload exactly the folder; returns the commit URL."""
+    if get_token() is None:
+        raise UserError("not logged in to the Hugging Face Hub: set HF_TOKEN or run `hf auth login`")
+    api = api or HfApi(library_name="th-edit")
+    try:
+        api.create_repo(plan.repo_id, private=plan.private, exist_ok=True, repo_type="model")
+        if plan.revision:
+            api.create_branch(plan.repo_id, branch=plan.revision, exist_ok=True, repo_type="model")
+        commit = api.upload_folder(
+            repo_id=plan.repo_id, folder_path=str(plan.folder), repo_type="model", revision=plan.revision,
+            commit_message=f"Upload {plan.folder.name} (edited with th-edit)", delete_patterns=STALE_WEIGHTS,
+        )
+    except RepositoryNotFoundError:
+        raise UserError(f"hub repo '{plan.repo_id}' not found or not writable with your token") from None
+    except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise UserError(f"the Hub refused the push to '{plan.repo_id}' (HTTP {status}): check your token's write access") from None
+        raise UserError(f"the Hub refused the push to '{plan.repo_id}': {_first_line(exc)}") from None
+    except Exception as exc:
+        if _is_network_error(exc):
+            raise UserError(f"cannot reach the Hugging Face Hub: {_first_line(exc)}") from None
+        raise
+    return str(getattr(commit, "commit_url", commit))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    """Connection failures, whichever HTTP client huggingface_hub uses underneath."""
+    if isinstance(exc, (OSError, TimeoutError)):
+        return True
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(names & {"TransportError", "NetworkError", "ConnectError", "ConnectionError", "TimeoutException", "RequestError"})

@@ -1,0 +1,183 @@
+"""The YAML recipe: schema, parsing and validation.
+
+Two stages, both ending in a one-line UserError that names the field path:
+  1. `load_recipe` — YAML syntax (with line number) and the schema (types, unknown keys, ranges
+     that need no model: α ≥ 0 and finite, duplicates);
+  2. `check_against_model` — layer/head/component indices against the resolved base model.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+
+from th_edit.arch import Adapter
+from th_edit.checkpoint import parse_size
+from th_edit.errors import UserError
+
+NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
+OUTPUT_DTYPES = ("keep", "float32", "bfloat16", "float16")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Edit(Strict):
+    """Scale singular components of one head's effective OV or QK matrix."""
+
+    layer: NonNegativeInt
+    head: NonNegativeInt
+    circuit: Literal["ov", "qk"]
+    components: Annotated[list[NonNegativeInt], Field(min_length=1)]
+    scale: float
+
+    @field_validator("scale")
+    @classmethod
+    def _finite_non_negative(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        if value < 0:
+            raise ValueError("must be >= 0 (0 ablates the component)")
+        return value
+
+    @field_validator("scale", mode="before")
+    @classmethod
+    def _number_not_bool(cls, value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("must be a number")
+        return value
+
+
+class Output(Strict):
+    dir: str | None = None
+    dtype: Literal["keep", "float32", "bfloat16", "float16"] = "keep"
+    max_shard_size: str | StrictInt = "5GB"
+
+    @field_validator("max_shard_size")
+    @classmethod
+    def _size(cls, value: str | int) -> str | int:
+        try:
+            parse_size(value)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def max_shard_bytes(self) -> int:
+        return parse_size(self.max_shard_size)
+
+
+class Benchmark(Strict):
+    """Before/after benchmark run by `apply` (see `th-edit bench`)."""
+
+    tasks: list[Literal["laundry", "ioi"]] = ["laundry", "ioi"]
+    n_items: Annotated[list[Annotated[StrictInt, Field(ge=2, le=10)]], Field(min_length=1)] = [2, 3, 4, 5, 6, 7, 8]
+    n_prompts: Annotated[StrictInt, Field(ge=1)] = 50
+    batch_size: Annotated[StrictInt, Field(ge=1)] = 16
+    neutral: bool = True  # KL on the packaged neutral prompts
+    seed: StrictInt | None = None  # default: the recipe's seed
+
+
+class Recipe(Strict):
+    base_model: str
+    seed: StrictInt = 0
+    description: str | None = None
+    edits: Annotated[list[Edit], Field(min_length=1)]
+    output: Output = Output()
+    benchmark: Benchmark | None = None
+
+    @field_validator("base_model")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a model")
+        return value.strip()
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """('edits', 2, 'components', 0) -> 'edits[2].components[0]'."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "recipe"
+
+
+def _describe(error: dict) -> str:
+    kind, message = error["type"], error["msg"]
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        return "is not a recipe field (unknown key)"
+    if kind == "too_short":
+        return "must not be empty"
+    message = message.removeprefix("Value error, ").replace("Input should be", "must be")
+    got = error.get("input")
+    if isinstance(got, (str, int, float, bool)) or got is None:
+        message += f" (got {got!r})"
+    return message
+
+
+def parse_recipe(text: str, source: str = "recipe") -> Recipe:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{source}{where}: malformed YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: a recipe is a YAML mapping with base_model, edits and output")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+        raise UserError(f"{source}: {field_path(first['loc'])} {_describe(first)}{more}") from None
+    _check_duplicates(recipe, source)
+    return recipe
+
+
+def load_recipe(path: Path) -> tuple[Recipe, str]:
+    """The validated recipe and its verbatim text (saved with the checkpoint)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"recipe file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read recipe {path}: {exc}") from None
+    return parse_recipe(text, source=str(path)), text
+
+
+def _check_duplicates(recipe: Recipe, source: str) -> None:
+    seen: dict[tuple[int, int, str, int], int] = {}
+    for i, edit in enumerate(recipe.edits):
+        for j, component in enumerate(edit.components):
+            key = (edit.layer, edit.head, edit.circuit, component)
+            if key in seen:
+                raise UserError(
+                    f"{source}: edits[{i}].components[{j}] repeats edits[{seen[key]}] "
+                    f"(layer {edit.layer}, head {edit.head}, {edit.circuit}, component {component})"
+                )
+            seen[key] = i
+
+
+def check_against_model(recipe: Recipe, adapter: Adapter, source: str = "recipe") -> None:
+    """Indices must exist in this model. Components count the head's singular values (≤ d_head)."""
+    info = adapter.info()
+    for i, edit in enumerate(recipe.edits):
+        if edit.layer >= info.n_layers:
+            raise UserError(f"{source}: edits[{i}].layer {edit.layer} is out of range: the model has layers 0..{info.n_layers - 1}")
+        if edit.head >= info.n_heads:
+            raise UserError(f"{source}: edits[{i}].head {edit.head} is out of range: the model has heads 0..{info.n_heads - 1} per layer")
+        for j, component in enumerate(edit.components):
+            if component >= info.d_head:
+                raise UserError(
+                    f"{source}: edits[{i}].components[{j}] {component} is out of range: "
+                    f"a head's {edit.circuit.upper()} has components 0..{info.d_head - 1} (rank <= d_head = {info.d_head})"
+                )
