@@ -75,7 +75,7 @@ def compute(prepared: Prepared) -> Computed:
     result = compute_edits(prepared.adapter, tensors, prepared.recipe.edits)
     stored = {name: tensors.entry(name).torch_dtype for name in result.tensors}
     cast, warnings = cast_for_output(result, stored, prepared.out_dtype)
-    measure_realized(prepared.adapter, Overlay(tensors, cast, prepared.out_dtype), tensors, result.reports)
+    measure_realized(prepared.adapter, Overlay(tensors, cast, prepared.out_dtype), result)
     for report in result.reports:
         for k in report.ambiguous:
             warnings.append(

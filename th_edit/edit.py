@@ -24,7 +24,7 @@ import torch
 from th_edit.arch import Adapter
 from th_edit.checkpoint import TensorSource
 from th_edit.errors import UserError
-from th_edit.linalg import near_ties, ov_svd, qk_svd
+from th_edit.linalg import HeadSVD, near_ties, ov_svd, qk_svd
 from th_edit.recipe import Edit
 
 ALIGNED = 0.99  # |cos| above which a re-SVD direction is "the same component"
@@ -77,6 +77,7 @@ class EditResult:
     tensors: dict[str, torch.Tensor]
     reports: list[HeadReport]
     intended_deltas: dict[str, torch.Tensor]  # parameter -> new − old (float64), for cast-loss checks
+    originals: dict[tuple[int, int, str], HeadSVD]  # (layer, head, circuit) -> SVD before the edit
 
 
 def group_edits(edits: list[Edit]) -> list[HeadEdit]:
@@ -94,6 +95,7 @@ def compute_edits(adapter: Adapter, source: TensorSource, edits: list[Edit]) -> 
     head_edits = group_edits(edits)
     new: dict[str, torch.Tensor] = {}
     reports: list[HeadReport] = []
+    originals: dict[tuple[int, int, str], HeadSVD] = {}
     by_layer: dict[int, list[HeadEdit]] = defaultdict(list)
     for head_edit in head_edits:
         by_layer[head_edit.layer].append(head_edit)
@@ -103,7 +105,9 @@ def compute_edits(adapter: Adapter, source: TensorSource, edits: list[Edit]) -> 
         svds = {"ov": ov_svd(weights), "qk": qk_svd(weights)}
         for head_edit in layer_edits:
             svd = svds[head_edit.circuit]
-            S = svd.S[head_edit.head]
+            h = head_edit.head
+            originals[(layer, h, head_edit.circuit)] = HeadSVD(svd.U[h], svd.S[h], svd.V[h])
+            S = svd.S[h]
             ties = near_ties(S)
             ambiguous = [k for k in head_edit.scales if k in ties or (k - 1) in ties]
             reports.append(HeadReport(
@@ -132,7 +136,7 @@ def compute_edits(adapter: Adapter, source: TensorSource, edits: list[Edit]) -> 
             slot.write(new[slot.param], _updated_block(block, directions, coeffs, gain, head_edit.circuit))
 
     deltas = {name: tensor - source.get(name).to(torch.float64) for name, tensor in new.items()}
-    return EditResult(new, reports, deltas)
+    return EditResult(new, reports, deltas, originals)
 
 
 def _updated_block(block: torch.Tensor, X: torch.Tensor, coeffs: torch.Tensor, gain: torch.Tensor | None,
@@ -146,42 +150,37 @@ def _updated_block(block: torch.Tensor, X: torch.Tensor, coeffs: torch.Tensor, g
     return block + (X / g[:, None]) * coeffs @ (X.T @ (g[:, None] * block))
 
 
-def measure_realized(adapter: Adapter, edited: TensorSource, original: TensorSource, reports: list[HeadReport]) -> None:
+def measure_realized(adapter: Adapter, edited: TensorSource, result: EditResult) -> None:
     """Re-SVD every edited head from `edited` (the weights as they will be written, already cast)
     and fill in the realized singular values, matched by direction since scaling can reorder them."""
-    layers = sorted({r.layer for r in reports})
-    for layer in layers:
-        before = adapter.layer_weights(original, layer, dtype=torch.float64)
+    for layer in sorted({r.layer for r in result.reports}):
         after = adapter.layer_weights(edited, layer, dtype=torch.float64)
-        svd_before = {"ov": ov_svd(before), "qk": qk_svd(before)}
         svd_after = {"ov": ov_svd(after), "qk": qk_svd(after)}
-        for report in (r for r in reports if r.layer == layer):
-            old, new = svd_before[report.circuit], svd_after[report.circuit]
+        for report in (r for r in result.reports if r.layer == layer):
+            old = result.originals[(layer, report.head, report.circuit)]
             h = report.head
+            new = HeadSVD(svd_after[report.circuit].U[h], svd_after[report.circuit].S[h], svd_after[report.circuit].V[h])
             # Match on the left and right directions together: |cos u|·|cos v|.
-            match = (old.U[h].T @ new.U[h]).abs() * (old.V[h].T @ new.V[h]).abs()  # [r_old, r_new]
+            match = (old.U.T @ new.U).abs() * (old.V.T @ new.V).abs()  # [r_old, r_new]
             for comp in report.components:
                 j = int(match[comp.component].argmax())
                 alignment = float(match[comp.component, j])
                 if alignment >= ALIGNED:
-                    comp.realized, comp.realized_index = float(new.S[h, j]), j
+                    comp.realized, comp.realized_index = float(new.S[j]), j
                 else:
                     # A (near-)zero singular value has no stable direction (α = 0 ablations):
                     # measure the edited matrix along the original pair instead, ‖M' v_k‖.
-                    comp.realized = _gain_along(after, report.circuit, h, old, comp.component)
+                    comp.realized = _gain_along(after, report.circuit, h, old.V[:, comp.component])
                 comp.alignment = alignment
             targeted = {c.component for c in report.components}
-            changes = []
-            for k in range(old.S.shape[1]):
-                if k in targeted or float(old.S[h, k]) == 0.0:
-                    continue
-                j = int(match[k].argmax())
-                changes.append(abs(float(new.S[h, j]) - float(old.S[h, k])) / float(old.S[h, k]))
-            report.max_untouched_change = max(changes) if changes else 0.0
+            changes = [
+                abs(float(new.S[int(match[k].argmax())]) - float(old.S[k])) / float(old.S[k])
+                for k in range(old.S.shape[0]) if k not in targeted and float(old.S[k]) > 0.0
+            ]
+            report.max_untouched_change = max(changes, default=0.0)
 
 
-def _gain_along(weights, circuit: str, head: int, old, k: int) -> float:
-    v = old.V[head][:, k]
+def _gain_along(weights, circuit: str, head: int, v: torch.Tensor) -> float:
     if circuit == "ov":  # ‖OV' v‖ with OV' = W_V W_O
         return float((weights.W_V[head] @ (weights.W_O[head] @ v)).norm())
     return float((weights.W_Q[head] @ (weights.W_K[head].T @ v)).norm())
