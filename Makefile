@@ -23,6 +23,8 @@ setup: $(STAMP)
 
 demo: setup
 	$(BIN)/th-edit inspect smollm2-135m
+	$(BIN)/th-edit apply recipes/smollm2-135m-example.yaml --force
+	$(BIN)/th-edit verify out/smollm2-135m-example
 
 test: setup
 	$(BIN)/python -m pytest -q tests

@@ -48,3 +48,40 @@ def test_example_recipe_end_to_end(recipe, tmp_path):
     assert (edited - before).abs().max() > 1e-3  # the edit changes the model
     assert (reloaded - edited).abs().max() < 1e-4
     assert CliRunner().invoke(main, ["--quiet", "verify", str(out)]).exit_code == 0
+
+
+def test_apply_benchmark_matches_bench_on_the_written_checkpoint(tmp_path):
+    """apply's in-memory before/after equals `bench BASE --compare OUT_DIR` on the written files."""
+    import json
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text((RECIPES / "smollm2-135m-example.yaml").read_text().split("benchmark:")[0]
+                      + "benchmark: {tasks: [laundry, ioi], n_items: [2, 3], n_prompts: 6, batch_size: 4}\n")
+    out = tmp_path / "edited"
+    result = CliRunner().invoke(main, ["--quiet", "apply", str(recipe), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "McNemar" in result.stdout and "neutral text: KL" in result.stdout
+    card = (out / "README.md").read_text()
+    assert "## Before / after" in card and "(benchmark.png)" in card and (out / "benchmark.png").stat().st_size > 1000
+    inline = json.loads((out / "provenance.json").read_text())["benchmark"]
+    assert inline["prompt_counts"] == {"laundry": 12, "ioi": 6, "total": 18}
+
+    bench = CliRunner().invoke(main, ["--quiet", "bench", "smollm2-135m", "--compare", str(out), "--n-items", "2,3",
+                                      "--n-prompts", "6", "--batch-size", "4", "--json"])
+    assert bench.exit_code == 0, bench.output
+    written = json.loads(bench.stdout)
+    for task in ("laundry", "ioi"):
+        for side in ("before", "after"):
+            assert _numbers(inline[side]["results"][task]) == pytest.approx(_numbers(written[side]["results"][task]), abs=1e-4)
+    assert inline["side_effects"]["neutral_kl"]["mean_nats_per_token"] == pytest.approx(
+        written["side_effects"]["neutral_kl"]["mean_nats_per_token"], rel=1e-3)
+    assert inline["side_effects"]["neutral_kl"]["mean_nats_per_token"] > 0
+
+
+def _numbers(tree) -> list[float]:
+    """Every number in a nested report, in order."""
+    if isinstance(tree, dict):
+        return [x for key in sorted(tree) for x in _numbers(tree[key])]
+    if isinstance(tree, list):
+        return [x for item in tree for x in _numbers(item)]
+    return [float(tree)] if isinstance(tree, (int, float)) else []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from th_edit.errors import UserError
 from th_edit.export import check_target, copy_side_files, staging_directory, write_weights
 from th_edit.models import ResolvedModel, load_config, resolve
 from th_edit.recipe import Recipe, check_against_model, load_recipe
+
+
+BENCHMARK_PLOT = "benchmark.png"
 
 
 @dataclass
@@ -85,6 +89,44 @@ def compute(prepared: Prepared) -> Computed:
     return Computed(result, cast, warnings)
 
 
+@dataclass
+class BenchmarkRun:
+    report: dict  # th_edit.bench paired report (JSON-able)
+    text: str  # the rendered before/after table
+
+
+def edited_variants(prepared: Prepared, computed: Computed):
+    """The base model once in memory, as "before" and "after" (edited tensors swapped in only
+    while "after" runs). Weights are those that will be written (rounded to the output dtype),
+    computation is float32."""
+    from th_edit.bench import Variant
+    from th_edit.models import load_model, load_tokenizer
+
+    model = load_model(prepared.base, dtype="float32")
+    if prepared.out_dtype is not None and prepared.out_dtype != torch.float32:
+        model = model.to(prepared.out_dtype).to(torch.float32)  # round every weight as the export will
+    return load_tokenizer(prepared.base), Variant(model), Variant(model, computed.cast)
+
+
+def run_benchmark(prepared: Prepared, computed: Computed) -> BenchmarkRun:
+    """The recipe's `benchmark:` section: paired before/after on identical prompts, plus KL."""
+    from th_edit.bench import build_prompts, render_report, run_paired
+
+    settings = prepared.recipe.benchmark
+    assert settings is not None
+    tokenizer, before, after = edited_variants(prepared, computed)
+    seed = prepared.recipe.seed if settings.seed is None else settings.seed
+    prompts = build_prompts(tokenizer, settings.tasks, settings.n_items, settings.n_prompts, seed)
+    setup = {"tasks": list(settings.tasks), "prompts": "generated", "seed": seed,
+             "n_prompts_per_n": settings.n_prompts, "n_items": list(settings.n_items),
+             "batch_size": settings.batch_size, "weights": prepared.out_dtype_name, "compute": "float32"}
+    reference = prepared.base.reference
+    report = run_paired(before, after, tokenizer, prompts, before_info={"reference": reference},
+                        after_info={"reference": f"{reference} + recipe edits"}, setup=setup,
+                        batch_size=settings.batch_size)
+    return BenchmarkRun(report, render_report(report))
+
+
 def resolve_target(prepared: Prepared, out: Path | None) -> Path:
     if out is not None:
         return out
@@ -94,25 +136,36 @@ def resolve_target(prepared: Prepared, out: Path | None) -> Path:
 
 
 def write(prepared: Prepared, computed: Computed, target: Path, force: bool,
-          benchmark: dict | None = None, benchmark_markdown: str | None = None) -> dict[str, str]:
+          benchmark: BenchmarkRun | None = None) -> dict[str, str]:
     """Write the complete checkpoint atomically; returns {weight file: sha256}."""
     base = prepared.base
-    # A hub revision or GGUF hash already pins the base; a local directory is pinned by its files.
-    base_weights = {p.name: sha256_file(p) for p in prepared.tensors.files} if base.kind == "local" else None
-    with staging_directory(target, force) as staging:
+    with staging_directory(target, force) as staging, ThreadPoolExecutor(max_workers=1) as pool:
+        # A hub revision or GGUF hash already pins the base; a local directory is pinned by its
+        # files, hashed on a second thread while the weights are written (hashlib releases the GIL).
+        base_hashes = pool.submit(_hash_files, prepared.tensors.files) if base.kind == "local" else None
         weights = write_weights(staging, prepared.tensors, computed.cast, prepared.out_dtype,
                                 prepared.recipe.output.max_shard_bytes)
+        base_weights = base_hashes.result() if base_hashes else None
         copy_side_files(base.path, staging, prepared.out_dtype)
         (staging / "recipe.yaml").write_text(prepared.recipe_text)
+        if benchmark is not None:
+            from th_edit.plots import plot_accuracy  # matplotlib is slow to import
+
+            plot_accuracy(benchmark.report, staging / BENCHMARK_PLOT)
         record = provenance(
             prepared.recipe, hashlib.sha256(prepared.recipe_text.encode()).hexdigest(), base, base_weights,
-            computed.result.reports, weights, prepared.out_dtype_name, benchmark,
+            computed.result.reports, weights, prepared.out_dtype_name, benchmark.report if benchmark else None,
         )
         (staging / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")
         card = model_card(target.name, prepared.recipe, prepared.recipe_text, base, computed.result.reports,
-                          prepared.out_dtype_name, benchmark_markdown)
+                          prepared.out_dtype_name, benchmark.text if benchmark else None,
+                          BENCHMARK_PLOT if benchmark else None)
         (staging / "README.md").write_text(card)
     return weights
+
+
+def _hash_files(files: list[Path]) -> dict[str, str]:
+    return {path.name: sha256_file(path) for path in files}
 
 
 def report_warnings(computed: Computed) -> None:

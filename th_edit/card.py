@@ -67,7 +67,7 @@ def _edit_table(reports: list[HeadReport]) -> str:
 
 
 def model_card(name: str, recipe: Recipe, recipe_text: str, base: ResolvedModel, reports: list[HeadReport],
-               out_dtype: str, benchmark_markdown: str | None = None) -> str:
+               out_dtype: str, benchmark_text: str | None = None, benchmark_plot: str | None = None) -> str:
     front: dict[str, object] = {}
     if base.hub_id:  # a local path means nothing to the Hub
         front["base_model"] = base.hub_id
@@ -97,8 +97,18 @@ def model_card(name: str, recipe: Recipe, recipe_text: str, base: ResolvedModel,
         _edit_table(reports),
         CONVENTIONS,
     ]
-    if benchmark_markdown:
-        parts += ["## Before / after", benchmark_markdown]
+    if benchmark_text:
+        setup = recipe.benchmark
+        parts += [
+            "## Before / after",
+            "Measured by th-edit on identical prompts before and after the edit (paired), in float32 on the "
+            f"weights as written. Prompts: generated from seed {recipe.seed if setup is None or setup.seed is None else setup.seed}; "
+            "laundry = recall the one item of a list of N that is not mentioned again, IOI = indirect object "
+            "identification. Full numbers (per N, per answer position, intervals) are in `provenance.json`.",
+            "```text\n" + benchmark_text.rstrip() + "\n```",
+        ]
+        if benchmark_plot:
+            parts.append(f"![candidate accuracy before and after the edit]({benchmark_plot})")
     parts += [
         "## Recipe",
         "```yaml\n" + recipe_text.rstrip() + "\n```",

@@ -14,7 +14,9 @@ import hashlib
 import json
 import math
 import os
+import queue
 import struct
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,20 +250,38 @@ def _shard_groups(tensors: list[PendingTensor], max_shard_bytes: int | None) -> 
 
 
 class _HashingWriter:
-    """A binary file that also hashes everything written to it (saves re-reading the output)."""
+    """Writes to a file and hashes the same bytes on a second thread.
+
+    Hashing what we write saves a second pass over the output; doing it on another thread
+    (hashlib releases the GIL) keeps it off the critical path. The queue is short, so at most a
+    few chunks wait for the hasher.
+    """
 
     def __init__(self, file: BinaryIO):
-        self.file, self.digest, self.position = file, hashlib.sha256(), 0
+        self.file, self.position = file, 0
+        self.digest = hashlib.sha256()
+        self.pending: queue.Queue[memoryview | None] = queue.Queue(maxsize=4)
+        self.hasher = threading.Thread(target=self._hash, daemon=True)
+        self.hasher.start()
+
+    def _hash(self) -> None:
+        while (view := self.pending.get()) is not None:
+            self.digest.update(view)
 
     def write(self, data) -> int:
-        view = memoryview(data).cast("B")
+        view = memoryview(data).cast("B")  # keeps `data` alive until it has been hashed
         self.file.write(view)
-        self.digest.update(view)
+        self.pending.put(view)
         self.position += len(view)
         return len(view)
 
     def tell(self) -> int:
         return self.position
+
+    def finish(self) -> str:
+        self.pending.put(None)
+        self.hasher.join()
+        return self.digest.hexdigest()
 
 
 def _write_one_file(path: Path, tensors: list[PendingTensor], metadata: dict[str, str]) -> str:
@@ -278,16 +298,19 @@ def _write_one_file(path: Path, tensors: list[PendingTensor], metadata: dict[str
     encoded += b" " * (-len(encoded) % 8)
     with open(path, "wb") as file:
         out = _HashingWriter(file)
-        out.write(struct.pack("<Q", len(encoded)))
-        out.write(encoded)
-        for tensor in ordered:
-            before = out.tell()
-            tensor.write_to(out)  # type: ignore[arg-type]
-            if out.tell() - before != tensor.nbytes:
-                raise RuntimeError(f"wrote {out.tell() - before} bytes for {tensor.name}, expected {tensor.nbytes}")
+        try:
+            out.write(struct.pack("<Q", len(encoded)))
+            out.write(encoded)
+            for tensor in ordered:
+                before = out.tell()
+                tensor.write_to(out)  # type: ignore[arg-type]
+                if out.tell() - before != tensor.nbytes:
+                    raise RuntimeError(f"wrote {out.tell() - before} bytes for {tensor.name}, expected {tensor.nbytes}")
+        finally:
+            digest = out.finish()
         file.flush()
         os.fsync(file.fileno())
-    return out.digest.hexdigest()
+    return digest
 
 
 def write_checkpoint_weights(

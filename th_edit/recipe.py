@@ -73,13 +73,12 @@ class Output(Strict):
 
 
 class Benchmark(Strict):
-    """Before/after benchmark run by `apply` (see `th-edit bench`)."""
+    """Before/after benchmark run by `apply` (see `th-edit bench`); n_prompts is per N (and for IOI)."""
 
     tasks: list[Literal["laundry", "ioi"]] = ["laundry", "ioi"]
     n_items: Annotated[list[Annotated[StrictInt, Field(ge=2, le=10)]], Field(min_length=1)] = [2, 3, 4, 5, 6, 7, 8]
     n_prompts: Annotated[StrictInt, Field(ge=1)] = 50
     batch_size: Annotated[StrictInt, Field(ge=1)] = 16
-    neutral: bool = True  # KL on the packaged neutral prompts
     seed: StrictInt | None = None  # default: the recipe's seed
 
 

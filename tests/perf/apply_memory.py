@@ -22,6 +22,7 @@ COMMON = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
 import torch, transformers
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # both sides: imports are not timed
 from th_edit import ui
 ui.configure(quiet=True, verbose=False)
 imported = time.perf_counter()

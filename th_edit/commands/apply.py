@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from th_edit import ui
-from th_edit.apply import compute, prepare_file, report_warnings, resolve_target, write
+from th_edit.apply import compute, prepare_file, report_warnings, resolve_target, run_benchmark, write
 from th_edit.edit import HeadReport
 from th_edit.export import check_target
 
@@ -25,8 +25,13 @@ def apply_command(recipe: Path, out: Path | None, force: bool, no_bench: bool) -
     ui.info(f"editing {prepared.base.reference}: {len(prepared.recipe.edits)} edit(s)")
     computed = compute(prepared)
     report_warnings(computed)
-    write(prepared, computed, target, force)
     click.echo(edit_table(computed.result.reports))
+    benchmark = None
+    if prepared.recipe.benchmark is not None and not no_bench:
+        ui.info("benchmarking before and after the edit (--no-bench skips this)")
+        benchmark = run_benchmark(prepared, computed)
+        click.echo("\n" + benchmark.text)
+    write(prepared, computed, target, force, benchmark)
     click.echo(f"wrote {target}")
 
 

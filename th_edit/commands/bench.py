@@ -1,0 +1,160 @@
+"""`th-edit bench MODEL`: laundry-list and IOI accuracy, optionally paired against a second model."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import click
+
+from th_edit import ui
+from th_edit.apply import compute, edited_variants, prepare_file
+from th_edit.bench import Variant, build_prompts, render_report, run_paired, run_single
+from th_edit.errors import UserError
+from th_edit.models import DEFAULT_MODEL, load_model, load_tokenizer, resolve
+from th_edit.tasks.ioi import NAMES, usable_names
+from th_edit.tasks.laundry import MAX_ITEMS, MIN_ITEMS, lexicon_survival
+from th_edit.tasks.prompts import TASKS, TaskPrompt, read_jsonl, write_jsonl
+
+GENERATION_OPTIONS = ("n_items", "n_prompts", "seed")
+
+
+def parse_n_items(text: str) -> list[int]:
+    """'2-8' -> [2..8]; '2,3,5' -> [2, 3, 5]; each N within MIN_ITEMS..MAX_ITEMS."""
+    text = text.replace(" ", "")
+    if re.fullmatch(r"\d+-\d+", text):
+        low, high = (int(part) for part in text.split("-"))
+        if low > high:
+            raise UserError(f"--n-items: the range {text} is empty")
+        values = list(range(low, high + 1))
+    elif re.fullmatch(r"\d+(,\d+)*", text):
+        values = sorted({int(part) for part in text.split(",")})
+    else:
+        raise UserError(f"--n-items: expected a range like 2-8 or a list like 2,3,5, got '{text}'")
+    outside = [n for n in values if not MIN_ITEMS <= n <= MAX_ITEMS]
+    if outside:
+        raise UserError(f"--n-items: N must be between {MIN_ITEMS} and {MAX_ITEMS}, got {outside[0]}")
+    return values
+
+
+def _explicit(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)
+
+
+def _check_option_combinations(ctx: click.Context, prompts_file: Path | None, export: Path | None) -> None:
+    flags = {"n_items": "--n-items", "n_prompts": "--n-prompts", "seed": "--seed", "compare": "--compare",
+             "out": "--out", "as_json": "--json", "prompts_file": "--prompts"}
+    if prompts_file is not None:
+        given = [flags[name] for name in GENERATION_OPTIONS if _explicit(ctx, name)]
+        if given:
+            raise UserError(f"{', '.join(given)} describe generated prompts and cannot be combined with --prompts")
+    if export is not None:
+        given = [flags[name] for name in ("prompts_file", "compare", "out", "as_json") if _explicit(ctx, name)]
+        if given:
+            raise UserError(f"--export-prompts only writes the prompt set; it cannot be combined with {', '.join(given)}")
+
+
+def _log_vocabulary(tokenizer) -> None:
+    for frame, (usable, total) in lexicon_survival(tokenizer).items():
+        ui.debug(f"laundry frame '{frame}': {usable} of {total} items are single tokens")
+    ui.debug(f"ioi: {len(usable_names(tokenizer))} of {len(NAMES)} names are single tokens")
+
+
+def _load_prompts(tokenizer, tasks: tuple[str, ...], prompts_file: Path | None, n_items: str,
+                  n_prompts: int, seed: int) -> tuple[list[TaskPrompt], dict[str, object]]:
+    """The prompt set and the setup record that describes it in the report."""
+    if prompts_file is not None:
+        prompts = [p for p in read_jsonl(prompts_file) if p.task in tasks]
+        if not prompts:
+            raise UserError(f"{prompts_file} has no {' or '.join(tasks)} prompts")
+        return prompts, {"tasks": list(tasks), "prompts": str(prompts_file)}
+    values = parse_n_items(n_items)
+    prompts = build_prompts(tokenizer, tasks, values, n_prompts, seed)
+    setup = {"tasks": list(tasks), "prompts": "generated", "seed": seed, "n_prompts_per_n": n_prompts}
+    if "laundry" in tasks:
+        setup["n_items"] = values
+    return prompts, setup
+
+
+def _is_recipe(reference: str) -> bool:
+    return reference.lower().endswith((".yaml", ".yml"))
+
+
+def _same_vocabulary(first, second) -> bool:
+    return first.get_vocab() == second.get_vocab()
+
+
+@click.command("bench")
+@click.argument("model", default=DEFAULT_MODEL)
+@click.option("--task", type=click.Choice(["laundry", "ioi", "all"]), default="all", show_default=True,
+              help="Which task to run.")
+@click.option("--n-items", default="2-8", show_default=True,
+              help=f"List lengths N for laundry: a range (2-8) or a list (2,3,5), each {MIN_ITEMS}..{MAX_ITEMS}.")
+@click.option("--n-prompts", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Prompts per N (and IOI prompts).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated prompt set.")
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Score the prompts in this JSONL file instead of generating them.")
+@click.option("--export-prompts", "export", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the generated prompt set to this JSONL file and exit.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for bench.json and accuracy.png.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout instead of tables.")
+@click.option("--compare", metavar="OTHER_MODEL|RECIPE.yaml",
+              help="Paired before/after: MODEL is before; after is OTHER_MODEL (same tokenizer required) "
+                   "or MODEL with a recipe's edits applied in memory.")
+@click.pass_context
+def bench_command(ctx: click.Context, model: str, task: str, n_items: str, n_prompts: int, seed: int,
+                  prompts_file: Path | None, export: Path | None, batch_size: int, out: Path | None,
+                  as_json: bool, compare: str | None) -> None:
+    """Measure list recall (laundry, N items) and IOI on MODEL (default: smollm2-135m).
+
+    Accuracy is per N and per answer position with Wilson 95% intervals; with --compare the
+    prompts are paired (exact McNemar test) and the KL between the two models on neutral text
+    is reported as a side effect.
+    """
+    _check_option_combinations(ctx, prompts_file, export)
+    tasks = TASKS if task == "all" else (task,)
+    resolved = resolve(model)
+    tokenizer = load_tokenizer(resolved)
+    _log_vocabulary(tokenizer)
+    prompts, setup = _load_prompts(tokenizer, tasks, prompts_file, n_items, n_prompts, seed)
+    if export is not None:
+        write_jsonl(prompts, export)
+        ui.info(f"wrote {len(prompts)} prompts to {export}")
+        return
+    setup["batch_size"] = batch_size
+    if compare is None:
+        report = run_single(Variant(load_model(resolved, dtype="float32")), tokenizer, prompts,
+                            model_info=resolved.provenance(), setup=setup, batch_size=batch_size)
+    elif _is_recipe(compare):
+        # The recipe's edits applied in memory to MODEL (its base): one model, edited tensors
+        # swapped in only for the "after" passes; nothing is written.
+        prepared = prepare_file(Path(compare))
+        if prepared.base.path != resolved.path:
+            raise UserError(f"{compare}: its base_model ({prepared.recipe.base_model}) is not {model}; "
+                            f"run `th-edit bench {prepared.recipe.base_model} --compare {compare}`")
+        _, before, after = edited_variants(prepared, compute(prepared))
+        report = run_paired(before, after, tokenizer, prompts, before_info=resolved.provenance(),
+                            after_info={"reference": f"{model} + {compare}"}, setup=setup, batch_size=batch_size)
+    else:
+        other = resolve(compare)
+        if not _same_vocabulary(tokenizer, load_tokenizer(other)):
+            raise UserError(f"{model} and {compare} have different tokenizers, so their prompts cannot be paired")
+        report = run_paired(Variant(load_model(resolved, dtype="float32")), Variant(load_model(other, dtype="float32")),
+                            tokenizer, prompts, before_info=resolved.provenance(), after_info=other.provenance(),
+                            setup=setup, batch_size=batch_size)
+    click.echo(json.dumps(report, indent=2) if as_json else render_report(report))
+    if out is not None:
+        _write_outputs(report, out)
+
+
+def _write_outputs(report: dict, out: Path) -> None:
+    from th_edit.plots import plot_accuracy  # matplotlib is slow to import; only --out needs it
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_accuracy(report, out / "accuracy.png")
+    ui.info(f"wrote {out / 'bench.json'} and {out / 'accuracy.png'}")

@@ -1,0 +1,53 @@
+"""Small exact statistics for benchmark reports (no scipy)."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion; it stays inside [0, 1] and is sane at 0/n and n/n."""
+    if n == 0:
+        return 0.0, 1.0
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be in 0..{n}, got {successes}")
+    p = successes / n
+    z2 = z * z
+    denominator = 1 + z2 / n
+    centre = (p + z2 / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denominator
+    # At 0/n and n/n the bound is exactly 0 or 1; rounding would leave it a hair inside, which
+    # puts the point estimate outside its own interval (and breaks error bars).
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value: a sign test on the b + c discordant pairs.
+
+    p = min(1, 2 P[X <= min(b, c)]) with X ~ Bin(b + c, 1/2), computed with exact integers.
+    """
+    if b < 0 or c < 0:
+        raise ValueError("discordant counts must be non-negative")
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1))
+    return float(min(Fraction(1), Fraction(2 * tail, 2**n)))
+
+
+def mean_interval(values: list[float], z: float = Z95) -> tuple[float, float, float]:
+    """(mean, low, high): mean ± z·sd/√n with the sample sd; a single value gets a zero-width interval."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("the mean of no values is undefined")
+    mean = math.fsum(values) / n
+    if n == 1:
+        return mean, mean, mean
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    half = z * sd / math.sqrt(n)
+    return mean, mean - half, mean + half

@@ -1,0 +1,212 @@
+"""The laundry-list task: recall the one item of a list that was not mentioned again.
+
+A frame introduces N distinct items, mentions N-1 of them again (shuffled) as handled, and stops
+right before the remaining item. Every item must be a single token *with its leading space* for
+the tokenizer at hand, so each frame's lexicon is filtered per tokenizer.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from th_edit.errors import UserError
+from th_edit.tasks.prompts import TaskPrompt
+
+MIN_ITEMS, MAX_ITEMS = 2, 10
+
+# Determiners a frame can put before its items. "a" means a/an chosen by sound.
+DETERMINERS = ("a", "the", "my")
+
+# The simple vowel-letter rule gets these wrong; keep them in one place instead of banning words.
+_AN_BEFORE_CONSONANT_LETTER = {"hour", "heir", "honor"}
+_A_BEFORE_VOWEL_LETTER = {"uniform", "unicorn", "ukulele", "utensil", "eucalyptus"}
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A story with two slots; `text` ends right before the answer (no trailing space)."""
+
+    name: str
+    text: str  # contains {first} (all N items) and {handled} (the N-1 handled ones)
+    first_determiner: str
+    handled_determiner: str
+    lexicon: tuple[str, ...]
+
+
+def article(word: str) -> str:
+    if word in _AN_BEFORE_CONSONANT_LETTER:
+        return "an"
+    if word in _A_BEFORE_VOWEL_LETTER:
+        return "a"
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _with_determiner(word: str, determiner: str) -> str:
+    return f"{article(word) if determiner == 'a' else determiner} {word}"
+
+
+def join_list(phrases: Sequence[str]) -> str:
+    """'x', 'x and y', 'x, y and z' (no serial comma, as in the METHOD.md example)."""
+    if len(phrases) == 1:
+        return phrases[0]
+    return ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+FRAMES: tuple[Frame, ...] = (
+    Frame(
+        "laundry",
+        "I took a load to the laundromat with {first}. I washed {handled}, so the last thing left to wash was the",
+        "a", "the",
+        ("shirt", "sock", "towel", "jacket", "sweater", "dress", "skirt", "blanket", "scarf", "glove",
+         "hat", "coat", "vest", "hoodie", "robe", "apron", "sheet", "pillowcase", "quilt", "duvet",
+         "cardigan", "blouse", "tunic", "jersey", "bathrobe", "nightgown", "swimsuit", "bikini",
+         "tablecloth", "napkin", "curtain", "rug", "cushion", "handkerchief", "bandana", "beanie",
+         "cap", "mitten", "poncho", "kimono", "shawl", "sweatshirt", "raincoat", "bib", "suit",
+         "uniform", "pillow", "mat", "backpack", "tie", "diaper", "rag", "flag", "bra", "stocking",
+         "ribbon", "purse", "tent", "cloth"),
+    ),
+    Frame(
+        "shopping",
+        "At the market I put {first} in my basket. At the checkout I paid for {handled}, "
+        "and then I noticed that I had not paid for the",
+        "a", "the",
+        ("apple", "banana", "lemon", "onion", "carrot", "potato", "tomato", "melon", "mango", "peach",
+         "pear", "cabbage", "cucumber", "pepper", "pumpkin", "pineapple", "orange", "avocado", "egg",
+         "loaf", "baguette", "cake", "pie", "pizza", "sandwich", "muffin", "cookie", "candle", "mug",
+         "sponge", "toothbrush", "notebook", "pen", "pencil", "battery", "magazine", "newspaper",
+         "bottle", "jar", "lime", "coconut", "grapefruit", "kiwi", "croissant", "donut", "bagel",
+         "kettle", "chicken", "broom", "bucket", "lamp", "plate", "bowl", "cup", "toaster"),
+    ),
+    Frame(
+        "packing",
+        "Before the trip I laid out {first} on the bed. I packed {handled} into my suitcase, "
+        "so the one thing still left to pack was the",
+        "a", "the",
+        ("passport", "camera", "charger", "laptop", "phone", "wallet", "book", "map", "umbrella",
+         "toothbrush", "towel", "sweater", "jacket", "hat", "razor", "comb", "brush", "mirror",
+         "pillow", "blanket", "flashlight", "ticket", "key", "watch", "ring", "necklace", "bracelet",
+         "notebook", "pen", "guidebook", "tablet", "headset", "adapter", "bottle", "thermos", "scarf",
+         "belt", "sandal", "boot", "swimsuit", "tie", "perfume", "diary", "compass", "raincoat",
+         "hairdryer", "kindle", "novel", "journal", "lantern"),
+    ),
+    Frame(
+        "cleaning",
+        "On Saturday I had to clean {first}. I cleaned {handled} in the morning, "
+        "so in the afternoon I still had to clean the",
+        "the", "the",
+        ("kitchen", "bathroom", "bedroom", "garage", "attic", "basement", "hallway", "porch", "balcony",
+         "window", "mirror", "floor", "carpet", "rug", "oven", "fridge", "sink", "bathtub", "shower",
+         "toilet", "stove", "table", "desk", "shelf", "cabinet", "closet", "wardrobe", "counter",
+         "microwave", "dishwasher", "couch", "sofa", "chair", "bench", "staircase", "fireplace",
+         "patio", "driveway", "gate", "fence", "door", "cupboard", "drawer", "pantry", "terrace",
+         "car", "bike", "freezer", "grill", "aquarium"),
+    ),
+    Frame(
+        "cooking",
+        "For the stew I set out {first} on the counter. I had already chopped {handled}, "
+        "so the last ingredient left to chop was the",
+        "the", "the",
+        ("onion", "carrot", "potato", "tomato", "pepper", "garlic", "celery", "leek", "cabbage",
+         "zucchini", "eggplant", "mushroom", "turnip", "parsnip", "radish", "beet", "squash",
+         "pumpkin", "cucumber", "lettuce", "chicken", "beef", "pork", "lamb", "fish", "salmon",
+         "shrimp", "ham", "sausage", "bacon", "apple", "pear", "lemon", "lime", "orange", "mango",
+         "pineapple", "avocado", "ginger", "chili", "basil", "parsley", "cilantro", "fennel",
+         "artichoke", "asparagus", "broccoli", "cauliflower", "kale", "olive", "plum", "peach"),
+    ),
+    Frame(
+        "gardening",
+        "In the spring I bought {first} at the garden center. I planted {handled} on Saturday, "
+        "so on Sunday I still had to plant the",
+        "a", "the",
+        ("rose", "tulip", "lily", "daisy", "orchid", "sunflower", "fern", "cactus", "oak", "maple",
+         "pine", "birch", "willow", "cedar", "palm", "cherry", "lemon", "peach", "plum", "fig", "olive",
+         "magnolia", "hibiscus", "jasmine", "peony", "dahlia", "poppy", "iris", "lilac", "violet",
+         "marigold", "geranium", "begonia", "petunia", "azalea", "hydrangea", "carnation", "daffodil",
+         "tomato", "apricot", "shrub", "hedge", "vine", "bush", "seedling", "elm", "spruce", "fir",
+         "poplar", "cypress", "juniper", "holly", "chestnut", "walnut", "beech", "aspen", "redwood"),
+    ),
+    Frame(
+        "tools",
+        "My neighbor borrowed {first} from the garage. He has returned {handled}, "
+        "but he still has not returned my",
+        "my", "my",
+        ("hammer", "drill", "saw", "wrench", "screwdriver", "ladder", "shovel", "rake", "hose",
+         "mower", "axe", "chisel", "clamp", "file", "level", "tape", "stapler", "sander", "pliers",
+         "toolbox", "wheelbarrow", "bucket", "broom", "trowel", "hoe", "spade", "crowbar", "mallet",
+         "vise", "grinder", "jack", "pump", "generator", "compressor", "router", "jigsaw", "lathe",
+         "trimmer", "blower", "sprinkler", "chainsaw", "flashlight", "tent", "canoe", "kayak", "grill",
+         "bike", "scooter", "trailer", "projector", "speaker", "guitar"),
+    ),
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer filtering
+
+
+def is_single_token(tokenizer, text: str) -> bool:
+    return len(tokenizer.encode(text, add_special_tokens=False)) == 1
+
+
+def usable_items(tokenizer, frame: Frame) -> list[str]:
+    """The frame's lexicon words that are one token with their leading space, in lexicon order."""
+    return [w for w in frame.lexicon if is_single_token(tokenizer, " " + w)]
+
+
+def lexicon_survival(tokenizer) -> dict[str, tuple[int, int]]:
+    """Per frame: (usable items for this tokenizer, lexicon size)."""
+    return {f.name: (len(usable_items(tokenizer, f)), len(f.lexicon)) for f in FRAMES}
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation
+
+
+def render(frame: Frame, items: Sequence[str], answer_position: int, handled_order: Sequence[int]) -> TaskPrompt:
+    """The prompt for `items` (in first-mention order) whose item `answer_position` is never handled."""
+    if answer_position in handled_order:
+        raise ValueError("the answer cannot be among the handled items")
+    first = join_list([_with_determiner(w, frame.first_determiner) for w in items])
+    handled = join_list([_with_determiner(items[i], frame.handled_determiner) for i in handled_order])
+    text = frame.text.format(first=first, handled=handled)
+    candidates = tuple(" " + w for w in items)
+    return TaskPrompt("laundry", text, candidates[answer_position], candidates, len(items),
+                      answer_position, frame.name)
+
+
+def balanced_positions(n: int, count: int, rng: random.Random) -> list[int]:
+    """`count` answer positions in 0..n-1 whose counts differ by at most one, in random order."""
+    positions = [i % n for i in range(count)]
+    rng.shuffle(positions)
+    return positions
+
+
+def generate_laundry(tokenizer, n_items: Sequence[int], n_per_n: int, seed: int) -> list[TaskPrompt]:
+    """`n_per_n` prompts for every N in `n_items`, answer positions and frames balanced.
+
+    Each N draws from its own generator seeded by (seed, N), so the prompts for N=5 are the same
+    whether or not other N are requested alongside.
+    """
+    usable = {f.name: usable_items(tokenizer, f) for f in FRAMES}
+    prompts: list[TaskPrompt] = []
+    for n in n_items:
+        if not MIN_ITEMS <= n <= MAX_ITEMS:
+            raise UserError(f"laundry lists need {MIN_ITEMS} to {MAX_ITEMS} items, not {n}")
+        frames = [f for f in FRAMES if len(usable[f.name]) >= n]
+        if not frames:
+            best = max(len(items) for items in usable.values())
+            raise UserError(
+                f"no laundry frame has {n} items that are single tokens for this tokenizer (the best has {best})"
+            )
+        rng = random.Random(f"laundry:{seed}:{n}")
+        positions = balanced_positions(n, n_per_n, rng)
+        frame_order = [frames[i % len(frames)] for i in range(n_per_n)]
+        rng.shuffle(frame_order)
+        for position, frame in zip(positions, frame_order):
+            items = rng.sample(usable[frame.name], n)
+            handled = [i for i in range(n) if i != position]
+            rng.shuffle(handled)
+            prompts.append(render(frame, items, position, handled))
+    return prompts

@@ -1,0 +1,140 @@
+"""One benchmark prompt, and its JSONL file format.
+
+A prompt stops right before the answer; the answer and every candidate are written exactly as
+they would follow the prompt (leading space included), so the first token of each is the token
+the model must predict next. Generated prompts list `candidates` in order of first mention, so
+`candidates[answer_position] == answer`; files written by hand only need the documented rules.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from th_edit.errors import UserError
+
+TASKS = ("laundry", "ioi")
+REQUIRED_KEYS = ("task", "prompt", "answer", "candidates", "n_items", "answer_position")
+OPTIONAL_KEYS = ("template",)
+
+
+@dataclass(frozen=True)
+class TaskPrompt:
+    task: str
+    prompt: str
+    answer: str
+    candidates: tuple[str, ...]
+    n_items: int
+    answer_position: int
+    template: str | None = None
+
+    def __post_init__(self) -> None:
+        problem = _consistency_problem(self)
+        if problem:
+            raise ValueError(problem)
+
+
+def _consistency_problem(p: TaskPrompt) -> str | None:
+    """The first rule `p` breaks, phrased for a user reading their own file; None if it is valid."""
+    if p.task not in TASKS:
+        return f"'task' must be one of {', '.join(repr(t) for t in TASKS)}, not {p.task!r}"
+    if not p.prompt:
+        return "'prompt' is empty"
+    if p.prompt != p.prompt.rstrip():
+        # The answer token carries its own leading space; a trailing one would be tokenized twice.
+        return "'prompt' ends with whitespace (the answer and candidates carry the leading space)"
+    if any(not c for c in p.candidates):
+        return "'candidates' contains an empty string"
+    if len(set(p.candidates)) != len(p.candidates):
+        return "'candidates' contains duplicates"
+    if p.answer not in p.candidates:
+        return "'answer' is not one of 'candidates'"
+    if p.n_items < 2:
+        return f"'n_items' must be at least 2, not {p.n_items}"
+    if p.task == "ioi" and p.n_items != 2:
+        return f"'n_items' must be 2 for the ioi task, not {p.n_items}"
+    if len(p.candidates) != p.n_items:
+        return f"'candidates' has {len(p.candidates)} items but 'n_items' is {p.n_items}"
+    if not 0 <= p.answer_position < p.n_items:
+        return f"'answer_position' must be in 0..{p.n_items - 1}, not {p.answer_position}"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# JSONL
+
+
+def prompt_to_record(prompt: TaskPrompt) -> dict[str, object]:
+    record = asdict(prompt)
+    record["candidates"] = list(prompt.candidates)
+    if record["template"] is None:
+        del record["template"]
+    return record
+
+
+def write_jsonl(prompts: Iterable[TaskPrompt], path: str | Path) -> None:
+    lines = [json.dumps(prompt_to_record(p), ensure_ascii=False) + "\n" for p in prompts]
+    Path(path).write_text("".join(lines), encoding="utf-8")
+
+
+def read_jsonl(path: str | Path) -> list[TaskPrompt]:
+    """Read and validate a prompt file; any problem is a one-line UserError naming file and line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+    prompts = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():  # blank lines (a trailing one, say) carry no record
+            continue
+        try:
+            prompts.append(_parse_record(line))
+        except ValueError as exc:
+            raise UserError(f"{path} line {number}: {exc}") from None
+    if not prompts:
+        raise UserError(f"{path}: contains no prompts")
+    return prompts
+
+
+def _parse_record(line: str) -> TaskPrompt:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in record]
+    if missing:
+        raise ValueError(f"missing key {', '.join(repr(k) for k in missing)}")
+    unknown = sorted(set(record) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
+    if unknown:
+        raise ValueError(f"unknown key {', '.join(repr(k) for k in unknown)}")
+    for key in ("task", "prompt", "answer"):
+        _expect(record, key, str, "a string")
+    for key in ("n_items", "answer_position"):
+        _expect(record, key, int, "an integer")
+    candidates = record["candidates"]
+    if not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates):
+        raise ValueError("'candidates' must be a list of strings")
+    template = record.get("template")
+    if template is not None and not isinstance(template, str):
+        raise ValueError("'template' must be a string or null")
+    return TaskPrompt(record["task"], record["prompt"], record["answer"], tuple(candidates),
+                      record["n_items"], record["answer_position"], template)
+
+
+def _expect(record: dict, key: str, kind: type, description: str) -> None:
+    value = record[key]
+    # bool is a subclass of int, but `true` is never a valid count or position.
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"'{key}' must be {description}, got {json.dumps(value)}")
+
+
+def tasks_in(prompts: Sequence[TaskPrompt]) -> list[str]:
+    """The tasks present, in the canonical order."""
+    present = {p.task for p in prompts}
+    return [t for t in TASKS if t in present]
