@@ -61,7 +61,8 @@ def _hook_targets(model, adapter: Adapter, layer: int) -> dict[str, str]:
     return targets
 
 
-def check_layer(model, adapter: Adapter, input_ids: torch.Tensor, layer: int, source: TensorSource | None = None) -> dict[str, float]:
+def check_layer(model, adapter: Adapter, input_ids: torch.Tensor, layer: int,
+                source: TensorSource | None = None) -> dict[str, float]:
     """Relative errors of q, k, v, the attention output (and Gemma's post-norm output) for one layer."""
     source = source or ModelTensors(model)
     modules = dict(model.named_modules())

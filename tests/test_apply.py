@@ -70,6 +70,11 @@ def _svds(path: Path, layer: int):
     return adapter, weights, ov_svd(weights), qk_svd(weights)
 
 
+def _scales(layer: int, head: int, circuit: str) -> dict[int, float]:
+    chosen = [e for e in EDITS if (e["layer"], e["head"], e["circuit"]) == (layer, head, circuit)]
+    return {k: e["scale"] for e in chosen for k in e["components"]}
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_edits_are_exact_dense_identities(family, bases, applied):
     """OV' = OV (I + Σ(α−1) v vᵀ) and QK' = (I + Σ(α−1) a aᵀ) QK, checked on dense d×d matrices."""
@@ -78,8 +83,7 @@ def test_edits_are_exact_dense_identities(family, bases, applied):
         _, after, _, _ = _svds(applied[family], layer)
         for head in range(before.W_Q.shape[0]):
             d = before.W_Q.shape[1]
-            ov_scales = {k: e["scale"] for e in EDITS if (e["layer"], e["head"], e["circuit"]) == (layer, head, "ov") for k in e["components"]}
-            qk_scales = {k: e["scale"] for e in EDITS if (e["layer"], e["head"], e["circuit"]) == (layer, head, "qk") for k in e["components"]}
+            ov_scales, qk_scales = _scales(layer, head, "ov"), _scales(layer, head, "qk")
             M_ov = torch.eye(d, dtype=torch.float64)
             for k, a in ov_scales.items():
                 M_ov += (a - 1) * torch.outer(ov.V[head][:, k], ov.V[head][:, k])

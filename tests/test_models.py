@@ -13,7 +13,6 @@ from tiny import tiny_model
 
 from th_edit import models
 from th_edit.cli import main
-from th_edit.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +77,8 @@ def test_directory_without_checkpoint(tmp_path):
 def test_unsupported_architecture(tmp_path):
     from transformers import BertConfig, BertModel
 
-    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37)).save_pretrained(tmp_path)
+    config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37)
+    BertModel(config).save_pretrained(tmp_path)
     assert_user_error(run_cli("inspect", str(tmp_path)), "model_type 'bert'", "gpt2", "gpt_neox", "llama", "gemma3_text")
 
 
@@ -129,7 +129,8 @@ def test_hub_id_through_the_real_hub_code_path(tiny_dir, tmp_path):
     pinned = subprocess.run([sys.executable, "-m", "th_edit", "inspect", f"someorg/tiny-gpt2@{sha}", "--json"],
                             capture_output=True, text=True, env=env)
     assert pinned.returncode == 0, pinned.stderr
-    missing = subprocess.run([sys.executable, "-m", "th_edit", "inspect", "someorg/absent"], capture_output=True, text=True, env=env)
+    missing = subprocess.run([sys.executable, "-m", "th_edit", "inspect", "someorg/absent"],
+                             capture_output=True, text=True, env=env)
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1, missing.stderr
 
 

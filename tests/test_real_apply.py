@@ -15,7 +15,8 @@ from th_edit.models import load_model, load_tokenizer
 
 pytestmark = pytest.mark.real
 RECIPES = Path(__file__).parent.parent / "recipes"
-PROMPT = "I went to the laundromat with a shirt, a sock and a towel. I washed the towel and the sock, so the last thing left to wash was the"
+PROMPT = ("I went to the laundromat with a shirt, a sock and a towel. I washed the towel and the sock, "
+          "so the last thing left to wash was the")
 
 RELOAD = """
 import sys, torch

@@ -16,10 +16,9 @@ from th_edit.card import model_card, provenance
 from th_edit.checkpoint import CheckpointTensors, sha256_file
 from th_edit.edit import EditResult, Overlay, cast_for_output, compute_edits, measure_realized
 from th_edit.errors import UserError
-from th_edit.export import check_target, copy_side_files, staging_directory, write_weights
+from th_edit.export import copy_side_files, staging_directory, write_weights
 from th_edit.models import ResolvedModel, load_config, resolve
 from th_edit.recipe import Recipe, check_against_model, load_recipe
-
 
 BENCHMARK_PLOT = "benchmark.png"
 
@@ -158,7 +157,7 @@ def write(prepared: Prepared, computed: Computed, target: Path, force: bool,
         )
         (staging / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")
         card = model_card(target.name, prepared.recipe, prepared.recipe_text, base, computed.result.reports,
-                          prepared.out_dtype_name, benchmark.text if benchmark else None,
+                          prepared.out_dtype_name, (benchmark.report, benchmark.text) if benchmark else None,
                           BENCHMARK_PLOT if benchmark else None)
         (staging / "README.md").write_text(card)
     return weights

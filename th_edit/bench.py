@@ -415,14 +415,6 @@ def run_paired(before: Variant, after: Variant, tokenizer, prompts: Sequence[Tas
 # Terminal tables
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> list[str]:
-    """Aligned plain-text columns: the first `left` columns left-aligned, the rest right-aligned."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(f"{c:<{w}}" if j < left else f"{c:>{w}}" for j, (c, w) in enumerate(zip(cells, widths))).rstrip()
-    return [line(headers), *(line(r) for r in rows)]
-
-
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
@@ -455,7 +447,7 @@ def render_results(task: str, results: Mapping[str, object], title: str) -> list
                      _pct(row["top1_accuracy"]), _ci(row["top1_ci95"]),
                      f"{row['mean_logit_diff']:+.2f}", _ci(row["logit_diff_ci95"], percent=False)])
     lines = [title]
-    lines += _table(["", "n", "candidate", "95% CI", "top-1", "95% CI", "logit diff", "95% CI"], rows)
+    lines += ui.table(["", "n", "candidate", "95% CI", "top-1", "95% CI", "logit diff", "95% CI"], rows)
     lines += _position_lines(task, results["by_position"])
     return lines
 
@@ -467,7 +459,7 @@ def _position_lines(task: str, by_position: Sequence[Mapping[str, object]]) -> l
     for row in by_position:
         cells.setdefault(row["n_items"], [""] * width)[row["answer_position"]] = f"{100 * row['candidate_accuracy']:.0f}"
     headers = ["by answer position (%)", *(_position_name(task, p) for p in range(width))]
-    return _table(headers, [[_label(task, n), *values] for n, values in cells.items()])
+    return ui.table(headers, [[_label(task, n), *values] for n, values in cells.items()])
 
 
 def render_single(report: Mapping[str, object]) -> str:
@@ -495,7 +487,7 @@ def render_paired(report: Mapping[str, object]) -> str:
                          f"{100 * row['accuracy_change']:+.1f}", str(row["b_right_to_wrong"]),
                          str(row["c_wrong_to_right"]), f"{row['mcnemar_p']:.3g}",
                          f"{row['mean_logit_diff_change']:+.2f}"])
-        lines += _table(["", "n", "before", "95% CI", "after", "95% CI", "Δ pts", "b", "c", "McNemar p",
+        lines += ui.table(["", "n", "before", "95% CI", "after", "95% CI", "Δ pts", "b", "c", "McNemar p",
                          "Δ logit diff"], rows)
         lines.append("")
     kl = report["side_effects"]["neutral_kl"]

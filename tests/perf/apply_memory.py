@@ -12,7 +12,6 @@ save_pretrained of the unedited model.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile

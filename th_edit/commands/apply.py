@@ -8,7 +8,7 @@ import click
 
 from th_edit import ui
 from th_edit.apply import compute, prepare_file, report_warnings, resolve_target, run_benchmark, write
-from th_edit.edit import HeadReport
+from th_edit.edit import EDIT_COLUMNS, edit_rows
 from th_edit.export import check_target
 
 
@@ -25,7 +25,7 @@ def apply_command(recipe: Path, out: Path | None, force: bool, no_bench: bool) -
     ui.info(f"editing {prepared.base.reference}: {len(prepared.recipe.edits)} edit(s)")
     computed = compute(prepared)
     report_warnings(computed)
-    click.echo(edit_table(computed.result.reports))
+    click.echo("\n".join(ui.table(EDIT_COLUMNS, edit_rows(computed.result.reports), left=0)))
     benchmark = None
     if prepared.recipe.benchmark is not None and not no_bench:
         ui.info("benchmarking before and after the edit (--no-bench skips this)")
@@ -33,13 +33,3 @@ def apply_command(recipe: Path, out: Path | None, force: bool, no_bench: bool) -
         click.echo("\n" + benchmark.text)
     write(prepared, computed, target, force, benchmark)
     click.echo(f"wrote {target}")
-
-
-def edit_table(reports: list[HeadReport]) -> str:
-    lines = [f"{'layer.head':>10} {'circuit':>7} {'comp':>4} {'scale':>7} {'σ before':>10} {'σ target':>10} {'σ realized':>10}"]
-    for report in reports:
-        for c in report.components:
-            realized = "-" if c.realized is None else f"{c.realized:10.5g}"
-            lines.append(f"{report.layer:>5}.{report.head:<4} {report.circuit.upper():>7} {c.component:>4} "
-                         f"{c.scale:>7g} {c.original:>10.5g} {c.target:>10.5g} {realized:>10}")
-    return "\n".join(lines)
