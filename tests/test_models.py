@@ -152,3 +152,23 @@ def test_factored_svd_matches_dense():
             rebuilt = ov.U[h] @ torch.diag(ov.S[h]) @ ov.V[h].T
             assert torch.allclose(rebuilt, dense_ov, atol=1e-10)
             assert torch.allclose(ov.V[h].T @ ov.V[h], torch.eye(ov.V.shape[-1], dtype=torch.float64), atol=1e-10)
+
+
+def test_apply_and_verify_from_a_hub_base(tmp_path):
+    """A hub base: the card names it as base_model, provenance pins the commit, verify re-resolves it."""
+    base = tmp_path / "tiny-llama"
+    tiny_model("llama").save_pretrained(base)
+    sha = _fake_hub_cache(tmp_path / "hub", "someorg/tiny-llama", base)
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("base_model: someorg/tiny-llama\n"
+                      "edits:\n  - {layer: 1, head: 0, circuit: ov, components: [0], scale: 2.0}\n"
+                      f"output: {{dir: {tmp_path / 'out'}}}\n")
+    for command in (["apply", str(recipe)], ["verify", str(tmp_path / "out")]):
+        done = subprocess.run([sys.executable, "-m", "th_edit", "--quiet", *command],
+                              capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "base_model: someorg/tiny-llama" in card.split("---")[1]
+    record = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert record["base"]["revision"] == sha and "path" not in record["base"]
