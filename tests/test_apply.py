@@ -14,9 +14,9 @@ from transformers import AutoModelForCausalLM
 
 from th_edit.apply import compute, prepare_file
 from th_edit.arch import adapter_for
+from th_edit.bench import swapped_parameters
 from th_edit.checkpoint import CheckpointTensors
 from th_edit.cli import main
-from th_edit.edit import write_into_model
 from th_edit.linalg import ov_svd, qk_svd
 
 EDITS = [
@@ -151,8 +151,7 @@ def test_plain_transformers_reload_matches_in_memory_edit(bases, applied, tmp_pa
         model = AutoModelForCausalLM.from_pretrained(bases[family]).eval()
         with torch.no_grad():
             before = model(input_ids).logits
-        write_into_model(model, computed.cast)
-        with torch.no_grad():
+        with torch.no_grad(), swapped_parameters(model, computed.cast):
             edited = model(input_ids).logits
         assert (edited - before).abs().max() > 1e-3, family  # the edit does something
         assert (reloaded[str(applied[family])] - edited).abs().max() < 1e-4, family

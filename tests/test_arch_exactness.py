@@ -6,6 +6,7 @@ from exactness import TOL, check_layer
 from tiny import FAMILIES, VOCAB, tiny_model
 
 from th_edit.arch import SUPPORTED_MODEL_TYPES, adapter_for
+from th_edit.checkpoint import ModelTensors
 from th_edit.errors import UserError
 
 
@@ -34,7 +35,7 @@ def test_head_dims_and_gqa(model_type):
     model = tiny_model(model_type)
     adapter = adapter_for(model.config)
     info = adapter.info()
-    w = adapter.layer_weights(__import__("th_edit.checkpoint", fromlist=["ModelTensors"]).ModelTensors(model), 0)
+    w = adapter.layer_weights(ModelTensors(model), 0)
     assert w.W_Q.shape == (info.n_heads, info.d_model, info.d_head)
     assert w.W_O.shape == (info.n_heads, info.d_head, info.d_model)
     # query heads of one KV group share W_K and W_V exactly

@@ -9,8 +9,8 @@ import torch
 from click.testing import CliRunner
 
 from th_edit.apply import compute, prepare_file
+from th_edit.bench import swapped_parameters
 from th_edit.cli import main
-from th_edit.edit import write_into_model
 from th_edit.models import load_model, load_tokenizer
 
 pytestmark = pytest.mark.real
@@ -44,8 +44,8 @@ def test_example_recipe_end_to_end(recipe, tmp_path):
     ids = load_tokenizer(prepared.base)(PROMPT, return_tensors="pt")
     with torch.no_grad():
         before = model(**ids).logits[0]
-        write_into_model(model, compute(prepared).cast)
-        edited = model(**ids).logits[0]
+        with swapped_parameters(model, compute(prepared).cast):
+            edited = model(**ids).logits[0]
     assert (edited - before).abs().max() > 1e-3  # the edit changes the model
     assert (reloaded - edited).abs().max() < 1e-4
     assert CliRunner().invoke(main, ["--quiet", "verify", str(out)]).exit_code == 0

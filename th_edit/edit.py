@@ -215,13 +215,6 @@ class Overlay:
         return tensor.to(self.dtype) if self.dtype is not None and tensor.is_floating_point() else tensor
 
 
-def write_into_model(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    """Put edited parameters into a loaded model, in place, in the model's own dtype."""
-    state = model.state_dict(keep_vars=True)
-    with torch.no_grad():
-        for name, tensor in tensors.items():
-            state[name].copy_(tensor.to(state[name].dtype))
-
 
 def cast_for_output(result: EditResult, source_dtypes: dict[str, torch.dtype], out_dtype: torch.dtype | None
                     ) -> tuple[dict[str, torch.Tensor], list[str]]:
