@@ -39,3 +39,24 @@ def test_dequantized_model_is_sane(real):
     with torch.no_grad():
         top = model(ids).logits[0, -1].topk(5).indices
     assert " Paris" in [tokenizer.decode(t) for t in top], name
+
+
+@pytest.mark.parametrize("alias,family,layers,heads,kv,d_head", [
+    ("smollm2-135m", "llama", 30, 9, 3, 64),
+    ("gemma-3-270m", "gemma3", 18, 4, 1, 256),
+])
+def test_inspect_offline_aliases(alias, family, layers, heads, kv, d_head):
+    import json
+
+    from click.testing import CliRunner
+
+    from th_edit.cli import main
+
+    result = CliRunner().invoke(main, ["--quiet", "inspect", alias, "--svd", "--top", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    arch = summary["architecture"]
+    shape = (arch["family"], arch["n_layers"], arch["n_heads"], arch["n_kv_heads"], arch["d_head"])
+    assert shape == (family, layers, heads, kv, d_head)
+    assert len(summary["svd"]["heads"]) == layers * heads
+    assert all(h["ov"][0] >= h["ov"][1] > 0 and h["qk"][0] >= h["qk"][1] > 0 for h in summary["svd"]["heads"])
