@@ -188,7 +188,7 @@ def test_sharding_and_dtype(bases, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out)
     assert next(model.parameters()).dtype == torch.bfloat16
     provenance = json.loads((out / "provenance.json").read_text())
-    assert set(provenance["weights_sha256"]) == set(shards)
+    assert set(provenance["weights_sha256"]) == set(shards) | {"model.safetensors.index.json"}
 
 
 def test_bfloat16_cast_loss_is_warned(bases, tmp_path):
@@ -242,3 +242,46 @@ def test_legacy_unprefixed_keys_are_kept(bases, tmp_path):
     ids = torch.arange(10)[None]
     with torch.no_grad():
         assert torch.equal(edited(ids).logits, AutoModelForCausalLM.from_pretrained(direct)(ids).logits)
+
+
+def test_cast_loss_is_measured_per_head(bases, tmp_path):
+    """A large edit on one head must not hide a lossy small edit on another head of the same tensor."""
+    edits = [{"layer": 0, "head": 0, "circuit": "ov", "components": [0], "scale": 3.0},
+             {"layer": 0, "head": 1, "circuit": "ov", "components": [5], "scale": 1.001}]
+    recipe = write_recipe(tmp_path / "r.yaml", bases["llama"], edits, dtype="bfloat16")
+    result = CliRunner().invoke(main, ["apply", str(recipe), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "loses" in line]
+    assert len(warnings) == 1 and "layer 0 head 1 OV" in warnings[0], result.stderr
+
+
+def test_overflowing_scale_is_a_user_error(bases, tmp_path):
+    edits = [{"layer": 0, "head": 0, "circuit": "ov", "components": [0], "scale": 1.0e6}]
+    recipe = write_recipe(tmp_path / "r.yaml", bases["llama"], edits, dtype="float16")
+    result = CliRunner().invoke(main, ["--quiet", "apply", str(recipe), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "edits[0].scale" in result.output and "overflow float16" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_output_that_would_swallow_an_input_is_refused(bases, tmp_path):
+    """--force must never delete what the run reads: a target containing the base or the recipe."""
+    import shutil
+
+    nest = tmp_path / "nest"
+    shutil.copytree(bases["llama"], nest / "base")
+    recipe = write_recipe(nest / "r.yaml", nest / "base")
+    for target in (nest, nest / "base", nest / "base" / "inner", tmp_path):
+        result = CliRunner().invoke(main, ["apply", str(recipe), "--out", str(target), "--force"])
+        assert result.exit_code == 2 and "would overlap" in result.output, (target, result.output)
+    assert (nest / "base" / "config.json").is_file() and recipe.is_file()
+    assert not (nest / "base" / "inner").exists()
+
+
+def test_output_under_a_file_is_refused_before_editing(bases, tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    recipe = write_recipe(tmp_path / "r.yaml", bases["llama"])
+    result = CliRunner().invoke(main, ["apply", str(recipe), "--out", str(blocker / "sub")])
+    assert result.exit_code == 2 and "is not a directory" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "σ" not in result.output  # refused before the edit table

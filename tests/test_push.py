@@ -116,3 +116,12 @@ def test_real_hub_client_without_network(out_dir, tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "cannot reach the Hugging Face Hub" in lines[0], proc.stderr
     assert SECRET not in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("repo_id", ["bad id!/x", "me/x..y", "me/" + "n" * 100])
+def test_invalid_repo_ids_are_refused_before_any_call(monkeypatch, out_dir, repo_id):
+    api = FakeApi()
+    for extra in ([], ["--dry-run"]):
+        result = run_push(monkeypatch, api, out_dir, repo_id, *extra)
+        assert result.exit_code == 2 and "is not a valid Hub name" in result.output
+        assert len(result.output.strip().splitlines()) == 1 and api.calls == []

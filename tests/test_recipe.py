@@ -42,6 +42,14 @@ CASES = [
     ("  - {layer: 3, head: 2, circuit: ov, components: [0], scale: 2.0}\n", "", ["edits[0].layer", "0..2"]),
     ("  - {layer: 1, head: 6, circuit: qk, components: [0], scale: 2.0}\n", "", ["edits[0].head", "0..5"]),
     ("  - {layer: 1, head: 2, circuit: qk, components: [1, 8], scale: 2.0}\n", "", ["edits[0].components[1]", "0..7"]),
+    (GOOD_EDIT, "benchmark:\n  n_items: [2, 3, 2]\n", ["benchmark.n_items", "repeats 2"]),
+    (GOOD_EDIT, "benchmark:\n  tasks: [ioi, ioi]\n", ["benchmark.tasks", "repeats ioi"]),
+    (GOOD_EDIT, "edits:\n" + GOOD_EDIT, ["line 7", "the key 'edits' appears twice"]),
+    ("  - {layer: 1, head: 2, circuit: ov, components: [0], scale: 2.0, scale: 3.0}\n", "", ["line 4", "'scale' appears twice"]),
+] + [
+    (GOOD_EDIT, f"  max_shard_size: {size}\n", ["output.max_shard_size", expected])
+    for size, expected in [(0, "at least 1 byte"), (-5, "at least 1 byte"), ("0.1B", "not a size"), ("infGB", "not a size"),
+                           ("nanMB", "not a size"), (1.5, "must be a size"), ("true", "must be a size")]
 ]
 
 
@@ -116,3 +124,16 @@ def test_existing_output_refused_then_forced(base, tmp_path):
     forced = CliRunner().invoke(main, ["--quiet", "apply", str(recipe), "--force"])
     assert forced.exit_code == 0 and not marker.exists() and (out / "model.safetensors").is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_exponent_floats_are_numbers():
+    """YAML 1.1 (PyYAML) reads 1e-3 as a string; a recipe reads it as the number users mean."""
+    recipe = parse_recipe("base_model: m\nedits:\n  - {layer: 0, head: 0, circuit: ov, components: [0], scale: 1e-3}\n")
+    assert recipe.edits[0].scale == 0.001
+
+
+def test_shard_size_error_names_the_field_only(tmp_path):
+    with pytest.raises(Exception) as excinfo:
+        parse_recipe("base_model: m\nedits:\n" + GOOD_EDIT + "output: {max_shard_size: 1.5}\n")
+    message = str(excinfo.value)
+    assert "output.max_shard_size must be a size" in message and ".str" not in message and "more problem" not in message

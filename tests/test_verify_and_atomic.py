@@ -124,3 +124,79 @@ def test_signals_mid_write_never_leave_a_partial_target(tmp_path, sig):
         assert not list(tmp_path.glob(".out.partial-*")) and (out / "model.safetensors").is_file()
     else:
         assert not leftovers
+
+
+@pytest.fixture()
+def sharded(tmp_path):
+    base = tmp_path / "base"
+    tiny_model("llama").save_pretrained(base)
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path / "r.yaml", base, EDITS, dir=str(out), max_shard_size="20KB")
+    assert CliRunner().invoke(main, ["--quiet", "apply", str(recipe)]).exit_code == 0
+    assert verify(out).exit_code == 0
+    return out
+
+
+def shards(out):
+    return sorted(set(json.loads((out / "model.safetensors.index.json").read_text())["weight_map"].values()))
+
+
+def test_verify_reports_a_missing_shard(sharded):
+    second = shards(sharded)[1]
+    (sharded / second).unlink()
+    result = verify(sharded)
+    assert result.exit_code == 1 and f"{second}: listed in provenance.json but missing" in result.stderr
+
+
+def test_verify_checks_the_shard_index(sharded):
+    index = sharded / "model.safetensors.index.json"
+    record = json.loads(index.read_text())
+    name = sorted(record["weight_map"])[0]
+    first, last = shards(sharded)[0], shards(sharded)[-1]
+    record["weight_map"][name] = last if record["weight_map"][name] != last else first
+    index.write_text(json.dumps(record, indent=2) + "\n")
+    result = verify(sharded)
+    assert result.exit_code == 1 and "model.safetensors.index.json: sha256 differs" in result.stderr
+    index.unlink()
+    result = verify(sharded)
+    assert result.exit_code == 1 and "model.safetensors.index.json: listed in provenance.json but missing" in result.stderr
+
+
+def test_verify_reports_a_stray_weight_file(sharded):
+    (sharded / "extra.safetensors").write_bytes((sharded / shards(sharded)[0]).read_bytes())
+    result = verify(sharded)
+    assert result.exit_code == 1 and "extra.safetensors: weight file not listed" in result.stderr
+
+
+def test_verify_reports_an_edit_missing_from_provenance(edited):
+    path = edited[1] / "provenance.json"
+    record = json.loads(path.read_text())
+    dropped = record["edits"].pop()
+    path.write_text(json.dumps(record))
+    result = verify(edited[1])
+    where = f"layer {dropped['layer']} head {dropped['head']} {dropped['circuit'].upper()}"
+    assert result.exit_code == 1 and f"{where} component" in result.stderr and "missing from provenance.json" in result.stderr
+
+
+@pytest.mark.parametrize("damage", [lambda r: [], lambda r: {k: v for k, v in r.items() if k != "weights_sha256"},
+                                    lambda r: {**r, "edits": [{"layer": 1}]}])
+def test_verify_damaged_provenance_is_one_line(edited, damage):
+    path = edited[1] / "provenance.json"
+    path.write_text(json.dumps(damage(json.loads(path.read_text()))))
+    result = verify(edited[1])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1 and "provenance.json" in result.output
+
+
+def test_verify_a_relative_base_from_elsewhere(tmp_path, monkeypatch):
+    tiny_model("llama").save_pretrained(tmp_path / "base")
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe(tmp_path / "r.yaml", "base", EDITS, dir="out")  # relative to the current directory
+    assert CliRunner().invoke(main, ["--quiet", "apply", str(recipe)]).exit_code == 0
+    monkeypatch.chdir("/")
+    lost = verify(tmp_path / "out")
+    assert lost.exit_code == 2 and "pass --base MODEL" in lost.output
+    found = CliRunner().invoke(main, ["--quiet", "verify", str(tmp_path / "out"), "--base", str(tmp_path / "base")])
+    assert found.exit_code == 0 and found.stdout.strip() == "ok"
+    tiny_model("llama", seed=1).save_pretrained(tmp_path / "other")
+    wrong = CliRunner().invoke(main, ["--quiet", "verify", str(tmp_path / "out"), "--base", str(tmp_path / "other")])
+    assert wrong.exit_code == 1 and "its weight files changed since apply" in wrong.stderr

@@ -323,7 +323,8 @@ def write_checkpoint_weights(
 ) -> dict[str, str]:
     """Write tensors as `model.safetensors`, or as numbered shards plus an index when they exceed
     `max_shard_bytes`. Output depends only on the tensors' names, dtypes, shapes and bytes.
-    Returns {file name: sha256}."""
+    Returns {file name: sha256} for every file written, the index included (it decides which
+    shard a tensor is loaded from, so it is as much part of the weights as the shards)."""
     tensors = list(tensors)
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
@@ -341,6 +342,7 @@ def write_checkpoint_weights(
         weight_map.update({t.name: name for t in group})
     index = {"metadata": {"total_size": sum(t.nbytes for t in tensors)}, "weight_map": dict(sorted(weight_map.items()))}
     (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    hashes[INDEX_FILE] = sha256_file(directory / INDEX_FILE)
     return hashes
 
 
@@ -355,6 +357,8 @@ def sha256_file(path: Path) -> str:
 def parse_size(text: str | int) -> int:
     """'500MB', '2GB', '1.5GiB' or a byte count -> bytes (decimal units as in transformers)."""
     if isinstance(text, int):
+        if text < 1:
+            raise ValueError(f"not a size: {text} (must be at least 1 byte)")
         return text
     units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
              "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -365,6 +369,6 @@ def parse_size(text: str | int) -> int:
         value = float(number)
     except ValueError:
         raise ValueError(f"not a size: {text!r} (use e.g. 500MB or 2GB)") from None
-    if unit not in units or value <= 0:
+    if unit not in units or not math.isfinite(value) or int(value * units[unit]) < 1:
         raise ValueError(f"not a size: {text!r} (use e.g. 500MB or 2GB)")
     return int(value * units[unit])

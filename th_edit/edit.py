@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from th_edit.arch import Adapter
+from th_edit.arch import Adapter, Slot
 from th_edit.checkpoint import TensorSource
 from th_edit.errors import UserError
 from th_edit.linalg import HeadSVD, near_ties, ov_svd, qk_svd
@@ -78,6 +78,7 @@ class EditResult:
     reports: list[HeadReport]
     intended_deltas: dict[str, torch.Tensor]  # parameter -> new − old (float64), for cast-loss checks
     originals: dict[tuple[int, int, str], HeadSVD]  # (layer, head, circuit) -> SVD before the edit
+    written: list[tuple[HeadEdit, Slot]]  # which slice each head edit was written into
 
 
 EDIT_COLUMNS = ("layer", "head", "circuit", "component", "scale", "σ before", "σ target", "σ realized")
@@ -108,6 +109,7 @@ def compute_edits(adapter: Adapter, source: TensorSource, edits: list[Edit]) -> 
     new: dict[str, torch.Tensor] = {}
     reports: list[HeadReport] = []
     originals: dict[tuple[int, int, str], HeadSVD] = {}
+    written: list[tuple[HeadEdit, Slot]] = []
     by_layer: dict[int, list[HeadEdit]] = defaultdict(list)
     for head_edit in head_edits:
         by_layer[head_edit.layer].append(head_edit)
@@ -146,9 +148,10 @@ def compute_edits(adapter: Adapter, source: TensorSource, edits: list[Edit]) -> 
                 new[slot.param] = source.get(slot.param).to(torch.float64).clone()
             block = slot.read(new)  # current (possibly already edited) block, math orientation
             slot.write(new[slot.param], _updated_block(block, directions, coeffs, gain, head_edit.circuit))
+            written.append((head_edit, slot))
 
     deltas = {name: tensor - source.get(name).to(torch.float64) for name, tensor in new.items()}
-    return EditResult(new, reports, deltas, originals)
+    return EditResult(new, reports, deltas, originals, written)
 
 
 def _updated_block(block: torch.Tensor, X: torch.Tensor, coeffs: torch.Tensor, gain: torch.Tensor | None,
@@ -218,18 +221,25 @@ class Overlay:
 
 def cast_for_output(result: EditResult, source_dtypes: dict[str, torch.dtype], out_dtype: torch.dtype | None
                     ) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Cast edited parameters to the output dtype; warn where the cast loses > 1% of the change."""
-    cast: dict[str, torch.Tensor] = {}
+    """Cast edited parameters to the output dtype. Per head edit (a large edit elsewhere in the same
+    parameter must not hide a small one): refuse an overflow, warn where the cast loses > 1% of
+    the intended change."""
+    cast = {name: tensor.to(out_dtype or source_dtypes[name]) for name, tensor in result.tensors.items()}
+    realized_deltas = {
+        name: cast[name].to(torch.float64) - (tensor - result.intended_deltas[name]).to(cast[name].dtype).to(torch.float64)
+        for name, tensor in result.tensors.items()
+    }
     warnings = []
-    for name, tensor in result.tensors.items():
-        dtype = out_dtype or source_dtypes[name]
-        cast[name] = tensor.to(dtype)
-        intended = result.intended_deltas[name]
+    for head_edit, slot in result.written:
+        dtype_name = str(cast[slot.param].dtype).removeprefix("torch.")
+        what = f"layer {head_edit.layer} head {head_edit.head} {head_edit.circuit.upper()}"
+        if not bool(torch.isfinite(slot.read(cast)).all()):
+            first = head_edit.edit_indices[0]
+            raise UserError(f"edits[{first}].scale: the edited {what} weights overflow {dtype_name}; use a smaller scale")
+        intended, realized = slot.read(result.intended_deltas), slot.read(realized_deltas)
         if intended.abs().max() == 0:
             continue
-        original = (tensor - intended).to(dtype).to(torch.float64)
-        realized = cast[name].to(torch.float64) - original
         loss = float((realized - intended).norm() / intended.norm())
         if loss > 0.01:
-            warnings.append(f"{name}: casting to {str(dtype).removeprefix('torch.')} loses {loss:.1%} of the intended change")
+            warnings.append(f"{what}: casting to {dtype_name} loses {loss:.1%} of the intended change")
     return cast, warnings

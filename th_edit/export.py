@@ -41,15 +41,32 @@ SKIP_NAMES = {INDEX_FILE, "README.md", "recipe.yaml", "provenance.json", "th_edi
 PARTIAL_MARK = ".partial-"
 
 
-def check_target(target: Path, force: bool, base_dir: Path) -> None:
-    """Refuse before any heavy work: an existing target without --force, or the base itself."""
+def check_target(target: Path, force: bool, protected: list[Path]) -> None:
+    """Refuse before any heavy work: an existing target without --force, a target that is, lies
+    inside or contains one of the `protected` inputs (the base model, the recipe: --force would
+    delete them), or a place where no directory can be created."""
     resolved = target.resolve()
-    if resolved == base_dir.resolve() or base_dir.resolve() in resolved.parents:
-        raise UserError(f"output directory {target} is (inside) the base model's directory; choose another")
+    for path in protected:
+        path = path.resolve()
+        if resolved == path or path in resolved.parents or resolved in path.parents:
+            raise UserError(f"output directory {target} would overlap {path}, which this run reads; choose another")
     if target.exists() and not force:
         raise UserError(f"output directory {target} already exists (pass --force to replace it)")
     if target.exists() and not target.is_dir():
         raise UserError(f"output path {target} exists and is not a directory")
+    check_creatable(target)
+
+
+def check_creatable(path: Path) -> None:
+    """A file or directory can be created at `path`: its nearest existing ancestor is a writable
+    directory. Checked up front so a long run does not fail at its very end."""
+    ancestor = path.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"cannot create {path}: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"cannot create {path}: {ancestor} is not writable")
 
 
 @contextlib.contextmanager

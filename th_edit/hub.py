@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import HfApi, get_token
-from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
+from huggingface_hub.utils import validate_repo_id
 
 from th_edit.errors import UserError
 
@@ -38,6 +39,10 @@ def plan_push(folder: Path, repo_id: str, private: bool, revision: str | None) -
         raise UserError(f"{folder} is not a checkpoint directory (config.json and safetensors weights expected)")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise UserError(f"repo id '{repo_id}' must have the form user-or-org/name")
+    try:
+        validate_repo_id(repo_id)  # the Hub's own naming rules, checked before any network call
+    except HFValidationError as exc:
+        raise UserError(f"repo id '{repo_id}' is not a valid Hub name: {_first_line(exc)}") from None
     files = sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
     return PushPlan(folder, repo_id, private, revision, files)
 

@@ -114,11 +114,17 @@ class ResolvedModel:
     gguf_file: str | None = None
     gguf_sha256: str | None = None
     notes: list[str] = field(default_factory=list)
+    gguf_path: Path | None = None  # the GGUF file itself (machine-local: not part of provenance)
 
     def provenance(self) -> dict[str, object]:
         record = asdict(self)
         record["path"] = str(self.path)
+        del record["gguf_path"]
         return {k: v for k, v in record.items() if v not in (None, [])}
+
+    def inputs(self) -> list[Path]:
+        """Every local path this model is read from (an output must never overlap them)."""
+        return [self.path] + ([self.gguf_path] if self.gguf_path else [])
 
     def tensors(self) -> CheckpointTensors:
         return CheckpointTensors(self.path)
@@ -220,7 +226,7 @@ def _resolve_gguf(path: Path, digest: str | None, *, reference: str, kind: str) 
     target = cache_dir() / "dequantized" / f"{path.stem}-{digest[:16]}"
     if not (target / "config.json").is_file():
         _dequantize_to(path, target, digest)
-    return ResolvedModel(reference, kind, target, gguf_file=path.name, gguf_sha256=digest,
+    return ResolvedModel(reference, kind, target, gguf_file=path.name, gguf_sha256=digest, gguf_path=path,
                          notes=[] if kind == "alias" else [f"weights dequantized to float32 from {path.name}"])
 
 

@@ -9,6 +9,7 @@ Two stages, both ending in a one-line UserError that names the field path:
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -56,11 +57,14 @@ class Edit(Strict):
 class Output(Strict):
     dir: str | None = None
     dtype: Literal["keep", "float32", "bfloat16", "float16"] = "keep"
-    max_shard_size: str | StrictInt = "5GB"
+    max_shard_size: str | int = "5GB"
 
-    @field_validator("max_shard_size")
+    @field_validator("max_shard_size", mode="before")
     @classmethod
-    def _size(cls, value: str | int) -> str | int:
+    def _size(cls, value: object) -> str | int:
+        # Checked before pydantic's union matching, whose errors would name each union member.
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise ValueError("must be a size such as 500MB or 2GB, or a byte count")
         try:
             parse_size(value)
         except ValueError as exc:
@@ -80,6 +84,15 @@ class Benchmark(Strict):
     n_prompts: Annotated[StrictInt, Field(ge=1)] = 50
     batch_size: Annotated[StrictInt, Field(ge=1)] = 16
     seed: StrictInt | None = None  # default: the recipe's seed
+
+    @field_validator("tasks", "n_items")
+    @classmethod
+    def _no_repeats(cls, values: list) -> list:
+        # A repeated N (or task) would score the same prompts twice and overstate the statistics.
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise ValueError(f"repeats {', '.join(repeated)}")
+        return values
 
 
 class Recipe(Strict):
@@ -121,9 +134,33 @@ def _describe(error: dict) -> str:
     return message
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """yaml.SafeLoader (plain data only, never objects), made stricter and YAML 1.2-like:
+    a repeated key is an error (PyYAML silently keeps the last one, which would drop a whole
+    `edits:` block), and `1e-3` is a number (YAML 1.1 reads it as a string)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                key = (key_node.tag, key_node.value)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key '{key_node.value}' appears twice", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+RecipeLoader.add_implicit_resolver(  # copies the resolver table for this class; SafeLoader is unchanged
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def parse_recipe(text: str, source: str = "recipe") -> Recipe:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

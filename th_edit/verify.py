@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from th_edit.apply import Prepared, compute, prepare
-from th_edit.checkpoint import sha256_file, weight_files
+from th_edit.checkpoint import INDEX_FILE, sha256_file
 from th_edit.errors import UserError
 from th_edit.export import write_weights
 from th_edit.recipe import parse_recipe
@@ -27,18 +27,38 @@ def load_record(out_dir: Path) -> tuple[dict, str]:
         record = json.loads(provenance_path.read_text())
     except json.JSONDecodeError as exc:
         raise UserError(f"{provenance_path} is not valid JSON ({exc})") from None
+    _check_shape(record, provenance_path)
     return record, recipe_path.read_text()
 
 
-def verify(out_dir: Path) -> list[str]:
-    """Return a list of mismatches (empty when the checkpoint is exactly what its recipe gives)."""
+def _check_shape(record: object, path: Path) -> None:
+    """The fields verify reads, with their types: a damaged record is one clear line, not a traceback."""
+    expected = {"recipe": dict, "base": dict, "edits": list, "weights_sha256": dict}
+    if not isinstance(record, dict):
+        raise UserError(f"{path} is not a th-edit provenance record (not a JSON object)")
+    for key, kind in expected.items():
+        if not isinstance(record.get(key), kind):
+            raise UserError(f"{path}: field '{key}' is missing or not a JSON {'object' if kind is dict else 'array'}")
+    if not isinstance(record["recipe"].get("sha256"), str):
+        raise UserError(f"{path}: field 'recipe.sha256' is missing")
+    for i, edit in enumerate(record["edits"]):
+        if not (isinstance(edit, dict) and {"layer", "head", "circuit"} <= edit.keys()
+                and isinstance(edit.get("components"), list) and all(isinstance(c, dict) for c in edit["components"])):
+            raise UserError(f"{path}: edits[{i}] is not an edit record (layer, head, circuit, components)")
+
+
+def verify(out_dir: Path, base: str | None = None) -> list[str]:
+    """Return a list of mismatches (empty when the checkpoint is exactly what its recipe gives).
+    `base` overrides where the base model is found (its identity is still checked)."""
     record, recipe_text = load_record(out_dir)
     problems: list[str] = []
 
     if hashlib.sha256(recipe_text.encode()).hexdigest() != record["recipe"]["sha256"]:
         problems.append("recipe.yaml: sha256 differs from provenance.json (the recipe was changed after apply)")
     recorded = record["weights_sha256"]
-    present = {p.name for p in weight_files(out_dir)}
+    # Everything that could be loaded as weights, not only what the index names: a stray file
+    # would be uploaded by push and could shadow the real ones.
+    present = {p.name for p in out_dir.glob("*.safetensors")} | ({INDEX_FILE} if (out_dir / INDEX_FILE).is_file() else set())
     for name in sorted(set(recorded) - present):
         problems.append(f"{name}: listed in provenance.json but missing")
     for name in sorted(present - set(recorded)):
@@ -47,8 +67,15 @@ def verify(out_dir: Path) -> list[str]:
         if sha256_file(out_dir / name) != recorded[name]:
             problems.append(f"{name}: sha256 differs from provenance.json (the file was modified after apply)")
 
-    prepared = prepare(parse_recipe(recipe_text, str(out_dir / "recipe.yaml")), recipe_text,
-                       str(out_dir / "recipe.yaml"), base_override=_pinned_base(record))
+    recipe_source = str(out_dir / "recipe.yaml")
+    try:
+        prepared = prepare(parse_recipe(recipe_text, recipe_source), recipe_text, recipe_source,
+                           base_override=base or _pinned_base(record))
+    except UserError as exc:
+        if base is not None:
+            raise
+        # A relative base_model path resolves against the current directory, as it did for apply.
+        raise UserError(f"{exc} (pass --base MODEL to say where the base model is now)") from None
     problems += _check_base(prepared, record["base"])
     computed = compute(prepared)
     problems += _compare_realized(record["edits"], [r.as_dict() for r in computed.result.reports])
@@ -83,22 +110,21 @@ def _check_base(prepared: Prepared, recorded: dict) -> list[str]:
 
 
 def _compare_realized(recorded: list[dict], recomputed: list[dict]) -> list[str]:
+    """Both ways: every recorded component must be recomputed with the same realized value, and
+    every component the recipe edits must be on record."""
+    def components(entries: list[dict]) -> dict[tuple, object]:
+        return {(e["layer"], e["head"], e["circuit"], c.get("component")): c.get("realized")
+                for e in entries for c in e["components"]}
+
+    then, now = components(recorded), components(recomputed)
     problems = []
-    index = {(e["layer"], e["head"], e["circuit"]): e for e in recomputed}
-    for entry in recorded:
-        key = (entry["layer"], entry["head"], entry["circuit"])
-        fresh = index.get(key)
-        if fresh is None:
-            problems.append(f"layer {key[0]} head {key[1]} {key[2].upper()}: in provenance.json but not in the recipe")
-            continue
-        fresh_components = {c["component"]: c for c in fresh["components"]}
-        for component in entry["components"]:
-            k = component["component"]
-            now = fresh_components.get(k, {}).get("realized")
-            then = component.get("realized")
-            if now is None or then is None or not math.isclose(now, then, rel_tol=REALIZED_RTOL, abs_tol=1e-12):
-                problems.append(
-                    f"layer {key[0]} head {key[1]} {key[2].upper()} component {k}: realized singular value "
-                    f"{now} differs from the recorded {then}"
-                )
+    for key in sorted(then.keys() | now.keys(), key=str):
+        where = f"layer {key[0]} head {key[1]} {str(key[2]).upper()} component {key[3]}"
+        if key not in now:
+            problems.append(f"{where}: in provenance.json but not edited by the recipe")
+        elif key not in then:
+            problems.append(f"{where}: edited by the recipe but missing from provenance.json")
+        elif not (isinstance(then[key], (int, float)) and isinstance(now[key], (int, float))
+                  and math.isclose(now[key], then[key], rel_tol=REALIZED_RTOL, abs_tol=1e-12)):
+            problems.append(f"{where}: realized singular value {now[key]} differs from the recorded {then[key]}")
     return problems

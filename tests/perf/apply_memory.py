@@ -47,7 +47,7 @@ recipe, out = Path(sys.argv[1]), Path(sys.argv[2])
 start = time.perf_counter()
 prepared = prepare_file(recipe)
 target = resolve_target(prepared, out)
-check_target(target, False, prepared.base.path)
+check_target(target, False, prepared.base.inputs())
 write(prepared, compute(prepared), target, force=False)
 done = time.perf_counter()
 print(json.dumps({"import_s": imported - t0, "total_s": done - start,

@@ -21,7 +21,7 @@ def apply_command(recipe: Path, out: Path | None, force: bool, no_bench: bool) -
     """Apply RECIPE (YAML) and write the edited model as an ordinary checkpoint."""
     prepared = prepare_file(recipe)
     target = resolve_target(prepared, out)
-    check_target(target, force, prepared.base.path)
+    check_target(target, force, [*prepared.base.inputs(), recipe])
     ui.info(f"editing {prepared.base.reference}: {len(prepared.recipe.edits)} edit(s)")
     computed = compute(prepared)
     report_warnings(computed)

@@ -13,10 +13,12 @@ from th_edit.verify import verify
 
 @click.command("verify")
 @click.argument("out_dir", type=click.Path(path_type=Path))
-def verify_command(out_dir: Path) -> None:
+@click.option("--base", "base", metavar="MODEL",
+              help="Where the base model is now, if not where recipe.yaml's base_model says (its identity is still checked).")
+def verify_command(out_dir: Path, base: str | None) -> None:
     """Recompute the edits of OUT_DIR from its recipe.yaml and base model, and check the weight
     hashes and realized singular values recorded in provenance.json. Exit 1 on any mismatch."""
-    problems = verify(out_dir)
+    problems = verify(out_dir, base)
     if problems:
         for problem in problems:
             click.echo(f"mismatch: {problem}", err=True)
