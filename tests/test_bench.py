@@ -23,10 +23,12 @@ from th_edit.bench import (
     run_paired,
     score_prompts,
     summarize,
+    tokenize_prompts,
 )
 from th_edit.errors import UserError
+from th_edit.tasks.laundry import FRAMES, lexicon_survival
 from th_edit.tasks.neutral import neutral_prompts
-from th_edit.tasks.prompts import TaskPrompt, write_jsonl
+from th_edit.tasks.prompts import TaskPrompt, read_jsonl, write_jsonl
 
 WORDS = [f"w{i}" for i in range(40)]
 
@@ -131,6 +133,21 @@ def test_ambiguous_candidates_are_a_user_error():
         score_prompts(tiny_model("llama"), tokenizer, [prompt])
 
 
+def test_ambiguous_candidates_in_a_file_name_the_file_line(tmp_path):
+    path = tmp_path / "p.jsonl"
+    good = TaskPrompt("laundry", "w1 w2", " w3", (" w3", " w4"), 2, 0)
+    write_jsonl([good], path)
+    with path.open("a") as file:  # a blank line, then the bad prompt on line 3
+        file.write("\n" + json.dumps({"task": "laundry", "prompt": "w1", "answer": " w5",
+                                      "candidates": [" w5", " w5 w6"], "n_items": 2, "answer_position": 0}) + "\n")
+    prompts = read_jsonl(path)
+    with pytest.raises(UserError, match=rf"^{re.escape(str(path))} line 3: two candidates start with the same"):
+        tokenize_prompts(WordTokenizer(), prompts, path)
+    # without a file, the prompt's place in the list
+    with pytest.raises(UserError, match="^prompt 2: two candidates"):
+        tokenize_prompts(WordTokenizer(), prompts)
+
+
 # ----------------------------------------------------------------------------------------------
 # Variants and KL
 
@@ -213,6 +230,96 @@ def test_summary_and_paired_counts():
     # mean of (1, -3, 2, 3) = 0.75
     assert n2["mean_logit_diff_change"] == pytest.approx(0.75)
     assert paired["overall"]["mcnemar_p"] == 1.0  # b = 1, c = 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Generated prompt sets
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
+    from th_edit.models import load_tokenizer, resolve
+
+    return load_tokenizer(resolve("smollm2-135m"))
+
+
+def test_build_prompts_counts_a_repeated_n_once(smollm2_tokenizer):
+    prompts = build_prompts(smollm2_tokenizer, ["laundry", "ioi"], [2, 2, 3], 5, seed=0)
+    counts = {(p.task, p.n_items): sum(q.task == p.task and q.n_items == p.n_items for q in prompts) for p in prompts}
+    assert counts == {("laundry", 2): 5, ("laundry", 3): 5, ("ioi", 2): 5}
+
+
+def test_build_prompts_says_how_many_lexicon_items_survive(smollm2_tokenizer, capsys):
+    build_prompts(smollm2_tokenizer, ["laundry"], [2, 3], 2, seed=0)
+    err = capsys.readouterr().err
+    assert "laundry-list lexicon: 7 frames, 31-47 single-token items each (of 50-59)\n" in err
+    assert "warning" not in err  # SmolLM2 keeps at least 31 items per frame: every frame serves every N
+    build_prompts(smollm2_tokenizer, ["ioi"], [2, 3], 2, seed=0)
+    assert "lexicon" not in capsys.readouterr().err
+
+
+class FewWordsTokenizer:
+    """Single tokens: all of the 'laundry' frame's lexicon and the first 3 words of the others'."""
+
+    def __init__(self) -> None:
+        self.single = set(FRAMES[0].lexicon) | {w for f in FRAMES for w in f.lexicon[:3]}
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return [7] if text.strip() in self.single else [7, 8]
+
+
+def test_frames_too_small_for_an_n_are_named_in_a_warning(capsys):
+    tokenizer = FewWordsTokenizer()
+    usable = {name: count for name, (count, _) in lexicon_survival(tokenizer).items()}
+    small = {name for name, count in usable.items() if count < 5}
+    assert small == {"cleaning", "gardening", "tools"}  # the premise (words shared with 'laundry' add some)
+    prompts = build_prompts(tokenizer, ["laundry"], [2, 5], 20, seed=0)
+    assert {p.template for p in prompts if p.n_items == 5} == set(usable) - small
+    assert {p.template for p in prompts if p.n_items == 2} == set(usable)
+    err = capsys.readouterr().err
+    assert f"laundry-list lexicon: 7 frames, {min(usable.values())}-{max(usable.values())} single-token" in err
+    for name in usable:
+        warning = f"warning: laundry frame '{name}' has only {usable[name]} single-token items, so it is not used for N=5\n"
+        assert (warning in err) == (name in small)
+
+
+# ----------------------------------------------------------------------------------------------
+# Plots
+
+
+def _report_results(seed: int) -> dict:
+    rng = random.Random(seed)
+    prompts = [TaskPrompt("laundry", "w1", " a", (" a", " b"), 2, 0)] * 6 + \
+              [TaskPrompt("laundry", "w1", " c", (" a", " b", " c"), 3, 2)] * 6 + \
+              [TaskPrompt("ioi", "w1", " a", (" a", " b"), 2, 0)] * 6
+    scores = [PromptScore(rng.random() < 0.6, False, rng.uniform(-1, 1)) for _ in prompts]
+    return summarize(prompts, scores)
+
+
+def _plotted_x(figure) -> dict[str, list[float]]:
+    return {container.get_label(): list(container.lines[0].get_xdata()) for container in figure.axes[0].containers}
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_ioi_has_its_own_column_in_the_accuracy_plot(paired, tmp_path):
+    from th_edit.plots import accuracy_figure, plot_accuracy
+
+    if paired:
+        report = {"kind": "paired", "before": {"model": {"reference": "m"}, "results": _report_results(0)},
+                  "after": {"model": {"reference": "m + e"}, "results": _report_results(1)}}
+    else:
+        report = {"kind": "single", "model": {"reference": "m"}, "results": _report_results(0)}
+    figure = accuracy_figure(report)
+    x = _plotted_x(figure)
+    laundry = [v for label, xs in x.items() if label.startswith("laundry") for v in xs]
+    ioi = [v for label, xs in x.items() if label.startswith("ioi") for v in xs]
+    assert len(ioi) == (2 if paired else 1) and len(laundry) == 2 * len(ioi)
+    assert min(ioi) > max(laundry) + 1  # well clear of laundry N=3, let alone N=2
+    ticks = figure.axes[0].get_xticks()
+    labels = [label.get_text() for label in figure.axes[0].get_xticklabels()]
+    assert labels == ["2", "3", "IOI"] and min(ioi) == pytest.approx(ticks[-1], abs=0.1)
+    plot_accuracy(report, tmp_path / "accuracy.png")
+    assert (tmp_path / "accuracy.png").read_bytes().startswith(b"\x89PNG")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,6 +413,62 @@ def test_cli_bad_prompt_file_is_one_line(cli, tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"task": "laundry"}\n')
     assert "bad.jsonl line 1: missing key" in _one_line_error(cli("--prompts", str(path)))
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Loading a model fails the test: the errors below must come before any model is loaded."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+    monkeypatch.setattr("th_edit.commands.bench.load_model", refuse)
+
+
+GOOD_LINE = json.dumps({"task": "laundry", "prompt": "I washed the", "answer": " sock",
+                        "candidates": [" sock", " shirt"], "n_items": 2, "answer_position": 0})
+
+
+def test_cli_indistinguishable_candidates_name_the_file_line(cli, tmp_path, no_model):
+    ioi = json.dumps({"task": "ioi", "prompt": "When Mary and John left, John waved to", "answer": " Mary",
+                      "candidates": [" Mary", " John"], "n_items": 2, "answer_position": 0})
+    bad = json.dumps({**json.loads(GOOD_LINE), "candidates": [" sock", " sockpuppet"]})  # both start with " sock"
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join([ioi, "", GOOD_LINE, bad]) + "\n")
+    line = _one_line_error(cli("--prompts", str(path), "--task", "laundry"))
+    assert line.startswith(f"error: {path} line 4: two candidates start with the same token")
+
+
+def test_cli_export_prompts_creates_missing_directories(cli, tmp_path):
+    path = tmp_path / "new" / "dir" / "p.jsonl"
+    result = cli("--task", "ioi", "--n-prompts", "3", "--export-prompts", str(path))
+    assert result.exit_code == 0, result.output
+    assert len(read_jsonl(path)) == 3
+
+
+@pytest.mark.parametrize("option, target, message", [
+    ("--export-prompts", "afile/p.jsonl", "{afile} is not a directory"),
+    ("--out", "afile/sub", "{afile} is not a directory"),
+    ("--out", "afile", "'{afile}' is a file"),  # click's own check of the option
+])
+def test_cli_unwritable_destinations_are_refused_up_front(cli, tmp_path, no_model, option, target, message):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(GOOD_LINE + "\n")
+    source = ["--prompts", str(prompts)] if option == "--out" else ["--task", "ioi", "--n-prompts", "3"]
+    line = _one_line_error(cli(*source, option, str(tmp_path / target)))
+    assert message.format(afile=afile) in line
+
+
+def test_generated_setup_records_the_lexicon_survival(smollm2_tokenizer):
+    from th_edit.commands.bench import _load_prompts
+
+    _, setup = _load_prompts(smollm2_tokenizer, ("laundry", "ioi"), None, "2,3", 2, 0)
+    survival = lexicon_survival(smollm2_tokenizer)
+    assert setup["laundry_lexicon"] == {frame: {"single_token_items": usable, "lexicon_items": total}
+                                        for frame, (usable, total) in survival.items()}
+    assert min(r["single_token_items"] for r in setup["laundry_lexicon"].values()) == 31
+    _, ioi_only = _load_prompts(smollm2_tokenizer, ("ioi",), None, "2,3", 2, 0)
+    assert "laundry_lexicon" not in ioi_only
 
 
 @pytest.mark.parametrize("args, message", [

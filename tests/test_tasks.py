@@ -13,6 +13,7 @@ from th_edit.tasks.laundry import (
     FRAMES,
     Frame,
     article,
+    frames_left_out,
     generate_laundry,
     is_single_token,
     join_list,
@@ -110,6 +111,17 @@ def test_determinism(tok):
     assert alone == together
 
 
+def test_a_repeated_n_is_generated_once(tok):
+    # Each N has its own seed, so a repeat would add identical prompts and count them twice.
+    assert generate_laundry(tok, [2, 2, 3, 2], 5, seed=0) == generate_laundry(tok, [2, 3], 5, seed=0)
+
+
+def test_frames_left_out_for_large_n():
+    counts = {"laundry": 9, "shopping": 4, "packing": 2}
+    assert frames_left_out(counts, [2, 3, 5, 3]) == {"shopping": [5], "packing": [3, 5]}
+    assert frames_left_out(counts, [2]) == {}
+
+
 def test_positions_and_frames_are_balanced(tok):
     for n in range(2, 11):
         prompts = generate_laundry(tok, [n], 37, seed=5)
@@ -188,6 +200,32 @@ def test_jsonl_round_trip(tok, tmp_path):
     write_jsonl(prompts, path)
     assert read_jsonl(path) == prompts
     assert "template" not in json.loads(path.read_text().splitlines()[-1])
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"])
+def test_jsonl_keeps_unicode_line_separators_inside_strings(tmp_path, separator):
+    # write_jsonl leaves these raw (ensure_ascii=False); str.splitlines() would split records on them.
+    prompt = TaskPrompt("laundry", f"Pick{separator}one of", " x", (" y", " x"), 2, 1)
+    path = tmp_path / "prompts.jsonl"
+    write_jsonl([prompt, prompt], path)
+    assert separator in path.read_text(encoding="utf-8")
+    assert read_jsonl(path) == [prompt, prompt]
+    with path.open("a", encoding="utf-8") as file:
+        file.write("{not json\n")
+    with pytest.raises(UserError, match=r"line 3: invalid JSON"):
+        read_jsonl(path)
+
+
+def test_jsonl_crlf_blank_lines_and_line_numbers(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_bytes(("\r\n" + _line() + "\r\n\r\n" + _line(answer=" shirt", answer_position=1) + "\r\n").encode())
+    prompts = read_jsonl(path)
+    assert [p.answer for p in prompts] == [" sock", " shirt"]
+    assert [p.line for p in prompts] == [2, 4]
+    # the line number is bookkeeping, not part of the prompt
+    write_jsonl(prompts, tmp_path / "again.jsonl")
+    assert all("line" not in json.loads(r) for r in (tmp_path / "again.jsonl").read_text().splitlines())
+    assert prompts[0] == TaskPrompt("laundry", "I washed the", " sock", (" sock", " shirt"), 2, 0)
 
 
 GOOD = {"task": "laundry", "prompt": "I washed the", "answer": " sock",

@@ -109,7 +109,7 @@ def edited_variants(prepared: Prepared, computed: Computed):
 
 def run_benchmark(prepared: Prepared, computed: Computed) -> BenchmarkRun:
     """The recipe's `benchmark:` section: paired before/after on identical prompts, plus KL."""
-    from th_edit.bench import build_prompts, render_report, run_paired
+    from th_edit.bench import build_prompts, lexicon_record, render_report, run_paired
 
     settings = prepared.recipe.benchmark
     assert settings is not None
@@ -119,6 +119,8 @@ def run_benchmark(prepared: Prepared, computed: Computed) -> BenchmarkRun:
     setup = {"tasks": list(settings.tasks), "prompts": "generated", "seed": seed,
              "n_prompts_per_n": settings.n_prompts, "n_items": list(settings.n_items),
              "batch_size": settings.batch_size, "weights": prepared.out_dtype_name, "compute": "float32"}
+    if "laundry" in settings.tasks:
+        setup["laundry_lexicon"] = lexicon_record(tokenizer)
     reference = prepared.base.reference
     report = run_paired(before, after, tokenizer, prompts, before_info={"reference": reference},
                         after_info={"reference": f"{reference} + recipe edits"}, setup=setup,

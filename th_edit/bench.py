@@ -17,14 +17,15 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from th_edit import __version__, ui
 from th_edit.errors import UserError
 from th_edit.stats import mcnemar_exact, mean_interval, wilson_interval
-from th_edit.tasks.ioi import generate_ioi
-from th_edit.tasks.laundry import generate_laundry
+from th_edit.tasks.ioi import NAMES, generate_ioi, usable_names
+from th_edit.tasks.laundry import frames_left_out, generate_laundry, lexicon_survival
 from th_edit.tasks.neutral import neutral_prompts
 from th_edit.tasks.prompts import TaskPrompt, tasks_in
 
@@ -142,27 +143,40 @@ def _device(model: torch.nn.Module) -> torch.device:
 # Scoring
 
 
-def candidate_token_ids(tokenizer, prompts: Sequence[TaskPrompt]) -> list[tuple[list[int], int]]:
-    """Per prompt: the first token id of each candidate, and the answer's index among them."""
+def _where(prompt: TaskPrompt, number: int, source: str | Path | None) -> str:
+    """Where a prompt came from, for error messages: its file line if read from `source`."""
+    if source is not None and prompt.line is not None:
+        return f"{source} line {prompt.line}"
+    return f"prompt {number}"
+
+
+def candidate_token_ids(tokenizer, prompts: Sequence[TaskPrompt],
+                        source: str | Path | None = None) -> list[tuple[list[int], int]]:
+    """Per prompt: the first token id of each candidate, and the answer's index among them.
+
+    Needs only the tokenizer, so a bad prompt file is refused before any model is loaded; errors
+    name `source` and the prompt's file line when the prompts were read from a file.
+    """
     first_token: dict[str, int] = {}
     multi_token = 0
-    for candidate in {c for p in prompts for c in p.candidates}:
-        ids = tokenizer.encode(candidate, add_special_tokens=False)
-        if not ids:
-            raise UserError(f"candidate {candidate!r} encodes to no tokens")
-        multi_token += len(ids) > 1
-        first_token[candidate] = ids[0]
-    if multi_token:
-        ui.warn(f"{multi_token} candidate(s) are several tokens for this tokenizer: only their first token is scored")
     result = []
     for number, prompt in enumerate(prompts, start=1):
+        for candidate in prompt.candidates:
+            if candidate not in first_token:
+                ids = tokenizer.encode(candidate, add_special_tokens=False)
+                if not ids:
+                    raise UserError(f"{_where(prompt, number, source)}: candidate {candidate!r} encodes to no tokens")
+                multi_token += len(ids) > 1
+                first_token[candidate] = ids[0]
         ids = [first_token[c] for c in prompt.candidates]
         if len(set(ids)) != len(ids):
             raise UserError(
-                f"prompt {number}: two candidates start with the same token, so they cannot be told apart "
-                f"({', '.join(repr(c) for c in prompt.candidates)})"
+                f"{_where(prompt, number, source)}: two candidates start with the same token, so they cannot be "
+                f"told apart ({', '.join(repr(c) for c in prompt.candidates)})"
             )
         result.append((ids, prompt.candidates.index(prompt.answer)))
+    if multi_token:
+        ui.warn(f"{multi_token} candidate(s) are several tokens for this tokenizer: only their first token is scored")
     return result
 
 
@@ -187,8 +201,9 @@ class Tokenized:
     pad_id: int
 
 
-def tokenize_prompts(tokenizer, prompts: Sequence[TaskPrompt]) -> Tokenized:
-    return Tokenized(_encode(tokenizer, [p.prompt for p in prompts]), candidate_token_ids(tokenizer, prompts),
+def tokenize_prompts(tokenizer, prompts: Sequence[TaskPrompt], source: str | Path | None = None) -> Tokenized:
+    """Tokenize and check `prompts` (see candidate_token_ids; `source` is the file they came from)."""
+    return Tokenized(_encode(tokenizer, [p.prompt for p in prompts]), candidate_token_ids(tokenizer, prompts, source),
                      _pad_id(tokenizer))
 
 
@@ -198,6 +213,8 @@ def score_prompts(model: torch.nn.Module, tokenizer, prompts: Sequence[TaskPromp
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, not {batch_size}")
     tokenized = tokenized or tokenize_prompts(tokenizer, prompts)
+    if len(tokenized.encoded) != len(prompts):
+        raise ValueError("`tokenized` must come from exactly `prompts`")
     device = _device(model)
     batches = length_batches([len(e) for e in tokenized.encoded], batch_size)
     scores: list[PromptScore | None] = [None] * len(prompts)
@@ -269,15 +286,42 @@ def _chunked_kl(base: torch.Tensor, edited: torch.Tensor, positions: torch.Tenso
 
 
 def build_prompts(tokenizer, tasks: Sequence[str], n_items: Sequence[int], n_per_n: int, seed: int) -> list[TaskPrompt]:
-    """Generated prompts: laundry for every N in `n_items` (n_per_n each), then n_per_n IOI prompts."""
+    """Generated prompts: laundry for every distinct N in `n_items` (n_per_n each, a repeated N
+    counts once), then n_per_n IOI prompts. Says how much of the vocabulary the tokenizer left."""
     if n_per_n < 1:
         raise UserError(f"the number of prompts must be at least 1, not {n_per_n}")
     prompts: list[TaskPrompt] = []
     if "laundry" in tasks:
         prompts += generate_laundry(tokenizer, n_items, n_per_n, seed)
+        _report_lexicon(lexicon_survival(tokenizer), n_items)
     if "ioi" in tasks:
         prompts += generate_ioi(tokenizer, n_per_n, seed)
+        ui.debug(f"ioi: {len(usable_names(tokenizer))} of {len(NAMES)} names are single tokens")
     return prompts
+
+
+def lexicon_record(tokenizer) -> dict[str, dict[str, int]]:
+    """Per laundry frame, how many lexicon items are single tokens for this tokenizer (for reports)."""
+    return {frame: {"single_token_items": usable, "lexicon_items": total}
+            for frame, (usable, total) in lexicon_survival(tokenizer).items()}
+
+
+def _span(values: Sequence[int]) -> str:
+    low, high = min(values), max(values)
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def _report_lexicon(survival: Mapping[str, tuple[int, int]], n_items: Sequence[int]) -> None:
+    """One status line on how many lexicon items are single tokens, and a warning per frame that
+    is too small for some N (those lists silently rotate over fewer frames otherwise)."""
+    usable = {name: counts[0] for name, counts in survival.items()}
+    ui.info(f"laundry-list lexicon: {len(survival)} frames, {_span(list(usable.values()))} single-token items "
+            f"each (of {_span([total for _, total in survival.values()])})")
+    for name, (count, total) in survival.items():
+        ui.debug(f"laundry frame '{name}': {count} of {total} items are single tokens")
+    for name, ns in frames_left_out(usable, n_items).items():
+        ui.warn(f"laundry frame '{name}' has only {usable[name]} single-token items, so it is not used for "
+                f"N={', '.join(map(str, ns))}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -366,12 +410,14 @@ def _header(kind: str, prompts: Sequence[TaskPrompt], setup: Mapping[str, object
 
 
 def run_single(model: torch.nn.Module | Variant, tokenizer, prompts: Sequence[TaskPrompt], *,
-               model_info: Mapping[str, object], setup: Mapping[str, object], batch_size: int = 16) -> dict:
-    """Score one model (or variant) and return the report."""
+               model_info: Mapping[str, object], setup: Mapping[str, object], batch_size: int = 16,
+               tokenized: Tokenized | None = None) -> dict:
+    """Score one model (or variant) and return the report. `tokenized`: `prompts` already
+    tokenized and checked by tokenize_prompts (before the model was loaded, say)."""
     variant = model if isinstance(model, Variant) else Variant(model)
     started = time.perf_counter()
     with variant.active():
-        scores = score_prompts(variant.model, tokenizer, prompts, batch_size)
+        scores = score_prompts(variant.model, tokenizer, prompts, batch_size, tokenized)
     return {**_header("single", prompts, setup), "model": dict(model_info),
             "results": summarize(prompts, scores), "wall_seconds": time.perf_counter() - started}
 
@@ -379,14 +425,15 @@ def run_single(model: torch.nn.Module | Variant, tokenizer, prompts: Sequence[Ta
 def run_paired(before: Variant, after: Variant, tokenizer, prompts: Sequence[TaskPrompt], *,
                before_info: Mapping[str, object], after_info: Mapping[str, object], setup: Mapping[str, object],
                batch_size: int = 16, before_scores: Sequence[PromptScore] | None = None,
-               neutral_texts: Sequence[str] | None = None) -> dict:
+               neutral_texts: Sequence[str] | None = None, tokenized: Tokenized | None = None) -> dict:
     """Paired before/after report on identical prompts, with side effects.
 
     `before_scores` (from score_prompts on the same prompts) skips re-scoring "before", so a base
     model scored once can be compared with many edits. `neutral_texts` defaults to the shipped set.
+    `tokenized`: `prompts` already tokenized and checked by tokenize_prompts.
     """
     started = time.perf_counter()
-    tokenized = tokenize_prompts(tokenizer, prompts)
+    tokenized = tokenized or tokenize_prompts(tokenizer, prompts)
     if before_scores is None:
         with before.active():
             before_scores = score_prompts(before.model, tokenizer, prompts, batch_size, tokenized)

@@ -1,13 +1,15 @@
-"""Throughput of th-edit's scoring against a plain batched transformers forward pass.
+"""Throughput of `th-edit bench`'s pipeline against a plain batched transformers forward pass.
 
 Run by hand (pytest does not collect it):
 
     TH_EDIT_CACHE=... python tests/perf/bench_throughput.py [--model smollm2-135m] [--n-prompts 20]
 
-Both sides score the same prompts with the same batch size in the same process. The plain side
-is what one would write without th-edit: tokenize each batch with left padding, take
-`model(**batch).logits[:, -1]`. The two are run alternately several times and the best time of
-each is kept, so a noisy neighbour on a shared machine penalizes both alike.
+Both sides score the same prompts with the same batch size in the same process. th-edit's side
+is what `th-edit bench` runs once the model is loaded (`run_single`: tokenize and check the
+prompts, score, summarize with intervals). The plain side is what one would write without
+th-edit: tokenize each batch with left padding, take `model(**batch).logits[:, -1]`. The two
+are run alternately several times and the best time of each is kept, so a noisy neighbour on a
+shared machine penalizes both alike.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import time
 
 import torch
 
-from th_edit.bench import build_prompts, score_prompts
+from th_edit import ui
+from th_edit.bench import build_prompts, run_single
 from th_edit.models import load_model, load_tokenizer, resolve
 
 
@@ -46,6 +49,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    ui.configure(quiet=True, verbose=False)  # progress bars would interleave with the results
 
     resolved = resolve(args.model)
     model, tokenizer = load_model(resolved, dtype="float32"), load_tokenizer(resolved)
@@ -55,7 +59,8 @@ def main() -> None:
     print(f"{args.model}: {len(prompts)} prompts, {tokens} tokens, batch size {args.batch_size}, "
           f"{torch.get_num_threads()} threads")
 
-    ours = lambda: score_prompts(model, tokenizer, prompts, args.batch_size)  # noqa: E731
+    ours = lambda: run_single(model, tokenizer, prompts, model_info={}, setup={},  # noqa: E731
+                              batch_size=args.batch_size)
     plain = lambda: plain_forward(model, tokenizer, texts, args.batch_size)  # noqa: E731
     ours(), plain()  # warm-up: first calls pay for allocator and kernel setup
     ours_times, plain_times = [], []
@@ -63,7 +68,7 @@ def main() -> None:
         ours_times.append(timed(ours))
         plain_times.append(timed(plain))
     ours_rate, plain_rate = len(prompts) / min(ours_times), len(prompts) / min(plain_times)
-    print(f"th-edit score_prompts: {ours_rate:7.1f} prompts/s  (best of {args.repeats}: {min(ours_times):.2f} s)")
+    print(f"th-edit run_single:    {ours_rate:7.1f} prompts/s  (best of {args.repeats}: {min(ours_times):.2f} s)")
     print(f"plain forward:         {plain_rate:7.1f} prompts/s  (best of {args.repeats}: {min(plain_times):.2f} s)")
     print(f"ratio th-edit / plain: {ours_rate / plain_rate:.2f}x  (goal >= 0.9x)")
 

@@ -10,11 +10,11 @@ import click
 
 from th_edit import ui
 from th_edit.apply import compute, edited_variants, prepare_file
-from th_edit.bench import Variant, build_prompts, render_report, run_paired, run_single
+from th_edit.bench import Variant, build_prompts, lexicon_record, render_report, run_paired, run_single, tokenize_prompts
 from th_edit.errors import UserError
+from th_edit.export import check_creatable
 from th_edit.models import DEFAULT_MODEL, load_model, load_tokenizer, resolve
-from th_edit.tasks.ioi import NAMES, usable_names
-from th_edit.tasks.laundry import MAX_ITEMS, MIN_ITEMS, lexicon_survival
+from th_edit.tasks.laundry import MAX_ITEMS, MIN_ITEMS
 from th_edit.tasks.prompts import TASKS, TaskPrompt, read_jsonl, write_jsonl
 
 GENERATION_OPTIONS = ("n_items", "n_prompts", "seed")
@@ -55,10 +55,13 @@ def _check_option_combinations(ctx: click.Context, prompts_file: Path | None, ex
             raise UserError(f"--export-prompts only writes the prompt set; it cannot be combined with {', '.join(given)}")
 
 
-def _log_vocabulary(tokenizer) -> None:
-    for frame, (usable, total) in lexicon_survival(tokenizer).items():
-        ui.debug(f"laundry frame '{frame}': {usable} of {total} items are single tokens")
-    ui.debug(f"ioi: {len(usable_names(tokenizer))} of {len(NAMES)} names are single tokens")
+def _check_destinations(export: Path | None, out: Path | None) -> None:
+    """Refuse paths that cannot be written before any model is loaded, not after the whole run."""
+    if export is not None:
+        check_creatable(export)
+    if out is not None:
+        # bench.json goes inside `out`: this also refuses an `out` that exists as a file.
+        check_creatable(out / "bench.json")
 
 
 def _load_prompts(tokenizer, tasks: tuple[str, ...], prompts_file: Path | None, n_items: str,
@@ -74,6 +77,7 @@ def _load_prompts(tokenizer, tasks: tuple[str, ...], prompts_file: Path | None, 
     setup = {"tasks": list(tasks), "prompts": "generated", "seed": seed, "n_prompts_per_n": n_prompts}
     if "laundry" in tasks:
         setup["n_items"] = values
+        setup["laundry_lexicon"] = lexicon_record(tokenizer)
     return prompts, setup
 
 
@@ -116,19 +120,24 @@ def bench_command(ctx: click.Context, model: str, task: str, n_items: str, n_pro
     is reported as a side effect.
     """
     _check_option_combinations(ctx, prompts_file, export)
+    _check_destinations(export, out)
     tasks = TASKS if task == "all" else (task,)
     resolved = resolve(model)
     tokenizer = load_tokenizer(resolved)
-    _log_vocabulary(tokenizer)
     prompts, setup = _load_prompts(tokenizer, tasks, prompts_file, n_items, n_prompts, seed)
     if export is not None:
+        export.parent.mkdir(parents=True, exist_ok=True)
         write_jsonl(prompts, export)
         ui.info(f"wrote {len(prompts)} prompts to {export}")
         return
+    # The tokenizer alone can tell whether every prompt is scorable: a bad prompt file is
+    # refused (naming its line) before any model is loaded or any edit computed.
+    tokenized = tokenize_prompts(tokenizer, prompts, prompts_file)
     setup["batch_size"] = batch_size
     if compare is None:
         report = run_single(Variant(load_model(resolved, dtype="float32")), tokenizer, prompts,
-                            model_info=resolved.provenance(), setup=setup, batch_size=batch_size)
+                            model_info=resolved.provenance(), setup=setup, batch_size=batch_size,
+                            tokenized=tokenized)
     elif _is_recipe(compare):
         # The recipe's edits applied in memory to MODEL (its base): one model, edited tensors
         # swapped in only for the "after" passes; nothing is written.
@@ -138,14 +147,15 @@ def bench_command(ctx: click.Context, model: str, task: str, n_items: str, n_pro
                             f"run `th-edit bench {prepared.recipe.base_model} --compare {compare}`")
         _, before, after = edited_variants(prepared, compute(prepared))
         report = run_paired(before, after, tokenizer, prompts, before_info=resolved.provenance(),
-                            after_info={"reference": f"{model} + {compare}"}, setup=setup, batch_size=batch_size)
+                            after_info={"reference": f"{model} + {compare}"}, setup=setup, batch_size=batch_size,
+                            tokenized=tokenized)
     else:
         other = resolve(compare)
         if not _same_vocabulary(tokenizer, load_tokenizer(other)):
             raise UserError(f"{model} and {compare} have different tokenizers, so their prompts cannot be paired")
         report = run_paired(Variant(load_model(resolved, dtype="float32")), Variant(load_model(other, dtype="float32")),
                             tokenizer, prompts, before_info=resolved.provenance(), after_info=other.provenance(),
-                            setup=setup, batch_size=batch_size)
+                            setup=setup, batch_size=batch_size, tokenized=tokenized)
     click.echo(json.dumps(report, indent=2) if as_json else render_report(report))
     if out is not None:
         _write_outputs(report, out)

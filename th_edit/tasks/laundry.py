@@ -160,6 +160,19 @@ def lexicon_survival(tokenizer) -> dict[str, tuple[int, int]]:
     return {f.name: (len(usable_items(tokenizer, f)), len(f.lexicon)) for f in FRAMES}
 
 
+def _frames_for(n: int, usable_counts: dict[str, int]) -> list[Frame]:
+    """The frames that can make an N-item list: those with at least N usable items."""
+    return [f for f in FRAMES if usable_counts[f.name] >= n]
+
+
+def frames_left_out(usable_counts: dict[str, int], n_items: Sequence[int]) -> dict[str, list[int]]:
+    """Per frame with too few usable items for some of `n_items`: those N (ascending). Lists of
+    such an N rotate over the other frames only."""
+    # The complement of _frames_for: a frame with fewer usable items than N is skipped for N.
+    left_out = {name: [n for n in sorted(set(n_items)) if count < n] for name, count in usable_counts.items()}
+    return {name: ns for name, ns in left_out.items() if ns}
+
+
 # ----------------------------------------------------------------------------------------------
 # Generation
 
@@ -187,14 +200,16 @@ def generate_laundry(tokenizer, n_items: Sequence[int], n_per_n: int, seed: int)
     """`n_per_n` prompts for every N in `n_items`, answer positions and frames balanced.
 
     Each N draws from its own generator seeded by (seed, N), so the prompts for N=5 are the same
-    whether or not other N are requested alongside.
+    whether or not other N are requested alongside. A repeated N is generated once: a second
+    pass would repeat the same prompts and count them twice in the statistics.
     """
     usable = {f.name: usable_items(tokenizer, f) for f in FRAMES}
+    counts = {name: len(items) for name, items in usable.items()}
     prompts: list[TaskPrompt] = []
-    for n in n_items:
+    for n in dict.fromkeys(n_items):  # distinct, in the order given
         if not MIN_ITEMS <= n <= MAX_ITEMS:
             raise UserError(f"laundry lists need {MIN_ITEMS} to {MAX_ITEMS} items, not {n}")
-        frames = [f for f in FRAMES if len(usable[f.name]) >= n]
+        frames = _frames_for(n, counts)
         if not frames:
             best = max(len(items) for items in usable.values())
             raise UserError(

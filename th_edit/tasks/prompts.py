@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from th_edit.errors import UserError
@@ -29,6 +29,9 @@ class TaskPrompt:
     n_items: int
     answer_position: int
     template: str | None = None
+    # The prompt file line it was read from, so later checks (tokenization) can point at it.
+    # Not part of the prompt: ignored by ==, never written by write_jsonl.
+    line: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         problem = _consistency_problem(self)
@@ -69,6 +72,7 @@ def _consistency_problem(p: TaskPrompt) -> str | None:
 def prompt_to_record(prompt: TaskPrompt) -> dict[str, object]:
     record = asdict(prompt)
     record["candidates"] = list(prompt.candidates)
+    del record["line"]
     if record["template"] is None:
         del record["template"]
     return record
@@ -88,11 +92,14 @@ def read_jsonl(path: str | Path) -> list[TaskPrompt]:
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
     prompts = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a line: str.splitlines() would also split on U+2028, U+2029 or U+0085, which
+    # write_jsonl leaves raw inside JSON strings (ensure_ascii=False).
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():  # blank lines (a trailing one, say) carry no record
             continue
         try:
-            prompts.append(_parse_record(line))
+            prompts.append(_parse_record(line, number))
         except ValueError as exc:
             raise UserError(f"{path} line {number}: {exc}") from None
     if not prompts:
@@ -100,7 +107,7 @@ def read_jsonl(path: str | Path) -> list[TaskPrompt]:
     return prompts
 
 
-def _parse_record(line: str) -> TaskPrompt:
+def _parse_record(line: str, number: int) -> TaskPrompt:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -124,7 +131,7 @@ def _parse_record(line: str) -> TaskPrompt:
     if template is not None and not isinstance(template, str):
         raise ValueError("'template' must be a string or null")
     return TaskPrompt(record["task"], record["prompt"], record["answer"], tuple(candidates),
-                      record["n_items"], record["answer_position"], template)
+                      record["n_items"], record["answer_position"], template, line=number)
 
 
 def _expect(record: dict, key: str, kind: type, description: str) -> None:
