@@ -56,13 +56,16 @@ class Computed:
     warnings: list[str] = field(default_factory=list)
 
 
-def prepare(recipe: Recipe, recipe_text: str, source: str, base_override: str | None = None) -> Prepared:
-    """Resolve the base model and check the recipe's indices against it."""
-    reference = base_override or recipe.base_model
+def resolve_base(reference: str, source: str) -> ResolvedModel:
     try:
-        base = resolve(reference)
+        return resolve(reference)
     except UserError as exc:
         raise UserError(f"{source}: base_model: {exc}") from None
+
+
+def prepare(recipe: Recipe, recipe_text: str, source: str, base: ResolvedModel | None = None) -> Prepared:
+    """Resolve the base model (unless given) and check the recipe's indices against it."""
+    base = base or resolve_base(recipe.base_model, source)
     adapter = adapter_for(load_config(base))
     check_against_model(recipe, adapter, source)
     return Prepared(recipe, recipe_text, source, base, adapter, base.tensors())

@@ -8,7 +8,7 @@ import math
 import tempfile
 from pathlib import Path
 
-from th_edit.apply import Prepared, compute, prepare
+from th_edit.apply import Prepared, compute, prepare, resolve_base
 from th_edit.checkpoint import INDEX_FILE, sha256_file
 from th_edit.errors import UserError
 from th_edit.export import write_weights
@@ -68,14 +68,15 @@ def verify(out_dir: Path, base: str | None = None) -> list[str]:
             problems.append(f"{name}: sha256 differs from provenance.json (the file was modified after apply)")
 
     recipe_source = str(out_dir / "recipe.yaml")
+    recipe = parse_recipe(recipe_text, recipe_source)
     try:
-        prepared = prepare(parse_recipe(recipe_text, recipe_source), recipe_text, recipe_source,
-                           base_override=base or _pinned_base(record))
+        resolved = resolve_base(base or _pinned_base(record) or recipe.base_model, recipe_source)
     except UserError as exc:
         if base is not None:
             raise
         # A relative base_model path resolves against the current directory, as it did for apply.
         raise UserError(f"{exc} (pass --base MODEL to say where the base model is now)") from None
+    prepared = prepare(recipe, recipe_text, recipe_source, resolved)
     problems += _check_base(prepared, record["base"])
     computed = compute(prepared)
     problems += _compare_realized(record["edits"], [r.as_dict() for r in computed.result.reports])
