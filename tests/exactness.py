@@ -56,8 +56,12 @@ def _hook_targets(model, adapter: Adapter, layer: int) -> dict[str, str]:
     for sub in ("c_attn", "query_key_value", "q_proj", "k_proj", "v_proj", "q_norm", "k_norm"):
         if f"{attn}.{sub}" in names:
             targets[sub] = f"{attn}.{sub}"
-    if f"{adapter.input_norm_module(layer).rsplit('.', 1)[0]}.post_attention_layernorm" in names and adapter.output_norm(layer):
-        targets["post_norm"] = f"{adapter.input_norm_module(layer).rsplit('.', 1)[0]}.post_attention_layernorm"
+    block = adapter.input_norm_module(layer).rsplit(".", 1)[0]
+    # Gemma's post_attention_layernorm really follows attention (it also has a separate
+    # pre_feedforward_layernorm); Llama's same-named module is the pre-MLP norm. Decided from the
+    # module layout, not from the adapter, so an adapter that forgets the post-norm is caught.
+    if f"{block}.pre_feedforward_layernorm" in names:
+        targets["post_norm"] = f"{block}.post_attention_layernorm"
     return targets
 
 
@@ -100,5 +104,6 @@ def check_layer(model, adapter: Adapter, input_ids: torch.Tensor, layer: int,
     errors["z"] = rel_err(z.flatten(2), captured["z"])
     errors["attn_out"] = rel_err(raw + w.b_O, captured["attn"])
     if "post_norm" in captured:
-        errors["post_norm"] = rel_err_up_to_scale(written + w.b_O * w.out_gain, captured["post_norm"])
+        gain = w.out_gain if w.out_gain is not None else 1.0  # an adapter without the fold fails here
+        errors["post_norm"] = rel_err_up_to_scale(written + w.b_O * gain, captured["post_norm"])
     return errors

@@ -30,6 +30,30 @@ def test_a_wrong_fold_is_caught():
     assert errors["v"] > 1e-2
 
 
+def test_gemma_post_norm_is_checked():
+    """The post-attention norm check does not rely on the adapter: leaving its fold out fails."""
+    model = tiny_model("gemma3_text")
+    adapter = adapter_for(model.config)
+    adapter.output_norm = lambda layer: None
+    input_ids = torch.randint(0, VOCAB, (1, 6), generator=torch.Generator().manual_seed(2))
+    errors = check_layer(model, adapter, input_ids, 0)
+    assert errors["post_norm"] > 1e-2
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "gpt_neox"])
+def test_layernorm_mean_removal_is_folded(model_type):
+    """METHOD.md §1: W_eff = C diag(γ) W with C = I − 11ᵀ/d. The forward check cannot see C (x̃ is
+    already centred), but C changes OV, QK and their SVDs: every column must sum to zero."""
+    model = tiny_model(model_type)
+    adapter = adapter_for(model.config)
+    assert isinstance(dict(model.named_modules())[adapter.input_norm_module(0)], torch.nn.LayerNorm)
+    for layer in range(adapter.n_layers):
+        w = adapter.layer_weights(ModelTensors(model), layer, dtype=torch.float64)
+        for name in ("W_Q", "W_K", "W_V"):
+            matrix = getattr(w, name)
+            assert matrix.sum(dim=1).abs().max() < 1e-10 * matrix.abs().max(), (layer, name)
+
+
 @pytest.mark.parametrize("model_type", FAMILIES)
 def test_head_dims_and_gqa(model_type):
     model = tiny_model(model_type)

