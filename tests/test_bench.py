@@ -243,12 +243,14 @@ def smollm2_tokenizer():
     return load_tokenizer(resolve("smollm2-135m"))
 
 
+@pytest.mark.real  # the real SmolLM2 tokenizer
 def test_build_prompts_counts_a_repeated_n_once(smollm2_tokenizer):
     prompts = build_prompts(smollm2_tokenizer, ["laundry", "ioi"], [2, 2, 3], 5, seed=0)
     counts = {(p.task, p.n_items): sum(q.task == p.task and q.n_items == p.n_items for q in prompts) for p in prompts}
     assert counts == {("laundry", 2): 5, ("laundry", 3): 5, ("ioi", 2): 5}
 
 
+@pytest.mark.real  # the real SmolLM2 tokenizer
 def test_build_prompts_says_how_many_lexicon_items_survive(smollm2_tokenizer, capsys):
     build_prompts(smollm2_tokenizer, ["laundry"], [2, 3], 2, seed=0)
     err = capsys.readouterr().err
@@ -459,6 +461,7 @@ def test_cli_unwritable_destinations_are_refused_up_front(cli, tmp_path, no_mode
     assert message.format(afile=afile) in line
 
 
+@pytest.mark.real  # the real SmolLM2 tokenizer
 def test_generated_setup_records_the_lexicon_survival(smollm2_tokenizer):
     from th_edit.commands.bench import _load_prompts
 
