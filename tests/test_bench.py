@@ -78,7 +78,7 @@ def reference_score(model, tokenizer, prompt: TaskPrompt) -> tuple[torch.Tensor,
         last = model(input_ids=ids).logits[0, -1]
     candidate_ids = [tokenizer.encode(c)[0] for c in prompt.candidates]
     answer = prompt.candidates.index(prompt.answer)
-    return last, bench._score_row(last, candidate_ids, answer)
+    return last, bench.scoring.score_row(last, candidate_ids, answer)
 
 
 def assert_scores_close(got: list[PromptScore], want: list[PromptScore], tol: float = 1e-4) -> None:
@@ -200,8 +200,8 @@ def test_chunked_kl_equals_dense_reference(monkeypatch):
     dense = total / count
 
     # Force several batches (≤ 20 tokens each) and 3-position chunks.
-    monkeypatch.setattr(bench, "KL_MAX_BATCH_LOGITS", 20 * VOCAB)
-    monkeypatch.setattr(bench, "KL_CHUNK_LOGITS", 3 * VOCAB)
+    monkeypatch.setattr(bench.side_effects, "KL_MAX_BATCH_LOGITS", 20 * VOCAB)
+    monkeypatch.setattr(bench.side_effects, "KL_CHUNK_LOGITS", 3 * VOCAB)
     swapped = neutral_kl(Variant(model).forward, Variant(model, {name: replacement}).forward, tokenizer, texts, 4)
     two_models = neutral_kl(Variant(model).forward, Variant(other).forward, tokenizer, texts, 4)
     assert swapped == pytest.approx(dense, rel=1e-5)
@@ -422,7 +422,7 @@ def no_model(monkeypatch):
     """Loading a model fails the test: the errors below must come before any model is loaded."""
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded")
-    monkeypatch.setattr("th_edit.commands.bench.load_model", refuse)
+    monkeypatch.setattr("th_edit.commands.bench.load_session", refuse)
 
 
 GOOD_LINE = json.dumps({"task": "laundry", "prompt": "I washed the", "answer": " sock",

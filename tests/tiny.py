@@ -68,3 +68,41 @@ def tiny_model(model_type: str, seed: int = 0, attn_implementation: str = "eager
                 param.copy_(0.08 * torch.randn(param.shape, generator=generator))
     model.eval()
     return model
+
+
+# ----------------------------------------------------------------------------------------------
+# A tiny checkpoint with a real (word-level) tokenizer, for API and benchmark tests
+
+
+def word_tokenizer():
+    """A fast tokenizer in which every word of th-edit's task texts is one token (with or without
+    its leading space), with BOS/EOS/PAD and a simple chat template."""
+    import re
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from th_edit.tasks.ioi import NAMES, TEMPLATES
+    from th_edit.tasks.laundry import FRAMES
+    from th_edit.tasks.neutral import neutral_chats, neutral_prompts
+
+    texts = [f.text for f in FRAMES] + [w for f in FRAMES for w in f.lexicon] + list(TEMPLATES) + list(NAMES)
+    texts += neutral_prompts() + [m["content"] for chat in neutral_chats() for m in chat] + ["a an the my user assistant :"]
+    words = sorted({w for text in texts for w in re.findall(r"\w+|[^\w\s]+", text)})
+    specials = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
+    vocab = {token: i for i, token in enumerate(specials + words)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
+                                        bos_token="[BOS]", eos_token="[EOS]")
+    tokenizer.chat_template = "{% for m in messages %}[BOS] {{ m['role'] }} : {{ m['content'] }} [EOS] {% endfor %}"
+    return tokenizer
+
+
+def tiny_checkpoint(path, model_type: str = "llama", seed: int = 0, dtype=torch.float32, **overrides):
+    """Save a tiny random model of `model_type` with the word tokenizer at `path`; returns `path`."""
+    tokenizer = word_tokenizer()
+    model = tiny_model(model_type, seed=seed, vocab_size=len(tokenizer), **overrides)
+    model.to(dtype).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -97,38 +97,32 @@ class BenchmarkRun:
     text: str  # the rendered before/after table
 
 
-def edited_variants(prepared: Prepared, computed: Computed):
-    """The base model once in memory, as "before" and "after" (edited tensors swapped in only
-    while "after" runs). Weights are those that will be written (rounded to the output dtype),
-    computation is float32."""
-    from th_edit.bench import Variant
+def benchmark_session(prepared: Prepared):
+    """The base model loaded once for the before/after benchmark, its weights rounded to the output
+    dtype exactly as the export will write them (computation stays float32)."""
     from th_edit.models import load_model, load_tokenizer
+    from th_edit.session import Session
 
     model = load_model(prepared.base, dtype="float32")
     if prepared.out_dtype is not None and prepared.out_dtype != torch.float32:
         model = model.to(prepared.out_dtype).to(torch.float32)  # round every weight as the export will
-    return load_tokenizer(prepared.base), Variant(model), Variant(model, computed.cast)
+    return Session(model, load_tokenizer(prepared.base), reference=prepared.base.reference, resolved=prepared.base)
 
 
 def run_benchmark(prepared: Prepared, computed: Computed) -> BenchmarkRun:
-    """The recipe's `benchmark:` section: paired before/after on identical prompts, plus KL."""
-    from th_edit.bench import build_prompts, lexicon_record, render_report, run_paired
+    """The recipe's `benchmark:` section: paired before/after on identical prompts, plus KL. The
+    "after" side swaps in exactly the tensors that will be written."""
+    from th_edit import bench
+    from th_edit.session import ComputedEdit
 
     settings = prepared.recipe.benchmark
     assert settings is not None
-    tokenizer, before, after = edited_variants(prepared, computed)
+    session = benchmark_session(prepared)
     seed = prepared.recipe.seed if settings.seed is None else settings.seed
-    prompts = build_prompts(tokenizer, settings.tasks, settings.n_items, settings.n_prompts, seed)
-    setup = {"tasks": list(settings.tasks), "prompts": "generated", "seed": seed,
-             "n_prompts_per_n": settings.n_prompts, "n_items": list(settings.n_items),
-             "batch_size": settings.batch_size, "weights": prepared.out_dtype_name, "compute": "float32"}
-    if "laundry" in settings.tasks:
-        setup["laundry_lexicon"] = lexicon_record(tokenizer)
-    reference = prepared.base.reference
-    report = run_paired(before, after, tokenizer, prompts, before_info={"reference": reference},
-                        after_info={"reference": f"{reference} + recipe edits"}, setup=setup,
-                        batch_size=settings.batch_size)
-    return BenchmarkRun(report, render_report(report))
+    report = bench.paired(session, ComputedEdit(computed.result, computed.cast), settings.tasks, settings.n_items,
+                          settings.n_prompts, seed, settings.batch_size,
+                          extra_setup={"weights": prepared.out_dtype_name, "compute": "float32"})
+    return BenchmarkRun(report, report.text)
 
 
 def resolve_target(prepared: Prepared, out: Path | None) -> Path:

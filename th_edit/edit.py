@@ -23,8 +23,9 @@ import torch
 
 from th_edit.arch import Adapter, Slot
 from th_edit.checkpoint import TensorSource
+from th_edit.decompose import Decompositions
 from th_edit.errors import UserError
-from th_edit.linalg import HeadSVD, near_ties, ov_svd, qk_svd
+from th_edit.linalg import HeadSVD, near_ties
 from th_edit.recipe import Edit
 
 ALIGNED = 0.99  # |cos| above which a re-SVD direction is "the same component"
@@ -104,51 +105,44 @@ def group_edits(edits: list[Edit]) -> list[HeadEdit]:
     return [HeadEdit(*key, dict(sorted(scales.items())), tuple(origins[key])) for key, scales in sorted(grouped.items())]
 
 
-def compute_edits(adapter: Adapter, source: TensorSource, edits: list[Edit]) -> EditResult:
-    head_edits = group_edits(edits)
+def compute_edits(adapter: Adapter, source: TensorSource, edits: list[Edit],
+                  decompositions: Decompositions | None = None) -> EditResult:
+    """New float64 values of every parameter the edits touch, computed from `source`.
+
+    `decompositions` (of the same `source`) lets many edits of one model share head SVDs.
+    """
+    decompositions = decompositions or Decompositions(adapter, source)
     new: dict[str, torch.Tensor] = {}
     reports: list[HeadReport] = []
     originals: dict[tuple[int, int, str], HeadSVD] = {}
     written: list[tuple[HeadEdit, Slot]] = []
-    by_layer: dict[int, list[HeadEdit]] = defaultdict(list)
-    for head_edit in head_edits:
-        by_layer[head_edit.layer].append(head_edit)
-
-    for layer, layer_edits in sorted(by_layer.items()):
-        weights = adapter.layer_weights(source, layer, dtype=torch.float64)
-        svds = {"ov": ov_svd(weights), "qk": qk_svd(weights)}
-        for head_edit in layer_edits:
-            svd = svds[head_edit.circuit]
-            h = head_edit.head
-            originals[(layer, h, head_edit.circuit)] = HeadSVD(svd.U[h], svd.S[h], svd.V[h])
-            S = svd.S[h]
-            ties = near_ties(S)
-            ambiguous = [k for k in head_edit.scales if k in ties or (k - 1) in ties]
-            reports.append(HeadReport(
-                layer, head_edit.head, head_edit.circuit,
-                [ComponentReport(k, a, float(S[k]), a * float(S[k])) for k, a in head_edit.scales.items()],
-                ambiguous=ambiguous,
-            ))
-            ks = list(head_edit.scales)
-            coeffs = torch.tensor([head_edit.scales[k] - 1.0 for k in ks], dtype=torch.float64)
-            if head_edit.circuit == "ov":
-                directions = svd.V[head_edit.head][:, ks]  # write directions v_k, [d, n]
-                slot = adapter.o_slot(layer, head_edit.head)
-                gain = weights.out_gain
-            else:
-                directions = svd.U[head_edit.head][:, ks]  # query-side reads a_k, [d, n]
-                slot = adapter.q_slot(layer, head_edit.head)
-                gain = weights.in_gain
-            if gain is not None and bool((gain == 0).any()):
-                raise UserError(
-                    f"edits[{head_edit.edit_indices[0]}]: layer {layer} has a norm weight of exactly zero, so an exact "
-                    f"{head_edit.circuit.upper()} edit cannot be written into the stored weights"
-                )
-            if slot.param not in new:
-                new[slot.param] = source.get(slot.param).to(torch.float64).clone()
-            block = slot.read(new)  # current (possibly already edited) block, math orientation
-            slot.write(new[slot.param], _updated_block(block, directions, coeffs, gain, head_edit.circuit))
-            written.append((head_edit, slot))
+    for head_edit in group_edits(edits):
+        layer, h, circuit = head_edit.layer, head_edit.head, head_edit.circuit
+        svd = decompositions.head(layer, h, circuit)
+        originals[(layer, h, circuit)] = svd
+        ties = near_ties(svd.S)
+        reports.append(HeadReport(
+            layer, h, circuit,
+            [ComponentReport(k, a, float(svd.S[k]), a * float(svd.S[k])) for k, a in head_edit.scales.items()],
+            ambiguous=[k for k in head_edit.scales if k in ties or (k - 1) in ties],
+        ))
+        ks = list(head_edit.scales)
+        coeffs = torch.tensor([head_edit.scales[k] - 1.0 for k in ks], dtype=torch.float64)
+        weights = decompositions.layer(layer)
+        if circuit == "ov":
+            directions, slot, gain = svd.V[:, ks], adapter.o_slot(layer, h), weights.out_gain  # write directions v_k
+        else:
+            directions, slot, gain = svd.U[:, ks], adapter.q_slot(layer, h), weights.in_gain  # query-side reads a_k
+        if gain is not None and bool((gain == 0).any()):
+            raise UserError(
+                f"edits[{head_edit.edit_indices[0]}]: layer {layer} has a norm weight of exactly zero, so an exact "
+                f"{circuit.upper()} edit cannot be written into the stored weights"
+            )
+        if slot.param not in new:
+            new[slot.param] = source.get(slot.param).to(torch.float64).clone()
+        block = slot.read(new)  # current (possibly already edited) block, math orientation
+        slot.write(new[slot.param], _updated_block(block, directions, coeffs, gain, circuit))
+        written.append((head_edit, slot))
 
     deltas = {name: tensor - source.get(name).to(torch.float64) for name, tensor in new.items()}
     return EditResult(new, reports, deltas, originals, written)
@@ -167,32 +161,32 @@ def _updated_block(block: torch.Tensor, X: torch.Tensor, coeffs: torch.Tensor, g
 
 def measure_realized(adapter: Adapter, edited: TensorSource, result: EditResult) -> None:
     """Re-SVD every edited head from `edited` (the weights as they will be written, already cast)
-    and fill in the realized singular values, matched by direction since scaling can reorder them."""
-    for layer in sorted({r.layer for r in result.reports}):
-        after = adapter.layer_weights(edited, layer, dtype=torch.float64)
-        svd_after = {"ov": ov_svd(after), "qk": qk_svd(after)}
-        for report in (r for r in result.reports if r.layer == layer):
-            old = result.originals[(layer, report.head, report.circuit)]
-            h = report.head
-            new = HeadSVD(svd_after[report.circuit].U[h], svd_after[report.circuit].S[h], svd_after[report.circuit].V[h])
-            # Match on the left and right directions together: |cos u|·|cos v|.
-            match = (old.U.T @ new.U).abs() * (old.V.T @ new.V).abs()  # [r_old, r_new]
-            for comp in report.components:
-                j = int(match[comp.component].argmax())
-                alignment = float(match[comp.component, j])
-                if alignment >= ALIGNED:
-                    comp.realized, comp.realized_index = float(new.S[j]), j
-                else:
-                    # A (near-)zero singular value has no stable direction (α = 0 ablations):
-                    # measure the edited matrix along the original pair instead, ‖M' v_k‖.
-                    comp.realized = _gain_along(after, report.circuit, h, old.V[:, comp.component])
-                comp.alignment = alignment
-            targeted = {c.component for c in report.components}
-            changes = [
-                abs(float(new.S[int(match[k].argmax())]) - float(old.S[k])) / float(old.S[k])
-                for k in range(old.S.shape[0]) if k not in targeted and float(old.S[k]) > 0.0
-            ]
-            report.max_untouched_change = max(changes, default=0.0)
+    and fill in the realized singular values, matched by direction since scaling can reorder them.
+    Also records the largest relative change of the head's *other* singular values: a cast to a
+    short dtype after a large edit moves them too."""
+    after = Decompositions(adapter, edited)
+    for report in result.reports:
+        old = result.originals[(report.layer, report.head, report.circuit)]
+        new = after.head(report.layer, report.head, report.circuit)
+        # Match on the left and right directions together: |cos u|·|cos v|.
+        match = (old.U.T @ new.U).abs() * (old.V.T @ new.V).abs()  # [r_old, r_new]
+        for comp in report.components:
+            j = int(match[comp.component].argmax())
+            alignment = float(match[comp.component, j])
+            if alignment >= ALIGNED:
+                comp.realized, comp.realized_index = float(new.S[j]), j
+            else:
+                # A (near-)zero singular value has no stable direction (α = 0 ablations):
+                # measure the edited matrix along the original pair instead, ‖M' v_k‖.
+                comp.realized = _gain_along(after.layer(report.layer), report.circuit, report.head,
+                                            old.V[:, comp.component])
+            comp.alignment = alignment
+        targeted = {c.component for c in report.components}
+        changes = [
+            abs(float(new.S[int(match[k].argmax())]) - float(old.S[k])) / float(old.S[k])
+            for k in range(old.S.shape[0]) if k not in targeted and float(old.S[k]) > 0.0
+        ]
+        report.max_untouched_change = max(changes, default=0.0)
 
 
 def _gain_along(weights, circuit: str, head: int, v: torch.Tensor) -> float:

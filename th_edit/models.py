@@ -340,16 +340,17 @@ def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):
 
 
 def load_model(resolved: ResolvedModel, dtype: str | None = None, trust_remote_code: bool = False,
-               attn_implementation: str | None = None):
+               attn_implementation: str | None = None, **placement):
     """An ordinary `from_pretrained` of the resolved checkpoint, in eval mode.
 
-    dtype: None keeps the checkpoint's dtype; "float32" etc. converts.
+    dtype: None keeps the checkpoint's dtype; "float32" etc. converts. `placement`: device_map,
+    max_memory, offload_folder (see th_edit.devices.placement).
     """
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, object] = {"trust_remote_code": trust_remote_code}
-    kwargs["dtype"] = getattr(torch, dtype) if dtype else "auto"
+    kwargs: dict[str, object] = {"trust_remote_code": trust_remote_code, **placement}
+    kwargs["dtype"] = getattr(torch, dtype) if dtype and dtype != "auto" else "auto"
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForCausalLM.from_pretrained(str(resolved.path), **kwargs)

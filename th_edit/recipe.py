@@ -110,6 +110,35 @@ class Recipe(Strict):
             raise ValueError("must name a model")
         return value.strip()
 
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Recipe:
+        """Read and validate a recipe file (the same checks as `th-edit apply`)."""
+        return load_recipe(Path(path))[0]
+
+    def to_yaml(self, path: str | Path | None = None, header: str | None = None) -> str:
+        """The recipe as YAML that `from_yaml` reads back to an equal recipe; written to `path` if
+        given. `header` becomes leading comment lines (e.g. the evidence behind the edits)."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        data["edits"] = [_FlowMapping(edit) for edit in data["edits"]]  # one line per edit, as written by hand
+        text = yaml.dump(data, Dumper=_RecipeDumper, sort_keys=False, default_flow_style=None, allow_unicode=True, width=120)
+        if header:
+            text = "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines()) + text
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+
+class _FlowMapping(dict):
+    """A mapping written on one line ({layer: 20, head: 0, ...})."""
+
+
+class _RecipeDumper(yaml.SafeDumper):
+    pass
+
+
+_RecipeDumper.add_representer(
+    _FlowMapping, lambda dumper, data: dumper.represent_mapping("tag:yaml.org,2002:map", data.items(), flow_style=True))
+
 
 def field_path(loc: tuple[int | str, ...]) -> str:
     """('edits', 2, 'components', 0) -> 'edits[2].components[0]'."""

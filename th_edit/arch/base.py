@@ -156,6 +156,10 @@ class Adapter(ABC):
     @abstractmethod
     def input_norm_module(self, layer: int) -> str: ...
 
+    @abstractmethod
+    def decoder_layer_module(self, layer: int) -> str:
+        """The whole block of `layer`: its output is the residual stream after the layer."""
+
     # ---- shared ------------------------------------------------------------------------------
 
     def kv_group(self, head: int) -> int:

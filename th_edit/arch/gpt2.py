@@ -60,3 +60,6 @@ class GPT2Adapter(Adapter):
 
     def input_norm_module(self, layer: int) -> str:
         return f"{self._prefix(layer)}.ln_1"
+
+    def decoder_layer_module(self, layer: int) -> str:
+        return self._prefix(layer)

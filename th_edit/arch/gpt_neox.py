@@ -70,3 +70,6 @@ class GPTNeoXAdapter(Adapter):
 
     def input_norm_module(self, layer: int) -> str:
         return f"{self._prefix(layer)}.input_layernorm"
+
+    def decoder_layer_module(self, layer: int) -> str:
+        return self._prefix(layer)

@@ -88,3 +88,6 @@ class LlamaAdapter(Adapter):
 
     def input_norm_module(self, layer: int) -> str:
         return f"{self._prefix(layer)}.input_layernorm"
+
+    def decoder_layer_module(self, layer: int) -> str:
+        return self._prefix(layer)

@@ -8,14 +8,16 @@ from pathlib import Path
 
 import click
 
-from th_edit import ui
-from th_edit.apply import compute, edited_variants, prepare_file
-from th_edit.bench import Variant, build_prompts, lexicon_record, render_report, run_paired, run_single, tokenize_prompts
+from th_edit import bench, ui
+from th_edit.apply import prepare_file
+from th_edit.commands.options import device_options
 from th_edit.errors import UserError
 from th_edit.export import check_creatable
-from th_edit.models import DEFAULT_MODEL, load_model, load_tokenizer, resolve
+from th_edit.models import DEFAULT_MODEL, load_tokenizer, resolve
+from th_edit.session import load as load_session
 from th_edit.tasks.laundry import MAX_ITEMS, MIN_ITEMS
 from th_edit.tasks.prompts import TASKS, TaskPrompt, read_jsonl, write_jsonl
+from th_edit.tasks.sets import build_prompts, lexicon_record
 
 GENERATION_OPTIONS = ("n_items", "n_prompts", "seed")
 
@@ -109,10 +111,14 @@ def _same_vocabulary(first, second) -> bool:
 @click.option("--compare", metavar="OTHER_MODEL|RECIPE.yaml",
               help="Paired before/after: MODEL is before; after is OTHER_MODEL (same tokenizer required) "
                    "or MODEL with a recipe's edits applied in memory.")
+@click.option("--kl-texts", type=click.IntRange(min=1), help="With --compare: measure the KL on this many neutral "
+              "texts (default: all, plain and chat-formatted).")
+@click.option("--no-kl", is_flag=True, help="With --compare: skip the neutral-text KL.")
+@device_options
 @click.pass_context
 def bench_command(ctx: click.Context, model: str, task: str, n_items: str, n_prompts: int, seed: int,
                   prompts_file: Path | None, export: Path | None, batch_size: int, out: Path | None,
-                  as_json: bool, compare: str | None) -> None:
+                  as_json: bool, compare: str | None, kl_texts: int | None, no_kl: bool, device: str, dtype: str) -> None:
     """Measure list recall (laundry, N items) and IOI on MODEL (default: smollm2-135m).
 
     Accuracy is per N and per answer position with Wilson 95% intervals; with --compare the
@@ -132,33 +138,36 @@ def bench_command(ctx: click.Context, model: str, task: str, n_items: str, n_pro
         return
     # The tokenizer alone can tell whether every prompt is scorable: a bad prompt file is
     # refused (naming its line) before any model is loaded or any edit computed.
-    tokenized = tokenize_prompts(tokenizer, prompts, prompts_file)
-    setup["batch_size"] = batch_size
+    bench.tokenize_prompts(tokenizer, prompts, prompts_file)
+    recipe = _compare_recipe(compare, model, resolved) if compare else None
+    session = load_session(model, device=device, dtype=dtype)
+    setup.update(batch_size=batch_size, device=str(session.device), dtype=str(session.dtype).removeprefix("torch."))
     if compare is None:
-        report = run_single(Variant(load_model(resolved, dtype="float32")), tokenizer, prompts,
-                            model_info=resolved.provenance(), setup=setup, batch_size=batch_size,
-                            tokenized=tokenized)
-    elif _is_recipe(compare):
-        # The recipe's edits applied in memory to MODEL (its base): one model, edited tensors
-        # swapped in only for the "after" passes; nothing is written.
-        prepared = prepare_file(Path(compare))
-        if prepared.base.path != resolved.path:
-            raise UserError(f"{compare}: its base_model ({prepared.recipe.base_model}) is not {model}; "
-                            f"run `th-edit bench {prepared.recipe.base_model} --compare {compare}`")
-        _, before, after = edited_variants(prepared, compute(prepared))
-        report = run_paired(before, after, tokenizer, prompts, before_info=resolved.provenance(),
-                            after_info={"reference": f"{model} + {compare}"}, setup=setup, batch_size=batch_size,
-                            tokenized=tokenized)
+        report = bench.run_single(session.model, tokenizer, prompts, model_info=resolved.provenance(), setup=setup,
+                                  batch_size=batch_size, tokenized=bench.tokenize_prompts(tokenizer, prompts, prompts_file,
+                                                                                           session.max_length))
     else:
-        other = resolve(compare)
-        if not _same_vocabulary(tokenizer, load_tokenizer(other)):
-            raise UserError(f"{model} and {compare} have different tokenizers, so their prompts cannot be paired")
-        report = run_paired(Variant(load_model(resolved, dtype="float32")), Variant(load_model(other, dtype="float32")),
-                            tokenizer, prompts, before_info=resolved.provenance(), after_info=other.provenance(),
-                            setup=setup, batch_size=batch_size, tokenized=tokenized)
-    click.echo(json.dumps(report, indent=2) if as_json else render_report(report))
+        after = recipe if recipe is not None else load_session(compare, device=device, dtype=dtype)
+        report = bench.paired(session, after, prompts=prompts, batch_size=batch_size, kl=not no_kl, kl_texts=kl_texts,
+                              extra_setup=setup)
+        report["before"]["model"] = resolved.provenance()
+        report["after"]["model"] = after.resolved.provenance() if recipe is None else {"reference": f"{model} + {compare}"}
+    click.echo(json.dumps(report, indent=2) if as_json else bench.render_report(report))
     if out is not None:
         _write_outputs(report, out)
+
+
+def _compare_recipe(compare: str, model: str, resolved):
+    """The recipe of `--compare RECIPE.yaml` (its base must be MODEL), or None for another model."""
+    if not _is_recipe(compare):
+        if not _same_vocabulary(load_tokenizer(resolved), load_tokenizer(resolve(compare))):
+            raise UserError(f"{model} and {compare} have different tokenizers, so their prompts cannot be paired")
+        return None
+    prepared = prepare_file(Path(compare))  # validated against the base model's architecture
+    if prepared.base.path != resolved.path:
+        raise UserError(f"{compare}: its base_model ({prepared.recipe.base_model}) is not {model}; "
+                        f"run `th-edit bench {prepared.recipe.base_model} --compare {compare}`")
+    return prepared.recipe
 
 
 def _write_outputs(report: dict, out: Path) -> None:

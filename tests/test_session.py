@@ -1,0 +1,303 @@
+"""The Python API: sessions, in-memory edits, exact restore, edit_model == apply, hooks, offload."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from tiny import FAMILIES, VOCAB, tiny_checkpoint, tiny_model
+from transformers import AutoModelForCausalLM
+
+import th_edit
+from th_edit import hooks
+from th_edit.checkpoint import CheckpointTensors
+from th_edit.cli import main
+from th_edit.recipe import Edit, Recipe, parse_recipe
+from th_edit.session import Session, edit_model
+
+EDITS = [
+    {"layer": 1, "head": 1, "circuit": "ov", "components": [0, 2], "scale": 2.5},
+    {"layer": 1, "head": 1, "circuit": "qk", "components": [1], "scale": 0.0},
+    {"layer": 2, "head": 0, "circuit": "qk", "components": [0], "scale": 1.7},
+    {"layer": 2, "head": 3, "circuit": "ov", "components": [3], "scale": 0.0},
+]
+IDS = torch.randint(0, VOCAB, (2, 11), generator=torch.Generator().manual_seed(3))
+README = Path(__file__).parent.parent / "README.md"
+
+
+def recipe_file(path: Path, base: Path, edits=EDITS) -> Path:
+    path.write_text(yaml.safe_dump({"base_model": str(base), "edits": edits}, sort_keys=False))
+    return path
+
+
+def logits(model, ids=IDS) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def ulps(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Largest distance in units in the last place between two tensors of the same float dtype."""
+    assert a.dtype == b.dtype and a.shape == b.shape
+    integer = {2: torch.int16, 4: torch.int32}[a.element_size()]
+    ai, bi = a.contiguous().view(integer).long(), b.contiguous().view(integer).long()
+    # Map the sign-magnitude bit patterns onto a monotonic integer line.
+    top = 1 << (8 * a.element_size() - 1)
+    ai = torch.where(ai < 0, -top - ai, ai)
+    bi = torch.where(bi < 0, -top - bi, bi)
+    return int((ai - bi).abs().max())
+
+
+# ----------------------------------------------------------------------------------------------
+# In-memory edit == exported checkpoint
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("family", ["llama", "gemma3_text", "gpt2"])
+def test_edit_model_then_save_pretrained_equals_apply(family, dtype, tmp_path):
+    base = tmp_path / "base"
+    tiny_model(family).to(dtype).save_pretrained(base)
+    out = tmp_path / "applied"
+    result = CliRunner().invoke(main, ["--quiet", "apply", str(recipe_file(tmp_path / "r.yaml", base)), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    computed = edit_model(model, Recipe.from_yaml(tmp_path / "r.yaml"))
+    assert set(computed.values) and all(model.get_parameter(n).dtype == dtype for n in computed.values)
+    saved = tmp_path / "saved"
+    model.save_pretrained(saved)
+    mine, theirs = CheckpointTensors(saved), CheckpointTensors(out)
+    changed = 0
+    for name in theirs.entries:
+        a, b = mine.get(name), theirs.get(name)
+        assert ulps(a, b) <= 1, (name, ulps(a, b))
+        changed += not torch.equal(a, before[name] if name in before else a)
+    assert changed == len(computed.values)  # the edit did change exactly the edited parameters
+
+    reloaded = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32)  # plain transformers reload
+    applied = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    assert (logits(reloaded) - logits(applied)).abs().max() < 1e-3
+
+
+def test_edit_model_computes_from_the_models_own_weights(tmp_path):
+    """A model whose weights differ from any file: the edit is exact on *its* weights."""
+    model = tiny_model("llama", seed=5)
+    svd_before = Session(model).svd(1, 1, "ov")
+    edit_model(model, [Edit(layer=1, head=1, circuit="ov", components=[0], scale=3.0)])
+    svd_after = Session(model).svd(1, 1, "ov")
+    assert float(svd_after.S[0]) == pytest.approx(3.0 * float(svd_before.S[0]), rel=1e-5)
+    assert torch.allclose(svd_after.S[1:], svd_before.S[1:], rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Swapping is exact
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_edited_restores_every_parameter_bit_for_bit(dtype):
+    model = tiny_model("gemma3_text").to(dtype)
+    session = Session(model)
+    original = _state(model)
+    recipe = [Edit(**e) for e in EDITS]
+    with session.edited(recipe) as computed:
+        assert any(not torch.equal(model.get_parameter(n), original[n]) for n in computed.values)
+    assert all(torch.equal(p, original[n]) for n, p in _state(model).items())
+    with pytest.raises(ZeroDivisionError), session.edited(recipe):
+        1 / 0
+    assert all(torch.equal(p, original[n]) for n, p in _state(model).items())
+
+
+def test_edits_do_not_nest():
+    session = Session(tiny_model("llama"))
+    with session.edited([Edit(**EDITS[0])]), pytest.raises(RuntimeError, match="already active"):
+        with session.edited([Edit(**EDITS[2])]):
+            pass
+
+
+def test_many_edits_share_one_decomposition_per_head(monkeypatch):
+    """No reload, no re-SVD: each head is decomposed once however many edits use it, and a head no
+    edit touches is never decomposed."""
+    import th_edit.decompose as decompose
+
+    calls = []
+    real = decompose.factored_svd
+    monkeypatch.setattr(decompose, "factored_svd", lambda *a: calls.append(a[0].shape) or real(*a))
+    session = Session(tiny_model("llama"))
+    for scale in (0.0, 0.5, 2.0, 3.0, 1.5):
+        with session.edited([Edit(layer=1, head=2, circuit="ov", components=[0], scale=scale),
+                             Edit(layer=2, head=0, circuit="qk", components=[1], scale=scale)]):
+            pass
+    assert len(calls) == 2  # (1.2, ov) and (2.0, qk), once each
+    assert session.svd(1, 2, "OV") is session.svd(1, 2, "ov")
+    assert len(calls) == 2
+
+
+def test_edited_model_equals_apply_on_logits(tmp_path):
+    """`with session.edited(recipe)` runs exactly the model that `th-edit apply` writes."""
+    base = tmp_path / "base"
+    tiny_model("qwen3").save_pretrained(base)
+    out = tmp_path / "out"
+    assert CliRunner().invoke(main, ["--quiet", "apply", str(recipe_file(tmp_path / "r.yaml", base)),
+                                     "--out", str(out)]).exit_code == 0
+    session = th_edit.load(str(base))
+    with session.edited(Recipe.from_yaml(tmp_path / "r.yaml")):
+        inside = logits(session.model)
+    applied = AutoModelForCausalLM.from_pretrained(out)
+    assert torch.equal(inside, logits(applied))
+
+
+def test_recipe_yaml_round_trip(tmp_path):
+    recipe = Recipe(base_model="smollm2-135m", seed=3, description="two edits\nand a note",
+                    edits=[Edit(layer=20, head=0, circuit="ov", components=[1, 0], scale=2.5),
+                           Edit(layer=3, head=8, circuit="qk", components=[0], scale=1e-3)])
+    text = recipe.to_yaml(tmp_path / "r.yaml", header="found by th-edit search\nseed 3")
+    assert text.startswith("# found by th-edit search\n# seed 3\n")
+    assert Recipe.from_yaml(tmp_path / "r.yaml") == recipe == parse_recipe(text)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hooks
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hook_with_scale_one_changes_nothing(family):
+    session = Session(tiny_model(family))
+    read, write = hooks.ov_component(session, 1, 1, 0)
+    expected = logits(session.model)
+    with hooks.scaled(session.model, session.adapter, [hooks.DirectionScale(1, 1, read, write, 1.0)]):
+        assert torch.equal(logits(session.model), expected)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hook_scaling_an_ov_component_equals_the_weight_edit(family):
+    """Scaling OV component k's share of the head output by α at every position == the weight edit."""
+    session = Session(tiny_model(family))
+    scales = [hooks.DirectionScale(1, 1, *hooks.ov_component(session, 1, 1, 0), 2.5),
+              hooks.DirectionScale(1, 1, *hooks.ov_component(session, 1, 1, 2), 2.5),
+              hooks.DirectionScale(2, 3, *hooks.ov_component(session, 2, 3, 3), 0.0)]
+    recipe = [Edit(**e) for e in EDITS if e["circuit"] == "ov"]
+    base = logits(session.model)
+    with hooks.scaled(session.model, session.adapter, scales):
+        hooked = logits(session.model)
+    with session.edited(recipe):
+        weighted = logits(session.model)
+    assert (hooked - base).abs().max() > 1e-3  # the edit does something
+    assert float((hooked - weighted).norm() / weighted.norm()) < 1e-5
+
+
+def test_hook_positions_limit_the_change():
+    session = Session(tiny_model("llama"))
+    scale = hooks.DirectionScale(1, 1, *hooks.ov_component(session, 1, 1, 0), 0.0, positions=-1)
+    base = logits(session.model)
+    with hooks.scaled(session.model, session.adapter, [scale]):
+        hooked = logits(session.model)
+    assert torch.equal(hooked[:, :-1], base[:, :-1]) and not torch.equal(hooked[:, -1], base[:, -1])
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma3_text"])
+def test_recording_reads_the_modules_own_patterns_and_outputs(family):
+    model = tiny_model(family, attn_implementation="sdpa")
+    session = Session(model)
+    with hooks.recording(model, session.adapter, [1, 2], attention=True, z=True, residual=True) as rec:
+        with torch.no_grad():
+            out = model(IDS, output_hidden_states=True)
+    assert model.config._attn_implementation == "sdpa"  # switched back after recording
+    pattern = rec.attention[2][0]
+    assert pattern.shape == (2, session.info.n_heads, 11, 11)
+    assert torch.allclose(pattern.sum(-1), torch.ones(2, session.info.n_heads, 11), atol=1e-5)
+    assert rec.z[1][0].shape == (2, 11, session.info.n_heads, session.info.d_head)
+    assert torch.allclose(rec.residual[1][0], out.hidden_states[2], atol=1e-6)
+    with hooks.recording(model, session.adapter, [2], attention=True, positions=-1) as last:
+        logits(model)
+    assert torch.equal(last.attention[2][0], pattern[:, :, -1:])
+
+
+def test_residual_added_moves_the_last_position_only():
+    model = tiny_model("llama")
+    session = Session(model)
+    base = logits(model)
+    with hooks.residual_added(model, session.adapter, 1, torch.ones(session.info.d_model)):
+        moved = logits(model)
+    assert torch.equal(moved[:, :-1], base[:, :-1]) and not torch.equal(moved[:, -1], base[:, -1])
+
+
+# ----------------------------------------------------------------------------------------------
+# Devices: offload
+
+
+def test_offloaded_model_scores_and_edits_like_the_plain_one(tmp_path):
+    base = tiny_checkpoint(tmp_path / "base", "llama")
+    plain = th_edit.load(str(base))
+    offloaded = th_edit.load(str(base), device="auto", max_memory={"cpu": "600KB"}, offload_folder=str(tmp_path / "off"))
+    placed = set(offloaded.model.hf_device_map.values())
+    assert "disk" in placed and "cpu" in placed, placed  # partly offloaded
+    kwargs = {"n_items": [2, 3], "n_prompts": 8}
+    _same_scores(th_edit.bench.run(offloaded, **kwargs)["results"], th_edit.bench.run(plain, **kwargs)["results"])
+    recipe = [Edit(**e) for e in EDITS]
+    ids = IDS % len(plain.tokenizer)
+    before = logits(offloaded.model, ids)
+    with plain.edited(recipe), offloaded.edited(recipe):
+        assert torch.allclose(logits(offloaded.model, ids), logits(plain.model, ids), atol=1e-5)
+        assert not torch.allclose(logits(offloaded.model, ids), before, atol=1e-4)
+    assert torch.equal(logits(offloaded.model, ids), before)
+
+
+def _same_scores(actual, expected) -> None:
+    """Accuracies identical; logit differences equal to float32 rounding (the offloaded weights
+    take another path into the matmuls)."""
+    if isinstance(expected, dict):
+        assert actual.keys() == expected.keys()
+        for key in expected:
+            _same_scores(actual[key], expected[key])
+    elif isinstance(expected, list):
+        assert len(actual) == len(expected)
+        for a, e in zip(actual, expected):
+            _same_scores(a, e)
+    elif isinstance(expected, float):
+        assert actual == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    else:
+        assert actual == expected
+
+
+def test_device_errors_are_one_line(tmp_path):
+    from th_edit.errors import UserError
+
+    base = tiny_checkpoint(tmp_path / "base", "llama")
+    with pytest.raises(UserError, match="needs --device auto"):
+        th_edit.load(str(base), max_memory={"cpu": "1GB"})
+    with pytest.raises(UserError, match="unknown device"):
+        th_edit.load(str(base), device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA device"):
+            th_edit.load(str(base), device="cuda")
+
+
+# ----------------------------------------------------------------------------------------------
+# The README's example
+
+
+def readme_api_example() -> str:
+    text = README.read_text()
+    section = text[text.index("## Python API"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_api_example_runs_on_a_tiny_model(tmp_path, monkeypatch):
+    """The example exactly as written, with the model reference pointed at a tiny checkpoint of the
+    same shape family (24 layers so that the example's layer 20 exists)."""
+    base = tiny_checkpoint(tmp_path / "tiny", "llama", num_hidden_layers=24, num_attention_heads=9,
+                           num_key_value_heads=3, head_dim=8, hidden_size=72)
+    code = readme_api_example()
+    assert '"smollm2-135m"' in code
+    (tmp_path / "recipes").symlink_to(README.parent / "recipes")
+    monkeypatch.chdir(tmp_path)  # the example may write files (a recipe): not into the repository
+    namespace: dict = {}
+    exec(compile(code.replace('"smollm2-135m"', repr(str(base))), "README.md", "exec"), namespace)
+    assert namespace["report"]["kind"] == "single"
+    assert (tmp_path / "tiny").exists()

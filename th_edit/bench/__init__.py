@@ -1,0 +1,108 @@
+"""Benchmarks: laundry-list recall and IOI accuracy of one model, or of a model before and after an edit.
+
+    m = th_edit.load("smollm2-135m")
+    report = th_edit.bench.laundry(m, n_items=[4, 5, 6], n_prompts=200)   # print(report) for tables
+    with m.edited(recipe):
+        after = th_edit.bench.laundry(m, n_items=[4, 5, 6], n_prompts=200)
+    paired = th_edit.bench.paired(m, recipe, n_items=[4, 5, 6])           # McNemar and neutral-text KL
+
+Modules: tokens (tokenize and check prompts), batching, scoring, side_effects (KL), aggregate
+(accuracy rows, paired rows), reports (report dicts), render (terminal tables).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from th_edit.bench.aggregate import accuracy_row, compare, paired_row, summarize
+from th_edit.bench.batching import Batch, input_device, left_padded, length_batches
+from th_edit.bench.render import render_report
+from th_edit.bench.reports import Report, run_paired, run_single
+from th_edit.bench.scoring import PromptScore, score_prompts
+from th_edit.bench.side_effects import kl_sum, neutral_kl
+from th_edit.bench.tokens import Tokenized, candidate_token_ids, tokenize_prompts
+from th_edit.errors import UserError
+from th_edit.recipe import Edit, Recipe
+from th_edit.session import ComputedEdit, Session, Variant, swapped_parameters
+from th_edit.tasks import TASKS, TaskPrompt
+from th_edit.tasks.neutral import neutral_set
+from th_edit.tasks.sets import build_prompts, lexicon_record
+
+DEFAULT_N_ITEMS = (2, 3, 4, 5, 6, 7, 8)
+
+
+def prompt_set(session: Session, tasks: Sequence[str] = TASKS, n_items: Sequence[int] = DEFAULT_N_ITEMS,
+               n_prompts: int = 200, seed: int = 0) -> tuple[list[TaskPrompt], dict[str, object]]:
+    """Generated prompts for `session`'s tokenizer and the setup record that describes them."""
+    prompts = build_prompts(_tokenizer(session), tasks, n_items, n_prompts, seed)
+    setup: dict[str, object] = {"tasks": list(tasks), "prompts": "generated", "seed": seed, "n_prompts_per_n": n_prompts}
+    if "laundry" in tasks:
+        setup["n_items"] = list(dict.fromkeys(n_items))
+        setup["laundry_lexicon"] = lexicon_record(_tokenizer(session))
+    return prompts, setup
+
+
+def run(session: Session, tasks: Sequence[str] = TASKS, n_items: Sequence[int] = DEFAULT_N_ITEMS, n_prompts: int = 200,
+        seed: int = 0, batch_size: int = 16, prompts: Sequence[TaskPrompt] | None = None) -> Report:
+    """Score `session`'s model as it is now (inside an `edited` block: the edited model)."""
+    prompts, setup = _prompts(session, tasks, n_items, n_prompts, seed, prompts)
+    tokenized = tokenize_prompts(_tokenizer(session), prompts, max_length=session.max_length)
+    return run_single(session.model, _tokenizer(session), prompts, model_info={"reference": session.reference},
+                      setup={**setup, "batch_size": batch_size}, batch_size=batch_size, tokenized=tokenized)
+
+
+def laundry(session: Session, n_items: Sequence[int] = DEFAULT_N_ITEMS, n_prompts: int = 200, seed: int = 0,
+            batch_size: int = 16) -> Report:
+    """Laundry-list candidate/top-1 accuracy and logit difference per N and per answer position."""
+    return run(session, ("laundry",), n_items, n_prompts, seed, batch_size)
+
+
+def ioi(session: Session, n_prompts: int = 200, seed: int = 0, batch_size: int = 16) -> Report:
+    """IOI accuracy (ABBA and BABA balanced)."""
+    return run(session, ("ioi",), (), n_prompts, seed, batch_size)
+
+
+def paired(session: Session, after: Recipe | Sequence[Edit] | ComputedEdit | Session, tasks: Sequence[str] = TASKS,
+           n_items: Sequence[int] = DEFAULT_N_ITEMS, n_prompts: int = 200, seed: int = 0, batch_size: int = 16,
+           prompts: Sequence[TaskPrompt] | None = None, kl: bool = True, kl_texts: int | None = None,
+           extra_setup: Mapping[str, object] | None = None) -> Report:
+    """Paired before/after on identical prompts: `session` as it is vs. `after` — an edit of it
+    (swapped in only while "after" runs) or another loaded model with the same tokenizer. Exact
+    McNemar tests per N, and the KL on neutral text (`kl_texts` of them; `kl=False` skips it).
+    `extra_setup` is recorded with the prompt-set description in the report's `setup`."""
+    tokenizer = _tokenizer(session)
+    prompts, setup = _prompts(session, tasks, n_items, n_prompts, seed, prompts)
+    tokenized = tokenize_prompts(tokenizer, prompts, max_length=session.max_length)
+    if isinstance(after, Session):
+        if _tokenizer(after).get_vocab() != tokenizer.get_vocab():
+            raise UserError(f"{session.reference} and {after.reference} have different tokenizers, so their prompts "
+                            "cannot be paired")
+        after_variant, after_name = Variant(after.model), after.reference
+    else:
+        after_variant, after_name = session.variant(after), f"{session.reference} + recipe edits"
+    neutral = neutral_set(tokenizer, kl_texts) if kl else None
+    return run_paired(Variant(session.model), after_variant, tokenizer, prompts,
+                      before_info={"reference": session.reference}, after_info={"reference": after_name},
+                      setup={**setup, "batch_size": batch_size, **(extra_setup or {})}, batch_size=batch_size,
+                      tokenized=tokenized, neutral_texts=neutral, measure_kl=kl)
+
+
+def _prompts(session: Session, tasks: Sequence[str], n_items: Sequence[int], n_prompts: int, seed: int,
+             prompts: Sequence[TaskPrompt] | None) -> tuple[list[TaskPrompt], dict[str, object]]:
+    if prompts is not None:
+        return list(prompts), {"tasks": sorted({p.task for p in prompts}, key=TASKS.index), "prompts": "given"}
+    return prompt_set(session, tasks, n_items, n_prompts, seed)
+
+
+def _tokenizer(session: Session):
+    if session.tokenizer is None:
+        raise UserError(f"{session.reference} has no tokenizer: load it with th_edit.load(...) or pass one to Session")
+    return session.tokenizer
+
+
+__all__ = [
+    "DEFAULT_N_ITEMS", "Batch", "PromptScore", "Report", "Tokenized", "Variant", "accuracy_row", "build_prompts",
+    "candidate_token_ids", "compare", "input_device", "ioi", "kl_sum", "laundry", "left_padded", "length_batches",
+    "lexicon_record", "neutral_kl", "paired", "paired_row", "prompt_set", "render_report", "run", "run_paired",
+    "run_single", "score_prompts", "summarize", "swapped_parameters", "tokenize_prompts",
+]

@@ -1,0 +1,101 @@
+"""Terminal tables of benchmark reports (also embedded in model cards)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from th_edit import ui
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _ci(interval: Sequence[float], percent: bool = True) -> str:
+    low, high = interval
+    return f"[{100 * low:.1f}, {100 * high:.1f}]" if percent else f"[{low:+.2f}, {high:+.2f}]"
+
+
+def _label(task: str, n_items: object) -> str:
+    return "ioi" if task == "ioi" else f"N={n_items}"
+
+
+def _position_name(task: str, position: int) -> str:
+    # For IOI, the IO mentioned first is the ABBA order.
+    return ("ABBA", "BABA")[position] if task == "ioi" else f"p{position}"
+
+
+def _model_name(info: Mapping[str, object]) -> str:
+    return str(info.get("reference", "model"))
+
+
+def render_results(task: str, results: Mapping[str, object], title: str) -> list[str]:
+    rows = []
+    for row in [*results["by_n"], {"n_items": "all", **results["overall"]}]:
+        label = "all" if row["n_items"] == "all" else _label(task, row["n_items"])
+        if task == "ioi" and label == "all":
+            continue  # IOI has a single N: "all" would repeat it
+        rows.append([label, str(row["n"]), _pct(row["candidate_accuracy"]), _ci(row["candidate_ci95"]),
+                     _pct(row["top1_accuracy"]), _ci(row["top1_ci95"]),
+                     f"{row['mean_logit_diff']:+.2f}", _ci(row["logit_diff_ci95"], percent=False)])
+    lines = [title]
+    lines += ui.table(["", "n", "candidate", "95% CI", "top-1", "95% CI", "logit diff", "95% CI"], rows)
+    lines += _position_lines(task, results["by_position"])
+    return lines
+
+
+def _position_lines(task: str, by_position: Sequence[Mapping[str, object]]) -> list[str]:
+    """Candidate accuracy as a matrix: one row per N, one column per answer position."""
+    width = max(row["n_items"] for row in by_position)
+    cells: dict[object, list[str]] = {}
+    for row in by_position:
+        cells.setdefault(row["n_items"], [""] * width)[row["answer_position"]] = f"{100 * row['candidate_accuracy']:.0f}"
+    headers = ["by answer position (%)", *(_position_name(task, p) for p in range(width))]
+    return ui.table(headers, [[_label(task, n), *values] for n, values in cells.items()])
+
+
+def render_single(report: Mapping[str, object]) -> str:
+    lines: list[str] = []
+    for task, results in report["results"].items():
+        title = f"{task}: {_model_name(report['model'])}, {report['prompt_counts'][task]} prompts"
+        lines += render_results(task, results, title) + [""]
+    lines.append("candidate: the answer beats the other candidates; top-1: it is the argmax over the vocabulary; "
+                 "logit diff: answer minus best other candidate. Intervals: Wilson 95% (accuracy), mean ± 1.96 SE.")
+    return "\n".join(lines)
+
+
+def render_paired(report: Mapping[str, object]) -> str:
+    before, after = _model_name(report["before"]["model"]), _model_name(report["after"]["model"])
+    lines: list[str] = []
+    for task, comparison in report["paired"].items():
+        lines.append(f"{task}: before = {before}, after = {after}, {report['prompt_counts'][task]} paired prompts")
+        rows = []
+        for row in [*comparison["by_n"], {"n_items": "all", **comparison["overall"]}]:
+            if task == "ioi" and row["n_items"] == "all":
+                continue
+            rows.append(["all" if row["n_items"] == "all" else _label(task, row["n_items"]), str(row["n"]),
+                         _pct(row["before_accuracy"]), _ci(row["before_ci95"]),
+                         _pct(row["after_accuracy"]), _ci(row["after_ci95"]),
+                         f"{100 * row['accuracy_change']:+.1f}", str(row["b_right_to_wrong"]),
+                         str(row["c_wrong_to_right"]), f"{row['mcnemar_p']:.3g}",
+                         f"{row['mean_logit_diff_change']:+.2f}"])
+        lines += ui.table(["", "n", "before", "95% CI", "after", "95% CI", "Δ pts", "b", "c", "McNemar p",
+                         "Δ logit diff"], rows)
+        lines.append("")
+    kl = report["side_effects"]["neutral_kl"]
+    if kl is None:
+        lines.append("neutral text: KL not measured")
+    else:
+        lines.append(f"neutral text: KL(before ‖ after) = {kl['mean_nats_per_token']:.4g} nats/token "
+                     f"over {kl['n_tokens']} tokens ({kl['n_texts']} texts{_chat_note(kl)})")
+    lines.append("b: right before, wrong after; c: wrong before, right after; McNemar: exact two-sided test on b, c.")
+    return "\n".join(lines)
+
+
+def _chat_note(kl: Mapping[str, object]) -> str:
+    chat = kl.get("n_chat_texts")
+    return f", {chat} of them chat-formatted" if chat else ""
+
+
+def render_report(report: Mapping[str, object]) -> str:
+    return render_paired(report) if report["kind"] == "paired" else render_single(report)

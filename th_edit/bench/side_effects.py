@@ -1,0 +1,71 @@
+"""Side effects of an edit: KL(base ‖ edited) of the next-token distributions on neutral text."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from th_edit import ui
+from th_edit.bench.batching import Batch, left_padded, length_batches
+from th_edit.bench.tokens import encode, pad_id
+from th_edit.errors import UserError
+
+Forward = Callable[[Batch], torch.Tensor]  # batch -> logits [B, T, V]
+
+# Upper bound on the elements of one batch's full-sequence logits in neutral_kl (float32: 128 MB).
+# With a 262k vocabulary this caps a batch at 128 tokens; with 49k at about 680.
+KL_MAX_BATCH_LOGITS = 2**25
+# Elements per log-softmax chunk in neutral_kl (float64: 16 MB per temporary).
+KL_CHUNK_LOGITS = 2**21
+
+
+def neutral_kl(forward_base: Forward, forward_edited: Forward, tokenizer, texts: Sequence[str],
+               batch_size: int = 16) -> float:
+    """Mean KL(base ‖ edited) in nats per token over every non-pad position of `texts`.
+
+    Each batch is run through `forward_base` and then `forward_edited` before the next batch, so
+    either callable may swap tensors in and out of a shared model (see `Variant.forward`). Batches
+    hold at most KL_MAX_BATCH_LOGITS logits and the log-softmaxes are taken in chunks of positions,
+    so peak memory stays bounded even for a 262k vocabulary.
+    """
+    total, count = kl_sum(forward_base, forward_edited, tokenizer, texts, batch_size)
+    return total / count
+
+
+def kl_sum(forward_base: Forward, forward_edited: Forward, tokenizer, texts: Sequence[str] | None,
+           batch_size: int = 16, encoded: Sequence[Sequence[int]] | None = None) -> tuple[float, int]:
+    """(summed KL in nats, number of positions) — what neutral_kl averages. Give `texts`, or
+    `encoded` token ids (e.g. chat-formatted text that already carries its special tokens)."""
+    sequences = [list(e) for e in (encoded if encoded is not None else encode(tokenizer, texts or [])) if e]
+    if not sequences:
+        raise UserError("no neutral text to measure KL on")
+    max_tokens = max(max(len(e) for e in sequences), KL_MAX_BATCH_LOGITS // max(len(tokenizer), 1))
+    batches = length_batches([len(e) for e in sequences], batch_size, max_tokens)
+    padding = pad_id(tokenizer)
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for indices in ui.progress(batches, desc="neutral-text KL", unit="batch"):
+            batch = left_padded([sequences[i] for i in indices], padding)
+            base = forward_base(batch)
+            edited = forward_edited(batch)
+            positions = batch["attention_mask"].reshape(-1).nonzero().squeeze(1).to(base.device)
+            total += _chunked_kl(base.reshape(-1, base.shape[-1]), edited.reshape(-1, edited.shape[-1]), positions)
+            count += len(positions)
+    return total, count
+
+
+def _chunked_kl(base: torch.Tensor, edited: torch.Tensor, positions: torch.Tensor) -> float:
+    """Σ over `positions` (row indices) of KL(softmax(base) ‖ softmax(edited)), a few rows at a time.
+
+    Rows are gathered chunk by chunk rather than all at once, so no full copy of either logits
+    tensor is made; float64 keeps small KLs (near-identical rows) from drowning in rounding.
+    """
+    rows = max(1, KL_CHUNK_LOGITS // base.shape[-1])
+    total = 0.0
+    for start in range(0, len(positions), rows):
+        chunk = positions[start:start + rows]
+        log_p = torch.log_softmax(base[chunk].double(), dim=-1)
+        log_q = torch.log_softmax(edited[chunk].double(), dim=-1)
+        total += float((log_p.exp() * (log_p - log_q)).sum())
+    return total
