@@ -10,6 +10,7 @@ every mention is the same leading-space token as the answer.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 from th_edit.errors import UserError
 from th_edit.tasks.laundry import is_single_token
@@ -55,18 +56,22 @@ def render(template_index: int, order: str, io: str, subject: str) -> TaskPrompt
     return TaskPrompt("ioi", text, " " + io, candidates, 2, position, f"t{template_index}-{order}")
 
 
-def generate_ioi(tokenizer, n_prompts: int, seed: int) -> list[TaskPrompt]:
-    """`n_prompts` prompts with templates and ABBA/BABA orders balanced (counts differ by at most one)."""
+def generate_ioi(tokenizer, n_prompts: int, seed: int, templates: Sequence[int] | None = None) -> list[TaskPrompt]:
+    """`n_prompts` prompts with templates and ABBA/BABA orders balanced (counts differ by at most one).
+    `templates` (indices into TEMPLATES) restricts the templates used, e.g. for a held-out split."""
     names = usable_names(tokenizer)
     if len(names) < 2:
         raise UserError("fewer than two IOI names are single tokens for this tokenizer")
     rng = random.Random(f"ioi:{seed}")
     orders = [ORDERS[i % 2] for i in range(n_prompts)]
-    templates = [i % len(TEMPLATES) for i in range(n_prompts)]
+    allowed = list(range(len(TEMPLATES))) if templates is None else list(dict.fromkeys(templates))
+    if not allowed or any(not 0 <= t < len(TEMPLATES) for t in allowed):
+        raise UserError(f"IOI templates must be indices in 0..{len(TEMPLATES) - 1}, got {list(templates or [])}")
+    chosen = [allowed[i % len(allowed)] for i in range(n_prompts)]
     rng.shuffle(orders)
-    rng.shuffle(templates)
+    rng.shuffle(chosen)
     prompts = []
-    for order, template in zip(orders, templates):
+    for order, template in zip(orders, chosen):
         io, subject = rng.sample(names, 2)
         prompts.append(render(template, order, io, subject))
     return prompts

@@ -160,9 +160,19 @@ def lexicon_survival(tokenizer) -> dict[str, tuple[int, int]]:
     return {f.name: (len(usable_items(tokenizer, f)), len(f.lexicon)) for f in FRAMES}
 
 
-def _frames_for(n: int, usable_counts: dict[str, int]) -> list[Frame]:
+def _frames_for(n: int, usable_counts: dict[str, int], frames: Sequence[Frame] = FRAMES) -> list[Frame]:
     """The frames that can make an N-item list: those with at least N usable items."""
-    return [f for f in FRAMES if usable_counts[f.name] >= n]
+    return [f for f in frames if usable_counts[f.name] >= n]
+
+
+def _chosen_frames(names: Sequence[str] | None) -> list[Frame]:
+    if names is None:
+        return list(FRAMES)
+    known = {f.name: f for f in FRAMES}
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise UserError(f"unknown laundry frame(s) {', '.join(unknown) or '(none given)'}; frames: {', '.join(known)}")
+    return [known[n] for n in dict.fromkeys(names)]
 
 
 def frames_left_out(usable_counts: dict[str, int], n_items: Sequence[int]) -> dict[str, list[int]]:
@@ -196,20 +206,25 @@ def balanced_positions(n: int, count: int, rng: random.Random) -> list[int]:
     return positions
 
 
-def generate_laundry(tokenizer, n_items: Sequence[int], n_per_n: int, seed: int) -> list[TaskPrompt]:
+def generate_laundry(tokenizer, n_items: Sequence[int], n_per_n: int, seed: int,
+                     frames: Sequence[str] | None = None) -> list[TaskPrompt]:
     """`n_per_n` prompts for every N in `n_items`, answer positions and frames balanced.
+
+    `frames` (names) restricts the frames used, e.g. to keep a held-out set's frames apart from
+    those a search tunes on.
 
     Each N draws from its own generator seeded by (seed, N), so the prompts for N=5 are the same
     whether or not other N are requested alongside. A repeated N is generated once: a second
     pass would repeat the same prompts and count them twice in the statistics.
     """
-    usable = {f.name: usable_items(tokenizer, f) for f in FRAMES}
+    chosen = _chosen_frames(frames)
+    usable = {f.name: usable_items(tokenizer, f) for f in chosen}
     counts = {name: len(items) for name, items in usable.items()}
     prompts: list[TaskPrompt] = []
     for n in dict.fromkeys(n_items):  # distinct, in the order given
         if not MIN_ITEMS <= n <= MAX_ITEMS:
             raise UserError(f"laundry lists need {MIN_ITEMS} to {MAX_ITEMS} items, not {n}")
-        frames = _frames_for(n, counts)
+        frames = _frames_for(n, counts, chosen)
         if not frames:
             best = max(len(items) for items in usable.values())
             raise UserError(

@@ -1,0 +1,89 @@
+"""Benchmark (run by hand): five recipes on one loaded model vs five `th-edit bench --compare` processes.
+
+    python tests/perf/session_reuse.py [--model smollm2-135m] [--n-prompts 50]
+
+Both sides produce the same paired reports (laundry N=4..6, before/after accuracy, McNemar, and the
+KL on the shipped neutral texts) for five recipes that scale different components of the same
+heads. The API side loads the model once, scores "before" once, and swaps each edit in memory; the
+CLI side is five separate processes, each loading the model and scoring both sides. Prints the wall
+times and their ratio; the reports' accuracies must agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+SCALES = (0.0, 0.5, 1.5, 2.0, 3.0)
+
+
+def recipes(directory: Path, model: str) -> list[Path]:
+    paths = []
+    for i, scale in enumerate(SCALES):
+        recipe = {"base_model": model, "edits": [
+            {"layer": 20, "head": 0, "circuit": "ov", "components": [0, 1], "scale": scale},
+            {"layer": 23, "head": 3, "circuit": "qk", "components": [0], "scale": scale},
+        ]}
+        path = directory / f"r{i}.yaml"
+        path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+        paths.append(path)
+    return paths
+
+
+def api_side(model: str, paths: list[Path], n_prompts: int) -> tuple[float, list[dict]]:
+    import th_edit
+    from th_edit import bench, ui
+
+    ui.configure(quiet=True, verbose=False)
+    started = time.perf_counter()
+    session = th_edit.load(model)
+    prompts, setup = bench.prompt_set(session, ("laundry",), [4, 5, 6], n_prompts, 0)
+    tokenized = bench.tokenize_prompts(session.tokenizer, prompts)
+    before = bench.score_prompts(session.model, session.tokenizer, prompts, tokenized=tokenized)
+    reports = []
+    for path in paths:
+        after = session.variant(th_edit.Recipe.from_yaml(path))
+        reports.append(bench.run_paired(bench.Variant(session.model), after, session.tokenizer, prompts,
+                                        before_info={}, after_info={}, setup=setup, before_scores=before,
+                                        tokenized=tokenized))
+    return time.perf_counter() - started, reports
+
+
+def cli_side(model: str, paths: list[Path], n_prompts: int) -> tuple[float, list[dict]]:
+    started = time.perf_counter()
+    reports = []
+    for path in paths:
+        result = subprocess.run([sys.executable, "-m", "th_edit", "--quiet", "bench", model, "--compare", str(path),
+                                 "--task", "laundry", "--n-items", "4-6", "--n-prompts", str(n_prompts), "--json"],
+                                check=True, capture_output=True, text=True)
+        reports.append(json.loads(result.stdout))
+    return time.perf_counter() - started, reports
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--n-prompts", type=int, default=50)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = recipes(Path(tmp), args.model)
+        cli_seconds, cli_reports = cli_side(args.model, paths, args.n_prompts)
+        api_seconds, api_reports = api_side(args.model, paths, args.n_prompts)
+    for mine, theirs in zip(api_reports, cli_reports):
+        a, b = mine["paired"]["laundry"]["overall"], theirs["paired"]["laundry"]["overall"]
+        assert (a["before_accuracy"], a["after_accuracy"]) == (b["before_accuracy"], b["after_accuracy"]), (a, b)
+    print(f"model {args.model}, 5 recipes, laundry N=4..6, {args.n_prompts} prompts per N, KL on the neutral texts")
+    print(f"  five `th-edit bench --compare` processes: {cli_seconds:7.1f} s")
+    print(f"  one loaded session (th_edit API):         {api_seconds:7.1f} s")
+    print(f"  ratio: {cli_seconds / api_seconds:.2f}x faster with one session (reports agree)")
+
+
+if __name__ == "__main__":
+    main()

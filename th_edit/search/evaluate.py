@@ -1,0 +1,163 @@
+"""Evaluate many edits of one loaded model quickly: list recall, IOI and neutral-text KL.
+
+What no trial changes is computed once: the tokenized, padded batches; the residual stream below the
+lowest layer any trial may edit (`PrefixCache`); the unedited model's scores and its next-token
+log-probabilities on the neutral texts (for the KL). A trial then runs only the layers it can change.
+Results equal a plain forward pass of the edited model (tests check this).
+
+Prompts and texts are split into a small "quick" part (a few prompts of every N, a few texts) and the
+rest, so a trial can be judged cheaply first and only promising ones pay for the full set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from th_edit import ui
+from th_edit.bench.batching import left_padded, length_batches
+from th_edit.bench.scoring import PromptScore, score_row
+from th_edit.bench.tokens import pad_id, tokenize_prompts
+from th_edit.errors import UserError
+from th_edit.prefix import PrefixCache
+from th_edit.session import ComputedEdit, Session
+from th_edit.tasks.neutral import NeutralSet
+from th_edit.tasks.prompts import TaskPrompt
+
+# The unedited model's log-probs on the neutral texts are kept in memory (float32) up to this size.
+KL_CACHE_LIMIT_BYTES = 3 * 2**30
+
+
+@dataclass(frozen=True)
+class TrialScores:
+    """One edit on one prompt set: accuracy per laundry N, IOI accuracy, KL on the neutral texts."""
+
+    laundry: dict[int, float]  # N -> candidate accuracy
+    ioi: float | None
+    kl: float | None
+    n_prompts: int
+
+    @property
+    def mean_laundry(self) -> float:
+        return sum(self.laundry.values()) / len(self.laundry)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"laundry_accuracy": {str(n): a for n, a in self.laundry.items()},
+                "mean_laundry_accuracy": self.mean_laundry, "ioi_accuracy": self.ioi, "neutral_kl": self.kl,
+                "n_prompts": self.n_prompts}
+
+
+class _PromptPart:
+    """Some prompts, batched once, with the residual stream entering `layer` cached."""
+
+    def __init__(self, session: Session, prompts: Sequence[TaskPrompt], batch_size: int, layer: int):
+        self.prompts = list(prompts)
+        self.tokenized = tokenize_prompts(session.tokenizer, self.prompts, max_length=session.max_length)
+        self.groups = length_batches([len(e) for e in self.tokenized.encoded], batch_size)
+        padding = pad_id(session.tokenizer)
+        batches = [left_padded([self.tokenized.encoded[i] for i in g], padding, session.device) for g in self.groups]
+        self.cache = PrefixCache(session.model, session.adapter, layer, batches)
+
+    def scores(self) -> list[PromptScore]:
+        scores: list[PromptScore | None] = [None] * len(self.prompts)
+        for b, group in enumerate(self.groups):
+            last = self.cache.forward(b, logits_to_keep=1)[:, -1].float().cpu()
+            for row, i in enumerate(group):
+                scores[i] = score_row(last[row], *self.tokenized.targets[i])
+        return scores  # type: ignore[return-value]
+
+
+class _TextPart:
+    """Neutral texts, batched once; the unedited model's log-probs at every real position kept."""
+
+    def __init__(self, session: Session, encoded: Sequence[Sequence[int]], batch_size: int, layer: int):
+        vocabulary = session.model.get_output_embeddings().weight.shape[0]
+        # A batch's full logits stay under 2**25 elements, as in th_edit.bench.side_effects.
+        max_tokens = max(max(map(len, encoded)), 2**25 // vocabulary)
+        self.groups = length_batches([len(e) for e in encoded], batch_size, max_tokens)
+        padding = pad_id(session.tokenizer)
+        batches = [left_padded([list(encoded[i]) for i in g], padding, session.device) for g in self.groups]
+        self.cache = PrefixCache(session.model, session.adapter, layer, batches)
+        self.base = [self.log_probs(b) for b in range(len(batches))]
+
+    def log_probs(self, b: int) -> torch.Tensor:
+        """log softmax of the current model's logits at the real (non-pad) positions of batch b."""
+        logits = self.cache.forward(b)
+        keep = self.cache.batches[b]["attention_mask"].reshape(-1).bool()
+        return torch.log_softmax(logits.reshape(-1, logits.shape[-1])[keep].float(), dim=-1).cpu()
+
+    def kl_sum(self) -> tuple[float, int]:
+        total, count = 0.0, 0
+        for b, log_p in enumerate(self.base):
+            log_q, log_p = self.log_probs(b).double(), log_p.double()
+            total += float((log_p.exp() * (log_p - log_q)).sum())
+            count += log_p.shape[0]
+        return total, count
+
+
+def split_quick(prompts: Sequence[TaskPrompt], per_group: int) -> tuple[list[TaskPrompt], list[TaskPrompt]]:
+    """The first `per_group` prompts of every (task, N) group, and the rest (order kept)."""
+    seen: dict[tuple[str, int], int] = {}
+    quick, rest = [], []
+    for prompt in prompts:
+        key = (prompt.task, prompt.n_items)
+        seen[key] = seen.get(key, 0) + 1
+        (quick if seen[key] <= per_group else rest).append(prompt)
+    return quick, rest
+
+
+class TrialEvaluator:
+    """Scores for `prompts` (laundry and IOI) and the KL on `neutral`, for any edit of layers ≥ `layer`.
+
+    `quick_prompts` per (task, N) and `quick_texts` neutral texts form the cheap first look.
+    """
+
+    def __init__(self, session: Session, prompts: Sequence[TaskPrompt], neutral: NeutralSet | None, layer: int,
+                 batch_size: int = 16, quick_prompts: int = 10, quick_texts: int = 16):
+        self.session, self.layer = session, layer
+        vocabulary = session.model.get_output_embeddings().weight.shape[0]
+        if neutral is not None and sum(map(len, neutral.encoded)) * vocabulary * 4 > KL_CACHE_LIMIT_BYTES:
+            raise UserError(f"{len(neutral.encoded)} neutral texts are too many to cache for this vocabulary "
+                            f"({vocabulary}): measure the KL on fewer")
+        quick, rest = split_quick(prompts, quick_prompts)
+        with torch.inference_mode():
+            ui.info(f"caching the unedited model's states below layer {layer}")
+            self.parts = [_PromptPart(session, part, batch_size, layer) for part in (quick, rest) if part]
+            self.texts = []
+            if neutral is not None:
+                encoded = neutral.encoded
+                self.texts = [_TextPart(session, part, batch_size, layer)
+                              for part in (encoded[:quick_texts], encoded[quick_texts:]) if part]
+            self.base = self._summarize([p.scores() for p in self.parts], self._kl_parts(len(self.texts)))
+
+    # ---- trials ----------------------------------------------------------------------------------
+
+    def evaluate(self, edit: ComputedEdit | None, quick: bool = False, kl: bool = True) -> TrialScores:
+        """Scores with `edit` swapped in (None: the unedited model): the quick part only, or everything."""
+        if edit is not None:
+            lowest = min(r.layer for r in edit.reports)
+            if lowest < self.layer:
+                raise ValueError(f"the edit touches layer {lowest}, below the cached layer {self.layer}")
+        n_parts = 1 if quick else len(self.parts)
+        n_texts = (1 if quick else len(self.texts)) if kl else 0
+        with torch.inference_mode(), (self.session.edited(edit) if edit is not None else nullcontext()):
+            return self._summarize([p.scores() for p in self.parts[:n_parts]], self._kl_parts(n_texts))
+
+    def _kl_parts(self, n_texts: int) -> float | None:
+        if not n_texts or not self.texts:
+            return None
+        sums = [part.kl_sum() for part in self.texts[:n_texts]]
+        return sum(s for s, _ in sums) / sum(c for _, c in sums)
+
+    def _summarize(self, part_scores: list[list[PromptScore]], kl: float | None) -> TrialScores:
+        by_n: dict[int, list[bool]] = {}
+        ioi: list[bool] = []
+        for part, scores in zip(self.parts, part_scores):
+            for prompt, score in zip(part.prompts, scores):
+                bucket = ioi if prompt.task == "ioi" else by_n.setdefault(prompt.n_items, [])
+                bucket.append(score.candidate_correct)
+        laundry = {n: sum(v) / len(v) for n, v in sorted(by_n.items())}
+        return TrialScores(laundry, sum(ioi) / len(ioi) if ioi else None, kl, sum(map(len, by_n.values())) + len(ioi))
