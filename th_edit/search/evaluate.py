@@ -92,20 +92,20 @@ class _TextPart:
     def kl_sum(self) -> tuple[float, int]:
         total, count = 0.0, 0
         for b, log_p in enumerate(self.base):
-            log_q, log_p = self.log_probs(b).double(), log_p.double()
-            total += float((log_p.exp() * (log_p - log_q)).sum())
+            # float32 terms, float64 sum: the KL of near-identical models stays exact to ~1e-6.
+            total += float((log_p.exp() * (log_p - self.log_probs(b))).sum(dtype=torch.float64))
             count += log_p.shape[0]
         return total, count
 
 
-def split_quick(prompts: Sequence[TaskPrompt], per_group: int) -> tuple[list[TaskPrompt], list[TaskPrompt]]:
-    """The first `per_group` prompts of every (task, N) group, and the rest (order kept)."""
+def split_quick(prompts: Sequence[TaskPrompt], per_group: int) -> tuple[list[int], list[int]]:
+    """Indices of the first `per_group` prompts of every (task, N) group, and of the rest (order kept)."""
     seen: dict[tuple[str, int], int] = {}
     quick, rest = [], []
-    for prompt in prompts:
+    for i, prompt in enumerate(prompts):
         key = (prompt.task, prompt.n_items)
         seen[key] = seen.get(key, 0) + 1
-        (quick if seen[key] <= per_group else rest).append(prompt)
+        (quick if seen[key] <= per_group else rest).append(i)
     return quick, rest
 
 
@@ -118,20 +118,28 @@ class TrialEvaluator:
     def __init__(self, session: Session, prompts: Sequence[TaskPrompt], neutral: NeutralSet | None, layer: int,
                  batch_size: int = 16, quick_prompts: int = 10, quick_texts: int = 16):
         self.session, self.layer = session, layer
+        self.prompts = list(prompts)
         vocabulary = session.model.get_output_embeddings().weight.shape[0]
         if neutral is not None and sum(map(len, neutral.encoded)) * vocabulary * 4 > KL_CACHE_LIMIT_BYTES:
             raise UserError(f"{len(neutral.encoded)} neutral texts are too many to cache for this vocabulary "
                             f"({vocabulary}): measure the KL on fewer")
         quick, rest = split_quick(prompts, quick_prompts)
+        # Where each given prompt sits in quick + rest, to hand scores back in the given order.
+        position = {index: i for i, index in enumerate(quick + rest)}
+        self._order = [position[i] for i in range(len(prompts))]
         with torch.inference_mode():
             ui.info(f"caching the unedited model's states below layer {layer}")
-            self.parts = [_PromptPart(session, part, batch_size, layer) for part in (quick, rest) if part]
+            self.parts = [_PromptPart(session, [prompts[i] for i in part], batch_size, layer)
+                          for part in (quick, rest) if part]
             self.texts = []
             if neutral is not None:
                 encoded = neutral.encoded
                 self.texts = [_TextPart(session, part, batch_size, layer)
                               for part in (encoded[:quick_texts], encoded[quick_texts:]) if part]
-            self.base = self._summarize([p.scores() for p in self.parts], self._kl_parts(len(self.texts)))
+            base_scores = [p.scores() for p in self.parts]
+        self.base = self._summarize(base_scores, 0.0 if self.texts else None)
+        self.quick_base = self._summarize(base_scores[:1], 0.0 if self.texts else None)
+        self.base_prompt_scores = self._in_order(base_scores)
 
     # ---- trials ----------------------------------------------------------------------------------
 
@@ -145,6 +153,20 @@ class TrialEvaluator:
         n_texts = (1 if quick else len(self.texts)) if kl else 0
         with torch.inference_mode(), (self.session.edited(edit) if edit is not None else nullcontext()):
             return self._summarize([p.scores() for p in self.parts[:n_parts]], self._kl_parts(n_texts))
+
+    def kl_of(self, edit: ComputedEdit) -> float | None:
+        """The KL on every neutral text with `edit` swapped in (no prompt is scored)."""
+        with torch.inference_mode(), self.session.edited(edit):
+            return self._kl_parts(len(self.texts))
+
+    def prompt_scores(self, edit: ComputedEdit | None) -> list[PromptScore]:
+        """Every prompt's score with `edit` swapped in, in the order the prompts were given."""
+        with torch.inference_mode(), (self.session.edited(edit) if edit is not None else nullcontext()):
+            return self._in_order([p.scores() for p in self.parts])
+
+    def _in_order(self, part_scores: list[list[PromptScore]]) -> list[PromptScore]:
+        flat = [score for scores in part_scores for score in scores]
+        return [flat[i] for i in self._order]
 
     def _kl_parts(self, n_texts: int) -> float | None:
         if not n_texts or not self.texts:

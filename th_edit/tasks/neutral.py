@@ -33,16 +33,21 @@ class NeutralSet:
     encoded: list[list[int]]
     n_chat: int
 
+    def limited(self, limit: int | None) -> NeutralSet:
+        """At most `limit` texts, plain and chat-formatted ones in their present proportion."""
+        if limit is None or limit >= len(self.encoded):
+            return self
+        n_plain = len(self.encoded) - self.n_chat
+        n_chat = round(limit * self.n_chat / len(self.encoded))
+        return NeutralSet(self.encoded[:limit - n_chat] + self.encoded[n_plain:n_plain + n_chat], n_chat)
+
 
 def neutral_set(tokenizer, limit: int | None = None, chat: bool = True) -> NeutralSet:
     """The neutral texts tokenized for `tokenizer`. `limit` caps their number, keeping plain and
     chat texts in their shipped proportion (a smaller, faster side-effect measure)."""
     plain = tokenizer(neutral_prompts(), add_special_tokens=True)["input_ids"]
     chats = _chat_ids(tokenizer) if chat else []
-    if limit is not None:
-        n_chat = round(limit * len(chats) / (len(plain) + len(chats)))
-        plain, chats = plain[:limit - n_chat], chats[:n_chat]
-    return NeutralSet([list(ids) for ids in plain + chats], len(chats))
+    return NeutralSet([list(ids) for ids in plain + chats], len(chats)).limited(limit)
 
 
 def _chat_ids(tokenizer) -> list[list[int]]:

@@ -1,0 +1,131 @@
+"""`th-edit search`: the fast trial evaluator, determinism, held-out isolation, interruption, resume."""
+
+import dataclasses
+
+import pytest
+import torch
+from tiny import tiny_checkpoint
+
+import th_edit
+from th_edit.bench import kl_sum, score_prompts
+from th_edit.errors import UserError
+from th_edit.recipe import Edit
+from th_edit.search import optimize, pipeline
+from th_edit.search.evaluate import TrialEvaluator
+from th_edit.search.optimize import Limits
+from th_edit.search.pipeline import SearchSettings, search
+from th_edit.search.space import Candidate, candidates_from_channels, edits_for, whole_head_edits
+from th_edit.session import Variant
+from th_edit.tasks.neutral import neutral_set
+from th_edit.tasks.sets import build_prompts
+
+CANDIDATES = [Candidate(1, 0, "ov", 0), Candidate(1, 2, "ov", 1), Candidate(2, 1, "ov", 0), Candidate(2, 3, "qk", 0)]
+SETTINGS = SearchSettings(n_items=(2, 3), trials=6, seed=1, limits=Limits(kl_budget=0.5, max_ioi_drop=0.5),
+                          tune_prompts=8, held_out_prompts=8, quick_prompts=3, tune_kl_texts=10, batch_size=8,
+                          whole_head_scales=(1.5, 2.0))
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    return th_edit.load(str(tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "m", "llama", seed=2)))
+
+
+def test_evaluator_equals_a_plain_forward_pass(session):
+    prompts = build_prompts(session.tokenizer, ("laundry", "ioi"), [2, 3], 7, 0)
+    neutral = neutral_set(session.tokenizer, 12)
+    evaluator = TrialEvaluator(session, prompts, neutral, layer=1, batch_size=4, quick_prompts=2)
+    edit = session.compute([Edit(layer=1, head=0, circuit="ov", components=[0, 1], scale=4.0),
+                            Edit(layer=2, head=3, circuit="qk", components=[0], scale=0.0)], measure=False)
+    fast = evaluator.prompt_scores(edit)
+    with session.edited(edit):
+        plain = score_prompts(session.model, session.tokenizer, prompts, batch_size=5)
+    assert [s.candidate_correct for s in fast] == [s.candidate_correct for s in plain]
+    assert [s.logit_diff for s in fast] == pytest.approx([s.logit_diff for s in plain], abs=1e-5)
+    total, count = kl_sum(Variant(session.model).forward, session.variant(edit).forward, session.tokenizer, None,
+                          encoded=neutral.encoded)
+    assert evaluator.kl_of(edit) == pytest.approx(total / count, rel=1e-4)
+    assert total / count > 1e-6
+    assert evaluator.evaluate(None).kl == pytest.approx(0.0, abs=1e-7)
+
+
+def test_an_edit_below_the_cached_layer_is_refused(session):
+    prompts = build_prompts(session.tokenizer, ("laundry",), [2], 4, 0)
+    evaluator = TrialEvaluator(session, prompts, None, layer=2, batch_size=4)
+    with pytest.raises(ValueError, match="below the cached layer"):
+        evaluator.evaluate(session.compute([Edit(layer=1, head=0, circuit="ov", components=[0], scale=2.0)]))
+
+
+def _run(session, tmp_path=None, **kwargs):
+    return search(session, CANDIDATES, SETTINGS, draft=[Edit(layer=1, head=0, circuit="ov", components=[0], scale=2.0)],
+                  **kwargs)
+
+
+def test_search_is_deterministic_and_ignores_held_out_prompts(session):
+    first = _run(session)
+    assert len(first.result.trials) == SETTINGS.trials
+    assert {t.stage for t in first.result.trials} <= {"quick", "full"}
+
+    def corrupted(session, settings):
+        """Held-out prompts whose answers are all wrong: they may change the held-out numbers only."""
+        prompts = pipeline.held_out_prompts(session, settings)
+        return [dataclasses.replace(p, answer=next(c for c in p.candidates if c != p.answer)) for p in prompts]
+
+    second = _run(session, held_out=corrupted)
+    assert [t.as_dict() for t in second.result.trials] == [t.as_dict() for t in first.result.trials]
+    assert (second.result.best is None) == (first.result.best is None)
+    if first.result.best is not None:
+        assert second.result.best.edits == first.result.best.edits
+        assert second.chosen.paired != first.chosen.paired  # the corruption did reach the held-out numbers
+        kinds = [h.kind for h in first.held_out]
+        assert kinds[0] == "search" and kinds.count("whole-head") == 2 and kinds[-1] == "draft"
+
+
+def test_ctrl_c_keeps_the_trials_so_far_and_resume_continues(session, tmp_path, monkeypatch):
+    journal = tmp_path / "study.log"
+    real = optimize.choices_of
+    calls = {"n": 0}
+
+    def interrupting(trial, candidates):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(trial, candidates)
+
+    monkeypatch.setattr(optimize, "choices_of", interrupting)
+    interrupted = _run(session, storage=journal)
+    assert interrupted.result.interrupted and len(interrupted.result.trials) == 3
+    monkeypatch.setattr(optimize, "choices_of", real)
+    resumed = _run(session, storage=journal)
+    assert not resumed.result.interrupted and len(resumed.result.trials) == SETTINGS.trials
+    assert [t.as_dict() for t in resumed.result.trials[:3]] == [t.as_dict() for t in interrupted.result.trials]
+
+
+def test_edits_for_groups_components_of_one_head_and_scale():
+    edits = edits_for({Candidate(2, 1, "ov", 3): 2.0, Candidate(2, 1, "ov", 0): 2.0, Candidate(2, 1, "ov", 1): 0.5,
+                       Candidate(1, 0, "qk", 0): 1.5})
+    assert [(e.layer, e.head, e.circuit, e.components, e.scale) for e in edits] == [
+        (1, 0, "qk", [0], 1.5), (2, 1, "ov", [0, 3], 2.0), (2, 1, "ov", [1], 0.5)]
+
+
+def test_whole_head_scaling_scales_w_o(session):
+    """Every OV component scaled by α is W_O scaled by α (the blunt baseline)."""
+    edit = session.compute(whole_head_edits([(1, 2)], 2.0, session.info.d_head), measure=False)
+    (name, value), = edit.values.items()
+    original = session.parameters.get(name)
+    slot = session.adapter.o_slot(1, 2)
+    assert torch.allclose(slot.read({name: value}), 2.0 * slot.read({name: original}), atol=1e-5)
+
+
+def test_candidates_from_channels_json():
+    record = {"channels": {"inhibition": [
+        {"sender": {"layer": 20, "head": 0, "component": 1}, "receiver": {"layer": 23, "head": 3}, "weight_score": 0.4},
+        {"sender": {"layer": 20, "head": 0, "component": 1}, "receiver": {"layer": 25, "head": 1}, "weight_score": 0.3},
+        {"sender": {"layer": 18, "head": 2, "component": 0}, "receiver": {"layer": 23, "head": 3}, "weight_score": 0.2},
+    ]}}
+    found = candidates_from_channels(record)
+    assert [(c.layer, c.head, c.circuit, c.component) for c in found] == [(20, 0, "ov", 1), (18, 2, "ov", 0)]
+    assert "23.3" in found[0].evidence
+    with pytest.raises(UserError, match="no 'inhibition' channel"):
+        candidates_from_channels({"channels": {}})
+    with pytest.raises(UserError, match=r"channels.inhibition\[0\]"):
+        candidates_from_channels({"channels": {"inhibition": [{"sender": {}}]}})

@@ -1,0 +1,85 @@
+"""`th-edit search MODEL`: find the channel edit that best fixes list recall under a side-effect budget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from th_edit import ui
+from th_edit.commands.bench import parse_n_items
+from th_edit.commands.options import device_options
+from th_edit.errors import UserError
+from th_edit.models import DEFAULT_MODEL
+from th_edit.outputs import check_outputs, write_outputs
+from th_edit.search.optimize import Limits
+from th_edit.search.pipeline import SearchSettings, evidence_header, recipe_of, search
+from th_edit.search.report import held_out_table, plot_frontier
+from th_edit.search.space import candidates_from_channels
+from th_edit.session import load as load_session
+
+
+@click.command("search")
+@click.argument("model", default=DEFAULT_MODEL)
+@click.option("--kind", type=click.Choice(["inhibition"]), default="inhibition", show_default=True,
+              help="Which channel's components to search over.")
+@click.option("--channels", "channels_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="A channels.json from `th-edit channels` (default: run the channel analysis now).")
+@click.option("--n-items", default="4-8", show_default=True, help="List lengths N to improve (range or list).")
+@click.option("--kl-budget", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True,
+              help="Largest mean KL on neutral text, nats/token.")
+@click.option("--max-ioi-drop", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Largest IOI accuracy drop, points.")
+@click.option("--trials", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the sampler and the tuning prompts.")
+@click.option("--tune-prompts", type=click.IntRange(min=2), default=50, show_default=True, help="Tuning prompts per N.")
+@click.option("--held-out-prompts", type=click.IntRange(min=2), default=200, show_default=True,
+              help="Held-out prompts per N (and IOI).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("search/recipe.yaml"),
+              show_default=True, help="The recipe; search.json, frontier.png and the study journal go beside it.")
+@click.option("--resume", is_flag=True, help="Continue the search recorded in the study journal beside --out.")
+@click.option("--force", is_flag=True, help="Replace existing output files.")
+@device_options
+def search_command(model: str, kind: str, channels_file: Path | None, n_items: str, kl_budget: float,
+                   max_ioi_drop: float, trials: int, seed: int, tune_prompts: int, held_out_prompts: int, out: Path,
+                   resume: bool, force: bool, device: str, dtype: str) -> None:
+    """Search which channel components of MODEL to rescale, and by how much, to improve list recall
+    (laundry N items) under a KL budget; report the result and baselines on held-out prompts."""
+    outputs = [out, out.with_suffix(".search.json"), out.with_suffix(".frontier.png")]
+    journal = out.with_suffix(".study.log")
+    check_outputs(outputs, force)
+    if journal.exists() and not (resume or force):
+        raise UserError(f"{journal} holds an earlier search: pass --resume to continue it or --force to start over")
+    if journal.exists() and force and not resume:
+        journal.unlink()
+    settings = SearchSettings(n_items=tuple(parse_n_items(n_items)), trials=trials, seed=seed,
+                              limits=Limits(kl_budget, max_ioi_drop / 100), tune_prompts=tune_prompts,
+                              held_out_prompts=held_out_prompts)
+    session = load_session(model, device=device, dtype=dtype)
+    candidates, draft = _channel_candidates(session, kind, channels_file)
+    ui.info(f"searching over {len(candidates)} component(s): {', '.join(c.name for c in candidates)}")
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    report = search(session, candidates, settings, draft=draft, storage=journal)
+    click.echo(held_out_table(report))
+    recipe = recipe_of(report, model, output_dir=f"out/{out.stem}")
+    files = {outputs[1]: (json.dumps(report.as_dict(), indent=2, allow_nan=False) + "\n").encode()}
+    if recipe is not None:
+        files[outputs[0]] = recipe.to_yaml(header=evidence_header(report)).encode()
+    write_outputs(files, plots={outputs[2]: lambda path: plot_frontier(report, path)} if report.held_out else {},
+                  force=force)
+    click.echo(f"wrote {', '.join(str(p) for p in [*files, *(outputs[2:] if report.held_out else [])])}")
+
+
+def _channel_candidates(session, kind: str, channels_file: Path | None):
+    """Candidate components (and the channels' draft recipe, a baseline) from a file or a fresh analysis."""
+    from th_edit import channels
+
+    if channels_file is not None:
+        try:
+            record = json.loads(channels_file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UserError(f"{channels_file}: not a channels.json ({exc})") from None
+        return candidates_from_channels(record, kind), channels.draft_edits(record)
+    record = channels.find_channels(session, kinds=(kind,)).as_dict()
+    return candidates_from_channels(record, kind), channels.draft_edits(record)

@@ -1,0 +1,54 @@
+"""Held-out evaluation of a chosen recipe and of the baselines it must beat, on the same prompts.
+
+Only numbers from here are results: the held-out prompts use another seed, other laundry frames and
+other IOI templates than the tuning prompts, and are generated after the search has chosen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from th_edit.bench.aggregate import compare
+from th_edit.recipe import Edit
+from th_edit.search.evaluate import TrialEvaluator
+from th_edit.session import Session
+
+
+@dataclass
+class HeldOut:
+    """One recipe on the held-out prompts, paired with the unedited model."""
+
+    label: str
+    kind: str  # "search" | "whole-head" | "draft"
+    edits: list[Edit]
+    paired: dict  # th_edit.bench.aggregate.compare(): per task, overall and per N
+    kl: float | None
+
+    def gain(self, n: int | None = None) -> float:
+        """Laundry accuracy change (absolute), for one N or over all of them."""
+        laundry = self.paired["laundry"]
+        rows = [laundry["overall"]] if n is None else [r for r in laundry["by_n"] if r["n_items"] == n]
+        return rows[0]["accuracy_change"]
+
+    def mean_gain(self) -> float:
+        rows = self.paired["laundry"]["by_n"]
+        return sum(r["accuracy_change"] for r in rows) / len(rows)
+
+    @property
+    def ioi_change(self) -> float | None:
+        ioi = self.paired.get("ioi")
+        return ioi["overall"]["accuracy_change"] if ioi else None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"label": self.label, "kind": self.kind, "edits": [e.model_dump() for e in self.edits],
+                "paired": self.paired, "neutral_kl": self.kl, "mean_laundry_gain": self.mean_gain()}
+
+
+def evaluate_held_out(session: Session, evaluator: TrialEvaluator, label: str, kind: str,
+                      edits: Sequence[Edit]) -> HeldOut:
+    edit = session.compute(list(edits), measure=False)
+    after = evaluator.prompt_scores(edit)
+    kl = evaluator.kl_of(edit) if evaluator.texts else None
+    paired = compare(evaluator.prompts, evaluator.base_prompt_scores, after)
+    return HeldOut(label, kind, list(edits), paired, kl)

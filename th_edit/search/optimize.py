@@ -1,0 +1,154 @@
+"""The search: Optuna's TPE sampler over which candidate components to rescale and by how much.
+
+Objective: mean laundry-list candidate accuracy over the requested N on the *tuning* prompts.
+Constraints (Optuna's constrained TPE): KL on neutral tuning texts ≤ budget, IOI accuracy not more
+than `max_ioi_drop` below the unedited model's. Each trial is an in-memory edit of one loaded model,
+judged first on a quick subset; only trials that look useful there are scored on the full tuning set,
+and only those fully scored can be chosen. The sampler is seeded, so a search is reproducible; its
+journal file makes it resumable. Held-out prompts play no part here.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from th_edit import ui
+from th_edit.recipe import Edit
+from th_edit.search.evaluate import TrialEvaluator, TrialScores
+from th_edit.search.space import Candidate, edits_for
+from th_edit.session import Session
+
+SCALE_RANGE = (0.25, 6.0)  # α for a chosen component, sampled log-uniformly
+
+
+@dataclass(frozen=True)
+class Limits:
+    kl_budget: float = 0.02  # nats/token on the neutral tuning texts
+    max_ioi_drop: float = 0.02  # IOI candidate accuracy may fall by at most this (absolute)
+
+    def violations(self, scores: TrialScores, base: TrialScores) -> list[float]:
+        """Optuna constraint values (feasible when all ≤ 0)."""
+        kl = scores.kl if scores.kl is not None else 0.0
+        ioi_drop = (base.ioi - scores.ioi) if scores.ioi is not None and base.ioi is not None else 0.0
+        return [kl - self.kl_budget, ioi_drop - self.max_ioi_drop]
+
+
+@dataclass
+class Trial:
+    number: int
+    edits: list[Edit]
+    scores: TrialScores
+    stage: str  # "quick" (judged on the quick subset only) | "full"
+    feasible: bool
+
+    def as_dict(self) -> dict[str, object]:
+        return {"number": self.number, "stage": self.stage, "feasible": self.feasible,
+                "edits": [e.model_dump() for e in self.edits], "scores": self.scores.as_dict()}
+
+
+@dataclass
+class SearchResult:
+    trials: list[Trial] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def best(self) -> Trial | None:
+        """The fully scored feasible trial with the highest tuning accuracy (earliest on ties)."""
+        eligible = [t for t in self.trials if t.stage == "full" and t.feasible and t.edits]
+        return max(eligible, key=lambda t: (t.scores.mean_laundry, -t.number), default=None)
+
+
+def choices_of(trial, candidates: Sequence[Candidate]) -> dict[Candidate, float]:
+    """The sampler's decisions: which candidates to use, and each one's scale."""
+    chosen = {}
+    for i, candidate in enumerate(candidates):
+        if trial.suggest_categorical(f"use_{i}", [False, True]):
+            chosen[candidate] = round(trial.suggest_float(f"scale_{i}", *SCALE_RANGE, log=True), 3)
+    return chosen
+
+
+def run_search(session: Session, evaluator: TrialEvaluator, candidates: Sequence[Candidate], trials: int, seed: int,
+               limits: Limits, storage: Path | None = None, study_name: str = "th-edit-search",
+               on_trial: Callable[[Trial], None] | None = None) -> SearchResult:
+    """Run (or resume, from `storage`) the search; Ctrl-C stops it and keeps what was found."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    result = SearchResult()
+    base = evaluator.base
+
+    def objective(trial) -> float:
+        edits = edits_for(choices_of(trial, candidates))
+        if not edits:
+            scores, stage = base, "full"
+        else:
+            edit = session.compute(edits, measure=False)
+            scores, stage = evaluator.evaluate(edit, quick=True), "quick"
+            quick_base = evaluator.quick_base
+            if _worth_full(scores, quick_base, limits):
+                scores, stage = evaluator.evaluate(edit), "full"
+        violations = limits.violations(scores, base)
+        for name, value in zip(("kl_over_budget", "ioi_drop_over_limit"), violations):
+            trial.set_constraint(name, value)
+        record = Trial(trial.number, edits, scores, stage, all(v <= 0 for v in violations))
+        trial.set_user_attr("record", record.as_dict())
+        result.trials.append(record)
+        if on_trial:
+            on_trial(record)
+        return scores.mean_laundry
+
+    with warnings.catch_warnings():  # `group` (conditional search spaces) is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                             n_startup_trials=min(10, max(1, trials // 4)))
+    study = optuna.create_study(study_name=study_name, direction="maximize", sampler=sampler,
+                                storage=_journal(storage) if storage else None, load_if_exists=True)
+    done = len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE])
+    result.trials += [_restored(t) for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if done:
+        ui.info(f"resuming: {done} trial(s) already in {storage}")
+    bar = ui.progress(range(max(0, trials - done)), desc="search", unit="trial")
+    try:
+        for _ in bar:
+            study.optimize(objective, n_trials=1, gc_after_trial=False)
+    except KeyboardInterrupt:
+        result.interrupted = True
+        ui.warn("interrupted: keeping the best recipe found so far")
+    return result
+
+
+def _worth_full(quick: TrialScores, quick_base: TrialScores, limits: Limits) -> bool:
+    """Full scoring only for trials that gain on the quick subset and are not clearly over budget."""
+    over_budget = quick.kl is not None and quick.kl > 1.5 * limits.kl_budget
+    return not over_budget and quick.mean_laundry > quick_base.mean_laundry
+
+
+def _journal(path: Path):
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def _restored(frozen) -> Trial:
+    """A finished trial read back from the journal (a resumed search)."""
+    record = frozen.user_attrs["record"]
+    scores = record["scores"]
+    trial_scores = TrialScores({int(n): a for n, a in scores["laundry_accuracy"].items()}, scores["ioi_accuracy"],
+                               scores["neutral_kl"], scores["n_prompts"])
+    return Trial(record["number"], [Edit(**e) for e in record["edits"]], trial_scores, record["stage"], record["feasible"])
+
+
+def summary_line(trial: Trial, base: TrialScores) -> str:
+    kl = "-" if trial.scores.kl is None else f"{trial.scores.kl:.4f}"
+    gain = 100 * (trial.scores.mean_laundry - base.mean_laundry)
+    return (f"trial {trial.number:>3} [{trial.stage:>5}] {len(trial.edits)} edit(s)  tuning accuracy "
+            f"{100 * trial.scores.mean_laundry:5.1f}% ({gain:+.1f} pts)  KL {kl}  {'ok' if trial.feasible else 'over limits'}")
+
+
+def finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None

@@ -1,0 +1,164 @@
+"""The whole search on one loaded model: tuning prompts → search → held-out evaluation with baselines."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from th_edit import ui
+from th_edit.recipe import Benchmark, Edit, Output, Recipe
+from th_edit.search.evaluate import TrialEvaluator, TrialScores
+from th_edit.search.heldout import HeldOut, evaluate_held_out
+from th_edit.search.optimize import Limits, SearchResult, Trial, run_search, summary_line
+from th_edit.search.space import Candidate, whole_head_edits
+from th_edit.session import Session
+from th_edit.tasks.ioi import TEMPLATES, generate_ioi
+from th_edit.tasks.laundry import generate_laundry
+from th_edit.tasks.neutral import NeutralSet, neutral_set
+
+# Tuning and held-out prompts never share a laundry frame, an IOI template or a seed.
+TUNING_FRAMES = ("laundry", "shopping", "packing", "cleaning")
+HELD_OUT_FRAMES = ("cooking", "gardening", "tools")
+TUNING_TEMPLATES = tuple(range(0, 7))
+HELD_OUT_TEMPLATES = tuple(range(7, len(TEMPLATES)))
+HELD_OUT_SEED_OFFSET = 7919
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    n_items: tuple[int, ...] = (4, 5, 6, 7, 8)
+    trials: int = 60
+    seed: int = 0
+    limits: Limits = Limits()
+    tune_prompts: int = 50  # per N (and IOI)
+    held_out_prompts: int = 200  # per N (and IOI)
+    quick_prompts: int = 10  # per N (and IOI) in the cheap first look
+    tune_kl_texts: int = 48
+    batch_size: int = 16
+    whole_head_scales: tuple[float, ...] = (1.25, 1.5, 2.0, 2.5, 3.0)
+
+    @property
+    def held_out_seed(self) -> int:
+        return self.seed + HELD_OUT_SEED_OFFSET
+
+
+@dataclass
+class SearchReport:
+    settings: SearchSettings
+    candidates: list[Candidate]
+    base_tuning: TrialScores
+    result: SearchResult
+    held_out: list[HeldOut] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+    @property
+    def chosen(self) -> HeldOut | None:
+        return next((h for h in self.held_out if h.kind == "search"), None)
+
+    def as_dict(self) -> dict[str, object]:
+        best = self.result.best
+        return {
+            "settings": {**asdict(self.settings), "held_out_seed": self.settings.held_out_seed,
+                         "tuning_frames": TUNING_FRAMES, "held_out_frames": HELD_OUT_FRAMES,
+                         "tuning_ioi_templates": TUNING_TEMPLATES, "held_out_ioi_templates": HELD_OUT_TEMPLATES},
+            "candidates": [asdict(c) for c in self.candidates],
+            "base_tuning": self.base_tuning.as_dict(),
+            "trials": [t.as_dict() for t in self.result.trials],
+            "chosen_trial": best.number if best else None,
+            "interrupted": self.result.interrupted,
+            "held_out": [h.as_dict() for h in self.held_out],
+            "wall_seconds": self.wall_seconds,
+        }
+
+
+def split_neutral(neutral: NeutralSet) -> tuple[NeutralSet, NeutralSet]:
+    """Even-numbered texts for tuning, odd-numbered ones held out (plain and chat alike)."""
+    n_plain = len(neutral.encoded) - neutral.n_chat
+    plain, chats = neutral.encoded[:n_plain], neutral.encoded[n_plain:]
+    return (NeutralSet(plain[0::2] + chats[0::2], len(chats[0::2])),
+            NeutralSet(plain[1::2] + chats[1::2], len(chats[1::2])))
+
+
+def tuning_prompts(session: Session, settings: SearchSettings):
+    tokenizer = session.tokenizer
+    return (generate_laundry(tokenizer, settings.n_items, settings.tune_prompts, settings.seed, TUNING_FRAMES)
+            + generate_ioi(tokenizer, settings.tune_prompts, settings.seed, TUNING_TEMPLATES))
+
+
+def held_out_prompts(session: Session, settings: SearchSettings):
+    tokenizer, seed = session.tokenizer, settings.held_out_seed
+    return (generate_laundry(tokenizer, settings.n_items, settings.held_out_prompts, seed, HELD_OUT_FRAMES)
+            + generate_ioi(tokenizer, settings.held_out_prompts, seed, HELD_OUT_TEMPLATES))
+
+
+def search(session: Session, candidates: Sequence[Candidate], settings: SearchSettings = SearchSettings(),
+           draft: Sequence[Edit] | None = None, storage: Path | None = None, held_out=held_out_prompts) -> SearchReport:
+    """Search on tuning prompts, then evaluate the chosen recipe and the baselines on held-out prompts.
+
+    `held_out` makes the held-out prompt set (replaceable for tests); it is called only after the
+    search has chosen, so it cannot influence the choice.
+    """
+    started = time.perf_counter()
+    tune_neutral, held_neutral = split_neutral(neutral_set(session.tokenizer))
+    tune_neutral = tune_neutral.limited(settings.tune_kl_texts)
+    lowest = min(c.layer for c in candidates)
+    tuning = TrialEvaluator(session, tuning_prompts(session, settings), tune_neutral, lowest, settings.batch_size,
+                            settings.quick_prompts)
+    base = tuning.base
+    result = run_search(session, tuning, candidates, settings.trials, settings.seed, settings.limits, storage,
+                        on_trial=lambda t: ui.debug(summary_line(t, base)))
+    report = SearchReport(settings, list(candidates), base, result)
+    del tuning  # its cached states and log-probs: the held-out evaluator needs the memory
+    best = result.best
+    recipes: list[tuple[str, str, list[Edit]]] = []
+    if best is not None:
+        recipes.append(("search (channel components)", "search", best.edits))
+        heads = sorted({(e.layer, e.head) for e in best.edits if e.circuit == "ov"})
+        recipes += [(f"whole-head OV x{scale:g}", "whole-head", whole_head_edits(heads, scale, session.info.d_head))
+                    for scale in settings.whole_head_scales]
+    if draft:
+        recipes.append(("channels draft recipe", "draft", list(draft)))
+    if recipes:
+        lowest = min(e.layer for _, _, edits in recipes for e in edits)
+        evaluator = TrialEvaluator(session, held_out(session, settings), held_neutral, lowest, settings.batch_size)
+        for label, kind, edits in ui.progress(recipes, desc="held-out evaluation", unit="recipe"):
+            report.held_out.append(evaluate_held_out(session, evaluator, label, kind, edits))
+    report.wall_seconds = time.perf_counter() - started
+    return report
+
+
+def recipe_of(report: SearchReport, base_model: str, output_dir: str | None = None) -> Recipe | None:
+    """The chosen edits as a recipe `th-edit apply` accepts, with a before/after benchmark on prompts
+    no search saw (a fresh seed)."""
+    chosen = report.chosen
+    if chosen is None:
+        return None
+    return Recipe(base_model=base_model, seed=report.settings.held_out_seed + 1,
+                  description=(f"Found by th-edit search (seed {report.settings.seed}, {len(report.result.trials)} "
+                               f"trials): rescales {sum(len(e.components) for e in chosen.edits)} channel component(s) "
+                               "to improve recall from a list."),
+                  edits=chosen.edits, output=Output(dir=output_dir),
+                  benchmark=Benchmark(tasks=["laundry", "ioi"], n_items=list(range(2, 11)), n_prompts=200))
+
+
+def evidence_header(report: SearchReport) -> str:
+    """Comment lines for the written recipe: where each component came from and what it did."""
+    chosen = report.chosen
+    lines = ["Written by `th-edit search`. Held-out results (other seed, frames and templates than the search):"]
+    if chosen is not None:
+        for row in chosen.paired["laundry"]["by_n"]:
+            lines.append(f"  N={row['n_items']}: {100 * row['before_accuracy']:.1f}% -> {100 * row['after_accuracy']:.1f}% "
+                         f"(McNemar p = {row['mcnemar_p']:.2g}, {row['n']} prompts)")
+        if chosen.kl is not None:
+            lines.append(f"  neutral-text KL {chosen.kl:.4f} nats/token; IOI change {100 * (chosen.ioi_change or 0):+.1f} pts")
+    wanted = {(e.layer, e.head, e.circuit, k) for e in (chosen.edits if chosen else []) for k in e.components}
+    for candidate in report.candidates:
+        if (candidate.layer, candidate.head, candidate.circuit, candidate.component) in wanted and candidate.evidence:
+            lines.append(f"  {candidate.name}: {candidate.evidence}")
+    return "\n".join(lines)
+
+
+def trial_summary(trials: Sequence[Trial], base: TrialScores) -> list[str]:
+    return [summary_line(t, base) for t in trials]

@@ -1,0 +1,61 @@
+"""Terminal table and the accuracy–KL frontier plot of a search's held-out results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from th_edit import ui
+from th_edit.search.pipeline import HELD_OUT_FRAMES, SearchReport
+
+
+def held_out_table(report: SearchReport) -> str:
+    if not report.held_out:
+        return "no recipe was chosen (no fully scored trial met the limits): nothing to evaluate on held-out prompts"
+    first = report.held_out[0].paired["laundry"]["by_n"]
+    ns = [row["n_items"] for row in first]
+    settings = report.settings
+    lines = [f"held-out prompts (seed {settings.held_out_seed}, frames {', '.join(HELD_OUT_FRAMES)}, "
+             f"{first[0]['n']} per N): change in candidate accuracy, points"]
+    headers = ["recipe", *(f"N={n}" for n in ns), "mean", "KL", "IOI Δ"]
+    rows = [["unedited (accuracy)", *(f"{100 * row['before_accuracy']:.1f}%" for row in first), "", "0", ""]]
+    for held in report.held_out:
+        by_n = {row["n_items"]: row for row in held.paired["laundry"]["by_n"]}
+        rows.append([held.label, *(_change(by_n[n]) for n in ns), f"{100 * held.mean_gain():+.1f}",
+                     "-" if held.kl is None else f"{held.kl:.4f}",
+                     "-" if held.ioi_change is None else f"{100 * held.ioi_change:+.1f}"])
+    lines += ui.table(headers, rows)
+    lines.append("* McNemar p < 0.01 (exact, paired on identical prompts); KL in nats/token on held-out neutral texts")
+    return "\n".join(lines)
+
+
+def _change(row: dict) -> str:
+    return f"{100 * row['accuracy_change']:+.1f}{'*' if row['mcnemar_p'] < 0.01 else ''}"
+
+
+def plot_frontier(report: SearchReport, path: Path) -> None:
+    """Held-out mean accuracy gain against KL for the search result and the baselines."""
+    from th_edit.plots import plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 4.4))
+    whole = [h for h in report.held_out if h.kind == "whole-head"]
+    if whole:
+        axes.plot([h.kl for h in whole], [100 * h.mean_gain() for h in whole], "o-", color="C0",
+                  label="whole-head OV scaling (same heads)")
+        for h in whole:
+            axes.annotate(h.label.rsplit(" ", 1)[-1], (h.kl, 100 * h.mean_gain()), fontsize=7,
+                          textcoords="offset points", xytext=(4, -8))
+    for h in report.held_out:
+        if h.kind == "search":
+            axes.plot([h.kl], [100 * h.mean_gain()], "*", color="C3", markersize=14, label="search (channel components)")
+        elif h.kind == "draft":
+            axes.plot([h.kl], [100 * h.mean_gain()], "D", color="C2", markersize=8, label="channels draft recipe")
+    axes.axvline(report.settings.limits.kl_budget, color="gray", linestyle=":", label="KL budget")
+    axes.axhline(0, color="gray", linewidth=0.8)
+    axes.set_xlabel("KL(before ‖ after) on held-out neutral text, nats/token")
+    axes.set_ylabel("held-out laundry accuracy gain, points (mean over N)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    axes.set_title("Accuracy–side-effect frontier (held-out prompts)", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
