@@ -193,9 +193,12 @@ def test_verify_a_relative_base_from_elsewhere(tmp_path, monkeypatch):
     recipe = write_recipe(tmp_path / "r.yaml", "base", EDITS, dir="out")  # relative to the current directory
     assert CliRunner().invoke(main, ["--quiet", "apply", str(recipe)]).exit_code == 0
     monkeypatch.chdir("/")
+    found = verify(tmp_path / "out")  # .th-edit-local.json says where the base was found
+    assert found.exit_code == 0 and found.stdout.strip() == "ok", found.output
+    (tmp_path / "base").rename(tmp_path / "moved")
     lost = verify(tmp_path / "out")
     assert lost.exit_code == 2 and "pass --base MODEL" in lost.output
-    found = CliRunner().invoke(main, ["--quiet", "verify", str(tmp_path / "out"), "--base", str(tmp_path / "base")])
+    found = CliRunner().invoke(main, ["--quiet", "verify", str(tmp_path / "out"), "--base", str(tmp_path / "moved")])
     assert found.exit_code == 0 and found.stdout.strip() == "ok"
     tiny_model("llama", seed=1).save_pretrained(tmp_path / "other")
     wrong = CliRunner().invoke(main, ["--quiet", "verify", str(tmp_path / "out"), "--base", str(tmp_path / "other")])

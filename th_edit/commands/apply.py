@@ -9,7 +9,8 @@ import click
 from th_edit import ui
 from th_edit.apply import compute, prepare_file, report_warnings, resolve_target, run_benchmark, write
 from th_edit.edit import EDIT_COLUMNS, edit_rows
-from th_edit.export import check_target
+from th_edit.card import dtype_hint
+from th_edit.export import check_target, side_file_root, side_file_sources
 
 
 @click.command("apply")
@@ -22,6 +23,7 @@ def apply_command(recipe: Path, out: Path | None, force: bool, no_bench: bool) -
     prepared = prepare_file(recipe)
     target = resolve_target(prepared, out)
     check_target(target, force, [*prepared.base.inputs(), recipe])
+    side_file_sources(prepared.base.path, side_file_root(prepared.base.path, prepared.base.kind))  # links checked now
     ui.info(f"editing {prepared.base.reference}: {len(prepared.recipe.edits)} edit(s)")
     computed = compute(prepared)
     report_warnings(computed)
@@ -31,5 +33,8 @@ def apply_command(recipe: Path, out: Path | None, force: bool, no_bench: bool) -
         ui.info("benchmarking before and after the edit (--no-bench skips this)")
         benchmark = run_benchmark(prepared, computed)
         click.echo("\n" + benchmark.text)
-    write(prepared, computed, target, force, benchmark)
+    weights = write(prepared, computed, target, force, benchmark)
     click.echo(f"wrote {target}")
+    hint = dtype_hint(prepared.out_dtype_name, sum((target / name).stat().st_size for name in weights))
+    if hint:
+        ui.info(f"hint: {hint}")
