@@ -160,6 +160,21 @@ def test_crash_between_the_two_renames_is_repaired_by_the_next_run(base, tmp_pat
     assert hidden_leftovers(tmp_path) == []
 
 
+def test_kill_between_the_two_renames_puts_the_old_checkpoint_back(base, tmp_path, monkeypatch):
+    """SIGTERM (turned into SystemExit) or Ctrl-C right between the renames: clean-up must restore
+    the old checkpoint, not delete it with the rest."""
+    out = tmp_path / "out"
+    assert run("apply", recipe_with_scale(tmp_path, base, 2.0), "--out", out).exit_code == 0
+
+    def killed(source, destination):
+        raise SystemExit(143)
+
+    monkeypatch.setattr(export, "exchange", lambda a, b: False)
+    monkeypatch.setattr(export, "rename_noreplace", killed)
+    assert run("apply", recipe_with_scale(tmp_path, base, 3.0), "--out", out, "--force").exit_code == 143
+    assert scale_of(out) == 2.0 and hidden_leftovers(tmp_path) == []
+
+
 def test_crash_after_the_exchange_leaves_the_new_checkpoint(base, tmp_path):
     if not outputs.exchange(*_two_dirs(tmp_path)):
         pytest.skip("this file system has no atomic exchange")
@@ -295,8 +310,8 @@ def test_disk_full_while_writing_the_small_files(base, tmp_path, monkeypatch):
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "write_text", full_at_provenance)
-    one_line_error(run("apply", recipe_with_scale(tmp_path, base, 3.0), "--out", tmp_path / "out"), "no space left")
-    assert not (tmp_path / "out").exists() and hidden_leftovers(tmp_path) == []
+    one_line_error(run("apply", recipe_with_scale(tmp_path, base, 3.0), "--out", tmp_path / "new" / "out"), "no space left")
+    assert not (tmp_path / "new").exists() and hidden_leftovers(tmp_path) == []  # nor the directory made for it
 
 
 def test_atomic_files_all_or_none(tmp_path):
@@ -346,3 +361,67 @@ def test_an_unknown_model_gets_a_did_you_mean():
     with pytest.raises(UserError) as excinfo:
         resolve("qwerty")
     assert "did you mean" not in str(excinfo.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# bench: no overwriting without --force, and outputs complete or absent
+
+
+def bench(*args):
+    return CliRunner().invoke(main, ["--quiet", "bench", *map(str, args)])
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model or tokenizer was loaded")
+    monkeypatch.setattr("th_edit.commands.bench.resolve", refuse)
+
+
+def test_bench_export_never_overwrites_without_force(tmp_path, no_model):
+    config = tmp_path / "config.json"
+    config.write_text('{"model_type": "llama"}')
+    one_line_error(bench("--task", "ioi", "--n-prompts", "3", "--export-prompts", config), "already exists (pass --force")
+    assert config.read_text() == '{"model_type": "llama"}'
+
+
+@pytest.mark.parametrize("existing", ["bench.json", "accuracy.png"])
+def test_bench_out_never_overwrites_without_force(tmp_path, no_model, existing):
+    (tmp_path / "p.jsonl").write_text("{}\n")
+    (tmp_path / "res").mkdir()
+    (tmp_path / "res" / existing).write_text("theirs")
+    one_line_error(bench("--prompts", tmp_path / "p.jsonl", "--out", tmp_path / "res"), f"{existing} already exists")
+    assert (tmp_path / "res" / existing).read_text() == "theirs"
+
+
+def test_bench_export_with_force_replaces_and_disk_full_leaves_nothing(tmp_path, monkeypatch):
+    target = tmp_path / "p.jsonl"
+    target.write_text("old\n")
+    assert bench("--task", "ioi", "--n-prompts", "3", "--export-prompts", target, "--force").exit_code == 0
+    assert len(target.read_text().splitlines()) == 3
+    from th_edit.tasks.prompts import write_jsonl
+
+    def half_then_full(prompts, path):
+        write_jsonl(prompts[:1], path)  # a truncated JSONL, as a full disk leaves it
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("th_edit.commands.bench.write_jsonl", half_then_full)
+    fresh = tmp_path / "new" / "p.jsonl"
+    one_line_error(bench("--task", "ioi", "--n-prompts", "3", "--export-prompts", fresh), "no space left on device")
+    assert not (tmp_path / "new").exists() and hidden_leftovers(tmp_path) == []
+
+
+def test_bench_outputs_are_both_written_or_neither(tmp_path, monkeypatch):
+    from th_edit.commands.bench import _write_outputs
+
+    def plot_then_full(report, path):
+        Path(path).write_bytes(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("th_edit.plots.plot_accuracy", plot_then_full)
+    with pytest.raises(UserError, match="no space left on device"):
+        _write_outputs({"kind": "single"}, tmp_path / "res", False)
+    assert not (tmp_path / "res").exists()  # no bench.json without its plot
+    monkeypatch.setattr("th_edit.plots.plot_accuracy", lambda report, path: Path(path).write_bytes(b"png"))
+    _write_outputs({"kind": "single"}, tmp_path / "res", False)
+    assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["accuracy.png", "bench.json"]

@@ -46,7 +46,9 @@ from th_edit.outputs import (
     exchange,
     fsync_path,
     leftover_pid,
+    make_parents,
     pid_alive,
+    remove_empty,
     remove_stale_partials,
     rename_noreplace,
     sigterm_as_exit,
@@ -158,18 +160,23 @@ def staging_directory(target: Path, force: bool) -> Iterator[Path]:
     is removed. SIGTERM cleans up like Ctrl-C; after `kill -9` the hidden staging directory
     stays beside the target (never at it) and the next run for that target removes it.
     An OSError (a full disk) is one line, and nothing is left behind."""
+    created = make_parents(target.parent)
     staging = new_staging_dir(target)
+    placed = False
     with sigterm_as_exit():
         try:
             yield staging
             fsync_path(staging)
             _put_in_place(staging, target, force)
+            placed = True
             fsync_path(target.parent)
         except OSError as exc:
             raise write_error(target, exc) from None
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
+            if not placed:
+                remove_empty(created)
 
 
 def _put_in_place(staging: Path, target: Path, force: bool) -> None:
@@ -201,14 +208,17 @@ def _put_in_place(staging: Path, target: Path, force: bool) -> None:
         os.rename(target, retired)  # replaces the empty placeholder mkdtemp made
         rename_noreplace(staging, target)
     except OSError as exc:
-        if retired is not None and not os.path.lexists(target) and is_checkpoint(retired):
-            os.rename(retired, target)  # put the old checkpoint back before reporting
         if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
             raise lost_race from None
         raise
     finally:
-        if retired is not None:
-            shutil.rmtree(retired, ignore_errors=True)  # the replaced checkpoint, or the placeholder
+        # Success, or another run's checkpoint in place: the old one goes. Failed or interrupted
+        # (Ctrl-C, kill) between the two renames: the old one goes back.
+        if retired is not None and retired.exists():
+            if not os.path.lexists(target) and is_checkpoint(retired):
+                os.rename(retired, target)
+            else:
+                shutil.rmtree(retired, ignore_errors=True)
 
 
 def new_staging_dir(target: Path) -> Path:

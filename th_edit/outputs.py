@@ -98,7 +98,7 @@ def atomic_files(paths: list[Path], force: bool) -> Iterator[list[Path]]:
     with sigterm_as_exit():
         try:
             for path in paths:
-                created_dirs += _make_parents(path.parent)
+                created_dirs += make_parents(path.parent)
                 remove_stale_partials(path)
                 # The suffix stays last: writers such as matplotlib pick the format from it.
                 fd, name = tempfile.mkstemp(prefix=f".{path.name}{PARTIAL_MARK}{os.getpid()}-", suffix=path.suffix,
@@ -135,12 +135,17 @@ def _undo(placed: list[Path], temporaries: list[Path], created_dirs: list[Path])
     for path in placed + temporaries:
         with contextlib.suppress(OSError):
             path.unlink()
-    for directory in reversed(created_dirs):
+    remove_empty(created_dirs)
+
+
+def remove_empty(directories: list[Path]) -> None:
+    """rmdir what `make_parents` created, innermost first, if nothing else was put there."""
+    for directory in reversed(directories):
         with contextlib.suppress(OSError):
             directory.rmdir()
 
 
-def _make_parents(directory: Path) -> list[Path]:
+def make_parents(directory: Path) -> list[Path]:
     """mkdir -p, returning the directories it created (outermost first)."""
     missing = []
     while not directory.exists():

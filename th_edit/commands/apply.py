@@ -16,7 +16,8 @@ from th_edit.export import check_target, side_file_root, side_file_sources
 @click.command("apply")
 @click.argument("recipe", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Output directory (overrides output.dir).")
-@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--force", is_flag=True,
+              help="Replace an earlier th-edit checkpoint (or an empty directory) at the output path; nothing else.")
 @click.option("--no-bench", is_flag=True, help="Skip the recipe's before/after benchmark.")
 def apply_command(recipe: Path, out: Path | None, force: bool, no_bench: bool) -> None:
     """Apply RECIPE (YAML) and write the edited model as an ordinary checkpoint."""
