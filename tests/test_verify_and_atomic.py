@@ -258,6 +258,13 @@ def test_verify_detects_a_changed_file(full, name, change):
     assert result.exit_code == 1 and f"mismatch: {name}: sha256 differs" in result.stderr, result.output
 
 
+def test_verify_names_the_changed_fields(full):
+    _edit_json("rope_theta", 1.0)(full[1] / "config.json")
+    result = verify(full[1])
+    assert result.exit_code == 1 and "config.json: sha256 differs" in result.stderr
+    assert "changed fields: rope_theta" in result.stderr, result.stderr
+
+
 def test_verify_detects_a_side_file_changed_together_with_its_hash(full):
     """provenance.json cannot protect itself by a hash: its claims are recomputed instead."""
     out = full[1]

@@ -68,12 +68,13 @@ def verify(out_dir: Path, base: str | None = None) -> list[str]:
     """Return a list of mismatches (empty when the checkpoint is exactly what its recipe gives).
     `base` overrides where the base model is found (its identity is still checked)."""
     record, recipe_text = load_record(out_dir)
-    problems = _check_files(out_dir, record, recipe_text)
-
     recipe_source = str(out_dir / RECIPE_FILE)
     recipe = parse_recipe(recipe_text, recipe_source)
     resolved = _find_base(out_dir, record, recipe.base_model, base, recipe_source)
     prepared = prepare(recipe, recipe_text, recipe_source, resolved)
+    derived = side_files(resolved.path, side_file_root(resolved.path, resolved.kind), prepared.out_dtype)
+
+    problems = _check_files(out_dir, record, recipe_text, derived)
     problems += _check_base(prepared, record["base"], identity_only=base is not None)
     computed = compute(prepared)
     problems += _compare_edits(record["edits"], [r.as_dict() for r in computed.result.reports])
@@ -84,12 +85,13 @@ def verify(out_dir: Path, base: str | None = None) -> list[str]:
     if rebuilt != recorded:
         changed = sorted(n for n in set(rebuilt) | set(recorded) if rebuilt.get(n) != recorded.get(n))
         problems.append(f"recomputing the edit from recipe.yaml and the base gives different weights in: {', '.join(changed)}")
-    problems += _compare_side_files(record["files_sha256"], prepared)
+    problems += _compare_side_files(record["files_sha256"], derived)
     return problems
 
 
-def _check_files(out_dir: Path, record: dict, recipe_text: str) -> list[str]:
-    """Every file in the directory is one apply wrote, with the sha256 it had then."""
+def _check_files(out_dir: Path, record: dict, recipe_text: str, derived: dict[str, bytes]) -> list[str]:
+    """Every file in the directory is one apply wrote, with the sha256 it had then. For a changed
+    JSON file that the base gives (config, tokenizer files) the changed fields are named."""
     problems = []
     if hashlib.sha256(recipe_text.encode()).hexdigest() != record["recipe"]["sha256"]:
         problems.append("recipe.yaml: sha256 differs from provenance.json (the recipe was changed after apply)")
@@ -103,10 +105,23 @@ def _check_files(out_dir: Path, record: dict, recipe_text: str) -> list[str]:
     for name in sorted(present & set(recorded)):
         path = out_dir / name
         if not path.is_file() or sha256_file(path) != recorded[name]:
-            problems.append(f"{name}: sha256 differs from provenance.json (the file was modified after apply)")
+            fields = _changed_fields(derived.get(name), path)
+            problems.append(f"{name}: sha256 differs from provenance.json (the file was modified after apply)"
+                            + (f"; changed fields: {', '.join(fields)}" if fields else ""))
     if record["files_sha256"].get(RECIPE_FILE, record["recipe"]["sha256"]) != record["recipe"]["sha256"]:
         problems.append("provenance.json: files_sha256 of recipe.yaml differs from recipe.sha256")
     return problems
+
+
+def _changed_fields(expected: bytes | None, path: Path) -> list[str]:
+    """Top-level keys whose values differ between two JSON objects (empty when either is not one)."""
+    try:
+        before, now = json.loads(expected or b""), json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(before, dict) or not isinstance(now, dict):
+        return []
+    return sorted(k for k in before.keys() | now.keys() if before.get(k, KeyError) != now.get(k, KeyError))
 
 
 def _find_base(out_dir: Path, record: dict, base_model: str, override: str | None, source: str) -> ResolvedModel:
@@ -211,12 +226,10 @@ def _compare_output(recorded: object, prepared: Prepared) -> list[str]:
             for key, value in now.items() if recorded.get(key) != value]
 
 
-def _compare_side_files(recorded: dict[str, str], prepared: Prepared) -> list[str]:
+def _compare_side_files(recorded: dict[str, str], derived: dict[str, bytes]) -> list[str]:
     """Config, generation config and tokenizer files are derived from the base again: a file
     changed together with its hash in provenance.json is still caught."""
-    base = prepared.base
-    rebuilt = {name: hashlib.sha256(data).hexdigest()
-               for name, data in side_files(base.path, side_file_root(base.path, base.kind), prepared.out_dtype).items()}
+    rebuilt = {name: hashlib.sha256(data).hexdigest() for name, data in derived.items()}
     listed = {name: digest for name, digest in recorded.items() if name not in OWN_FILES}
     problems = []
     for name in sorted(listed.keys() | rebuilt.keys()):
