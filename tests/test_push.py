@@ -2,8 +2,15 @@
 
 No hub is reachable from this machine, so the real Hub was never contacted by these tests."""
 
+import glob
+import hashlib
+import http.server
+import json
+import os
+import shutil
 import subprocess
 import sys
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -100,7 +107,8 @@ def test_hub_errors_are_one_line(monkeypatch, out_dir, error, fragment):
     assert SECRET not in result.output and "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("args,fragment", [(("nowhere", "me/x"), "no such directory"), ((".", "no-slash"), "not a checkpoint")])
+@pytest.mark.parametrize("args,fragment", [(("nowhere", "me/x"), "no such directory"),
+                                           ((".", "no-slash"), "not a checkpoint written by th-edit")])
 def test_bad_arguments(monkeypatch, out_dir, args, fragment):
     result = run_push(monkeypatch, FakeApi(), *args)
     assert result.exit_code == 2 and fragment in result.output
@@ -125,3 +133,89 @@ def test_invalid_repo_ids_are_refused_before_any_call(monkeypatch, out_dir, repo
         result = run_push(monkeypatch, api, out_dir, repo_id, *extra)
         assert result.exit_code == 2 and "is not a valid Hub name" in result.output
         assert len(result.output.strip().splitlines()) == 1 and api.calls == []
+
+
+@pytest.fixture()
+def cluttered(out_dir, tmp_path):
+    """The checkpoint, plus what a folder collects after apply: secrets, notes, an old shard."""
+    folder = tmp_path / "out"
+    shutil.copytree(out_dir, folder)
+    (folder / ".env").write_text("HF_TOKEN=" + SECRET)
+    (folder / "notes.txt").write_text("private")
+    (folder / "model-00001-of-00002.safetensors").write_bytes(b"stale")
+    return folder
+
+
+def test_push_uploads_only_what_apply_wrote(monkeypatch, cluttered):
+    record = json.loads((cluttered / "provenance.json").read_text())
+    expected = {*record["weights_sha256"], *record["files_sha256"], "provenance.json"}
+    api = FakeApi()
+    result = run_push(monkeypatch, api, cluttered, "me/edited")
+    assert result.exit_code == 0, result.output
+    upload = api.calls[-1][2]
+    assert set(upload["allow_patterns"]) == expected
+    assert not {".env", "notes.txt", "model-00001-of-00002.safetensors", ".th-edit-local.json"} & set(upload["allow_patterns"])
+    dry = run_push(monkeypatch, FakeApi(), cluttered, "me/edited", "--dry-run")
+    listed = {line.split()[0] for line in dry.output.splitlines() if line.startswith("  ")}
+    assert listed == expected
+    assert "not uploaded (not written by apply): .env, .th-edit-local.json, model-00001-of-00002.safetensors, notes.txt" \
+        in dry.output
+
+
+def test_upload_filter_keeps_exactly_the_listed_files(cluttered):
+    """The allow_patterns above, through huggingface_hub's own filter."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    plan = hub.plan_push(cluttered, "me/edited", False, None)
+    names = sorted(p.name for p in cluttered.iterdir())
+    kept = list(filter_repo_objects(names, allow_patterns=[glob.escape(n) for n, _ in plan.files]))
+    assert sorted(kept) == sorted(n for n, _ in plan.files)
+
+
+def test_push_refuses_a_file_changed_since_apply(monkeypatch, cluttered):
+    (cluttered / "config.json").write_text((cluttered / "config.json").read_text().replace("}", ', "auto_map": {}}', 1))
+    api = FakeApi()
+    result = run_push(monkeypatch, api, cluttered, "me/edited")
+    assert result.exit_code == 2 and "config.json changed since apply" in result.output and api.calls == []
+
+
+def test_push_refuses_a_doctored_file_list(monkeypatch, cluttered, tmp_path):
+    (tmp_path / "secret").write_text(SECRET)
+    record = json.loads((cluttered / "provenance.json").read_text())
+    record["files_sha256"]["../secret"] = hashlib.sha256(SECRET.encode()).hexdigest()
+    (cluttered / "provenance.json").write_text(json.dumps(record))
+    api = FakeApi()
+    result = run_push(monkeypatch, api, cluttered, "me/edited", "--dry-run")
+    assert result.exit_code == 2 and "'../secret' is not a file name apply writes" in result.output and api.calls == []
+
+
+def test_a_non_json_reply_is_one_line(out_dir, tmp_path):
+    """An HF_ENDPOINT (or a proxy) that answers with an HTML page."""
+    class Html(http.server.BaseHTTPRequestHandler):
+        def reply(self):
+            body = b"<html><body>Bad gateway</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_HEAD = do_PUT = reply
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Html)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {"HF_TOKEN": SECRET, "HF_HOME": str(tmp_path), "PATH": "/usr/bin:/bin",
+               "HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}"}
+        proc = subprocess.run([sys.executable, "-m", "th_edit", "push", str(out_dir), "me/edited"],
+                              capture_output=True, text=True, env={**env, "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
+                              timeout=120)
+    finally:
+        server.shutdown()
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "did not answer with JSON" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    assert SECRET not in proc.stderr + proc.stdout

@@ -64,6 +64,10 @@ def test_apply_benchmark_matches_bench_on_the_written_checkpoint(tmp_path):
     assert "McNemar" in result.stdout and "neutral text: KL" in result.stdout
     card = (out / "README.md").read_text()
     assert "## Before / after" in card and "(benchmark.png)" in card and (out / "benchmark.png").stat().st_size > 1000
+    assert 'from_pretrained("edited")' in card and "<this repo or directory>" not in card
+    table = card.split("## Before / after")[1].split("## Recipe")[0]
+    assert "\nioi:" in table and "IOI candidate accuracy" not in table  # the IOI result once: in its table
+    assert "output.dtype: bfloat16" in card  # float32 weights: the size hint
     inline = json.loads((out / "provenance.json").read_text())["benchmark"]
     assert inline["prompt_counts"] == {"laundry": 12, "ioi": 6, "total": 18}
 

@@ -90,11 +90,45 @@ def test_missing_recipe_file(tmp_path):
     assert result.exit_code == 2 and "recipe file not found" in result.output
 
 
-def test_missing_output_dir(base, tmp_path):
-    recipe = tmp_path / "r.yaml"
+def test_output_dir_defaults_to_out_and_the_recipe_name(base, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "my-edit.yaml"
     recipe.write_text(f"base_model: {base}\nedits:\n{GOOD_EDIT}")
+    result = CliRunner().invoke(main, ["--quiet", "apply", str(recipe)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "my-edit" / "model.safetensors").is_file()
+
+
+def test_every_problem_is_listed(base, tmp_path):
+    """Not "(and 2 more problems)": each one on its own line, the first on the error line."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(recipe_text(base, "  - {layer: 1, head: 2, circuit: ov, components: [0], scale: -1, gain: 3}\n"
+                                        "  - {layer: x, head: 2, circuit: ov, components: [0], scale: 2.0}\n"))
     result = CliRunner().invoke(main, ["apply", str(recipe)])
-    assert result.exit_code == 2 and "output.dir is not set" in result.output
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("error: ") and "more problem" not in result.output
+    for fragment in ("edits[0].scale", "edits[0].gain", "edits[1].layer"):
+        assert sum(fragment in line for line in lines) == 1, (fragment, lines)
+
+
+def test_every_index_problem_is_listed(base, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(recipe_text(base, "  - {layer: 9, head: 9, circuit: qk, components: [0, 99], scale: 2.0}\n"
+                                        + GOOD_EDIT))
+    result = CliRunner().invoke(main, ["apply", str(recipe)])
+    assert result.exit_code == 2
+    assert all(f in result.output for f in ("edits[0].layer", "edits[0].head", "edits[0].components[1]"))
+    recipe.write_text(recipe_text(base, GOOD_EDIT * 3))
+    result = CliRunner().invoke(main, ["apply", str(recipe)])
+    assert result.exit_code == 2 and "edits[1].components[0] repeats" in result.output
+    assert "edits[2].components[0] repeats" in result.output
+
+
+@pytest.mark.parametrize("circuit", ["OV", "Ov", "QK", "qK"])
+def test_circuit_in_any_case(circuit):
+    recipe = parse_recipe(f"base_model: m\nedits:\n  - {{layer: 0, head: 0, circuit: {circuit}, components: [0], scale: 2}}\n")
+    assert recipe.edits[0].circuit == circuit.lower()
 
 
 def test_yaml_is_loaded_safely(tmp_path):
@@ -110,6 +144,14 @@ def test_defaults_and_field_paths():
     assert recipe.output.dtype == "keep" and recipe.seed == 0 and recipe.benchmark is None
     assert field_path(("edits", 2, "components", 0)) == "edits[2].components[0]"
     assert field_path(("output", "dtype")) == "output.dtype"
+
+
+def test_replace_values_keeps_everything_else():
+    from th_edit.recipe import replace_values
+
+    text = "# a comment\nbase_model: /home/me/models/base   # mine\nedits: []\noutput: {dir: /home/me/out/x, dtype: keep}\n"
+    new = replace_values(text, {("base_model",): "base", ("output", "dir"): "x", ("missing",): "y"})
+    assert new == '# a comment\nbase_model: "base"   # mine\nedits: []\noutput: {dir: "x", dtype: keep}\n'
 
 
 def test_existing_output_refused_then_forced(base, tmp_path):

@@ -100,7 +100,9 @@ def test_signals_mid_write_never_leave_a_partial_target(tmp_path, sig):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("base_model: smollm2-135m\nedits:\n  - {layer: 3, head: 1, circuit: ov, components: [0], scale: 2.0}\n"
                       f"output: {{dir: {out}}}\n")
-    out.mkdir()  # with --force, an existing target must survive the interruption intact
+    out.mkdir()  # with --force, an existing (th-edit) target must survive the interruption intact
+    (out / "provenance.json").write_text('{"tool": "th-edit"}')
+    (out / "recipe.yaml").write_text("previous recipe")
     (out / "keep-me").write_text("previous checkpoint")
     proc = subprocess.Popen([sys.executable, "-m", "th_edit", "--quiet", "apply", str(recipe), "--force"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -193,10 +195,140 @@ def test_verify_a_relative_base_from_elsewhere(tmp_path, monkeypatch):
     recipe = write_recipe(tmp_path / "r.yaml", "base", EDITS, dir="out")  # relative to the current directory
     assert CliRunner().invoke(main, ["--quiet", "apply", str(recipe)]).exit_code == 0
     monkeypatch.chdir("/")
+    found = verify(tmp_path / "out")  # .th-edit-local.json says where the base was found
+    assert found.exit_code == 0 and found.stdout.strip() == "ok", found.output
+    (tmp_path / "base").rename(tmp_path / "moved")
     lost = verify(tmp_path / "out")
     assert lost.exit_code == 2 and "pass --base MODEL" in lost.output
-    found = CliRunner().invoke(main, ["--quiet", "verify", str(tmp_path / "out"), "--base", str(tmp_path / "base")])
+    found = CliRunner().invoke(main, ["--quiet", "verify", str(tmp_path / "out"), "--base", str(tmp_path / "moved")])
     assert found.exit_code == 0 and found.stdout.strip() == "ok"
     tiny_model("llama", seed=1).save_pretrained(tmp_path / "other")
     wrong = CliRunner().invoke(main, ["--quiet", "verify", str(tmp_path / "out"), "--base", str(tmp_path / "other")])
     assert wrong.exit_code == 1 and "its weight files changed since apply" in wrong.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# verify covers every file apply writes, and every claim of provenance.json it can recompute
+
+
+@pytest.fixture()
+def full(tmp_path):
+    """A checkpoint whose base has tokenizer files and a chat template besides config and weights."""
+    base = tmp_path / "base"
+    tiny_model("llama").save_pretrained(base)
+    (base / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 128, "eos_token": "</s>"}))
+    (base / "special_tokens_map.json").write_text(json.dumps({"eos_token": "</s>"}))
+    (base / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path / "r.yaml", base, EDITS, dir=str(out))
+    assert CliRunner().invoke(main, ["--quiet", "apply", str(recipe)]).exit_code == 0
+    return base, out
+
+
+def test_every_written_file_is_hashed(full):
+    base, out = full
+    record = json.loads((out / "provenance.json").read_text())
+    written = {p.name for p in out.iterdir() if not p.name.startswith(".")} - {"provenance.json"}
+    assert set(record["files_sha256"]) | set(record["weights_sha256"]) == written
+    assert {"config.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json",
+            "chat_template.jinja", "README.md", "recipe.yaml"} <= set(record["files_sha256"])
+    assert verify(out).exit_code == 0
+
+
+def _edit_json(key, value):
+    def change(path):
+        data = json.loads(path.read_text())
+        data[key] = value
+        path.write_text(json.dumps(data))
+    return change
+
+
+@pytest.mark.parametrize("name, change", [
+    ("config.json", _edit_json("rope_theta", 1.0)),
+    ("config.json", _edit_json("auto_map", {"AutoModelForCausalLM": "evil.Model"})),
+    ("generation_config.json", _edit_json("temperature", 9.0)),
+    ("tokenizer_config.json", _edit_json("model_max_length", 7)),
+    ("special_tokens_map.json", _edit_json("eos_token", "<x>")),
+    ("chat_template.jinja", lambda p: p.write_text(p.read_text() + "{{ 'and more' }}")),
+    ("README.md", lambda p: p.write_text(p.read_text().replace("rescaled", "improved"))),
+])
+def test_verify_detects_a_changed_file(full, name, change):
+    change(full[1] / name)
+    result = verify(full[1])
+    assert result.exit_code == 1 and f"mismatch: {name}: sha256 differs" in result.stderr, result.output
+
+
+def test_verify_names_the_changed_fields(full):
+    _edit_json("rope_theta", 1.0)(full[1] / "config.json")
+    result = verify(full[1])
+    assert result.exit_code == 1 and "config.json: sha256 differs" in result.stderr
+    assert "changed fields: rope_theta" in result.stderr, result.stderr
+
+
+def test_verify_detects_a_side_file_changed_together_with_its_hash(full):
+    """provenance.json cannot protect itself by a hash: its claims are recomputed instead."""
+    out = full[1]
+    _edit_json("rope_theta", 1.0)(out / "config.json")
+    record = json.loads((out / "provenance.json").read_text())
+    record["files_sha256"]["config.json"] = checkpoint.sha256_file(out / "config.json")
+    (out / "provenance.json").write_text(json.dumps(record))
+    result = verify(out)
+    assert result.exit_code == 1 and "config.json: differs from what the base gives" in result.stderr, result.output
+    assert "sha256 differs" not in result.stderr
+
+
+@pytest.mark.parametrize("field, change, message", [
+    ("scale", lambda r: r["edits"][0]["components"][0].update(scale=3.0), "component 0: scale 2.5 differs from the recorded 3.0"),
+    ("original", lambda r: r["edits"][0]["components"][0].update(original=1.0), "singular value before the edit"),
+    ("target", lambda r: r["edits"][0]["components"][0].update(target=1.0), "target singular value"),
+    ("base", lambda r: r["base"].update(reference="somewhere-else"), "base.reference is 'somewhere-else'"),
+    ("dtype", lambda r: r["output"].update(dtype="bfloat16"), "output.dtype is 'bfloat16'"),
+    ("untouched", lambda r: r["edits"][0].update(max_untouched_relative_change=0.5), "max_untouched_relative_change"),
+])
+def test_verify_recomputes_provenance_claims(full, field, change, message):
+    path = full[1] / "provenance.json"
+    record = json.loads(path.read_text())
+    change(record)
+    path.write_text(json.dumps(record))
+    result = verify(full[1])
+    assert result.exit_code == 1 and message in result.stderr and "provenance.json" in result.stderr, result.output
+
+
+def test_verify_reports_a_file_apply_did_not_write(full):
+    (full[1] / "notes.txt").write_text("mine")
+    result = verify(full[1])
+    assert result.exit_code == 1 and "notes.txt: file not listed in provenance.json" in result.stderr
+
+
+def test_verify_writes_nothing(full, monkeypatch):
+    """No scratch copy (which a `kill` could leave behind, and which a read-only checkpoint
+    directory or its parent cannot take): the rebuilt weights are hashed as they stream."""
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("verify tried to write")
+
+    root = full[1].parent
+    before = sorted((str(p), p.stat().st_mtime_ns) for p in root.rglob("*"))
+    for name in ("mkdtemp", "mkstemp", "TemporaryDirectory", "NamedTemporaryFile"):
+        monkeypatch.setattr(tempfile, name, refuse)
+    monkeypatch.setattr(checkpoint, "write_checkpoint_weights", refuse)
+    monkeypatch.setattr(checkpoint, "_write_one_file", refuse)
+    result = verify(full[1])
+    assert result.exit_code == 0 and result.stdout.strip() == "ok", result.output
+    assert sorted((str(p), p.stat().st_mtime_ns) for p in root.rglob("*")) == before
+
+
+@pytest.mark.parametrize("shard_size", [None, 20_000])
+def test_hashing_the_stream_equals_writing_it(tmp_path, shard_size):
+    from th_edit.apply import compute, prepare_file
+    from th_edit.export import hash_weights, write_weights
+
+    tiny_model("gemma3_text").save_pretrained(tmp_path / "base")
+    prepared = prepare_file(write_recipe(tmp_path / "r.yaml", tmp_path / "base", EDITS, dtype="bfloat16"))
+    computed = compute(prepared)
+    (tmp_path / "w").mkdir()
+    limit = shard_size or 10**12
+    written = write_weights(tmp_path / "w", prepared.tensors, computed.cast, prepared.out_dtype, limit)
+    assert len(written) == (1 if shard_size is None else len(list((tmp_path / "w").glob("*.safetensors"))) + 1)
+    assert hash_weights(prepared.tensors, computed.cast, prepared.out_dtype, limit) == written

@@ -12,11 +12,11 @@ import torch
 
 from th_edit import ui
 from th_edit.arch import Adapter, adapter_for
-from th_edit.card import model_card, provenance
+from th_edit.card import model_card, provenance, publishable_recipe, scrub
 from th_edit.checkpoint import CheckpointTensors, sha256_file
 from th_edit.edit import EditResult, Overlay, cast_for_output, compute_edits, measure_realized
 from th_edit.errors import UserError
-from th_edit.export import copy_side_files, staging_directory, write_weights
+from th_edit.export import LOCAL_RECORD, side_file_root, side_files, staging_directory, write_weights
 from th_edit.models import ResolvedModel, load_config, resolve
 from th_edit.recipe import Recipe, check_against_model, load_recipe
 
@@ -126,17 +126,24 @@ def run_benchmark(prepared: Prepared, computed: Computed) -> BenchmarkRun:
 
 
 def resolve_target(prepared: Prepared, out: Path | None) -> Path:
+    """--out, else the recipe's output.dir, else out/<recipe file name without .yaml>."""
     if out is not None:
         return out
     if prepared.recipe.output.dir:
         return Path(prepared.recipe.output.dir).expanduser()
-    raise UserError(f"{prepared.source}: output.dir is not set (set it in the recipe or pass --out)")
+    return Path("out") / Path(prepared.source).stem
 
 
 def write(prepared: Prepared, computed: Computed, target: Path, force: bool,
           benchmark: BenchmarkRun | None = None) -> dict[str, str]:
-    """Write the complete checkpoint atomically; returns {weight file: sha256}."""
+    """Write the complete checkpoint atomically; returns {weight file: sha256}.
+
+    Nothing written names the base's location on this machine (card.scrub): a local base is
+    named by its directory name and hashes. Where it is goes into LOCAL_RECORD, which push
+    never uploads and verify reads."""
     base = prepared.base
+    recipe_text = publishable_recipe(prepared.recipe_text, prepared.recipe, base)
+    report = scrub(benchmark.report, base) if benchmark else None
     with staging_directory(target, force) as staging, ThreadPoolExecutor(max_workers=1) as pool:
         # A hub revision or GGUF hash already pins the base; a local directory is pinned by its
         # files, hashed on a second thread while the weights are written (hashlib releases the GIL).
@@ -144,21 +151,29 @@ def write(prepared: Prepared, computed: Computed, target: Path, force: bool,
         weights = write_weights(staging, prepared.tensors, computed.cast, prepared.out_dtype,
                                 prepared.recipe.output.max_shard_bytes)
         base_weights = base_hashes.result() if base_hashes else None
-        copy_side_files(base.path, staging, prepared.out_dtype)
-        (staging / "recipe.yaml").write_text(prepared.recipe_text)
+        files = side_files(base.path, side_file_root(base.path, base.kind), prepared.out_dtype)
+        files["recipe.yaml"] = recipe_text.encode()
         if benchmark is not None:
             from th_edit.plots import plot_accuracy  # matplotlib is slow to import
 
-            plot_accuracy(benchmark.report, staging / BENCHMARK_PLOT)
+            plot_accuracy(report, staging / BENCHMARK_PLOT)
+            files[BENCHMARK_PLOT] = (staging / BENCHMARK_PLOT).read_bytes()
+        weights_bytes = sum((staging / name).stat().st_size for name in weights)
+        files["README.md"] = model_card(
+            target.name, prepared.recipe, recipe_text, base, computed.result.reports, prepared.out_dtype_name,
+            (report, scrub(benchmark.text, base)) if benchmark else None, BENCHMARK_PLOT if benchmark else None,
+            weights_bytes).encode()
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
         record = provenance(
-            prepared.recipe, hashlib.sha256(prepared.recipe_text.encode()).hexdigest(), base, base_weights,
-            computed.result.reports, weights, prepared.out_dtype_name, benchmark.report if benchmark else None,
+            prepared.recipe, hashlib.sha256(files["recipe.yaml"]).hexdigest(), base, base_weights,
+            computed.result.reports, weights, {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
+            prepared.out_dtype_name, report,
         )
         (staging / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")
-        card = model_card(target.name, prepared.recipe, prepared.recipe_text, base, computed.result.reports,
-                          prepared.out_dtype_name, (benchmark.report, benchmark.text) if benchmark else None,
-                          BENCHMARK_PLOT if benchmark else None)
-        (staging / "README.md").write_text(card)
+        if base.kind in ("local", "gguf"):
+            local = {"base": str(base.gguf_path or base.path)}
+            (staging / LOCAL_RECORD).write_text(json.dumps(local, indent=2) + "\n")
     return weights
 
 

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import platform
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TypeVar
 
 import yaml
 
 from th_edit import __version__
 from th_edit.edit import EDIT_COLUMNS, HeadReport, edit_rows
 from th_edit.models import ResolvedModel
-from th_edit.recipe import Recipe
+from th_edit.recipe import Recipe, replace_values
 
+T = TypeVar("T")
 LIBRARIES = ("torch", "transformers", "safetensors", "huggingface_hub", "numpy", "gguf", "pydantic")
 CONVENTIONS = (
     "Singular components of each query head's effective OV = W_V W_O and QK = W_Q W_K^T (input norm folded; "
@@ -32,25 +36,91 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def provenance(recipe: Recipe, recipe_sha256: str, base: ResolvedModel, base_weights: dict[str, str] | None,
-               reports: list[HeadReport], weights: dict[str, str], out_dtype: str,
-               benchmark: dict | None = None) -> dict[str, object]:
-    base_record = {k: v for k, v in base.provenance().items() if k != "path"}  # no machine-local paths
+def public_reference(base: ResolvedModel) -> str:
+    """How files that can be published name the base: a local directory or GGUF file by its
+    name (its hashes identify it), never by its path on this machine; aliases and hub ids as given."""
+    if base.kind == "local":
+        return base.path.name
+    if base.kind == "gguf" and base.gguf_file:
+        return base.gguf_file
+    return base.reference
+
+
+def local_paths(base: ResolvedModel) -> list[str]:
+    """Spellings of the base's location on this machine that must not reach a publishable file."""
+    if base.kind not in ("local", "gguf"):
+        return []
+    spellings = {str(base.path), base.reference, str(Path(base.reference).expanduser().absolute())}
+    if base.gguf_path is not None:
+        spellings |= {str(base.gguf_path)}
+    public = public_reference(base)
+    return sorted((s for s in spellings if s and s != public), key=len, reverse=True)
+
+
+def scrub(value: T, base: ResolvedModel) -> T:
+    """`value` (text, or JSON-like data) with every local spelling of the base's location
+    replaced by its public name. A safety net behind the fields that name the base directly
+    (benchmark labels, notes, free text)."""
+    paths, public = local_paths(base), public_reference(base)
+    if not paths:
+        return value
+
+    def clean(item):
+        if isinstance(item, str):
+            for path in paths:
+                item = item.replace(path, public)
+            return item
+        if isinstance(item, dict):
+            return {clean(k): clean(v) for k, v in item.items()}
+        if isinstance(item, (list, tuple)):
+            return type(item)(clean(v) for v in item)
+        return item
+
+    return clean(value)
+
+
+def publishable_recipe(recipe_text: str, recipe: Recipe, base: ResolvedModel) -> str:
+    """The recipe as saved with the checkpoint: verbatim, except that a local base_model and an
+    absolute output.dir are replaced by their names (the checkpoint may be pushed)."""
+    replacements = {}
+    public = public_reference(base)
+    if base.kind in ("local", "gguf") and recipe.base_model != public:
+        replacements[("base_model",)] = public
+    out_dir = recipe.output.dir
+    if out_dir and (Path(out_dir).is_absolute() or out_dir.startswith("~")):
+        replacements[("output", "dir")] = Path(out_dir).name
+    return replace_values(recipe_text, replacements) if replacements else recipe_text
+
+
+def base_record(base: ResolvedModel, base_weights: dict[str, str] | None) -> dict[str, object]:
+    """The base as provenance.json names it: public name, kind, hub revision or file hashes."""
+    record = {k: v for k, v in base.provenance().items() if k != "path"}  # no machine-local paths
+    record["reference"] = public_reference(base)
     if base_weights:
-        base_record["weight_files_sha256"] = base_weights
-    return {
+        record["weight_files_sha256"] = base_weights
+    return scrub(record, base)
+
+
+def provenance(recipe: Recipe, recipe_sha256: str, base: ResolvedModel, base_weights: dict[str, str] | None,
+               reports: list[HeadReport], weights: dict[str, str], files: dict[str, str], out_dtype: str,
+               benchmark: dict | None = None) -> dict[str, object]:
+    """`weights` and `files` are {name: sha256} of the weight files and of every other file
+    written beside them (provenance.json itself excepted: every claim in it is recomputed by
+    `th-edit verify` instead)."""
+    return scrub({
         "tool": "th-edit",
         "th_edit_version": __version__,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "base": base_record,
+        "base": base_record(base, base_weights),
         "recipe": {"file": "recipe.yaml", "sha256": recipe_sha256},
         "output": {"dtype": out_dtype, "max_shard_size": recipe.output.max_shard_size},
         "libraries": library_versions(),
         "conventions": CONVENTIONS,
         "edits": [report.as_dict() for report in reports],
         "weights_sha256": weights,
+        "files_sha256": files,
         "benchmark": benchmark,
-    }
+    }, base)
 
 
 def _edit_table(reports: list[HeadReport]) -> str:
@@ -59,16 +129,28 @@ def _edit_table(reports: list[HeadReport]) -> str:
     return "\n".join(lines)
 
 
+def dtype_hint(out_dtype: str, weights_bytes: int) -> str | None:
+    """A float32 checkpoint is twice the size it needs to be for most uses: say so, with the numbers."""
+    if out_dtype != "float32":
+        return None
+    return (f"the weights are float32 ({weights_bytes / 1e6:.0f} MB); `output.dtype: bfloat16` in the recipe "
+            f"halves that (≈ {weights_bytes / 2e6:.0f} MB), rounding every weight to bfloat16")
+
+
 def model_card(name: str, recipe: Recipe, recipe_text: str, base: ResolvedModel, reports: list[HeadReport],
-               out_dtype: str, benchmark: tuple[dict, str] | None = None, benchmark_plot: str | None = None) -> str:
-    """The README.md of an edited checkpoint; `benchmark` is (paired report, rendered table)."""
+               out_dtype: str, benchmark: tuple[dict, str] | None = None, benchmark_plot: str | None = None,
+               weights_bytes: int | None = None) -> str:
+    """The README.md of an edited checkpoint named `name` (its directory); `benchmark` is
+    (paired report, rendered table). A local base is named by its directory name only."""
     front: dict[str, object] = {}
     if base.hub_id:  # a local path means nothing to the Hub
         front["base_model"] = base.hub_id
     front["library_name"] = "transformers"
     front["tags"] = ["th-edit", "model-editing"]
     n_components = sum(len(r.components) for r in reports)
-    base_line = f"`{base.reference}`"
+    base_line = f"`{public_reference(base)}`"
+    if base.kind == "local":
+        base_line = f"The local checkpoint {base_line} (sha256 of its weight files in `provenance.json`)"
     if base.revision:
         base_line += f" at revision `{base.revision}`"
     if base.gguf_file:
@@ -107,12 +189,18 @@ def model_card(name: str, recipe: Recipe, recipe_text: str, base: ResolvedModel,
         "## Recipe",
         "```yaml\n" + recipe_text.rstrip() + "\n```",
         "## Usage",
+        f"Load it from this directory (`{name}`) or, once pushed, from its Hub repo id:",
         "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-        'model = AutoModelForCausalLM.from_pretrained("<this repo or directory>")\n'
-        'tokenizer = AutoTokenizer.from_pretrained("<this repo or directory>")\n```',
-        "## Provenance",
-        "`provenance.json` records the base model (revision or file hash), library versions, the realized "
-        "singular values of every edit and the sha256 of every weight file; `th-edit verify <dir>` recomputes "
-        "the edits from `recipe.yaml` and checks them.",
+        f"model = AutoModelForCausalLM.from_pretrained({json.dumps(name, ensure_ascii=False)})\n"
+        f"tokenizer = AutoTokenizer.from_pretrained({json.dumps(name, ensure_ascii=False)})\n```",
     ]
-    return "\n\n".join(parts) + "\n"
+    hint = dtype_hint(out_dtype, weights_bytes) if weights_bytes else None
+    if hint:
+        parts.append(f"Size: {hint[0].upper()}{hint[1:]}.")
+    parts += [
+        "## Provenance",
+        "`provenance.json` records the base model (revision or file hashes), library versions, the realized "
+        "singular values of every edit and the sha256 of every file written with it; `th-edit verify <dir>` "
+        "recomputes the edits from `recipe.yaml` and the base, and checks every file and claim.",
+    ]
+    return scrub("\n\n".join(parts) + "\n", base)

@@ -9,10 +9,12 @@ place only when complete, so an interrupted run never leaves a partial checkpoin
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import os
 import shutil
-import signal
+import struct
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,129 +27,208 @@ from th_edit.checkpoint import (
     DTYPE_CODES,
     FLOAT_CODES,
     INDEX_FILE,
+    SAFETENSORS_DTYPES,
+    SINGLE_FILE,
     CheckpointTensors,
     PendingTensor,
     StoredTensor,
+    _HashingWriter,
+    _shard_groups,
     pending_copy,
     pending_from_tensor,
     write_checkpoint_weights,
 )
 from th_edit.errors import UserError
+from th_edit.outputs import (
+    PARTIAL_MARK,
+    check_creatable,
+    check_utf8_name,
+    exchange,
+    fsync_path,
+    leftover_pid,
+    make_parents,
+    pid_alive,
+    remove_empty,
+    remove_stale_partials,
+    rename_noreplace,
+    sigterm_as_exit,
+    umask,
+    write_error,
+)
 
-# Files of the base directory that are not carried over: weights (rewritten), the old model card
-# and th-edit's own records (rewritten), and anything that could carry code or pickles.
-SKIP_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".py", ".msgpack", ".h5", ".onnx")
-SKIP_NAMES = {INDEX_FILE, "README.md", "recipe.yaml", "provenance.json", "th_edit_source.json", ".gitattributes"}
-PARTIAL_MARK = ".partial-"
+# What a checkpoint needs besides its weights, and nothing else: an allow-list, so that no dotfile,
+# secret, script or pickle of a local base directory ever reaches an output (or, through push, the Hub).
+SIDE_FILES = (
+    "config.json", "generation_config.json",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model",
+    "chat_template.jinja", "chat_template.json",
+)
+OLD_MARK = ".old-"
+PROVENANCE_FILE = "provenance.json"
+RECIPE_FILE = "recipe.yaml"
+# Where a local base is on this machine, for verify: beside the checkpoint but never published
+# (push uploads only the files provenance.json lists, and this one is not among them).
+LOCAL_RECORD = ".th-edit-local.json"
+
+
+# ----------------------------------------------------------------------------------------------
+# The target directory: what may be replaced, and checks made before any work
 
 
 def check_target(target: Path, force: bool, protected: list[Path]) -> None:
-    """Refuse before any heavy work: an existing target without --force, a target that is, lies
-    inside or contains one of the `protected` inputs (the base model, the recipe: --force would
-    delete them), or a place where no directory can be created."""
+    """Refuse before any heavy work: an existing target without --force; with --force, anything
+    but an earlier th-edit checkpoint or an empty directory; a target that is, lies inside or
+    contains one of the `protected` inputs (the base model, the recipe) or the current
+    directory; a symbolic link; a name that is not UTF-8; a place where nothing can be created.
+    Leftovers of an interrupted replacement of this target are repaired first."""
+    check_utf8_name(target)
     resolved = target.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise UserError(f"output directory {target} is or contains the current directory; choose another")
     for path in protected:
         path = path.resolve()
         if resolved == path or path in resolved.parents or resolved in path.parents:
             raise UserError(f"output directory {target} would overlap {path}, which this run reads; choose another")
-    if target.exists() and not force:
-        raise UserError(f"output directory {target} already exists (pass --force to replace it)")
-    if target.exists() and not target.is_dir():
-        raise UserError(f"output path {target} exists and is not a directory")
+    if target.is_symlink():
+        raise UserError(f"output path {target} is a symbolic link; give the directory it points to, or another name")
+    recover_interrupted(target)
+    if target.exists():
+        if not force:
+            raise UserError(f"output directory {target} already exists (pass --force to replace it)")
+        if not target.is_dir():
+            raise UserError(f"output path {target} exists and is not a directory")
+        check_replaceable(target)
     check_creatable(target)
 
 
-def check_creatable(path: Path) -> None:
-    """A file or directory can be created at `path`: its nearest existing ancestor is a writable
-    directory. Checked up front so a long run does not fail at its very end."""
-    ancestor = path.absolute().parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise UserError(f"cannot create {path}: {ancestor} is not a directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise UserError(f"cannot create {path}: {ancestor} is not writable")
+def is_checkpoint(directory: Path) -> bool:
+    """An earlier output of th-edit: provenance.json written by th-edit, and recipe.yaml."""
+    try:
+        record = json.loads((directory / PROVENANCE_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("tool") == "th-edit" and (directory / RECIPE_FILE).is_file()
+
+
+def check_replaceable(target: Path) -> None:
+    """--force replaces only what th-edit wrote: an earlier checkpoint (which has no
+    subdirectories) or an empty directory. Anything else may be someone's data."""
+    entries = list(target.iterdir())
+    if not entries:
+        return
+    if not is_checkpoint(target):
+        raise UserError(f"--force refuses to replace {target}: it is not a th-edit checkpoint (no provenance.json "
+                        "from th-edit beside a recipe.yaml) nor an empty directory")
+    subdirectories = sorted(p.name for p in entries if p.is_dir())
+    if subdirectories:
+        raise UserError(f"--force refuses to replace {target}: it contains the directory '{subdirectories[0]}', "
+                        "which th-edit never writes; move it away first")
+
+
+def recover_interrupted(target: Path) -> None:
+    """Repair what a run killed during a --force replacement left beside `target` (see
+    `staging_directory`): the previous checkpoint, moved aside, is put back when the target is
+    missing and removed otherwise. Staging directories of dead runs are removed too."""
+    import glob
+
+    remove_stale_partials(target)
+    for leftover in sorted(target.parent.glob(f".{glob.escape(target.name)}{OLD_MARK}*")):
+        pid = leftover_pid(leftover, OLD_MARK)
+        if pid is not None and pid_alive(pid):
+            continue  # a replacement in progress
+        checkpoint = leftover
+        if pid is None and (leftover / target.name).is_dir():  # the layout of th-edit 0.1.0: .<name>.old-*/<name>
+            checkpoint = leftover / target.name
+        if not os.path.lexists(target) and is_checkpoint(checkpoint):
+            checkpoint.rename(target)
+            ui.warn(f"restored {target}: an earlier --force replacement of it was interrupted")
+            if checkpoint == leftover:
+                continue
+        if leftover.is_dir() and (is_checkpoint(checkpoint) or not any(leftover.iterdir())):
+            shutil.rmtree(leftover, ignore_errors=True)  # anything else in it is left alone
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing into place
 
 
 @contextlib.contextmanager
 def staging_directory(target: Path, force: bool) -> Iterator[Path]:
-    """Yield an empty sibling directory; on success it replaces `target`, otherwise it is removed.
-
-    SIGTERM is turned into an exception for the duration so that `kill` cleans up like Ctrl-C
-    does; after `kill -9` the hidden staging directory is left beside the target (never at it)
-    and removed by the next run for the same target.
-    """
+    """Yield an empty sibling directory; on success it takes the place of `target`, otherwise it
+    is removed. SIGTERM cleans up like Ctrl-C; after `kill -9` the hidden staging directory
+    stays beside the target (never at it) and the next run for that target removes it.
+    An OSError (a full disk) is one line, and nothing is left behind."""
+    created = make_parents(target.parent)
     staging = new_staging_dir(target)
+    placed = False
+    with sigterm_as_exit():
+        try:
+            yield staging
+            fsync_path(staging)
+            _put_in_place(staging, target, force)
+            placed = True
+            fsync_path(target.parent)
+        except OSError as exc:
+            raise write_error(target, exc) from None
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+            if not placed:
+                remove_empty(created)
 
-    def on_term(signum, frame):  # noqa: ARG001
-        raise SystemExit(128 + signum)
 
-    previous = signal.signal(signal.SIGTERM, on_term) if _in_main_thread() else None
+def _put_in_place(staging: Path, target: Path, force: bool) -> None:
+    """Move the complete `staging` directory to `target`.
+
+    A new target is one atomic rename that never replaces anything. An existing one (--force)
+    is swapped with the staging directory in one atomic step where the system can (Linux
+    renameat2 RENAME_EXCHANGE): at every instant the target holds the old or the new
+    checkpoint, and the old one, now in the staging directory, is removed afterwards. Elsewhere
+    it takes two renames, target -> .<name>.old-<pid>-* and staging -> target; a crash between
+    them is repaired by the next run (`recover_interrupted` puts the old checkpoint back).
+    """
+    if not os.path.lexists(target):
+        try:
+            rename_noreplace(staging, target)
+            return
+        except FileExistsError:
+            pass  # created meanwhile, by another run: treated as an existing target
+    if not force:
+        raise UserError(f"output directory {target} appeared while writing (pass --force to replace it)")
+    lost_race = UserError(f"another run replaced {target} at the same time; its result is in place, "
+                          "run again to replace it with this one")
+    retired = None
     try:
-        yield staging
-        _fsync_dir(staging)
-        if target.exists():
-            if not force:
-                raise UserError(f"output directory {target} appeared while writing (pass --force to replace it)")
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            target.rename(retired / target.name)
-            staging.rename(target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            staging.rename(target)
-        _fsync_dir(target.parent)
+        check_replaceable(target)  # again: the run was long, and the directory may have changed
+        if exchange(staging, target):
+            return  # the old checkpoint is now in `staging`, which the caller removes
+        retired = Path(tempfile.mkdtemp(prefix=f".{target.name}{OLD_MARK}{os.getpid()}-", dir=target.parent))
+        os.rename(target, retired)  # replaces the empty placeholder mkdtemp made
+        rename_noreplace(staging, target)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+            raise lost_race from None
+        raise
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        # Success, or another run's checkpoint in place: the old one goes. Failed or interrupted
+        # (Ctrl-C, kill) between the two renames: the old one goes back.
+        if retired is not None and retired.exists():
+            if not os.path.lexists(target) and is_checkpoint(retired):
+                os.rename(retired, target)
+            else:
+                shutil.rmtree(retired, ignore_errors=True)
 
 
 def new_staging_dir(target: Path) -> Path:
     """An empty hidden sibling of `target`, named after it and this process, to be renamed into
     place when complete. Leftovers of killed runs (their process is gone) are removed first."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(target)
+    remove_stale_partials(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{PARTIAL_MARK}{os.getpid()}-", dir=target.parent))
-    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should look like any directory
+    staging.chmod(0o777 & ~umask())  # mkdtemp makes it private; the result should look like any directory
     return staging
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-def _remove_stale_partials(target: Path) -> None:
-    for candidate in target.parent.glob(f".{target.name}{PARTIAL_MARK}*"):
-        pid_text = candidate.name.split(PARTIAL_MARK, 1)[1].split("-", 1)[0]
-        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
-            shutil.rmtree(candidate, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _cast_copy(entry: StoredTensor, dtype: torch.dtype, tensors: CheckpointTensors) -> PendingTensor:
@@ -186,21 +267,94 @@ def write_weights(staging: Path, tensors: CheckpointTensors, replaced: dict[str,
     return write_checkpoint_weights(staging, pending, max_shard_bytes, progress=progress)
 
 
-def copy_side_files(base_dir: Path, staging: Path, out_dtype: torch.dtype | None) -> list[str]:
-    """Config, generation config and tokenizer files, unchanged (config gets the new dtype)."""
-    copied = []
-    for path in sorted(base_dir.iterdir()):
-        if not path.is_file() or path.name in SKIP_NAMES or path.name.endswith(SKIP_SUFFIXES):
+class _Discard:
+    """A sink that keeps nothing: `_HashingWriter` hashes what passes through it."""
+
+    def write(self, data) -> int:
+        return len(memoryview(data))
+
+
+def hash_weights(tensors: CheckpointTensors, replaced: dict[str, torch.Tensor], out_dtype: torch.dtype | None,
+                 max_shard_bytes: int) -> dict[str, str]:
+    """{file name: sha256} of exactly what `write_weights` would write, computed from the
+    streamed bytes without writing anything (verify works on read-only checkpoints and leaves
+    no scratch copy behind). Mirrors checkpoint.write_checkpoint_weights and _write_one_file;
+    tests/test_verify_and_atomic.py checks that both give the same hashes, sharded or not."""
+    pending = planned_weights(tensors, replaced, out_dtype)
+    groups = _shard_groups(pending, max_shard_bytes)
+    metadata = {"format": "pt"}
+    if len(groups) == 1:
+        return {SINGLE_FILE: _hash_one_file(groups[0], metadata)}
+    hashes, weight_map = {}, {}
+    for i, group in enumerate(ui.progress(groups, desc="hashing rebuilt shards", unit="shard"), start=1):
+        name = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
+        hashes[name] = _hash_one_file(group, metadata)
+        weight_map.update({t.name: name for t in group})
+    index = {"metadata": {"total_size": sum(t.nbytes for t in pending)}, "weight_map": dict(sorted(weight_map.items()))}
+    hashes[INDEX_FILE] = hashlib.sha256((json.dumps(index, indent=2) + "\n").encode()).hexdigest()
+    return hashes
+
+
+def _hash_one_file(tensors: list[PendingTensor], metadata: dict[str, str]) -> str:
+    ordered = sorted(tensors, key=lambda t: (-SAFETENSORS_DTYPES[t.dtype].itemsize, t.name))
+    header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
+    offset = 0
+    for tensor in ordered:
+        header[tensor.name] = {"dtype": tensor.dtype, "shape": list(tensor.shape),
+                               "data_offsets": [offset, offset + tensor.nbytes]}
+        offset += tensor.nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    out = _HashingWriter(_Discard())  # type: ignore[arg-type]
+    try:
+        out.write(struct.pack("<Q", len(encoded)))
+        out.write(encoded)
+        for tensor in ordered:
+            tensor.write_to(out)  # type: ignore[arg-type]
+    finally:
+        digest = out.finish()
+    return digest
+
+
+def side_file_root(base_dir: Path, kind: str) -> Path:
+    """The directory a side file may really live in: the base directory itself, or for a hub
+    snapshot (whose files link into the repo's blobs/) the repo's cache folder."""
+    return base_dir.parent.parent if kind == "hub" else base_dir
+
+
+def side_file_sources(base_dir: Path, root: Path) -> dict[str, Path]:
+    """{name: file to read} for the allow-listed files present in the base directory. A link
+    that leads out of `root`, or anything that is not a regular file, is refused."""
+    root = root.resolve()
+    sources = {}
+    for name in SIDE_FILES:
+        path = base_dir / name
+        if not os.path.lexists(path):
             continue
-        if path.name == "config.json" and out_dtype is not None:
-            config = json.loads(path.read_text())
-            name = str(out_dtype).removeprefix("torch.")
+        real = path.resolve()
+        if real != root and root not in real.parents:
+            raise UserError(f"{path} is a symbolic link that leads out of the base model's directory; "
+                            "th-edit does not follow it (copy the file in instead)")
+        if not real.is_file():
+            raise UserError(f"{path} is not a regular file")
+        sources[name] = real
+    return sources
+
+
+def side_files(base_dir: Path, root: Path, out_dtype: torch.dtype | None) -> dict[str, bytes]:
+    """The bytes of every allow-listed file the output gets besides weights and th-edit's own:
+    config, generation config, tokenizer and chat template, unchanged except that config.json
+    gets the output dtype. The one place these files are produced (verify recomputes them)."""
+    files = {}
+    for name, source in side_file_sources(base_dir, root).items():
+        data = source.read_bytes()
+        if name == "config.json" and out_dtype is not None:
+            config = json.loads(data)
+            dtype_name = str(out_dtype).removeprefix("torch.")
             for key in ("dtype", "torch_dtype"):
                 if key in config:
-                    config[key] = name
-            config.setdefault("dtype", name)
-            (staging / path.name).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        else:
-            shutil.copyfile(path, staging / path.name)
-        copied.append(path.name)
-    return copied
+                    config[key] = dtype_name
+            config.setdefault("dtype", dtype_name)
+            data = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+        files[name] = data
+    return files

@@ -13,6 +13,7 @@ once and cached, keyed by the file's sha256.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib
 import importlib.util
 import io
@@ -183,8 +184,11 @@ def resolve(reference: str) -> ResolvedModel:
     if HUB_ID.match(name):
         return _resolve_hub(name, revision, reference)
     known = ", ".join(ALIASES)
+    close = difflib.get_close_matches(reference.lower(), ALIASES, n=1, cutoff=0.6)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
     raise UserError(
-        f"unknown model '{reference}': not an alias ({known}), an existing path, or a hub id of the form org/name[@revision]"
+        f"unknown model '{reference}'{hint}: not an alias ({known}), an existing path, "
+        "or a hub id of the form org/name[@revision]"
     )
 
 

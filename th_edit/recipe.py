@@ -1,6 +1,7 @@
 """The YAML recipe: schema, parsing and validation.
 
-Two stages, both ending in a one-line UserError that names the field path:
+Two stages, both ending in a UserError that names the field path of every problem found
+(one per line):
   1. `load_recipe` — YAML syntax (with line number) and the schema (types, unknown keys, ranges
      that need no model: α ≥ 0 and finite, duplicates);
   2. `check_against_model` — layer/head/component indices against the resolved base model.
@@ -8,6 +9,7 @@ Two stages, both ending in a one-line UserError that names the field path:
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -36,6 +38,12 @@ class Edit(Strict):
     circuit: Literal["ov", "qk"]
     components: Annotated[list[NonNegativeInt], Field(min_length=1)]
     scale: float
+
+    @field_validator("circuit", mode="before")
+    @classmethod
+    def _any_case(cls, value: object) -> object:
+        # Tables print OV and QK: a recipe may write them either way.
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("scale")
     @classmethod
@@ -200,12 +208,32 @@ def parse_recipe(text: str, source: str = "recipe") -> Recipe:
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors()
-        first = errors[0]
-        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-        raise UserError(f"{source}: {field_path(first['loc'])} {_describe(first)}{more}") from None
+        raise problems_error(source, [f"{field_path(e['loc'])} {_describe(e)}" for e in exc.errors()]) from None
     _check_duplicates(recipe, source)
     return recipe
+
+
+def problems_error(source: str, problems: list[str]) -> UserError:
+    """Every problem of a recipe at once, one per line, the first on the error line itself."""
+    lines = [f"{source}: {problem}" for problem in problems]
+    return UserError("\n".join([lines[0], *(f"  {line}" for line in lines[1:])]))
+
+
+def replace_values(text: str, replacements: dict[tuple[str, ...], str]) -> str:
+    """The recipe text with the scalar at each key path (e.g. ("output", "dir")) replaced by a
+    new string, everything else (comments, layout) byte for byte unchanged."""
+    root = yaml.compose(text, Loader=RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+    spans: list[tuple[int, int, str]] = []
+    for path, value in replacements.items():
+        node = root
+        for key in path:
+            node = next((v for k, v in getattr(node, "value", []) if isinstance(node, yaml.MappingNode)
+                         and isinstance(k, yaml.ScalarNode) and k.value == key), None)
+        if isinstance(node, yaml.ScalarNode):
+            spans.append((node.start_mark.index, node.end_mark.index, json.dumps(value, ensure_ascii=False)))
+    for start, end, new in sorted(spans, reverse=True):
+        text = text[:start] + new + text[end:]
+    return text
 
 
 def load_recipe(path: Path) -> tuple[Recipe, str]:
@@ -221,30 +249,31 @@ def load_recipe(path: Path) -> tuple[Recipe, str]:
 
 def _check_duplicates(recipe: Recipe, source: str) -> None:
     seen: dict[tuple[int, int, str, int], int] = {}
+    problems = []
     for i, edit in enumerate(recipe.edits):
         for j, component in enumerate(edit.components):
             key = (edit.layer, edit.head, edit.circuit, component)
             if key in seen:
-                raise UserError(
-                    f"{source}: edits[{i}].components[{j}] repeats edits[{seen[key]}] "
-                    f"(layer {edit.layer}, head {edit.head}, {edit.circuit}, component {component})"
-                )
-            seen[key] = i
+                problems.append(f"edits[{i}].components[{j}] repeats edits[{seen[key]}] "
+                                f"(layer {edit.layer}, head {edit.head}, {edit.circuit}, component {component})")
+            seen.setdefault(key, i)
+    if problems:
+        raise problems_error(source, problems)
 
 
 def check_against_model(recipe: Recipe, adapter: Adapter, source: str = "recipe") -> None:
     """Indices must exist in this model. Components count the head's singular values (≤ d_head)."""
     info = adapter.info()
+    problems = []
     for i, edit in enumerate(recipe.edits):
         if edit.layer >= info.n_layers:
-            raise UserError(f"{source}: edits[{i}].layer {edit.layer} is out of range: "
-                            f"the model has layers 0..{info.n_layers - 1}")
+            problems.append(f"edits[{i}].layer {edit.layer} is out of range: the model has layers 0..{info.n_layers - 1}")
         if edit.head >= info.n_heads:
-            raise UserError(f"{source}: edits[{i}].head {edit.head} is out of range: "
+            problems.append(f"edits[{i}].head {edit.head} is out of range: "
                             f"the model has heads 0..{info.n_heads - 1} per layer")
         for j, component in enumerate(edit.components):
             if component >= info.d_head:
-                raise UserError(
-                    f"{source}: edits[{i}].components[{j}] {component} is out of range: "
-                    f"a head's {edit.circuit.upper()} has components 0..{info.d_head - 1} (rank <= d_head = {info.d_head})"
-                )
+                problems.append(f"edits[{i}].components[{j}] {component} is out of range: a head's "
+                                f"{edit.circuit.upper()} has components 0..{info.d_head - 1} (rank <= d_head = {info.d_head})")
+    if problems:
+        raise problems_error(source, problems)

@@ -1,93 +1,149 @@
-"""`verify`: recompute an edited checkpoint from its saved recipe and base, and compare."""
+"""`verify`: recompute an edited checkpoint from its saved recipe and base, and compare.
+
+Every file apply wrote is hashed in provenance.json, and every claim of provenance.json that
+can be recomputed is: the weights (rebuilt and hashed, nothing written), config and tokenizer
+files (derived from the base again), the base's identity, the edits' scales and singular values,
+the output settings. provenance.json cannot hash itself; it is protected by that recomputation.
+Not recomputed: benchmark numbers (`th-edit bench BASE --compare OUT_DIR` measures them again),
+creation time and library versions (facts about the run, not about the files).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-import tempfile
 from pathlib import Path
 
 from th_edit.apply import Prepared, compute, prepare, resolve_base
+from th_edit.card import base_record
 from th_edit.checkpoint import INDEX_FILE, sha256_file
 from th_edit.errors import UserError
-from th_edit.export import write_weights
+from th_edit.export import LOCAL_RECORD, PROVENANCE_FILE, RECIPE_FILE, hash_weights, side_file_root, side_files
+from th_edit.models import ResolvedModel
 from th_edit.recipe import parse_recipe
 
-REALIZED_RTOL = 1e-9  # the same computation on the same inputs: anything more is a real difference
+REL_TOL = 1e-9  # the same computation on the same inputs: anything more is a real difference
+# Files apply derives from something else than the base (hash-checked only).
+OWN_FILES = ("recipe.yaml", "README.md", "benchmark.png")
 
 
 def load_record(out_dir: Path) -> tuple[dict, str]:
-    provenance_path, recipe_path = out_dir / "provenance.json", out_dir / "recipe.yaml"
+    provenance_path, recipe_path = out_dir / PROVENANCE_FILE, out_dir / RECIPE_FILE
     if not out_dir.is_dir():
         raise UserError(f"no such directory: {out_dir}")
     if not provenance_path.is_file() or not recipe_path.is_file():
         raise UserError(f"{out_dir} is not a th-edit checkpoint (provenance.json and recipe.yaml are missing)")
     try:
         record = json.loads(provenance_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{provenance_path} is not valid JSON ({exc})") from None
+        recipe_text = recipe_path.read_text()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{provenance_path if isinstance(exc, json.JSONDecodeError) else recipe_path} "
+                        f"is not valid ({exc})") from None
     _check_shape(record, provenance_path)
-    return record, recipe_path.read_text()
+    return record, recipe_text
 
 
 def _check_shape(record: object, path: Path) -> None:
     """The fields verify reads, with their types: a damaged record is one clear line, not a traceback."""
-    expected = {"recipe": dict, "base": dict, "edits": list, "weights_sha256": dict}
+    expected = {"recipe": dict, "base": dict, "edits": list, "weights_sha256": dict, "files_sha256": dict}
     if not isinstance(record, dict):
         raise UserError(f"{path} is not a th-edit provenance record (not a JSON object)")
     for key, kind in expected.items():
         if not isinstance(record.get(key), kind):
-            raise UserError(f"{path}: field '{key}' is missing or not a JSON {'object' if kind is dict else 'array'}")
+            raise UserError(f"{path}: field '{key}' is missing or not a JSON {'object' if kind is dict else 'array'}"
+                            + (" (written by an older th-edit: apply the recipe again)" if key == "files_sha256" else ""))
     if not isinstance(record["recipe"].get("sha256"), str):
         raise UserError(f"{path}: field 'recipe.sha256' is missing")
     for i, edit in enumerate(record["edits"]):
         if not (isinstance(edit, dict) and {"layer", "head", "circuit"} <= edit.keys()
                 and isinstance(edit.get("components"), list) and all(isinstance(c, dict) for c in edit["components"])):
             raise UserError(f"{path}: edits[{i}] is not an edit record (layer, head, circuit, components)")
+    for key in ("weights_sha256", "files_sha256"):
+        if not all(isinstance(v, str) for v in record[key].values()):
+            raise UserError(f"{path}: field '{key}' must map file names to sha256 strings")
 
 
 def verify(out_dir: Path, base: str | None = None) -> list[str]:
     """Return a list of mismatches (empty when the checkpoint is exactly what its recipe gives).
     `base` overrides where the base model is found (its identity is still checked)."""
     record, recipe_text = load_record(out_dir)
-    problems: list[str] = []
-
-    if hashlib.sha256(recipe_text.encode()).hexdigest() != record["recipe"]["sha256"]:
-        problems.append("recipe.yaml: sha256 differs from provenance.json (the recipe was changed after apply)")
-    recorded = record["weights_sha256"]
-    # Everything that could be loaded as weights, not only what the index names: a stray file
-    # would be uploaded by push and could shadow the real ones.
-    present = {p.name for p in out_dir.glob("*.safetensors")} | ({INDEX_FILE} if (out_dir / INDEX_FILE).is_file() else set())
-    for name in sorted(set(recorded) - present):
-        problems.append(f"{name}: listed in provenance.json but missing")
-    for name in sorted(present - set(recorded)):
-        problems.append(f"{name}: weight file not listed in provenance.json")
-    for name in sorted(present & set(recorded)):
-        if sha256_file(out_dir / name) != recorded[name]:
-            problems.append(f"{name}: sha256 differs from provenance.json (the file was modified after apply)")
-
-    recipe_source = str(out_dir / "recipe.yaml")
+    recipe_source = str(out_dir / RECIPE_FILE)
     recipe = parse_recipe(recipe_text, recipe_source)
-    try:
-        resolved = resolve_base(base or _pinned_base(record) or recipe.base_model, recipe_source)
-    except UserError as exc:
-        if base is not None:
-            raise
-        # A relative base_model path resolves against the current directory, as it did for apply.
-        raise UserError(f"{exc} (pass --base MODEL to say where the base model is now)") from None
+    resolved = _find_base(out_dir, record, recipe.base_model, base, recipe_source)
     prepared = prepare(recipe, recipe_text, recipe_source, resolved)
-    problems += _check_base(prepared, record["base"])
-    computed = compute(prepared)
-    problems += _compare_realized(record["edits"], [r.as_dict() for r in computed.result.reports])
+    derived = side_files(resolved.path, side_file_root(resolved.path, resolved.kind), prepared.out_dtype)
 
-    with tempfile.TemporaryDirectory(prefix=".th-edit-verify-", dir=out_dir.parent) as scratch:
-        rebuilt = write_weights(Path(scratch), prepared.tensors, computed.cast, prepared.out_dtype,
-                                prepared.recipe.output.max_shard_bytes)
+    problems = _check_files(out_dir, record, recipe_text, derived)
+    problems += _check_base(prepared, record["base"], identity_only=base is not None)
+    computed = compute(prepared)
+    problems += _compare_edits(record["edits"], [r.as_dict() for r in computed.result.reports])
+    problems += _compare_output(record.get("output"), prepared)
+
+    rebuilt = hash_weights(prepared.tensors, computed.cast, prepared.out_dtype, prepared.recipe.output.max_shard_bytes)
+    recorded = record["weights_sha256"]
     if rebuilt != recorded:
         changed = sorted(n for n in set(rebuilt) | set(recorded) if rebuilt.get(n) != recorded.get(n))
         problems.append(f"recomputing the edit from recipe.yaml and the base gives different weights in: {', '.join(changed)}")
+    problems += _compare_side_files(record["files_sha256"], derived)
     return problems
+
+
+def _check_files(out_dir: Path, record: dict, recipe_text: str, derived: dict[str, bytes]) -> list[str]:
+    """Every file in the directory is one apply wrote, with the sha256 it had then. For a changed
+    JSON file that the base gives (config, tokenizer files) the changed fields are named."""
+    problems = []
+    if hashlib.sha256(recipe_text.encode()).hexdigest() != record["recipe"]["sha256"]:
+        problems.append("recipe.yaml: sha256 differs from provenance.json (the recipe was changed after apply)")
+    recorded = {**record["files_sha256"], **record["weights_sha256"]}
+    present = {p.name for p in out_dir.iterdir() if not p.name.startswith(".")} - {PROVENANCE_FILE}
+    for name in sorted(set(recorded) - present):
+        problems.append(f"{name}: listed in provenance.json but missing")
+    for name in sorted(present - set(recorded)):
+        kind = "weight file" if name.endswith(".safetensors") or name == INDEX_FILE else "file"
+        problems.append(f"{name}: {kind} not listed in provenance.json (not written by apply; push does not upload it)")
+    for name in sorted(present & set(recorded)):
+        path = out_dir / name
+        if not path.is_file() or sha256_file(path) != recorded[name]:
+            fields = _changed_fields(derived.get(name), path)
+            problems.append(f"{name}: sha256 differs from provenance.json (the file was modified after apply)"
+                            + (f"; changed fields: {', '.join(fields)}" if fields else ""))
+    if record["files_sha256"].get(RECIPE_FILE, record["recipe"]["sha256"]) != record["recipe"]["sha256"]:
+        problems.append("provenance.json: files_sha256 of recipe.yaml differs from recipe.sha256")
+    return problems
+
+
+def _changed_fields(expected: bytes | None, path: Path) -> list[str]:
+    """Top-level keys whose values differ between two JSON objects (empty when either is not one)."""
+    try:
+        before, now = json.loads(expected or b""), json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(before, dict) or not isinstance(now, dict):
+        return []
+    return sorted(k for k in before.keys() | now.keys() if before.get(k, KeyError) != now.get(k, KeyError))
+
+
+def _find_base(out_dir: Path, record: dict, base_model: str, override: str | None, source: str) -> ResolvedModel:
+    """--base; else the hub commit that was used; else where apply found a local base on this
+    machine (LOCAL_RECORD); else the recipe's base_model."""
+    if override is not None:
+        return resolve_base(override, source)
+    local = _local_base(out_dir)
+    reference = _pinned_base(record) or local or base_model
+    try:
+        return resolve_base(reference, source)
+    except UserError as exc:
+        # A relative base_model path resolves against the current directory, as it did for apply.
+        raise UserError(f"{exc} (pass --base MODEL to say where the base model is now)") from None
+
+
+def _local_base(out_dir: Path) -> str | None:
+    try:
+        where = json.loads((out_dir / LOCAL_RECORD).read_text()).get("base")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return where if isinstance(where, str) and Path(where).exists() else None
 
 
 def _pinned_base(record: dict) -> str | None:
@@ -98,34 +154,90 @@ def _pinned_base(record: dict) -> str | None:
     return None
 
 
-def _check_base(prepared: Prepared, recorded: dict) -> list[str]:
+def _check_base(prepared: Prepared, recorded: dict, identity_only: bool) -> list[str]:
+    """The base's record, recomputed. With --base the base may have another name, place or
+    form (a GGUF file for an alias): then only what identifies it (revision, hashes) must match."""
     base = prepared.base
-    if recorded.get("gguf_sha256") and base.gguf_sha256 != recorded["gguf_sha256"]:
-        return [f"base model {base.reference}: GGUF sha256 {base.gguf_sha256} "
+    now = base_record(base, {p.name: sha256_file(p) for p in prepared.tensors.files} if base.kind == "local" else None)
+    if recorded.get("gguf_sha256") and now.get("gguf_sha256") != recorded["gguf_sha256"]:
+        return [f"base model {base.reference}: GGUF sha256 {now.get('gguf_sha256')} "
                 f"differs from the recorded {recorded['gguf_sha256']}"]
-    if recorded.get("weight_files_sha256"):
-        now = {p.name: sha256_file(p) for p in prepared.tensors.files}
-        if now != recorded["weight_files_sha256"]:
-            return [f"base model {base.reference}: its weight files changed since apply"]
-    return []
+    if recorded.get("weight_files_sha256") and now.get("weight_files_sha256") != recorded["weight_files_sha256"]:
+        return [f"base model {base.reference}: its weight files changed since apply"]
+    keys = recorded.keys() | now.keys()
+    if identity_only:
+        keys = keys & {"gguf_sha256", "weight_files_sha256", "revision"}
+    elif recorded.get("kind") == "hub":
+        keys = keys - {"reference"}  # re-resolved as hub_id@revision: both are compared on their own
+    return [f"provenance.json: base.{key} is {recorded.get(key)!r}, but the base gives {now.get(key)!r}"
+            for key in sorted(keys) if recorded.get(key) != now.get(key)]
 
 
-def _compare_realized(recorded: list[dict], recomputed: list[dict]) -> list[str]:
-    """Both ways: every recorded component must be recomputed with the same realized value, and
-    every component the recipe edits must be on record."""
-    def components(entries: list[dict]) -> dict[tuple, object]:
-        return {(e["layer"], e["head"], e["circuit"], c.get("component")): c.get("realized")
-                for e in entries for c in e["components"]}
+def _same(recorded: object, now: object) -> bool:
+    if isinstance(recorded, bool) or isinstance(now, bool):
+        return recorded == now
+    if isinstance(recorded, (int, float)) and isinstance(now, (int, float)):
+        return math.isclose(now, recorded, rel_tol=REL_TOL, abs_tol=1e-12)
+    return recorded == now
+
+
+FIELD_NAMES = {"realized": "realized singular value", "original": "singular value before the edit",
+               "target": "target singular value", "scale": "scale"}
+
+
+def _compare_edits(recorded: list[dict], recomputed: list[dict]) -> list[str]:
+    """Both ways: every recorded component must be recomputed with the same scale and singular
+    values (before, target, realized), every component the recipe edits must be on record, and
+    each head's other recorded facts must match."""
+    def components(entries: list[dict]) -> dict[tuple, dict]:
+        return {(e["layer"], e["head"], e["circuit"], c.get("component")): c for e in entries for c in e["components"]}
+
+    def heads(entries: list[dict]) -> dict[tuple, dict]:
+        return {(e["layer"], e["head"], e["circuit"]): e for e in entries}
 
     then, now = components(recorded), components(recomputed)
     problems = []
     for key in sorted(then.keys() | now.keys(), key=str):
         where = f"layer {key[0]} head {key[1]} {str(key[2]).upper()} component {key[3]}"
         if key not in now:
-            problems.append(f"{where}: in provenance.json but not edited by the recipe")
+            problems.append(f"provenance.json: {where}: in provenance.json but not edited by the recipe")
         elif key not in then:
-            problems.append(f"{where}: edited by the recipe but missing from provenance.json")
-        elif not (isinstance(then[key], (int, float)) and isinstance(now[key], (int, float))
-                  and math.isclose(now[key], then[key], rel_tol=REALIZED_RTOL, abs_tol=1e-12)):
-            problems.append(f"{where}: realized singular value {now[key]} differs from the recorded {then[key]}")
+            problems.append(f"provenance.json: {where}: edited by the recipe but missing from provenance.json")
+        else:
+            for name in sorted(then[key].keys() | now[key].keys()):
+                if not _same(then[key].get(name), now[key].get(name)):
+                    label = FIELD_NAMES.get(name, name)
+                    problems.append(f"provenance.json: {where}: {label} {now[key].get(name)} differs from the recorded "
+                                    f"{then[key].get(name)}")
+    head_then, head_now = heads(recorded), heads(recomputed)
+    for key in sorted(head_then.keys() & head_now.keys(), key=str):
+        for name in sorted((head_then[key].keys() | head_now[key].keys()) - {"layer", "head", "circuit", "components"}):
+            if not _same(head_then[key].get(name), head_now[key].get(name)):
+                problems.append(f"provenance.json: layer {key[0]} head {key[1]} {str(key[2]).upper()}: {name} "
+                                f"{head_now[key].get(name)} differs from the recorded {head_then[key].get(name)}")
+    return problems
+
+
+def _compare_output(recorded: object, prepared: Prepared) -> list[str]:
+    now = {"dtype": prepared.out_dtype_name, "max_shard_size": prepared.recipe.output.max_shard_size}
+    if not isinstance(recorded, dict):
+        return ["provenance.json: field 'output' is missing"]
+    return [f"provenance.json: output.{key} is {recorded.get(key)!r}, but the recipe gives {value!r}"
+            for key, value in now.items() if recorded.get(key) != value]
+
+
+def _compare_side_files(recorded: dict[str, str], derived: dict[str, bytes]) -> list[str]:
+    """Config, generation config and tokenizer files are derived from the base again: a file
+    changed together with its hash in provenance.json is still caught."""
+    rebuilt = {name: hashlib.sha256(data).hexdigest() for name, data in derived.items()}
+    listed = {name: digest for name, digest in recorded.items() if name not in OWN_FILES}
+    problems = []
+    for name in sorted(listed.keys() | rebuilt.keys()):
+        if name not in rebuilt:
+            problems.append(f"provenance.json: files_sha256 lists {name}, which the base does not give")
+        elif name not in listed:
+            problems.append(f"{name}: the base gives it, but provenance.json does not list it")
+        elif listed[name] != rebuilt[name]:
+            problems.append(f"{name}: differs from what the base gives (sha256 {rebuilt[name][:12]}…, "
+                            f"recorded {listed[name][:12]}…)")
     return problems

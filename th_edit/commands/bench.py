@@ -12,8 +12,8 @@ from th_edit import bench, ui
 from th_edit.apply import prepare_file
 from th_edit.commands.options import device_options
 from th_edit.errors import UserError
-from th_edit.export import check_creatable
 from th_edit.models import DEFAULT_MODEL, load_tokenizer, resolve
+from th_edit.outputs import atomic_files, check_new_file
 from th_edit.session import load as load_session
 from th_edit.tasks.laundry import MAX_ITEMS, MIN_ITEMS
 from th_edit.tasks.prompts import TASKS, TaskPrompt, read_jsonl, write_jsonl
@@ -57,13 +57,18 @@ def _check_option_combinations(ctx: click.Context, prompts_file: Path | None, ex
             raise UserError(f"--export-prompts only writes the prompt set; it cannot be combined with {', '.join(given)}")
 
 
-def _check_destinations(export: Path | None, out: Path | None) -> None:
-    """Refuse paths that cannot be written before any model is loaded, not after the whole run."""
+OUT_FILES = ("bench.json", "accuracy.png")
+
+
+def _check_destinations(export: Path | None, out: Path | None, force: bool) -> None:
+    """Refuse paths that cannot be written, or hold files this run would overwrite (without
+    --force), before any model is loaded, not after the whole run."""
     if export is not None:
-        check_creatable(export)
+        check_new_file(export, force)
     if out is not None:
-        # bench.json goes inside `out`: this also refuses an `out` that exists as a file.
-        check_creatable(out / "bench.json")
+        # The files go inside `out`: this also refuses an `out` that exists as a file.
+        for name in OUT_FILES:
+            check_new_file(out / name, force)
 
 
 def _load_prompts(tokenizer, tasks: tuple[str, ...], prompts_file: Path | None, n_items: str,
@@ -108,6 +113,7 @@ def _same_vocabulary(first, second) -> bool:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Directory for bench.json and accuracy.png.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout instead of tables.")
+@click.option("--force", is_flag=True, help="Overwrite existing output files (--out, --export-prompts).")
 @click.option("--compare", metavar="OTHER_MODEL|RECIPE.yaml",
               help="Paired before/after: MODEL is before; after is OTHER_MODEL (same tokenizer required) "
                    "or MODEL with a recipe's edits applied in memory.")
@@ -118,7 +124,8 @@ def _same_vocabulary(first, second) -> bool:
 @click.pass_context
 def bench_command(ctx: click.Context, model: str, task: str, n_items: str, n_prompts: int, seed: int,
                   prompts_file: Path | None, export: Path | None, batch_size: int, out: Path | None,
-                  as_json: bool, compare: str | None, kl_texts: int | None, no_kl: bool, device: str, dtype: str) -> None:
+                  as_json: bool, force: bool, compare: str | None, kl_texts: int | None, no_kl: bool, device: str,
+                  dtype: str) -> None:
     """Measure list recall (laundry, N items) and IOI on MODEL (default: smollm2-135m).
 
     Accuracy is per N and per answer position with Wilson 95% intervals; with --compare the
@@ -126,14 +133,14 @@ def bench_command(ctx: click.Context, model: str, task: str, n_items: str, n_pro
     is reported as a side effect.
     """
     _check_option_combinations(ctx, prompts_file, export)
-    _check_destinations(export, out)
+    _check_destinations(export, out, force)
     tasks = TASKS if task == "all" else (task,)
     resolved = resolve(model)
     tokenizer = load_tokenizer(resolved)
     prompts, setup = _load_prompts(tokenizer, tasks, prompts_file, n_items, n_prompts, seed)
     if export is not None:
-        export.parent.mkdir(parents=True, exist_ok=True)
-        write_jsonl(prompts, export)
+        with atomic_files([export], force) as (partial,):
+            write_jsonl(prompts, partial)
         ui.info(f"wrote {len(prompts)} prompts to {export}")
         return
     # The tokenizer alone can tell whether every prompt is scorable: a bad prompt file is
@@ -154,7 +161,7 @@ def bench_command(ctx: click.Context, model: str, task: str, n_items: str, n_pro
         report["after"]["model"] = after.resolved.provenance() if recipe is None else {"reference": f"{model} + {compare}"}
     click.echo(json.dumps(report, indent=2) if as_json else bench.render_report(report))
     if out is not None:
-        _write_outputs(report, out)
+        _write_outputs(report, out, force)
 
 
 def _compare_recipe(compare: str, model: str, resolved):
@@ -170,10 +177,11 @@ def _compare_recipe(compare: str, model: str, resolved):
     return prepared.recipe
 
 
-def _write_outputs(report: dict, out: Path) -> None:
+def _write_outputs(report: dict, out: Path, force: bool) -> None:
+    """bench.json and its plot: both or neither (a full disk leaves no half of them)."""
     from th_edit.plots import plot_accuracy  # matplotlib is slow to import; only --out needs it
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot_accuracy(report, out / "accuracy.png")
+    with atomic_files([out / name for name in OUT_FILES], force) as (report_file, plot_file):
+        report_file.write_text(json.dumps(report, indent=2) + "\n")
+        plot_accuracy(report, plot_file)
     ui.info(f"wrote {out / 'bench.json'} and {out / 'accuracy.png'}")

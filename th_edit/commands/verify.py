@@ -16,12 +16,14 @@ from th_edit.verify import verify
 @click.option("--base", "base", metavar="MODEL",
               help="Where the base model is now, if not where recipe.yaml's base_model says (its identity is still checked).")
 def verify_command(out_dir: Path, base: str | None) -> None:
-    """Recompute the edits of OUT_DIR from its recipe.yaml and base model, and check the weight
-    hashes and realized singular values recorded in provenance.json. Exit 1 on any mismatch."""
+    """Recompute the edits of OUT_DIR from its recipe.yaml and base model, and check every file
+    against its sha256 and every recomputable claim of provenance.json (weights, config and
+    tokenizer files, base identity, scales and singular values). Writes nothing. Exit 1 on any
+    mismatch."""
     problems = verify(out_dir, base)
     if problems:
         for problem in problems:
             click.echo(f"mismatch: {problem}", err=True)
         sys.exit(1)
-    ui.info(f"{out_dir}: weights, recipe and realized singular values match provenance.json")
+    ui.info(f"{out_dir}: every file and every recomputed claim match provenance.json")
     click.echo("ok")
