@@ -18,7 +18,9 @@ Attention scores (the attention weight, after softmax, from a query token to a k
 * laundry, from END: inhibition END → the second mentions of the handled items (averaged over
   them); mover and negative_mover END → the answer's (only) mention.
 Mentions are located in the text (`tasks.mentions`); prompts whose mentions are ambiguous are
-skipped and counted (`RoleRanking.skipped`).
+skipped and counted (`RoleRanking.skipped`). Attention is the model's own (eager implementation,
+switched on only while recording): a sliding-window layer (Gemma 3) gives 0 to keys outside its
+window. Only the query rows needed are kept (END for the tasks), on the CPU.
 
 Copy score (`copy_scores`): does a head's OV write a candidate token's own logit? For each
 candidate token n (first token of each candidate, leading space included) and head h of layer l:
@@ -27,12 +29,14 @@ candidate token n (first token of each candidate, leading space included) and he
                                         and the norm weight, folded into W_V^eff, are accounted for)
     y   = x̃_n W_V^eff W_O^eff           the head's effective OV (Session.weights; Gemma's
                                         post-attention norm weight is folded into W_O^eff)
-    ℓ   = (final_norm(y) ⊙ g_final) W_Uᵀ  logits through the final norm (normalization and weight)
-                                        and the unembedding, restricted to the candidate tokens
+    ℓ   = (ñ(y) ⊙ g_final) W_Uᵀ          logits: ñ the final norm's normalization (LayerNorm: with
+                                        mean removal), g_final its weight (Gemma: 1 + γ), W_U the
+                                        unembedding rows of the candidate tokens (adapter ends)
     z_n = (ℓ[n] − mean_{m≠n} ℓ[m]) / sd_{m≠n} ℓ[m]
 The head's copy score is the mean of z_n over the distinct candidate tokens (interval and n over
 those tokens): > 0 copies the attended name into its own logit, < 0 suppresses it. Biases,
-position embeddings (GPT-2) and the MLPs are left out: this reads the weights, not a forward pass.
+position embeddings (GPT-2), the MLPs and any logit soft-capping are left out: this reads the
+weights, not a forward pass. z is scale-free, so only the directions of x̃, y and ℓ matter.
 `name_mover`/`mover` rank heads with copy > 0 by attention, `negative_mover` those with copy < 0;
 `copy` ranks every head by its copy score.
 """
@@ -309,7 +313,8 @@ def _end_values(session: Session, located: list[tuple[int, Mentions]], readers: 
 
 def ioi_roles(session: Session, n_prompts: int = 50, seed: int = 0, batch_size: int = 16,
               prompts: Sequence[TaskPrompt] | None = None) -> dict[str, RoleRanking]:
-    """s_inhibition, name_mover, negative_mover and copy on IOI prompts (generated, or `prompts`)."""
+    """s_inhibition, name_mover, negative_mover and copy on IOI prompts (generated, or the IOI
+    prompts among `prompts`)."""
     generated = prompts is None
     if prompts is None:
         if n_prompts < 1:
@@ -327,7 +332,8 @@ def ioi_roles(session: Session, n_prompts: int = 50, seed: int = 0, batch_size: 
 
 def laundry_roles(session: Session, n_items: Sequence[int] = (3, 4, 5), n_prompts: int = 20, seed: int = 0,
                   batch_size: int = 16, prompts: Sequence[TaskPrompt] | None = None) -> dict[str, RoleRanking]:
-    """inhibition, mover, negative_mover and copy on laundry prompts (`n_prompts` per N, or `prompts`)."""
+    """inhibition, mover, negative_mover and copy on laundry prompts (`n_prompts` per N generated,
+    or the laundry prompts among `prompts`)."""
     generated = prompts is None
     if prompts is None:
         if n_prompts < 1:
