@@ -60,6 +60,13 @@ class NormSpec:
     def gain(self, source: TensorSource, dtype: torch.dtype) -> torch.Tensor:
         return source.get(self.weight).to(dtype) + self.offset
 
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """x̃: x normalized over its last axis as this norm does, before its weight and bias."""
+        if self.kind == "layernorm":
+            centered = x - x.mean(-1, keepdim=True)
+            return centered * torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + self.eps)
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+
 
 @dataclass(frozen=True)
 class ArchInfo:
@@ -160,6 +167,22 @@ class Adapter(ABC):
     def decoder_layer_module(self, layer: int) -> str:
         """The whole block of `layer`: its output is the residual stream after the layer."""
 
+    # Ends of the model: token embedding, final norm, unembedding (logits = final_norm(x) W_Uᵀ).
+    @abstractmethod
+    def embedding_param(self) -> str:
+        """The token embedding [V, d] (before any scaling the model applies, e.g. Gemma's √d)."""
+
+    @abstractmethod
+    def unembedding_param(self) -> str:
+        """The output projection's weight [V, d] (the embedding itself when tied)."""
+
+    @abstractmethod
+    def final_norm(self) -> NormSpec:
+        """The norm applied to the residual stream after the last layer, before the unembedding."""
+
+    @abstractmethod
+    def final_norm_module(self) -> str: ...
+
     # ---- shared ------------------------------------------------------------------------------
 
     def kv_group(self, head: int) -> int:
@@ -181,11 +204,15 @@ class Adapter(ABC):
 
     def normalize(self, x: torch.Tensor, layer: int) -> torch.Tensor:
         """x̃: the residual stream normalized by the layer's input norm, before its weight."""
-        spec = self.input_norm(layer)
-        if spec.kind == "layernorm":
-            centered = x - x.mean(-1, keepdim=True)
-            return centered * torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + spec.eps)
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + spec.eps)
+        return self.input_norm(layer).normalize(x)
+
+    def unembedding(self, source: TensorSource) -> torch.Tensor:
+        """The unembedding [V, d] (logits = final-normed residual @ its transpose). A checkpoint of a
+        model with tied embeddings may store only the embedding."""
+        name = self.unembedding_param()
+        if name not in source and self.info().tied_embeddings:
+            name = self.embedding_param()
+        return source.get(name)
 
     def layer_weights(self, source: TensorSource, layer: int, dtype: torch.dtype = torch.float32) -> LayerWeights:
         source = _Memo(source)  # every head slices the same few parameters: read each once

@@ -63,3 +63,16 @@ class GPT2Adapter(Adapter):
 
     def decoder_layer_module(self, layer: int) -> str:
         return self._prefix(layer)
+
+    def embedding_param(self) -> str:
+        return "transformer.wte.weight"
+
+    def unembedding_param(self) -> str:
+        return "lm_head.weight"
+
+    def final_norm(self) -> NormSpec:
+        return NormSpec("layernorm", "transformer.ln_f.weight", "transformer.ln_f.bias",
+                        float(self.config.layer_norm_epsilon), 0.0)
+
+    def final_norm_module(self) -> str:
+        return "transformer.ln_f"

@@ -73,3 +73,16 @@ class GPTNeoXAdapter(Adapter):
 
     def decoder_layer_module(self, layer: int) -> str:
         return self._prefix(layer)
+
+    def embedding_param(self) -> str:
+        return "gpt_neox.embed_in.weight"
+
+    def unembedding_param(self) -> str:
+        return "lm_head.weight"  # transformers 5 name (older checkpoints' embed_out is renamed on load)
+
+    def final_norm(self) -> NormSpec:
+        return NormSpec("layernorm", "gpt_neox.final_layer_norm.weight", "gpt_neox.final_layer_norm.bias",
+                        float(self.config.layer_norm_eps), 0.0)
+
+    def final_norm_module(self) -> str:
+        return "gpt_neox.final_layer_norm"

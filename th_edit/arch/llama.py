@@ -91,3 +91,16 @@ class LlamaAdapter(Adapter):
 
     def decoder_layer_module(self, layer: int) -> str:
         return self._prefix(layer)
+
+    def embedding_param(self) -> str:
+        return "model.embed_tokens.weight"
+
+    def unembedding_param(self) -> str:
+        return "lm_head.weight"
+
+    def final_norm(self) -> NormSpec:
+        # Gemma's final norm multiplies by (1 + γ) like its other norms (norm_offset).
+        return NormSpec("rmsnorm", "model.norm.weight", None, float(self.config.rms_norm_eps), self.norm_offset)
+
+    def final_norm_module(self) -> str:
+        return "model.norm"
