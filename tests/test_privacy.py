@@ -109,8 +109,15 @@ def test_records_of_a_gguf_base_name_the_file_only(tmp_path):
 def test_card_usage_names_the_directory_and_ioi_once(tmp_path):
     base = ResolvedModel("smollm2-135m", "alias", Path("/nowhere"), hub_id="HuggingFaceTB/SmolLM2-135M-Instruct")
     recipe = parse_recipe("base_model: smollm2-135m\nedits:\n  - {layer: 0, head: 0, circuit: ov, components: [0], scale: 2}\n")
-    text = ("ioi: before = a, after = b, 6 paired prompts\n  n  before\nioi  6  100.0%\n\n"
-            "neutral text: KL = 0.01\nIOI candidate accuracy: 100.0% -> 83.3% (McNemar p = 0.5)\nb: right before")
+    from th_edit.bench import PromptScore, compare, render_report
+    from th_edit.tasks.prompts import TaskPrompt
+
+    prompts = [TaskPrompt("ioi", "When Mary and John left, John waved to", " Mary", (" Mary", " John"), 2, 0)] * 6
+    right, wrong = PromptScore(True, True, 1.0), PromptScore(False, False, -1.0)
+    text = render_report({"kind": "paired", "prompt_counts": {"ioi": 6}, "before": {"model": {"reference": "a"}},
+                          "after": {"model": {"reference": "b"}}, "paired": compare(prompts, [right] * 6, [right] * 5 + [wrong]),
+                          "side_effects": {"neutral_kl": {"mean_nats_per_token": 0.01, "n_texts": 3, "n_tokens": 30},
+                                           "ioi_accuracy_change": -1 / 6}})
     card = model_card("my-edit", recipe, "base_model: smollm2-135m\n", base, [], "float32",
                       ({"setup": {"seed": 0}}, text), weights_bytes=538_000_000)
     assert 'from_pretrained("my-edit")' in card and "<this repo or directory>" not in card
