@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -50,7 +49,7 @@ import torch
 from th_edit import ui
 from th_edit.channels.factors import HeadFactors, HeadId, parse_head
 from th_edit.errors import UserError
-from th_edit.linalg import single_threaded
+from th_edit.channels.parallel import default_workers, worker_pool
 
 MODES: tuple[str, ...] = ("q", "k", "v")
 RECEIVER_MATRIX = {"q": "QK", "k": "QK", "v": "OV"}
@@ -136,12 +135,19 @@ class _LayerReader:
         return norms.transpose(0, 1).reshape(n, self.n_heads)
 
 
+def _shares_group_basis(factors: HeadFactors, side: ReadSide) -> bool:
+    """Whether one d×dh product per KV group plus a dh×r one per query head beats one d×r per query head."""
+    if side.group_basis is None or not factors.group_is_contiguous():
+        return False
+    G, H, d, dh, r = factors.n_kv_heads, factors.n_heads, factors.d_model, side.group_basis.shape[-1], factors.rank
+    return G * dh * d + H * dh * r < H * r * d
+
+
 def _layer_reader(factors: HeadFactors, layer: int, mode: str, dtype: torch.dtype) -> _LayerReader:
     side = read_side(factors, mode)
     H, r, d = factors.n_heads, factors.rank, factors.d_model
     read = side.directions[layer].to(dtype) * _normalized(side.singular_values[layer].to(dtype))[:, None, :]  # [H, d, r]
-    share = side.group_basis is not None and factors.n_kv_heads < factors.n_heads and factors.group_is_contiguous()
-    if not share:
+    if not _shares_group_basis(factors, side):
         return _LayerReader(read.permute(1, 0, 2).reshape(d, H * r), None, H, r)
     G = factors.n_kv_heads
     group_basis = side.group_basis[layer].to(dtype)  # [G, d, dh]
@@ -291,22 +297,18 @@ def composition_scores(factors: HeadFactors, modes: Sequence[str] = MODES, *, dt
     """Full and per-component composition scores of every sender → receiver pair (l_A < l_B).
 
     The big products run in `dtype` (float32 by default: its error against float64 dense products
-    is ~1e-6 absolute, tested) on `workers` threads (default: torch's thread count). Each worker
-    multiplies its own tile of `tile_bytes` with torch single-threaded: on a shared machine OpenMP's
-    spinning barriers made 2-thread ops several times slower than 1-thread ones, and independent
-    tiles need no barrier. Memory beyond the result: one tile per worker plus one receiver layer's
-    read factors.
+    is ~1e-6 absolute, tested) on `workers` threads (default: torch's thread count), each multiplying
+    its own tiles of at most `tile_bytes` (see `parallel.worker_pool`). Memory beyond the result:
+    one tile per worker plus one receiver layer's read factors.
     """
     modes = check_modes(modes)
     L, H, r, d = factors.n_layers, factors.n_heads, factors.rank, factors.d_model
-    workers = max(1, workers or torch.get_num_threads())
     # Rows v_kᵀ of every sender, s-free; senders in the last layer have no receiver.
     senders = factors.ov.V[:-1].to(dtype).transpose(-1, -2).reshape(-1, d).contiguous()
     components = {m: torch.full((L * H * r, L * H), math.nan, dtype=dtype) for m in modes}
     element = torch.empty((), dtype=dtype).element_size()
 
     def score_rows(readers: list[_LayerReader], columns: torch.Tensor, layer: int, start: int, stop: int) -> None:
-        torch.set_num_threads(1)  # OpenMP's thread count is per calling thread
         product = senders[start:stop] @ columns
         offset = 0
         for mode, reader in zip(modes, readers):
@@ -314,12 +316,13 @@ def composition_scores(factors: HeadFactors, modes: Sequence[str] = MODES, *, dt
             components[mode][start:stop, layer * H:(layer + 1) * H] = reader.norms(block)
             offset += reader.width
 
-    with single_threaded(), ThreadPoolExecutor(workers) as pool:
+    n_workers = max(1, workers or default_workers())
+    with worker_pool(n_workers) as pool:
         for layer in ui.progress(range(1, L), desc="composition", unit="layer"):
             readers = [_layer_reader(factors, layer, mode, dtype) for mode in modes]
             columns = torch.cat([reader.columns for reader in readers], dim=1)
             prefix = layer * H * r  # only senders in earlier layers
-            rows = max(1, min(tile_bytes // (columns.shape[1] * element), -(-prefix // workers)))
+            rows = max(1, min(tile_bytes // (columns.shape[1] * element), -(-prefix // n_workers)))
             tiles = [pool.submit(score_rows, readers, columns, layer, start, min(start + rows, prefix))
                      for start in range(0, prefix, rows)]
             for tile in tiles:

@@ -15,6 +15,7 @@ instead of one per query head (see `composition.py`).
 
 from __future__ import annotations
 
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -23,8 +24,9 @@ import torch
 from th_edit import ui
 from th_edit.arch.base import Adapter
 from th_edit.checkpoint import TensorSource
+from th_edit.channels.parallel import worker_pool
 from th_edit.errors import UserError
-from th_edit.linalg import HeadSVD, ov_svd, qk_svd, single_threaded
+from th_edit.linalg import HeadSVD, ov_svd, qk_svd
 
 
 class HeadId(NamedTuple):
@@ -92,11 +94,14 @@ class HeadFactors:
         return all(group == head // per_group for head, group in enumerate(self.kv_group))
 
 
-def head_factors(adapter: Adapter, source: TensorSource, dtype: torch.dtype = torch.float32) -> HeadFactors:
+def head_factors(adapter: Adapter, source: TensorSource, dtype: torch.dtype = torch.float32,
+                 workers: int | None = None) -> HeadFactors:
     """Effective OV/QK SVD factors of every query head of the model behind `adapter` and `source`.
 
-    Each layer's effective weights and SVDs are computed in float64 and stored in `dtype`
-    (float32 halves the memory; its rounding, ~1e-7 relative, is far below anything reported).
+    Each layer's effective weights and SVDs are computed in float64 (the same `linalg` SVDs that
+    `apply` edits, so component indices agree) and stored in `dtype` (float32 halves the memory; its
+    rounding, ~1e-7 relative, is far below anything reported). Layers are independent and run on
+    `workers` threads (`source.get` must be thread-safe, as th-edit's sources are).
     """
     L, H, G, d, dh = adapter.n_layers, adapter.n_heads, adapter.n_kv_heads, adapter.d_model, adapter.d_head
     r = min(d, dh)
@@ -106,18 +111,22 @@ def head_factors(adapter: Adapter, source: TensorSource, dtype: torch.dtype = to
 
     ov = HeadSVD(U=empty(L, H, d, r), S=empty(L, H, r), V=empty(L, H, d, r))
     qk = HeadSVD(U=empty(L, H, d, r), S=empty(L, H, r), V=empty(L, H, d, r))
-    k_basis, v_basis = empty(L, G, d, dh), empty(L, G, d, dh)
+    k_basis, v_basis = empty(L, G, d, r), empty(L, G, d, r)
     kv_group = tuple(adapter.kv_group(h) for h in range(H))
     first_of_group = [kv_group.index(g) for g in range(G)]
-    for layer in ui.progress(range(L), desc="head SVDs", unit="layer"):
-        # Many small ops: on one thread. With two, OpenMP's spinning barriers made reading one
-        # SmolLM2 layer 35× slower (0.77 s instead of 0.02 s) while another process ran.
-        with single_threaded():
-            weights = adapter.layer_weights(source, layer, dtype=torch.float64)
-            for target, svd in ((ov, ov_svd(weights)), (qk, qk_svd(weights))):
-                target.U[layer], target.S[layer], target.V[layer] = svd.U, svd.S, svd.V
-            # Thin QR: Q spans the columns of W_K (W_V) even when they are rank-deficient.
-            k_basis[layer] = torch.linalg.qr(weights.W_K[first_of_group]).Q
-            v_basis[layer] = torch.linalg.qr(weights.W_V[first_of_group]).Q
+
+    def factor_layer(layer: int) -> None:
+        weights = adapter.layer_weights(source, layer, dtype=torch.float64)
+        for target, svd in ((ov, ov_svd(weights)), (qk, qk_svd(weights))):
+            target.U[layer], target.S[layer], target.V[layer] = svd.U, svd.S, svd.V
+        # Thin QR: Q spans the columns of W_K (W_V) even when they are rank-deficient.
+        k_basis[layer] = torch.linalg.qr(weights.W_K[first_of_group]).Q
+        v_basis[layer] = torch.linalg.qr(weights.W_V[first_of_group]).Q
+
+    # Many small ops per layer: one thread each (see parallel.py), layers side by side.
+    with worker_pool(workers) as pool:
+        for done in ui.progress(as_completed([pool.submit(factor_layer, layer) for layer in range(L)]),
+                                desc="head SVDs", total=L, unit="layer"):
+            done.result()
     return HeadFactors(n_layers=L, n_heads=H, n_kv_heads=G, d_model=d, d_head=dh, kv_group=kv_group,
                        ov=ov, qk=qk, k_basis=k_basis, v_basis=v_basis)
