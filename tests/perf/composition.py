@@ -250,7 +250,8 @@ def main() -> None:
 
     if not args.skip_accuracy:
         accuracy = child(python, ACCURACY, str(args.accuracy_pairs))
-        print(f"\naccuracy, smollm2-135m, float32 scores vs float64 dense d×d products, {accuracy['pairs']} random pairs × 3 modes: "
+        print(f"\naccuracy, smollm2-135m, float32 scores vs float64 dense d×d products, "
+              f"{accuracy['pairs']} random pairs × 3 modes: "
               f"max |Δ full| {accuracy['full']:.2e}, max |Δ C_k| {accuracy['components']:.2e} "
               f"(relative {accuracy['components_rel']:.2e})")
 

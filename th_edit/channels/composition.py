@@ -296,10 +296,11 @@ def composition_scores(factors: HeadFactors, modes: Sequence[str] = MODES, *, dt
                        tile_bytes: int = DEFAULT_TILE_BYTES, workers: int | None = None) -> CompositionScores:
     """Full and per-component composition scores of every sender → receiver pair (l_A < l_B).
 
-    The big products run in `dtype` (float32 by default: its error against float64 dense products
-    is ~1e-6 absolute, tested) on `workers` threads (default: torch's thread count), each multiplying
-    its own tiles of at most `tile_bytes` (see `parallel.worker_pool`). Memory beyond the result:
-    one tile per worker plus one receiver layer's read factors.
+    The big products run in `dtype` (float32 by default: against float64 dense products its error
+    was ≤ 4e-7 relative on SmolLM2, and is tested ≤ 2e-6 absolute on tiny models) on `workers`
+    threads (default: torch's thread count), each multiplying its own tiles of at most `tile_bytes`
+    (see `parallel.worker_pool`). Memory beyond the result: one tile per worker plus one receiver
+    layer's read factors.
     """
     modes = check_modes(modes)
     L, H, r, d = factors.n_layers, factors.n_heads, factors.rank, factors.d_model
