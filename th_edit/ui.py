@@ -17,17 +17,14 @@ _verbose = False
 def configure(*, quiet: bool, verbose: bool) -> None:
     global _quiet, _verbose
     _quiet, _verbose = quiet, verbose
-    # transformers and huggingface_hub draw their own bars (GGUF dequantization, downloads);
-    # --quiet must silence those too.
+    # huggingface_hub's download bars are worth seeing (downloads take long) unless --quiet;
+    # transformers' own bars ("Loading weights", a second or two) only clutter th-edit's, so they
+    # show with --verbose only.
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
     from transformers.utils import logging as hf_logging
 
-    if quiet:
-        hf_logging.disable_progress_bar()
-        disable_progress_bars()
-    else:
-        hf_logging.enable_progress_bar()
-        enable_progress_bars()
+    disable_progress_bars() if quiet else enable_progress_bars()
+    hf_logging.enable_progress_bar() if verbose and not quiet else hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_info() if verbose else hf_logging.set_verbosity_error()
 
 

@@ -12,7 +12,7 @@ from th_edit.commands.bench import parse_n_items
 from th_edit.commands.options import device_options
 from th_edit.errors import UserError
 from th_edit.models import DEFAULT_MODEL
-from th_edit.outputs import check_outputs, write_outputs
+from th_edit.outputs import atomic_files, check_new_file
 from th_edit.search.optimize import Limits
 from th_edit.search.pipeline import SearchSettings, evidence_header, recipe_of, search
 from th_edit.search.report import held_out_table, plot_frontier
@@ -48,7 +48,8 @@ def search_command(model: str, kind: str, channels_file: Path | None, n_items: s
     (laundry N items) under a KL budget; report the result and baselines on held-out prompts."""
     outputs = [out, out.with_suffix(".search.json"), out.with_suffix(".frontier.png")]
     journal = out.with_suffix(".study.log")
-    check_outputs(outputs, force)
+    for path in outputs:
+        check_new_file(path, force)
     if journal.exists() and not (resume or force):
         raise UserError(f"{journal} holds an earlier search: pass --resume to continue it or --force to start over")
     if journal.exists() and force and not resume:
@@ -57,29 +58,31 @@ def search_command(model: str, kind: str, channels_file: Path | None, n_items: s
                               limits=Limits(kl_budget, max_ioi_drop / 100), tune_prompts=tune_prompts,
                               held_out_prompts=held_out_prompts)
     session = load_session(model, device=device, dtype=dtype)
-    candidates, draft = _channel_candidates(session, kind, channels_file)
+    candidates, draft = _channel_candidates(session, kind, channels_file, seed)
     ui.info(f"searching over {len(candidates)} component(s): {', '.join(c.name for c in candidates)}")
     journal.parent.mkdir(parents=True, exist_ok=True)
     report = search(session, candidates, settings, draft=draft, storage=journal)
     click.echo(held_out_table(report))
     recipe = recipe_of(report, model, output_dir=f"out/{out.stem}")
-    files = {outputs[1]: (json.dumps(report.as_dict(), indent=2, allow_nan=False) + "\n").encode()}
-    if recipe is not None:
-        files[outputs[0]] = recipe.to_yaml(header=evidence_header(report)).encode()
-    write_outputs(files, plots={outputs[2]: lambda path: plot_frontier(report, path)} if report.held_out else {},
-                  force=force)
-    click.echo(f"wrote {', '.join(str(p) for p in [*files, *(outputs[2:] if report.held_out else [])])}")
+    written = [outputs[1], *([outputs[0], outputs[2]] if recipe is not None else [])]
+    with atomic_files(written, force) as paths:
+        files = dict(zip(written, paths))
+        files[outputs[1]].write_text(json.dumps(report.as_dict(), indent=2, allow_nan=False) + "\n")
+        if recipe is not None:
+            files[outputs[0]].write_text(recipe.to_yaml(header=evidence_header(report)))
+            plot_frontier(report, files[outputs[2]])
+    click.echo(f"wrote {', '.join(map(str, written))}")
 
 
-def _channel_candidates(session, kind: str, channels_file: Path | None):
+def _channel_candidates(session, kind: str, channels_file: Path | None, seed: int):
     """Candidate components (and the channels' draft recipe, a baseline) from a file or a fresh analysis."""
-    from th_edit import channels
+    from th_edit.channels.find import ChannelSettings, draft_edits, find_channels
 
     if channels_file is not None:
         try:
             record = json.loads(channels_file.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UserError(f"{channels_file}: not a channels.json ({exc})") from None
-        return candidates_from_channels(record, kind), channels.draft_edits(record)
-    record = channels.find_channels(session, kinds=(kind,)).as_dict()
-    return candidates_from_channels(record, kind), channels.draft_edits(record)
+        return candidates_from_channels(record, kind), draft_edits(record)
+    record = find_channels(session, (kind,), ChannelSettings(seed=seed)).as_dict()
+    return candidates_from_channels(record, kind), draft_edits(record)

@@ -1,0 +1,113 @@
+"""`th-edit channels`: the data check, the channel report and its schema, the draft recipe, the command."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from tiny import tiny_checkpoint
+
+import th_edit
+from th_edit.channels.datacheck import Target, _measure, _Prompts, check_components
+from th_edit.channels.factors import HeadId
+from th_edit.channels.find import ChannelSettings, draft_edits, find_channels
+from th_edit.cli import main
+from th_edit.recipe import Edit
+from th_edit.stats import spearman
+from th_edit.tasks.laundry import generate_laundry
+
+SETTINGS = ChannelSettings(n_items=(3,), n_prompts=6, n_sequences=6, top=2, z_threshold=1.0, check_top=2)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "m", "llama", seed=2, num_hidden_layers=4)
+
+
+@pytest.fixture(scope="module")
+def session(checkpoint):
+    return th_edit.load(str(checkpoint))
+
+
+def _prompts(session):
+    return generate_laundry(session.tokenizer, [3, 4], 4, 0)
+
+
+def test_data_check_with_scale_one_changes_nothing(session):
+    targets = [Target(HeadId(1, 2), 0, HeadId(3, 1), "q", 0.0, 0.0), Target(HeadId(0, 4), 1, HeadId(2, 0), "k", 0.0, 0.0)]
+    checks = check_components(session, _prompts(session), targets, alphas=(1.0,))
+    for check in checks:
+        assert check.attention_shift[1.0] == 0.0 and check.logit_diff_change[1.0] == 0.0
+        assert check.attention_shift[0.0] != 0.0  # removing it does something
+
+
+def test_data_check_removal_at_every_position_equals_the_weight_edit(session):
+    """K/V-mode checks act at every position: removing component k by hook == ablating it in the weights."""
+    target = Target(HeadId(1, 2), 0, HeadId(3, 1), "v", 0.0, 0.0)
+    (check,) = check_components(session, _prompts(session), [target], alphas=())
+    with torch.inference_mode(), th_edit.hooks.eager_attention(session.model):
+        batched = _Prompts(session, _prompts(session), 0, 16)
+        base, base_ld = _measure(session, batched, [target.receiver])
+        with session.edited([Edit(layer=1, head=2, circuit="ov", components=[0], scale=0.0)]):
+            edited, edited_ld = _measure(session, batched, [target.receiver])
+    assert check.attention_shift[0.0] == pytest.approx(float((edited[target.receiver] - base[target.receiver]).mean()),
+                                                       abs=1e-6)
+    assert check.logit_diff_change[0.0] == pytest.approx(float((edited_ld - base_ld).mean()), abs=1e-5)
+
+
+def test_channel_report_schema_and_draft(session):
+    report = find_channels(session, settings=SETTINGS, pairs=[(HeadId(0, 1), HeadId(3, 2))])
+    record = json.loads(json.dumps(report.as_dict(), allow_nan=False))  # strict JSON
+    assert {"roles", "channels", "pairs", "agreement", "baseline", "settings"} <= set(record)
+    assert {"inhibition", "mover", "duplicate_token", "induction"} <= set(record["roles"])
+    for pair in record["pairs"]:
+        assert len(pair["components"]) == session.info.d_head  # the full per-component vector
+        assert pair["sender"] < pair["receiver"] or int(pair["sender"].split(".")[0]) < int(pair["receiver"].split(".")[0])
+    user = [p for p in record["pairs"] if p["channel"] is None]
+    assert {p["mode"] for p in user} == {"q", "k", "v"}
+    for kind, entries in record["channels"].items():
+        for entry in entries:
+            assert entry["z"] >= SETTINGS.z_threshold
+            assert entry["sender"]["layer"] < entry["receiver"]["layer"]
+            assert entry["receiver"]["circuit"] == ("ov" if entry["mode"] == "v" else "qk")
+            assert entry["data"] is not None  # every reported component was checked on data
+    inhibition = record["channels"].get("inhibition", [])
+    draft = draft_edits(record)
+    assert {(e.layer, e.head, k) for e in draft for k in e.components} == {
+        (x["sender"]["layer"], x["sender"]["head"], x["sender"]["component"]) for x in inhibition}
+    assert all(e.scale == 2.0 and e.circuit == "ov" for e in draft)
+
+
+def test_channels_command_writes_everything_and_apply_accepts_the_draft(checkpoint, tmp_path):
+    out = tmp_path / "ch"
+    args = ["--quiet", "channels", str(checkpoint), "--n-items", "3", "--n-prompts", "6", "--top", "2",
+            "--z-threshold", "1", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "inhibition channel" in result.stdout and "roles" in result.stdout
+    record = json.loads((out / "channels.json").read_text())
+    for name in ("components.png", "mover-map.png", "weight-vs-data.png"):
+        assert (out / name).stat().st_size > 1000, name
+    if record["channels"].get("inhibition"):
+        recipe = yaml.safe_load((out / "draft-recipe.yaml").read_text())
+        assert recipe["base_model"] == str(checkpoint)
+        applied = CliRunner().invoke(main, ["--quiet", "apply", str(out / "draft-recipe.yaml"), "--out", str(tmp_path / "e")])
+        assert applied.exit_code == 0, applied.output
+    again = CliRunner().invoke(main, args)  # existing outputs are not overwritten without --force
+    assert again.exit_code == 2 and "already exists" in again.stderr
+
+
+def test_channels_command_one_line_errors(checkpoint):
+    for args, message in ((["--pair", "20.0-23.0"], "sender:receiver"), (["--pair", "3.0:1.0"], "below the receiver"),
+                          (["--pair", "1.0:99.0"], "does not exist")):
+        result = CliRunner().invoke(main, ["channels", str(checkpoint), "--no-data-check", *args])
+        assert result.exit_code == 2, result.output
+        assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
+
+
+def test_spearman():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(0.8)
+    assert spearman([1, 1, 1], [1, 2, 3]) is None and spearman([1, 2], [2, 1]) is None

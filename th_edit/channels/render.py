@@ -1,0 +1,46 @@
+"""Terminal summary of a channel report."""
+
+from __future__ import annotations
+
+from th_edit import ui
+from th_edit.channels.find import KINDS, ChannelReport
+
+ROLES_SHOWN = ("inhibition", "mover", "negative_mover", "duplicate_token", "induction")
+
+
+def render_channels(report: ChannelReport, top: int = 5) -> str:
+    lines = [f"channels of {report.model} ({report.settings.task} prompts, seed {report.settings.seed}); "
+             f"random-direction baseline {report.scores.baseline:.4f}", "", "roles (attention from END, mean over prompts)"]
+    rows = [[role, "  ".join(f"{h.name} ({h.mean:.2f})" for h in report.roles[role].top(top))]
+            for role in ROLES_SHOWN if role in report.roles]
+    lines += ui.table(["role", "top heads (score)"], rows)
+    for kind in KINDS:
+        entries = report.channel(kind)
+        if not any(p.channel == kind for p in report.pairs):
+            continue
+        lines += ["", f"{kind.replace('_', '-')} channel: sender component → receiver component "
+                      f"(z ≥ {report.settings.z_threshold:g})"]
+        if not entries:
+            lines.append("  no component stands out for any examined pair")
+            continue
+        rows = []
+        for e in entries:
+            s, r, data = e["sender"], e["receiver"], e["data"]
+            rows.append([f"{s['layer']}.{s['head']} OV {s['component']}",
+                         f"{r['layer']}.{r['head']} {r['circuit'].upper()} {r['component']}", e["mode"].upper(),
+                         f"{e['weight_score']:.3f}", f"{e['z']:+.1f}", f"{r['cosine']:.2f}",
+                         "-" if data is None else f"{data['data_score']:.3f}",
+                         "-" if data is None else f"{next(iter(data['logit_diff_change'].values())):+.2f}"])
+        lines += ui.table(["sender", "receiver", "mode", "weight", "z", "cosine", "data", "Δ logit diff (α=0)"], rows)
+    agreement = report.agreement()
+    if agreement["pairs_checked"]:
+        lines += ["", f"weights vs data over {agreement['pairs_checked']} pair(s): top-1 agreement "
+                      f"{agreement['top1_agreement']:.0%}, median Spearman "
+                      f"{'-' if agreement['median_spearman'] is None else format(agreement['median_spearman'], '.2f')}"]
+    user_pairs = [p for p in report.pairs if p.channel is None]
+    for pair in user_pairs:
+        links = "; ".join(f"{k} → {v['circuit'].upper()} {v['component']} (cos {v['cosine']:.2f})"
+                          for k, v in pair.links.items())
+        lines.append(f"pair {pair.sender}:{pair.receiver} {pair.mode.upper()}: full {pair.scores.full:.4f} "
+                     f"(z {pair.scores.full_z:+.1f}); strongest components {links}")
+    return "\n".join(lines)

@@ -1,0 +1,113 @@
+"""`th-edit channels MODEL`: find the inhibition and duplicate-token channels, check them on data, draft a recipe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from th_edit import ui
+from th_edit.channels.find import ChannelSettings, draft_edits, find_channels
+from th_edit.channels.composition import parse_pair
+from th_edit.commands.bench import parse_n_items
+from th_edit.commands.options import device_options
+from th_edit.arch import adapter_for
+from th_edit.errors import UserError
+from th_edit.models import DEFAULT_MODEL, load_config, resolve
+from th_edit.outputs import atomic_files, check_new_file
+from th_edit.recipe import Output, Recipe
+from th_edit.session import load as load_session
+
+OUT_FILES = ("channels.json", "components.png", "mover-map.png", "weight-vs-data.png", "draft-recipe.yaml")
+
+
+@click.command("channels")
+@click.argument("model", default=DEFAULT_MODEL)
+@click.option("--kind", type=click.Choice(["inhibition", "duplicate-token", "all"]), default="all", show_default=True)
+@click.option("--task", type=click.Choice(["laundry", "ioi"]), default="laundry", show_default=True,
+              help="Prompts that define the roles and the data check.")
+@click.option("--n-items", default="3-5", show_default=True, help="List lengths N of the laundry prompts.")
+@click.option("--n-prompts", type=click.IntRange(min=2), default=20, show_default=True,
+              help="Prompts per N (laundry) or in all (IOI).")
+@click.option("--pair", "pairs", multiple=True, metavar="S:R", help="Also resolve this sender:receiver pair, e.g. 20.0:23.3.")
+@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="Heads taken from each role.")
+@click.option("--z-threshold", type=float, default=3.0, show_default=True, help="z-score that puts a component in a channel.")
+@click.option("--check-alpha", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Besides removing it (0), the data check scales each component by this.")
+@click.option("--no-data-check", is_flag=True, help="Weights and roles only (no ablations).")
+@click.option("--draft-scale", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Scale of the draft recipe's inhibition components.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Directory for channels.json, plots and "
+              "draft-recipe.yaml.")
+@click.option("--json", "as_json", is_flag=True, help="Print channels.json on stdout instead of the summary.")
+@click.option("--force", is_flag=True, help="Replace existing output files.")
+@device_options
+def channels_command(model: str, kind: str, task: str, n_items: str, n_prompts: int, pairs: tuple[str, ...], top: int,
+                     z_threshold: float, check_alpha: float, no_data_check: bool, draft_scale: float, seed: int,
+                     out: Path | None, as_json: bool, force: bool, device: str, dtype: str) -> None:
+    """Find MODEL's inhibition and duplicate-token channels from its weights, check them on data,
+    and write a draft recipe that `th-edit apply` accepts."""
+    from th_edit.channels.render import render_channels
+
+    wanted = [parse_pair(p) for p in pairs]
+    _check_pairs(model, wanted)  # from the config alone, before the model loads
+    if out is not None:
+        for name in OUT_FILES:
+            check_new_file(out / name, force)
+    settings = ChannelSettings(task=task, n_items=tuple(parse_n_items(n_items)), n_prompts=n_prompts, top=top,
+                               z_threshold=z_threshold, check_alpha=check_alpha, data_check=not no_data_check, seed=seed)
+    session = load_session(model, device=device, dtype=dtype)
+    kinds = ("inhibition", "duplicate_token") if kind == "all" else (kind.replace("-", "_"),)
+    report = find_channels(session, kinds, settings, wanted)
+    record = report.as_dict()
+    click.echo(json.dumps(record, indent=2, allow_nan=False) if as_json else render_channels(report))
+    if out is not None:
+        _write(report, record, model, draft_scale, out, force)
+
+
+def _check_pairs(model: str, wanted) -> None:
+    if not wanted:
+        return
+    info = adapter_for(load_config(resolve(model))).info()
+    for sender, receiver in wanted:
+        for head in (sender, receiver):
+            if not (0 <= head.layer < info.n_layers and 0 <= head.head < info.n_heads):
+                raise UserError(f"--pair {sender}:{receiver}: head {head} does not exist (layers 0..{info.n_layers - 1}, "
+                                f"heads 0..{info.n_heads - 1})")
+        if sender.layer >= receiver.layer:
+            raise UserError(f"--pair {sender}:{receiver}: the sender's layer must be below the receiver's")
+
+
+def _draft(record: dict, model: str, scale: float) -> str | None:
+    edits = draft_edits(record, scale)
+    if not edits:
+        return None
+    evidence = [f"  {e['sender']['layer']}.{e['sender']['head']} OV {e['sender']['component']} -> "
+                f"{e['receiver']['layer']}.{e['receiver']['head']} {e['receiver']['circuit'].upper()} "
+                f"{e['receiver']['component']}: weight {e['weight_score']:.3f}, z {e['z']:+.1f}"
+                + ("" if e["data"] is None else f", data {e['data']['data_score']:.3f}")
+                for e in record["channels"].get("inhibition", [])]
+    recipe = Recipe(base_model=model, description=f"Draft from th-edit channels: the inhibition channel's sender "
+                    f"components amplified by {scale:g}.", edits=edits, output=Output())
+    header = "\n".join([f"Draft recipe written by `th-edit channels` (inhibition channel, scale {scale:g}).",
+                        "Evidence (sender OV component -> receiver component it meets best):", *evidence,
+                        "Check it with `th-edit bench MODEL --compare draft-recipe.yaml`; `th-edit search` tunes it."])
+    return recipe.to_yaml(header=header)
+
+
+def _write(report, record: dict, model: str, scale: float, out: Path, force: bool) -> None:
+    from th_edit.channels.plots import PLOTS
+
+    draft = _draft(record, model, scale)
+    names = ["channels.json", *PLOTS, *(["draft-recipe.yaml"] if draft else [])]
+    with atomic_files([out / name for name in names], force) as paths:
+        files = dict(zip(names, paths))
+        files["channels.json"].write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+        for name, plot in PLOTS.items():
+            plot(report, files[name])
+        if draft:
+            files["draft-recipe.yaml"].write_text(draft)
+    ui.info(f"wrote {', '.join(str(out / n) for n in names)}"
+            + ("" if draft else " (no draft recipe: the inhibition channel has no component above the threshold)"))
