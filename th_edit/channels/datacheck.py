@@ -63,31 +63,40 @@ class ComponentCheck:
 
 
 class _Prompts:
-    """Task prompts batched once, with their mentions, candidate ids and the residual stream below `layer`."""
+    """Task prompts batched once, with their mentions and candidate ids, and the residual stream
+    entering each sender layer cached (a check of a layer-l sender runs layers ≥ l only)."""
 
-    def __init__(self, session: Session, prompts: Sequence[TaskPrompt], layer: int, batch_size: int):
+    def __init__(self, session: Session, prompts: Sequence[TaskPrompt], batch_size: int):
         located, skipped = locate_mentions(session.tokenizer, prompts)
         if not located:
             raise UserError("every prompt of the data check was skipped: their mentions are ambiguous for this tokenizer")
+        self.session = session
         self.mentions: list[Mentions] = [m for _, m in located]
         self.targets = candidate_token_ids(session.tokenizer, [prompts[i] for i, _ in located])
         self.groups = length_batches([len(m.ids) for m in self.mentions], batch_size)
         padding = pad_id(session.tokenizer)
-        batches = [left_padded([list(self.mentions[i].ids) for i in g], padding, session.device) for g in self.groups]
-        self.cache = PrefixCache(session.model, session.adapter, layer, batches)
+        self.batches = [left_padded([list(self.mentions[i].ids) for i in g], padding, session.device)
+                        for g in self.groups]
+        self._caches: dict[int, PrefixCache] = {}
+
+    def from_layer(self, layer: int) -> PrefixCache:
+        if layer not in self._caches:
+            self._caches[layer] = PrefixCache(self.session.model, self.session.adapter, layer, self.batches)
+        return self._caches[layer]
 
 
-def _measure(session: Session, prompts: _Prompts, receivers: Sequence[HeadId]
+def _measure(session: Session, prompts: _Prompts, receivers: Sequence[HeadId], layer: int = 0
              ) -> tuple[dict[HeadId, torch.Tensor], torch.Tensor]:
     """Per receiver, per prompt: attention(END→answer) − mean attention(END→repeated); and per prompt
-    the logit difference — for the model as it runs now (hooks included)."""
+    the logit difference — for the model as it runs now (hooks included), from `layer` on."""
+    cache = prompts.from_layer(layer)
     layers = sorted({r.layer for r in receivers})
     preference = {r: torch.zeros(len(prompts.mentions)) for r in receivers}
     logit_diff = torch.zeros(len(prompts.mentions))
     with hooks.recording(session.model, session.adapter, layers, attention=True, positions=-1) as record:
         for b, group in enumerate(prompts.groups):
-            last = prompts.cache.forward(b, logits_to_keep=1)[:, -1].float().cpu()
-            width = prompts.cache.batches[b]["input_ids"].shape[1]
+            last = cache.forward(b, logits_to_keep=1)[:, -1].float().cpu()
+            width = prompts.batches[b]["input_ids"].shape[1]
             patterns = {layer: record.attention[layer].pop() for layer in layers}  # [B, H, 1, T]
             for row, i in enumerate(group):
                 mentions, offset = prompts.mentions[i], width - len(prompts.mentions[i].ids)
@@ -117,15 +126,17 @@ def check_components(session: Session, prompts: Sequence[TaskPrompt], targets: S
         conditions.setdefault((t.sender, t.component, "end" if t.mode == "q" else "all"), []).append(check)
     receivers = sorted({t.receiver for t in targets})
     with torch.inference_mode(), hooks.eager_attention(session.model):
-        batched = _Prompts(session, prompts, min(t.sender.layer for t in targets), batch_size)
-        base_preference, base_logit_diff = _measure(session, batched, receivers)
-        steps = [(key, alpha) for key in conditions for alpha in alphas]
+        batched = _Prompts(session, prompts, batch_size)
+        base_preference, base_logit_diff = _measure(session, batched, receivers, min(t.sender.layer for t in targets))
+        # Sender by sender, lowest layer first, so each layer's cached states are made once, when first needed.
+        steps = [(key, alpha) for key in sorted(conditions, key=lambda k: (k[0].layer, k[0].head, k[1])) for alpha in alphas]
         for (sender, component, where), alpha in ui.progress(steps, desc="data check", unit="ablation"):
             read, write = hooks.ov_component(session, sender.layer, sender.head, component)
             scale = hooks.DirectionScale(sender.layer, sender.head, read, write, alpha, -1 if where == "end" else None)
             group = conditions[(sender, component, where)]
             with hooks.scaled(session.model, session.adapter, [scale]):
-                preference, logit_diff = _measure(session, batched, sorted({c.target.receiver for c in group}))
+                preference, logit_diff = _measure(session, batched, sorted({c.target.receiver for c in group}),
+                                                  sender.layer)
             for check in group:
                 receiver = check.target.receiver
                 check.attention_shift[alpha] = float((preference[receiver] - base_preference[receiver]).mean())

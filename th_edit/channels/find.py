@@ -47,7 +47,8 @@ class ChannelSettings:
     top: int = 3  # heads taken from each role
     z_threshold: float = Z_THRESHOLD
     check_alpha: float = 2.0  # the data check scales each component by 0 and by this
-    check_top: int = 4  # per pair: the top components by weight, and as many random others, are checked
+    check_top: int = 2  # per pair: the top components by weight, and as many random others, are checked
+    check_prompts: int = 24  # prompts of the data check (balanced over N), each ablation runs them all
     data_check: bool = True
     seed: int = 0
     batch_size: int = 16
@@ -215,13 +216,23 @@ def find_channels(session: Session, kinds: Sequence[str] = KINDS, settings: Chan
         rng = random.Random(f"channels:{settings.seed}")
         checked = [p for p in reports if p.channel is not None]
         targets = [t for p in checked for t in _targets(p, settings.check_top, rng)]
-        results = check_components(session, prompts, targets, (0.0, settings.check_alpha), settings.batch_size)
+        results = check_components(session, _balanced(prompts, settings.check_prompts), targets,
+                                   (0.0, settings.check_alpha), settings.batch_size)
         for check in results:
             for p in checked:
                 t = check.target
                 if (p.sender, p.receiver, p.mode) == (t.sender, t.receiver, t.mode):
                     p.checks.append(check)
     return ChannelReport(session.reference, settings, roles, reports, scores, factors)
+
+
+def _balanced(prompts, count: int):
+    """`count` prompts taken in turn from each N (generated prompts come grouped by N)."""
+    by_n: dict[int, list] = {}
+    for prompt in prompts:
+        by_n.setdefault(prompt.n_items, []).append(prompt)
+    chosen = [group[i] for i in range(max(map(len, by_n.values()))) for group in by_n.values() if i < len(group)]
+    return chosen[:count]
 
 
 def draft_edits(record: dict, scale: float = DRAFT_SCALE) -> list[Edit]:
