@@ -14,10 +14,10 @@ from transformers import AutoModelForCausalLM
 
 from th_edit.apply import compute, prepare_file
 from th_edit.arch import adapter_for
-from th_edit.session import swapped_parameters
 from th_edit.checkpoint import CheckpointTensors
 from th_edit.cli import main
 from th_edit.linalg import ov_svd, qk_svd
+from th_edit.session import swapped_parameters
 
 EDITS = [
     {"layer": 1, "head": 1, "circuit": "ov", "components": [0, 2], "scale": 2.5},

@@ -9,9 +9,9 @@ import torch
 from click.testing import CliRunner
 
 from th_edit.apply import compute, prepare_file
-from th_edit.session import swapped_parameters
 from th_edit.cli import main
 from th_edit.models import load_model, load_tokenizer
+from th_edit.session import swapped_parameters
 
 pytestmark = pytest.mark.real
 RECIPES = Path(__file__).parent.parent / "recipes"

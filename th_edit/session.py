@@ -17,8 +17,8 @@ import torch
 
 from th_edit import ui
 from th_edit.arch import Adapter, ArchInfo, LayerWeights, adapter_for
-from th_edit.devices import input_device, placement, torch_dtype
 from th_edit.decompose import Decompositions
+from th_edit.devices import input_device, placement, torch_dtype
 from th_edit.edit import EditResult, HeadReport, Overlay, cast_for_output, compute_edits, measure_realized
 from th_edit.linalg import HeadSVD
 from th_edit.params import LiveParameters

@@ -14,9 +14,9 @@ Weight analysis, no data needed:
 from th_edit.channels.composition import (
     MODES,
     RECEIVER_MATRIX,
-    CompositionScores,
     ComponentLink,
     ComponentScore,
+    CompositionScores,
     PairScores,
     ReceiverResolution,
     check_modes,

@@ -48,8 +48,8 @@ import torch
 
 from th_edit import ui
 from th_edit.channels.factors import HeadFactors, HeadId, parse_head
-from th_edit.errors import UserError
 from th_edit.channels.parallel import default_workers, worker_pool
+from th_edit.errors import UserError
 
 MODES: tuple[str, ...] = ("q", "k", "v")
 RECEIVER_MATRIX = {"q": "QK", "k": "QK", "v": "OV"}

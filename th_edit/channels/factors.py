@@ -23,8 +23,8 @@ import torch
 
 from th_edit import ui
 from th_edit.arch.base import Adapter
-from th_edit.checkpoint import TensorSource
 from th_edit.channels.parallel import worker_pool
+from th_edit.checkpoint import TensorSource
 from th_edit.errors import UserError
 from th_edit.linalg import HeadSVD, ov_svd, qk_svd
 

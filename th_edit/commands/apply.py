@@ -8,8 +8,8 @@ import click
 
 from th_edit import ui
 from th_edit.apply import compute, prepare_file, report_warnings, resolve_target, run_benchmark, write
-from th_edit.edit import EDIT_COLUMNS, edit_rows
 from th_edit.card import dtype_hint
+from th_edit.edit import EDIT_COLUMNS, edit_rows
 from th_edit.export import check_target, side_file_root, side_file_sources
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import click
 
 from th_edit import ui
-from th_edit.channels.find import ChannelSettings, draft_edits, find_channels
+from th_edit.arch import adapter_for
 from th_edit.channels.composition import parse_pair
+from th_edit.channels.find import ChannelSettings, draft_edits, find_channels
 from th_edit.commands.bench import parse_n_items
 from th_edit.commands.options import device_options
-from th_edit.arch import adapter_for
 from th_edit.errors import UserError
 from th_edit.models import DEFAULT_MODEL, load_config, resolve
 from th_edit.outputs import atomic_files, check_new_file

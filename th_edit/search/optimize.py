@@ -10,7 +10,6 @@ journal file makes it resumable. Held-out prompts play no part here.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -148,7 +147,3 @@ def summary_line(trial: Trial, base: TrialScores) -> str:
     gain = 100 * (trial.scores.mean_laundry - base.mean_laundry)
     return (f"trial {trial.number:>3} [{trial.stage:>5}] {len(trial.edits)} edit(s)  tuning accuracy "
             f"{100 * trial.scores.mean_laundry:5.1f}% ({gain:+.1f} pts)  KL {kl}  {'ok' if trial.feasible else 'over limits'}")
-
-
-def finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None

@@ -11,7 +11,7 @@ from th_edit import ui
 from th_edit.recipe import Benchmark, Edit, Output, Recipe
 from th_edit.search.evaluate import TrialEvaluator, TrialScores
 from th_edit.search.heldout import HeldOut, evaluate_held_out
-from th_edit.search.optimize import Limits, SearchResult, Trial, run_search, summary_line
+from th_edit.search.optimize import Limits, SearchResult, run_search, summary_line
 from th_edit.search.space import Candidate, whole_head_edits
 from th_edit.session import Session
 from th_edit.tasks.ioi import TEMPLATES, generate_ioi
@@ -158,7 +158,3 @@ def evidence_header(report: SearchReport) -> str:
         if (candidate.layer, candidate.head, candidate.circuit, candidate.component) in wanted and candidate.evidence:
             lines.append(f"  {candidate.name}: {candidate.evidence}")
     return "\n".join(lines)
-
-
-def trial_summary(trials: Sequence[Trial], base: TrialScores) -> list[str]:
-    return [summary_line(t, base) for t in trials]
