@@ -125,6 +125,11 @@ def test_candidates_from_channels_json():
     found = candidates_from_channels(record)
     assert [(c.layer, c.head, c.circuit, c.component) for c in found] == [(20, 0, "ov", 1), (18, 2, "ov", 0)]
     assert "23.3" in found[0].evidence
+    record["pairs"] = [{"sender": "20.0", "receiver": "23.3", "channel": "inhibition", "z": [1.0, 9.0, 2.5, 0.1]},
+                       {"sender": "9.9", "receiver": "23.3", "channel": "duplicate_token", "z": [8.0]}]
+    filled = candidates_from_channels(record, limit=4)
+    assert [(c.layer, c.head, c.component) for c in filled] == [(20, 0, 1), (18, 2, 0), (20, 0, 2), (20, 0, 0)]
+    assert "below the channel threshold" in filled[2].evidence
     with pytest.raises(UserError, match="no 'inhibition' channel"):
         candidates_from_channels({"channels": {}})
     with pytest.raises(UserError, match=r"channels.inhibition\[0\]"):

@@ -24,8 +24,10 @@ class Candidate:
         return f"{self.layer}.{self.head}.{self.circuit}{self.component}"
 
 
-def candidates_from_channels(record: Mapping, kind: str = "inhibition", limit: int = 12) -> list[Candidate]:
-    """Sender OV components of a `channels.json` channel (strongest first, each component once)."""
+def candidates_from_channels(record: Mapping, kind: str = "inhibition", limit: int = 16) -> list[Candidate]:
+    """Sender OV components of a `channels.json` channel: the reported ones (z above the threshold),
+    strongest first, then — up to `limit` — the next best by z among the pairs examined for that
+    channel, so the search can also try components just under the threshold. Each component once."""
     channels = record.get("channels", {}) if isinstance(record, Mapping) else {}
     entries = channels.get(kind) if isinstance(channels, Mapping) else None
     if not isinstance(entries, list) or not entries:
@@ -35,15 +37,36 @@ def candidates_from_channels(record: Mapping, kind: str = "inhibition", limit: i
         try:
             sender, receiver = entry["sender"], entry["receiver"]
             key = (int(sender["layer"]), int(sender["head"]), int(sender["component"]))
-            score = float(entry.get("weight_score", 0.0))
+            score, z = float(entry.get("weight_score", 0.0)), float(entry.get("z", 0.0))
         except (KeyError, TypeError, ValueError):
             raise UserError(f"channels.json: channels.{kind}[{i}] is not a channel entry "
                             "(sender.layer/head/component and receiver expected)") from None
         if key not in found:
             found[key] = Candidate(*key[:2], "ov", key[2], evidence=(
                 f"{kind} channel: sender {key[0]}.{key[1]} OV component {key[2]} -> receiver "
-                f"{receiver.get('layer')}.{receiver.get('head')}, weight score {score:.3g}"))
+                f"{receiver.get('layer')}.{receiver.get('head')}, weight score {score:.3g}, z {z:+.1f}"))
+    for z, key, receiver in sorted(_pair_components(record, kind), reverse=True):
+        if len(found) >= limit:
+            break
+        found.setdefault(key, Candidate(*key[:2], "ov", key[2], evidence=(
+            f"below the channel threshold: sender {key[0]}.{key[1]} OV component {key[2]} -> receiver {receiver}, "
+            f"z {z:+.1f}")))
     return list(found.values())[:limit]
+
+
+def _pair_components(record: Mapping, kind: str) -> list[tuple[float, tuple[int, int, int], str]]:
+    """(z, (layer, head, component), receiver) of every sender component of the pairs examined for `kind`."""
+    out = []
+    for pair in record.get("pairs", []) if isinstance(record.get("pairs"), list) else []:
+        if not isinstance(pair, Mapping) or pair.get("channel") != kind:
+            continue
+        try:
+            layer, head = (int(x) for x in str(pair["sender"]).split("."))
+            out += [(float(z), (layer, head, k), str(pair["receiver"])) for k, z in enumerate(pair["z"])
+                    if z is not None]
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
 
 
 def edits_for(choices: Mapping[Candidate, float]) -> list[Edit]:
