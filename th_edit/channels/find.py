@@ -48,7 +48,7 @@ class ChannelSettings:
     z_threshold: float = Z_THRESHOLD
     check_alpha: float = 2.0  # the data check scales each component by 0 and by this
     check_top: int = 2  # per pair: the top components by weight, and as many random others, are checked
-    check_prompts: int = 24  # prompts of the data check (balanced over N), each ablation runs them all
+    check_prompts: int = 16  # prompts of the data check (balanced over N), each ablation runs them all
     data_check: bool = True
     seed: int = 0
     batch_size: int = 16
