@@ -32,6 +32,7 @@ from th_edit.checkpoint import (
     pending_from_tensor,
     write_checkpoint_weights,
 )
+from th_edit.compat import make_portable
 from th_edit.errors import UserError
 
 # Files of the base directory that are not carried over: weights (rewritten), the old model card
@@ -203,4 +204,5 @@ def copy_side_files(base_dir: Path, staging: Path, out_dtype: torch.dtype | None
         else:
             shutil.copyfile(path, staging / path.name)
         copied.append(path.name)
+    make_portable(staging)  # config and tokenizer files that transformers 4.x reads the same way
     return copied

@@ -156,6 +156,31 @@ class Adapter(ABC):
     @abstractmethod
     def input_norm_module(self, layer: int) -> str: ...
 
+    # ---- config.json as transformers 4.x reads it ----------------------------------------------
+
+    @classmethod
+    def legacy_config_keys(cls, config: dict) -> dict[str, object]:
+        """Keys to add to a config.json written by transformers 5.x so that 4.x (>= 4.50) reads the
+        same model from it; {} when nothing differs."""
+        rope = config.get("rope_parameters")
+        return cls.legacy_rope_keys(rope) if isinstance(rope, dict) else {}
+
+    @classmethod
+    def legacy_rope_keys(cls, rope_parameters: dict) -> dict[str, object]:
+        """Top-level config keys that say to transformers 4.x what `rope_parameters` says to 5.x.
+
+        4.x ignores `rope_parameters` and silently falls back to its defaults (rope_theta 10000);
+        5.x still reads these keys, and they must not contradict `rope_parameters` (it lets a
+        non-null `rope_scaling` replace it). Llama-style families: rope_theta, rope_scaling and
+        partial_rotary_factor at the top level."""
+        theta, partial, scaling = split_rope(rope_parameters)
+        keys: dict[str, object] = {"rope_scaling": scaling}
+        if theta is not None:
+            keys["rope_theta"] = theta
+        if partial is not None:
+            keys["partial_rotary_factor"] = partial
+        return keys
+
     # ---- shared ------------------------------------------------------------------------------
 
     def kv_group(self, head: int) -> int:
@@ -239,6 +264,14 @@ class _Memo:
         if name not in self.seen:
             self.seen[name] = self.source.get(name)
         return self.seen[name]
+
+
+def split_rope(rope: dict) -> tuple[float | None, float | None, dict | None]:
+    """(rope_theta, partial_rotary_factor, rope_scaling) of a flat `rope_parameters` dict, where
+    rope_scaling is the rest, in the 4.x spelling: None for plain RoPE."""
+    rest = {k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor")}
+    plain = rest.get("rope_type", rest.get("type", "default")) == "default" and set(rest) <= {"rope_type", "type"}
+    return rope.get("rope_theta"), rope.get("partial_rotary_factor"), None if plain else rest
 
 
 def linear_rows(param: str, start: int, stop: int) -> Slot:
