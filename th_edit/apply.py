@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from th_edit import ui
+from th_edit import strict_json, ui
 from th_edit.arch import Adapter, adapter_for
 from th_edit.card import model_card, provenance
 from th_edit.checkpoint import CheckpointTensors, sha256_file
@@ -160,7 +159,7 @@ def write(prepared: Prepared, computed: Computed, target: Path, force: bool,
             prepared.recipe, hashlib.sha256(prepared.recipe_text.encode()).hexdigest(), base, base_weights,
             computed.result.reports, weights, prepared.out_dtype_name, benchmark.report if benchmark else None,
         )
-        (staging / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")
+        (staging / "provenance.json").write_text(strict_json.dumps(record, indent=2) + "\n")
         card = model_card(target.name, prepared.recipe, prepared.recipe_text, base, computed.result.reports,
                           prepared.out_dtype_name, (benchmark.report, benchmark.text) if benchmark else None,
                           BENCHMARK_PLOT if benchmark else None)

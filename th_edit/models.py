@@ -26,7 +26,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from th_edit import ui
-from th_edit.checkpoint import CheckpointTensors, PendingTensor, pending_from_tensor, sha256_file, write_checkpoint_weights
+from th_edit.checkpoint import (
+    CheckpointTensors,
+    PendingTensor,
+    check_finite,
+    pending_from_tensor,
+    sha256_file,
+    write_checkpoint_weights,
+)
 from th_edit.errors import UserError, missing_package
 from th_edit.export import new_staging_dir
 
@@ -145,7 +152,10 @@ class ResolvedModel:
         return [self.path] + ([self.gguf_path] if self.gguf_path else [])
 
     def tensors(self) -> CheckpointTensors:
-        return CheckpointTensors(self.path)
+        """The checkpoint's weights, checked to be exactly the tensors its config.json describes."""
+        tensors = CheckpointTensors(self.path)
+        check_weights_match(load_config(self), tensors, self.reference)
+        return tensors
 
 
 def split_revision(reference: str) -> tuple[str, str | None]:
@@ -281,6 +291,7 @@ def _dequantize_to(gguf_path: Path, target: Path, digest: str) -> None:
             if tensor.data_ptr() in seen:  # tied weights: the first name (the embedding) wins
                 continue
             seen.add(tensor.data_ptr())
+            check_finite(tensor, name, gguf_path.name)  # a damaged GGUF must not become a cache entry
             pending.append(pending_from_tensor(name, tensor))
         write_checkpoint_weights(staging, pending)
         config = model.config
@@ -307,25 +318,44 @@ def _dequantize_to(gguf_path: Path, target: Path, digest: str) -> None:
 
 
 def load_config(resolved: ResolvedModel, trust_remote_code: bool = False):
+    from huggingface_hub.errors import StrictDataclassClassValidationError
     from transformers import AutoConfig
 
-    try:
-        return AutoConfig.from_pretrained(str(resolved.path), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as exc:
+    raw = _raw_config(resolved.path / "config.json")
+    if isinstance(raw, dict) and raw.get("auto_map") and not trust_remote_code:
         from th_edit.arch import SUPPORTED_MODEL_TYPES, unsupported_architecture
 
-        model_type = _raw_model_type(resolved.path / "config.json")
-        if model_type is not None and model_type not in SUPPORTED_MODEL_TYPES:  # unknown to transformers too
-            raise unsupported_architecture(model_type) from None
-        raise UserError(f"cannot read {resolved.reference}'s config.json: {_first_line(exc)}") from None
-
-
-def _raw_model_type(path: Path) -> str | None:
+        if raw.get("model_type") not in SUPPORTED_MODEL_TYPES:
+            raise UserError(f"{resolved.reference} needs its own code to load (config.json has auto_map) and th-edit "
+                            f"runs no checkpoint code: {unsupported_architecture(raw.get('model_type'))}")
     try:
-        value = json.loads(path.read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):
+        config = AutoConfig.from_pretrained(str(resolved.path), trust_remote_code=trust_remote_code)
+    # transformers' config classes validate themselves (StrictDataclassClassValidationError:
+    # e.g. a hidden size that the head count does not divide) or fail on what they read.
+    except (OSError, ValueError, KeyError, TypeError, StrictDataclassClassValidationError, RecursionError) as exc:
+        from th_edit.arch import SUPPORTED_MODEL_TYPES, unsupported_architecture
+
+        model_type = raw.get("model_type") if isinstance(raw, dict) else None
+        if isinstance(model_type, str) and model_type not in SUPPORTED_MODEL_TYPES:  # unknown to transformers too
+            raise unsupported_architecture(model_type) from None
+        raise UserError(f"cannot read {resolved.reference}'s config.json: {_config_problem(exc)}") from None
+    return config
+
+
+def _raw_config(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
         return None
-    return value if isinstance(value, str) else None
+
+
+def _config_problem(exc: BaseException) -> str:
+    # A failed validator's own message is on the line after "Class validation error for validator ...".
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("ValueError: "):
+            return line.removeprefix("ValueError: ")
+    return lines[0] if lines else type(exc).__name__
 
 
 def _first_line(exc: BaseException) -> str:
@@ -333,25 +363,91 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def check_weights_match(config, tensors: CheckpointTensors, reference: str) -> None:
+    """The stored tensors are exactly the parameters `config` describes: same names (tied copies
+    stored once) and shapes. A config with more layers than the weights would otherwise load with
+    randomly initialised layers, and one with fewer would silently drop stored ones."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            model = AutoModelForCausalLM.from_config(config)
+    except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+        raise UserError(f"{reference}: cannot build the model its config.json describes ({_first_line(exc)})") from None
+    groups: dict[int, list[str]] = {}  # tied parameters are one object under several names
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        groups.setdefault(id(tensor), []).append(name)
+        shapes[name] = tuple(tensor.shape)
+    ignored = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ()]
+    stored = {}
+    for names in groups.values():
+        present = [name for name in names if name in tensors]
+        for name in present:
+            stored[tensors.resolve(name)] = name
+    missing = [names[0] for names in groups.values() if not any(name in tensors for name in names)]
+    unexpected = [key for key in tensors.entries if key not in stored and not any(p.search(key) for p in ignored)]
+    problems = []
+    if missing:
+        problems.append(_some(missing, "missing"))
+    if unexpected:
+        problems.append(_some(unexpected, "unexpected"))
+    if problems:
+        raise UserError(f"{reference}: the weights do not match config.json: {'; '.join(problems)}")
+    misshapen = sorted(key for key, name in stored.items() if tensors.entries[key].shape != shapes[name])
+    if misshapen:
+        key = misshapen[0]
+        raise UserError(f"{reference}: the weights do not match config.json: {len(misshapen)} misshapen "
+                        f"tensor{'s' if len(misshapen) > 1 else ''}, e.g. {key} has shape "
+                        f"{list(tensors.entries[key].shape)}, config.json implies {list(shapes[stored[key]])}")
+
+
+def _some(names: list[str], what: str, shown: int = 3) -> str:
+    """'2 missing tensors (a, b)': the count, and the first few names."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"{len(names)} {what} tensor{'s' if len(names) > 1 else ''} ({', '.join(sorted(names)[:shown])}{more})"
+
+
 def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(resolved.path), trust_remote_code=trust_remote_code)
+    load_config(resolved, trust_remote_code)  # a damaged or code-requiring config: one line, not the tokenizer's traceback
+    try:
+        return AutoTokenizer.from_pretrained(str(resolved.path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise UserError(f"cannot load {resolved.reference}'s tokenizer: {_first_line(exc)}") from None
 
 
 def load_model(resolved: ResolvedModel, dtype: str | None = None, trust_remote_code: bool = False,
                attn_implementation: str | None = None):
-    """An ordinary `from_pretrained` of the resolved checkpoint, in eval mode.
+    """An ordinary `from_pretrained` of the resolved checkpoint, in eval mode, refused when any
+    weight is missing, unexpected, misshapen or not finite (transformers would initialise a
+    missing one randomly and carry on).
 
     dtype: None keeps the checkpoint's dtype; "float32" etc. converts.
     """
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, object] = {"trust_remote_code": trust_remote_code}
+    load_config(resolved, trust_remote_code)
+    # Mismatched shapes are listed in the loading info (and refused below) instead of raising a
+    # RuntimeError that points at a report transformers logs elsewhere.
+    kwargs: dict[str, object] = {"trust_remote_code": trust_remote_code, "output_loading_info": True,
+                                 "ignore_mismatched_sizes": True}
     kwargs["dtype"] = getattr(torch, dtype) if dtype else "auto"
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(str(resolved.path), **kwargs)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(str(resolved.path), **kwargs)
+    except RuntimeError as exc:
+        raise UserError(f"{resolved.reference}: the weights do not match config.json ({_first_line(exc)})") from None
+    problems = [_some([str(k[0] if isinstance(k, tuple) else k) for k in info.get(kind) or ()], what)
+                for kind, what in (("missing_keys", "missing"), ("unexpected_keys", "unexpected"),
+                                   ("mismatched_keys", "misshapen")) if info.get(kind)]
+    if problems:
+        raise UserError(f"{resolved.reference}: the weights do not match config.json: {'; '.join(problems)}")
+    for name, parameter in model.named_parameters():
+        check_finite(parameter.detach(), name, resolved.reference)
     model.eval()
     return model

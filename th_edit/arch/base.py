@@ -102,13 +102,17 @@ class Adapter(ABC):
 
     def __init__(self, config):
         self.config = config
-        self.n_layers: int = config.num_hidden_layers
-        self.n_heads: int = config.num_attention_heads
-        self.n_kv_heads: int = getattr(config, "num_key_value_heads", None) or self.n_heads
-        self.d_model: int = config.hidden_size
-        self.d_head: int = getattr(config, "head_dim", None) or self.d_model // self.n_heads
+        self.n_layers: int = _positive(config, "num_hidden_layers")
+        self.n_heads: int = _positive(config, "num_attention_heads")
+        self.n_kv_heads: int = _positive(config, "num_key_value_heads", default=self.n_heads)
+        self.d_model: int = _positive(config, "hidden_size")
+        if getattr(config, "head_dim", None) is None and self.d_model % self.n_heads:
+            raise UserError(f"config.json: hidden_size {self.d_model} is not a multiple of num_attention_heads "
+                            f"{self.n_heads} (and there is no head_dim)")
+        self.d_head: int = _positive(config, "head_dim", default=self.d_model // self.n_heads)
         if self.n_heads % self.n_kv_heads:
-            raise UserError(f"{self.n_heads} query heads do not split into {self.n_kv_heads} KV groups")
+            raise UserError(f"config.json: num_attention_heads {self.n_heads} does not split into "
+                            f"num_key_value_heads {self.n_kv_heads} KV groups")
 
     # ---- family-specific layout -------------------------------------------------------------
 
@@ -264,6 +268,16 @@ class _Memo:
         if name not in self.seen:
             self.seen[name] = self.source.get(name)
         return self.seen[name]
+
+
+def _positive(config, field: str, default: int | None = None) -> int:
+    """A count from the config that must be a positive integer (the config class does not always check)."""
+    value = getattr(config, field, None)
+    if value is None and default is not None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UserError(f"config.json: {field} must be a positive integer, not {value!r}")
+    return value
 
 
 def split_rope(rope: dict) -> tuple[float | None, float | None, dict | None]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import click
 
-from th_edit import ui
+from th_edit import strict_json, ui
 from th_edit.apply import compute, edited_variants, prepare_file
 from th_edit.bench import Variant, build_prompts, lexicon_record, render_report, run_paired, run_single, tokenize_prompts
 from th_edit.errors import UserError
@@ -23,19 +22,23 @@ GENERATION_OPTIONS = ("n_items", "n_prompts", "seed")
 def parse_n_items(text: str) -> list[int]:
     """'2-8' -> [2..8]; '2,3,5' -> [2, 3, 5]; each N within MIN_ITEMS..MAX_ITEMS."""
     text = text.replace(" ", "")
-    if re.fullmatch(r"\d+-\d+", text):
-        low, high = (int(part) for part in text.split("-"))
+    if not re.fullmatch(r"\d+-\d+|\d+(,\d+)*", text):
+        raise UserError(f"--n-items: expected a range like 2-8 or a list like 2,3,5, got '{text}'")
+    parts = re.split(r"[-,]", text)
+    # Bounds first: a range is only built once both ends are known to be small (and a number is
+    # compared by its digits before int() meets thousands of them).
+    parts = [part.lstrip("0") or "0" for part in parts]
+    outside = [part for part in parts if len(part) > 3 or not MIN_ITEMS <= int(part) <= MAX_ITEMS]
+    if outside:
+        shown = outside[0] if len(outside[0]) <= 20 else outside[0][:20] + "…"
+        raise UserError(f"--n-items: N must be between {MIN_ITEMS} and {MAX_ITEMS}, got {shown}")
+    bounds = [int(part) for part in parts]
+    if "-" in text:
+        low, high = bounds
         if low > high:
             raise UserError(f"--n-items: the range {text} is empty")
-        values = list(range(low, high + 1))
-    elif re.fullmatch(r"\d+(,\d+)*", text):
-        values = sorted({int(part) for part in text.split(",")})
-    else:
-        raise UserError(f"--n-items: expected a range like 2-8 or a list like 2,3,5, got '{text}'")
-    outside = [n for n in values if not MIN_ITEMS <= n <= MAX_ITEMS]
-    if outside:
-        raise UserError(f"--n-items: N must be between {MIN_ITEMS} and {MAX_ITEMS}, got {outside[0]}")
-    return values
+        return list(range(low, high + 1))
+    return sorted(set(bounds))
 
 
 def _explicit(ctx: click.Context, name: str) -> bool:
@@ -156,7 +159,7 @@ def bench_command(ctx: click.Context, model: str, task: str, n_items: str, n_pro
         report = run_paired(Variant(load_model(resolved, dtype="float32")), Variant(load_model(other, dtype="float32")),
                             tokenizer, prompts, before_info=resolved.provenance(), after_info=other.provenance(),
                             setup=setup, batch_size=batch_size, tokenized=tokenized)
-    click.echo(json.dumps(report, indent=2) if as_json else render_report(report))
+    click.echo(strict_json.dumps(report, indent=2) if as_json else render_report(report))
     if out is not None:
         _write_outputs(report, out)
 
@@ -165,6 +168,6 @@ def _write_outputs(report: dict, out: Path) -> None:
     from th_edit.plots import plot_accuracy  # matplotlib is slow to import; only --out needs it
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "bench.json").write_text(strict_json.dumps(report, indent=2) + "\n")
     plot_accuracy(report, out / "accuracy.png")
     ui.info(f"wrote {out / 'bench.json'} and {out / 'accuracy.png'}")
