@@ -237,8 +237,8 @@ def test_bench_json_output_is_strict(monkeypatch):
     assert json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"bare {name}")) == {"accuracy": None, "n": 3}
 
 
-def test_untouched_weights_are_checked_without_decoding_twice(llama, tmp_path):
-    """A clean base still applies, byte-identical to before the check existed (the check only reads)."""
+def test_a_clean_base_is_still_copied_byte_for_byte(llama, tmp_path):
+    """The finiteness check on copied tensors only reads: a clean base applies, untouched bytes unchanged."""
     recipe = write_recipe(tmp_path / "r.yaml", llama, edits=EDIT)
     assert run("apply", recipe, "--out", tmp_path / "a").exit_code == 0
     from safetensors.torch import load_file
