@@ -245,3 +245,20 @@ def test_a_clean_base_is_still_copied_byte_for_byte(llama, tmp_path):
 
     written, base = load_file(tmp_path / "a" / "model.safetensors"), load_file(llama / "model.safetensors")
     assert torch.equal(written[UNTOUCHED], base[UNTOUCHED])
+
+
+def test_legacy_gpt2_layout_still_matches(tmp_path):
+    """Hub GPT-2 checkpoints store keys without the `transformer.` prefix, plus causal-mask buffers
+    (`h.0.attn.bias`) that transformers ignores: neither is a mismatch."""
+    from safetensors.torch import save_file
+
+    model = tiny_model("gpt2")
+    model.config.save_pretrained(tmp_path)
+    state = {name.removeprefix("transformer."): tensor.contiguous() for name, tensor in model.state_dict().items()
+             if name != "lm_head.weight"}
+    state["h.0.attn.bias"] = torch.ones(1, 1, 8, 8)
+    save_file(state, tmp_path / "model.safetensors")
+    assert run("inspect", tmp_path, "--svd").exit_code == 0
+    del state["h.1.ln_1.weight"]
+    save_file(state, tmp_path / "model.safetensors")
+    one_line_error(run("inspect", tmp_path), "1 missing tensor (transformer.h.1.ln_1.weight)")

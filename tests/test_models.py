@@ -221,7 +221,7 @@ def test_weights_that_do_not_match_the_config(tiny_dir, tmp_path):
     shutil.copy(tiny_dir / "config.json", model)
     save_file({"something.else": torch.zeros(2)}, model / "model.safetensors")
     result = run_cli("--quiet", "inspect", str(model), "--svd")
-    assert_user_error(result, "do not match config.json", "40 missing tensors", "1 unexpected tensor (something.else)")
+    assert_user_error(result, "do not match config.json", "missing tensors (", "1 unexpected tensor (something.else)")
 
 
 @pytest.mark.real

@@ -154,7 +154,7 @@ class ResolvedModel:
     def tensors(self) -> CheckpointTensors:
         """The checkpoint's weights, checked to be exactly the tensors its config.json describes."""
         tensors = CheckpointTensors(self.path)
-        check_weights_match(load_config(self), tensors, self.reference)
+        check_weights_match(self, load_config(self))
         return tensors
 
 
@@ -363,44 +363,39 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def check_weights_match(config, tensors: CheckpointTensors, reference: str) -> None:
-    """The stored tensors are exactly the parameters `config` describes: same names (tied copies
-    stored once) and shapes. A config with more layers than the weights would otherwise load with
-    randomly initialised layers, and one with fewer would silently drop stored ones."""
+def check_weights_match(resolved: ResolvedModel, config) -> None:
+    """The stored tensors are exactly the parameters `config` describes (names, shapes), judged by
+    transformers' own loading rules (renamed and ignored keys, tied weights) on the meta device,
+    which reads no weight data. A config with more layers than the weights would otherwise load
+    with randomly initialised layers, and one with fewer would silently drop stored ones."""
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar for a check that loads none
     try:
-        with torch.device("meta"):  # shapes only: no memory, no initialisation
-            model = AutoModelForCausalLM.from_config(config)
-    except (ValueError, TypeError, KeyError, RuntimeError) as exc:
-        raise UserError(f"{reference}: cannot build the model its config.json describes ({_first_line(exc)})") from None
-    groups: dict[int, list[str]] = {}  # tied parameters are one object under several names
-    shapes: dict[str, tuple[int, ...]] = {}
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        groups.setdefault(id(tensor), []).append(name)
-        shapes[name] = tuple(tensor.shape)
-    ignored = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ()]
-    stored = {}
-    for names in groups.values():
-        present = [name for name in names if name in tensors]
-        for name in present:
-            stored[tensors.resolve(name)] = name
-    missing = [names[0] for names in groups.values() if not any(name in tensors for name in names)]
-    unexpected = [key for key in tensors.entries if key not in stored and not any(p.search(key) for p in ignored)]
-    problems = []
-    if missing:
-        problems.append(_some(missing, "missing"))
-    if unexpected:
-        problems.append(_some(unexpected, "unexpected"))
+        _, info = AutoModelForCausalLM.from_pretrained(str(resolved.path), config=config, device_map="meta",
+                                                        dtype=torch.float32, output_loading_info=True,
+                                                        ignore_mismatched_sizes=True)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise UserError(f"{resolved.reference}: cannot match the weights to config.json ({_first_line(exc)})") from None
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+    _refuse_loading_problems(resolved, info)
+
+
+def _refuse_loading_problems(resolved: ResolvedModel, info: dict) -> None:
+    """One line naming what transformers' loading info reports missing, unexpected or misshapen."""
+    problems = [_some([str(key) for key in info.get(kind) or ()], what)
+                for kind, what in (("missing_keys", "missing"), ("unexpected_keys", "unexpected")) if info.get(kind)]
+    if mismatched := sorted(info.get("mismatched_keys") or ()):
+        key, stored, expected = mismatched[0]
+        problems.append(f"{len(mismatched)} misshapen tensor{'s' if len(mismatched) > 1 else ''}, e.g. {key} has "
+                        f"shape {list(stored)}, config.json implies {list(expected)}")
     if problems:
-        raise UserError(f"{reference}: the weights do not match config.json: {'; '.join(problems)}")
-    misshapen = sorted(key for key, name in stored.items() if tensors.entries[key].shape != shapes[name])
-    if misshapen:
-        key = misshapen[0]
-        raise UserError(f"{reference}: the weights do not match config.json: {len(misshapen)} misshapen "
-                        f"tensor{'s' if len(misshapen) > 1 else ''}, e.g. {key} has shape "
-                        f"{list(tensors.entries[key].shape)}, config.json implies {list(shapes[stored[key]])}")
+        raise UserError(f"{resolved.reference}: the weights do not match config.json: {'; '.join(problems)}")
 
 
 def _some(names: list[str], what: str, shown: int = 3) -> str:
@@ -442,11 +437,7 @@ def load_model(resolved: ResolvedModel, dtype: str | None = None, trust_remote_c
         model, info = AutoModelForCausalLM.from_pretrained(str(resolved.path), **kwargs)
     except RuntimeError as exc:
         raise UserError(f"{resolved.reference}: the weights do not match config.json ({_first_line(exc)})") from None
-    problems = [_some([str(k[0] if isinstance(k, tuple) else k) for k in info.get(kind) or ()], what)
-                for kind, what in (("missing_keys", "missing"), ("unexpected_keys", "unexpected"),
-                                   ("mismatched_keys", "misshapen")) if info.get(kind)]
-    if problems:
-        raise UserError(f"{resolved.reference}: the weights do not match config.json: {'; '.join(problems)}")
+    _refuse_loading_problems(resolved, info)
     for name, parameter in model.named_parameters():
         check_finite(parameter.detach(), name, resolved.reference)
     model.eval()
