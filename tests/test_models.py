@@ -50,7 +50,7 @@ def test_inspect_svd_lists_every_head(tiny_dir):
     assert len(heads) == 3 * 4
     assert all(len(h["ov"]) == 12 and h["ov"] == sorted(h["ov"], reverse=True) for h in heads)
     text = run_cli("inspect", str(tiny_dir), "--svd").stdout
-    assert "2.3" in text and "OV" in text and "QK" in text
+    assert "OV σ0" in text and "QK σ4" in text and "\n    2     3   3 " in text  # layer 2, head 3, KV group 3
 
 
 def test_unknown_alias():
@@ -221,7 +221,7 @@ def test_weights_that_do_not_match_the_config(tiny_dir, tmp_path):
     shutil.copy(tiny_dir / "config.json", model)
     save_file({"something.else": torch.zeros(2)}, model / "model.safetensors")
     result = run_cli("--quiet", "inspect", str(model), "--svd")
-    assert_user_error(result, "the weights have no tensor", "do not match config.json")
+    assert_user_error(result, "do not match config.json", "missing tensors (", "1 unexpected tensor (something.else)")
 
 
 @pytest.mark.real

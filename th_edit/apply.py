@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from th_edit import ui
+from th_edit import strict_json, ui
 from th_edit.arch import Adapter, adapter_for
 from th_edit.card import model_card, provenance, publishable_recipe, scrub
 from th_edit.checkpoint import CheckpointTensors, sha256_file
@@ -170,10 +169,10 @@ def write(prepared: Prepared, computed: Computed, target: Path, force: bool,
             computed.result.reports, weights, {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
             prepared.out_dtype_name, report,
         )
-        (staging / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")
+        (staging / "provenance.json").write_text(strict_json.dumps(record, indent=2) + "\n")
         if base.kind in ("local", "gguf"):
             local = {"base": str(base.gguf_path or base.path)}
-            (staging / LOCAL_RECORD).write_text(json.dumps(local, indent=2) + "\n")
+            (staging / LOCAL_RECORD).write_text(strict_json.dumps(local, indent=2) + "\n")
     return weights
 
 

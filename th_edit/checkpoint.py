@@ -42,6 +42,7 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 }
 DTYPE_CODES = {dtype: code for code, dtype in SAFETENSORS_DTYPES.items()}
 FLOAT_CODES = {"F64", "F32", "F16", "BF16"}
+_CHECKABLE = {SAFETENSORS_DTYPES[code] for code in FLOAT_CODES}  # isfinite is not defined for float8
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 _COPY_CHUNK = 16 * 1024 * 1024
@@ -74,18 +75,21 @@ class StoredTensor:
 
 
 def read_header(path: Path) -> tuple[dict[str, StoredTensor], dict[str, str]]:
-    """Parse one .safetensors file's header without touching its data."""
+    """Parse one .safetensors file's header without touching its data, and check that every
+    tensor's bytes lie inside the file (a file cut short is refused here, not read past its end)."""
     with open(path, "rb") as f:
+        file_size = os.fstat(f.fileno()).st_size
         raw_len = f.read(8)
         if len(raw_len) != 8:
             raise UserError(f"{path} is not a safetensors file (too short)")
         (header_len,) = struct.unpack("<Q", raw_len)
-        if header_len > 100_000_000:
-            raise UserError(f"{path} is not a safetensors file (implausible header length)")
+        if header_len > 100_000_000 or 8 + header_len > file_size:
+            raise UserError(f"{path} is not a safetensors file, or is cut short (header length {header_len} "
+                            f"in a file of {file_size} bytes)")
         try:
             header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UserError(f"{path} is not a safetensors file ({exc})") from None
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise UserError(f"{path} is not a safetensors file ({type(exc).__name__}: {_first_line(exc)})") from None
     if not isinstance(header, dict):
         raise UserError(f"{path} is not a safetensors file (its header is not a JSON object)")
     data_start = 8 + header_len
@@ -94,12 +98,33 @@ def read_header(path: Path) -> tuple[dict[str, StoredTensor], dict[str, str]]:
     for name, spec in header.items():
         try:
             (begin, end), dtype, shape = spec["data_offsets"], spec["dtype"], tuple(int(n) for n in spec["shape"])
+            if not (isinstance(begin, int) and isinstance(end, int) and all(n >= 0 for n in shape)):
+                raise ValueError
         except (TypeError, KeyError, ValueError):
             raise UserError(f"{path} is not a valid safetensors file (malformed header entry for {name!r})") from None
         if dtype not in SAFETENSORS_DTYPES:
             raise UserError(f"{path}: tensor {name} has dtype {dtype}, which th-edit cannot handle")
-        entries[name] = StoredTensor(name, dtype, shape, path, data_start + begin, end - begin)
+        entry = StoredTensor(name, dtype, shape, path, data_start + begin, end - begin)
+        if not 0 <= begin <= end or entry.nbytes != entry.numel * entry.torch_dtype.itemsize:
+            raise UserError(f"{path} is damaged: tensor {name}'s byte range {begin}..{end} does not fit "
+                            f"its shape {list(shape)} and dtype {dtype}")
+        if entry.start + entry.nbytes > file_size:
+            raise UserError(f"{path} is cut short: tensor {name} ends at byte {entry.start + entry.nbytes} "
+                            f"but the file has {file_size} bytes")
+        entries[name] = entry
     return entries, metadata
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_finite(tensor: torch.Tensor, name: str, where: object) -> None:
+    """Refuse NaN or infinite values in a weight read from `where` (a file or a model): damaged
+    weights would otherwise flow silently into edits, benchmarks and provenance."""
+    if tensor.is_floating_point() and tensor.dtype in _CHECKABLE and not bool(torch.isfinite(tensor).all()):
+        raise UserError(f"{where}: tensor {name} contains NaN or infinite values (the weights are damaged)")
 
 
 def weight_files(directory: Path) -> list[Path]:
@@ -164,9 +189,13 @@ class CheckpointTensors:
         with open(entry.file, "rb") as f:
             f.seek(entry.start)
             buffer = bytearray(f.read(entry.nbytes))
+        if len(buffer) != entry.nbytes:  # the header was checked against the size: the file shrank since
+            raise UserError(f"{entry.file} is cut short: it ends inside tensor {entry.name}")
         if not buffer:
             return torch.empty(entry.shape, dtype=entry.torch_dtype)
-        return torch.frombuffer(buffer, dtype=entry.torch_dtype).reshape(entry.shape)
+        tensor = torch.frombuffer(buffer, dtype=entry.torch_dtype).reshape(entry.shape)
+        check_finite(tensor, entry.name, entry.file)
+        return tensor
 
     def total_parameters(self) -> int:
         return sum(entry.numel for entry in self.entries.values())
@@ -227,16 +256,24 @@ def pending_from_tensor(name: str, tensor: torch.Tensor) -> PendingTensor:
 def pending_copy(entry: StoredTensor, name: str | None = None) -> PendingTensor:
     """Copy a stored tensor byte for byte, without decoding it."""
 
+    # Copied tensors are never decoded otherwise: check their values on the way through (the
+    # chunk size is a multiple of every element size, so each chunk holds whole elements).
+    dtype = entry.torch_dtype if entry.dtype in FLOAT_CODES else None
+
     def write(out: BinaryIO) -> None:
         with open(entry.file, "rb") as f:
             f.seek(entry.start)
             left = entry.nbytes
             while left:
-                chunk = f.read(min(_COPY_CHUNK, left))
-                if not chunk:
-                    raise OSError(f"{entry.file} ended early while copying {entry.name}")
+                # A fresh buffer per chunk: the writer hashes it later, on another thread.
+                chunk = bytearray(min(_COPY_CHUNK, left))
+                size = f.readinto(chunk)
+                if size != len(chunk):
+                    raise UserError(f"{entry.file} is cut short: it ends inside tensor {entry.name}")
+                if dtype is not None:
+                    check_finite(torch.frombuffer(chunk, dtype=dtype), entry.name, entry.file)
                 out.write(chunk)
-                left -= len(chunk)
+                left -= size
 
     return PendingTensor(name or entry.name, entry.dtype, entry.shape, entry.nbytes, write)
 

@@ -38,6 +38,7 @@ from th_edit.checkpoint import (
     pending_from_tensor,
     write_checkpoint_weights,
 )
+from th_edit.compat import portable_file
 from th_edit.errors import UserError
 from th_edit.outputs import (
     PARTIAL_MARK,
@@ -356,5 +357,5 @@ def side_files(base_dir: Path, root: Path, out_dtype: torch.dtype | None) -> dic
                     config[key] = dtype_name
             config.setdefault("dtype", dtype_name)
             data = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
-        files[name] = data
+        files[name] = portable_file(name, data)  # read the same way by transformers 4.x and 5.x
     return files

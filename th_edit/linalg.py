@@ -55,6 +55,18 @@ def factored_svd(left: torch.Tensor, right: torch.Tensor) -> HeadSVD:
         return HeadSVD(U=Q @ Uh_small.transpose(-1, -2), S=S, V=V)
 
 
+def factored_svdvals(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """Singular values only (descending) of left @ right, left: [..., d, r], right: [..., r, d].
+
+    With left = Q₁R₁ and rightᵀ = Q₂R₂, left @ right = Q₁ (R₁R₂ᵀ) Q₂ᵀ has the singular values of the
+    small r×r matrix R₁R₂ᵀ: two QRs and an r×r decomposition without vectors, several times
+    cheaper than factored_svd (same values to ~1e-15 relative)."""
+    with single_threaded():
+        R_left = torch.linalg.qr(left, mode="r").R
+        R_right = torch.linalg.qr(right.transpose(-1, -2), mode="r").R
+        return torch.linalg.svdvals(R_left @ R_right.transpose(-1, -2))
+
+
 def ov_svd(weights: LayerWeights) -> HeadSVD:
     """OV_h = W_V^eff W_O for every query head of a layer."""
     return factored_svd(weights.W_V, weights.W_O)

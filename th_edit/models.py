@@ -27,7 +27,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from th_edit import ui
-from th_edit.checkpoint import CheckpointTensors, PendingTensor, pending_from_tensor, sha256_file, write_checkpoint_weights
+from th_edit.checkpoint import (
+    CheckpointTensors,
+    PendingTensor,
+    check_finite,
+    pending_from_tensor,
+    sha256_file,
+    write_checkpoint_weights,
+)
 from th_edit.errors import UserError, missing_package
 from th_edit.export import new_staging_dir
 
@@ -146,7 +153,10 @@ class ResolvedModel:
         return [self.path] + ([self.gguf_path] if self.gguf_path else [])
 
     def tensors(self) -> CheckpointTensors:
-        return CheckpointTensors(self.path)
+        """The checkpoint's weights, checked to be exactly the tensors its config.json describes."""
+        tensors = CheckpointTensors(self.path)
+        check_weights_match(self, load_config(self))
+        return tensors
 
 
 def split_revision(reference: str) -> tuple[str, str | None]:
@@ -285,6 +295,7 @@ def _dequantize_to(gguf_path: Path, target: Path, digest: str) -> None:
             if tensor.data_ptr() in seen:  # tied weights: the first name (the embedding) wins
                 continue
             seen.add(tensor.data_ptr())
+            check_finite(tensor, name, gguf_path.name)  # a damaged GGUF must not become a cache entry
             pending.append(pending_from_tensor(name, tensor))
         write_checkpoint_weights(staging, pending)
         config = model.config
@@ -311,25 +322,44 @@ def _dequantize_to(gguf_path: Path, target: Path, digest: str) -> None:
 
 
 def load_config(resolved: ResolvedModel, trust_remote_code: bool = False):
+    from huggingface_hub.errors import StrictDataclassClassValidationError
     from transformers import AutoConfig
 
-    try:
-        return AutoConfig.from_pretrained(str(resolved.path), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as exc:
+    raw = _raw_config(resolved.path / "config.json")
+    if isinstance(raw, dict) and raw.get("auto_map") and not trust_remote_code:
         from th_edit.arch import SUPPORTED_MODEL_TYPES, unsupported_architecture
 
-        model_type = _raw_model_type(resolved.path / "config.json")
-        if model_type is not None and model_type not in SUPPORTED_MODEL_TYPES:  # unknown to transformers too
-            raise unsupported_architecture(model_type) from None
-        raise UserError(f"cannot read {resolved.reference}'s config.json: {_first_line(exc)}") from None
-
-
-def _raw_model_type(path: Path) -> str | None:
+        if raw.get("model_type") not in SUPPORTED_MODEL_TYPES:
+            raise UserError(f"{resolved.reference} needs its own code to load (config.json has auto_map) and th-edit "
+                            f"runs no checkpoint code: {unsupported_architecture(raw.get('model_type'))}")
     try:
-        value = json.loads(path.read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):
+        config = AutoConfig.from_pretrained(str(resolved.path), trust_remote_code=trust_remote_code)
+    # transformers' config classes validate themselves (StrictDataclassClassValidationError:
+    # e.g. a hidden size that the head count does not divide) or fail on what they read.
+    except (OSError, ValueError, KeyError, TypeError, StrictDataclassClassValidationError, RecursionError) as exc:
+        from th_edit.arch import SUPPORTED_MODEL_TYPES, unsupported_architecture
+
+        model_type = raw.get("model_type") if isinstance(raw, dict) else None
+        if isinstance(model_type, str) and model_type not in SUPPORTED_MODEL_TYPES:  # unknown to transformers too
+            raise unsupported_architecture(model_type) from None
+        raise UserError(f"cannot read {resolved.reference}'s config.json: {_config_problem(exc)}") from None
+    return config
+
+
+def _raw_config(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
         return None
-    return value if isinstance(value, str) else None
+
+
+def _config_problem(exc: BaseException) -> str:
+    # A failed validator's own message is on the line after "Class validation error for validator ...".
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("ValueError: "):
+            return line.removeprefix("ValueError: ")
+    return lines[0] if lines else type(exc).__name__
 
 
 def _first_line(exc: BaseException) -> str:
@@ -337,15 +367,63 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def check_weights_match(resolved: ResolvedModel, config) -> None:
+    """The stored tensors are exactly the parameters `config` describes (names, shapes), judged by
+    transformers' own loading rules (renamed and ignored keys, tied weights) on the meta device,
+    which reads no weight data. A config with more layers than the weights would otherwise load
+    with randomly initialised layers, and one with fewer would silently drop stored ones."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar for a check that loads none
+    try:
+        _, info = AutoModelForCausalLM.from_pretrained(str(resolved.path), config=config, device_map="meta",
+                                                        dtype=torch.float32, output_loading_info=True,
+                                                        ignore_mismatched_sizes=True)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise UserError(f"{resolved.reference}: cannot match the weights to config.json ({_first_line(exc)})") from None
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+    _refuse_loading_problems(resolved, info)
+
+
+def _refuse_loading_problems(resolved: ResolvedModel, info: dict) -> None:
+    """One line naming what transformers' loading info reports missing, unexpected or misshapen."""
+    problems = [_some([str(key) for key in info.get(kind) or ()], what)
+                for kind, what in (("missing_keys", "missing"), ("unexpected_keys", "unexpected")) if info.get(kind)]
+    if mismatched := sorted(info.get("mismatched_keys") or ()):
+        key, stored, expected = mismatched[0]
+        problems.append(f"{len(mismatched)} misshapen tensor{'s' if len(mismatched) > 1 else ''}, e.g. {key} has "
+                        f"shape {list(stored)}, config.json implies {list(expected)}")
+    if problems:
+        raise UserError(f"{resolved.reference}: the weights do not match config.json: {'; '.join(problems)}")
+
+
+def _some(names: list[str], what: str, shown: int = 3) -> str:
+    """'2 missing tensors (a, b)': the count, and the first few names."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"{len(names)} {what} tensor{'s' if len(names) > 1 else ''} ({', '.join(sorted(names)[:shown])}{more})"
+
+
 def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(resolved.path), trust_remote_code=trust_remote_code)
+    load_config(resolved, trust_remote_code)  # a damaged or code-requiring config: one line, not the tokenizer's traceback
+    try:
+        return AutoTokenizer.from_pretrained(str(resolved.path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise UserError(f"cannot load {resolved.reference}'s tokenizer: {_first_line(exc)}") from None
 
 
 def load_model(resolved: ResolvedModel, dtype: str | None = None, trust_remote_code: bool = False,
                attn_implementation: str | None = None, **placement):
-    """An ordinary `from_pretrained` of the resolved checkpoint, in eval mode.
+    """An ordinary `from_pretrained` of the resolved checkpoint, in eval mode, refused when any
+    weight is missing, unexpected, misshapen or not finite (transformers would initialise a
+    missing one randomly and carry on). `placement`: device_map, max_memory, offload_folder
+    (th_edit.devices.placement).
 
     dtype: None keeps the checkpoint's dtype; "float32" etc. converts. `placement`: device_map,
     max_memory, offload_folder (see th_edit.devices.placement).
@@ -353,10 +431,20 @@ def load_model(resolved: ResolvedModel, dtype: str | None = None, trust_remote_c
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, object] = {"trust_remote_code": trust_remote_code, **placement}
+    load_config(resolved, trust_remote_code)
+    # Mismatched shapes are listed in the loading info (and refused below) instead of raising a
+    # RuntimeError that points at a report transformers logs elsewhere.
+    kwargs: dict[str, object] = {"trust_remote_code": trust_remote_code, "output_loading_info": True,
+                                 "ignore_mismatched_sizes": True, **placement}
     kwargs["dtype"] = getattr(torch, dtype) if dtype and dtype != "auto" else "auto"
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(str(resolved.path), **kwargs)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(str(resolved.path), **kwargs)
+    except RuntimeError as exc:
+        raise UserError(f"{resolved.reference}: the weights do not match config.json ({_first_line(exc)})") from None
+    _refuse_loading_problems(resolved, info)
+    for name, parameter in model.named_parameters():
+        check_finite(parameter.detach(), name, resolved.reference)
     model.eval()
     return model

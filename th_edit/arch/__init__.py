@@ -14,10 +14,13 @@ SUPPORTED_MODEL_TYPES = tuple(t for adapter in ADAPTERS for t in adapter.model_t
 
 
 def adapter_for(config) -> Adapter:
-    model_type = getattr(config, "model_type", None)
+    return adapter_class(getattr(config, "model_type", None))(config)
+
+
+def adapter_class(model_type: object) -> type[Adapter]:
     for adapter in ADAPTERS:
         if model_type in adapter.model_types:
-            return adapter(config)
+            return adapter
     raise unsupported_architecture(model_type)
 
 
@@ -27,5 +30,5 @@ def unsupported_architecture(model_type: object) -> UserError:
     )
 
 
-__all__ = ["ADAPTERS", "SUPPORTED_MODEL_TYPES", "Adapter", "ArchInfo", "LayerWeights", "NormSpec", "Slot", "adapter_for",
-           "unsupported_architecture"]
+__all__ = ["ADAPTERS", "SUPPORTED_MODEL_TYPES", "Adapter", "ArchInfo", "LayerWeights", "NormSpec", "Slot", "adapter_class",
+           "adapter_for", "unsupported_architecture"]

@@ -109,13 +109,17 @@ class Adapter(ABC):
 
     def __init__(self, config):
         self.config = config
-        self.n_layers: int = config.num_hidden_layers
-        self.n_heads: int = config.num_attention_heads
-        self.n_kv_heads: int = getattr(config, "num_key_value_heads", None) or self.n_heads
-        self.d_model: int = config.hidden_size
-        self.d_head: int = getattr(config, "head_dim", None) or self.d_model // self.n_heads
+        self.n_layers: int = _positive(config, "num_hidden_layers")
+        self.n_heads: int = _positive(config, "num_attention_heads")
+        self.n_kv_heads: int = _positive(config, "num_key_value_heads", default=self.n_heads)
+        self.d_model: int = _positive(config, "hidden_size")
+        if getattr(config, "head_dim", None) is None and self.d_model % self.n_heads:
+            raise UserError(f"config.json: hidden_size {self.d_model} is not a multiple of num_attention_heads "
+                            f"{self.n_heads} (and there is no head_dim)")
+        self.d_head: int = _positive(config, "head_dim", default=self.d_model // self.n_heads)
         if self.n_heads % self.n_kv_heads:
-            raise UserError(f"{self.n_heads} query heads do not split into {self.n_kv_heads} KV groups")
+            raise UserError(f"config.json: num_attention_heads {self.n_heads} does not split into "
+                            f"num_key_value_heads {self.n_kv_heads} KV groups")
 
     # ---- family-specific layout -------------------------------------------------------------
 
@@ -182,6 +186,31 @@ class Adapter(ABC):
 
     @abstractmethod
     def final_norm_module(self) -> str: ...
+
+    # ---- config.json as transformers 4.x reads it ----------------------------------------------
+
+    @classmethod
+    def legacy_config_keys(cls, config: dict) -> dict[str, object]:
+        """Keys to add to a config.json written by transformers 5.x so that 4.x (>= 4.50) reads the
+        same model from it; {} when nothing differs."""
+        rope = config.get("rope_parameters")
+        return cls.legacy_rope_keys(rope) if isinstance(rope, dict) else {}
+
+    @classmethod
+    def legacy_rope_keys(cls, rope_parameters: dict) -> dict[str, object]:
+        """Top-level config keys that say to transformers 4.x what `rope_parameters` says to 5.x.
+
+        4.x ignores `rope_parameters` and silently falls back to its defaults (rope_theta 10000);
+        5.x still reads these keys, and they must not contradict `rope_parameters` (it lets a
+        non-null `rope_scaling` replace it). Llama-style families: rope_theta, rope_scaling and
+        partial_rotary_factor at the top level."""
+        theta, partial, scaling = split_rope(rope_parameters)
+        keys: dict[str, object] = {"rope_scaling": scaling}
+        if theta is not None:
+            keys["rope_theta"] = theta
+        if partial is not None:
+            keys["partial_rotary_factor"] = partial
+        return keys
 
     # ---- shared ------------------------------------------------------------------------------
 
@@ -270,6 +299,24 @@ class _Memo:
         if name not in self.seen:
             self.seen[name] = self.source.get(name)
         return self.seen[name]
+
+
+def _positive(config, field: str, default: int | None = None) -> int:
+    """A count from the config that must be a positive integer (the config class does not always check)."""
+    value = getattr(config, field, None)
+    if value is None and default is not None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UserError(f"config.json: {field} must be a positive integer, not {value!r}")
+    return value
+
+
+def split_rope(rope: dict) -> tuple[float | None, float | None, dict | None]:
+    """(rope_theta, partial_rotary_factor, rope_scaling) of a flat `rope_parameters` dict, where
+    rope_scaling is the rest, in the 4.x spelling: None for plain RoPE."""
+    rest = {k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor")}
+    plain = rest.get("rope_type", rest.get("type", "default")) == "default" and set(rest) <= {"rope_type", "type"}
+    return rope.get("rope_theta"), rope.get("partial_rotary_factor"), None if plain else rest
 
 
 def linear_rows(param: str, start: int, stop: int) -> Slot:

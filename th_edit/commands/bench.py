@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import click
 
-from th_edit import bench, ui
+from th_edit import bench, strict_json, ui
 from th_edit.apply import prepare_file
 from th_edit.commands.options import device_options
 from th_edit.errors import UserError
@@ -25,19 +24,23 @@ GENERATION_OPTIONS = ("n_items", "n_prompts", "seed")
 def parse_n_items(text: str) -> list[int]:
     """'2-8' -> [2..8]; '2,3,5' -> [2, 3, 5]; each N within MIN_ITEMS..MAX_ITEMS."""
     text = text.replace(" ", "")
-    if re.fullmatch(r"\d+-\d+", text):
-        low, high = (int(part) for part in text.split("-"))
+    if not re.fullmatch(r"\d+-\d+|\d+(,\d+)*", text):
+        raise UserError(f"--n-items: expected a range like 2-8 or a list like 2,3,5, got '{text}'")
+    parts = re.split(r"[-,]", text)
+    # Bounds first: a range is only built once both ends are known to be small (and a number is
+    # compared by its digits before int() meets thousands of them).
+    parts = [part.lstrip("0") or "0" for part in parts]
+    outside = [part for part in parts if len(part) > 3 or not MIN_ITEMS <= int(part) <= MAX_ITEMS]
+    if outside:
+        shown = outside[0] if len(outside[0]) <= 20 else outside[0][:20] + "…"
+        raise UserError(f"--n-items: N must be between {MIN_ITEMS} and {MAX_ITEMS}, got {shown}")
+    bounds = [int(part) for part in parts]
+    if "-" in text:
+        low, high = bounds
         if low > high:
             raise UserError(f"--n-items: the range {text} is empty")
-        values = list(range(low, high + 1))
-    elif re.fullmatch(r"\d+(,\d+)*", text):
-        values = sorted({int(part) for part in text.split(",")})
-    else:
-        raise UserError(f"--n-items: expected a range like 2-8 or a list like 2,3,5, got '{text}'")
-    outside = [n for n in values if not MIN_ITEMS <= n <= MAX_ITEMS]
-    if outside:
-        raise UserError(f"--n-items: N must be between {MIN_ITEMS} and {MAX_ITEMS}, got {outside[0]}")
-    return values
+        return list(range(low, high + 1))
+    return sorted(set(bounds))
 
 
 def _explicit(ctx: click.Context, name: str) -> bool:
@@ -159,7 +162,7 @@ def bench_command(ctx: click.Context, model: str, task: str, n_items: str, n_pro
                               extra_setup=setup)
         report["before"]["model"] = resolved.provenance()
         report["after"]["model"] = after.resolved.provenance() if recipe is None else {"reference": f"{model} + {compare}"}
-    click.echo(json.dumps(report, indent=2) if as_json else bench.render_report(report))
+    click.echo(strict_json.dumps(report, indent=2) if as_json else bench.render_report(report))
     if out is not None:
         _write_outputs(report, out, force)
 
@@ -182,6 +185,6 @@ def _write_outputs(report: dict, out: Path, force: bool) -> None:
     from th_edit.plots import plot_accuracy  # matplotlib is slow to import; only --out needs it
 
     with atomic_files([out / name for name in OUT_FILES], force) as (report_file, plot_file):
-        report_file.write_text(json.dumps(report, indent=2) + "\n")
+        report_file.write_text(strict_json.dumps(report, indent=2) + "\n")
         plot_accuracy(report, plot_file)
     ui.info(f"wrote {out / 'bench.json'} and {out / 'accuracy.png'}")

@@ -79,7 +79,7 @@ def prompt_to_record(prompt: TaskPrompt) -> dict[str, object]:
 
 
 def write_jsonl(prompts: Iterable[TaskPrompt], path: str | Path) -> None:
-    lines = [json.dumps(prompt_to_record(p), ensure_ascii=False) + "\n" for p in prompts]
+    lines = [json.dumps(prompt_to_record(p), ensure_ascii=False, allow_nan=False) + "\n" for p in prompts]
     Path(path).write_text("".join(lines), encoding="utf-8")
 
 
@@ -112,6 +112,8 @@ def _parse_record(line: str, number: int) -> TaskPrompt:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ValueError(f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:  # no prompt record nests more than one level
+        raise ValueError("invalid JSON (nested too deeply)") from None
     if not isinstance(record, dict):
         raise ValueError(f"expected a JSON object, got {type(record).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in record]

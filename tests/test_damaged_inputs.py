@@ -1,0 +1,264 @@
+"""Damaged or inconsistent inputs are one `error:` line with exit code 2, and nothing is written:
+weights cut short, NaN/Inf weights, configs that do not match their weights or make no sense,
+deeply nested JSON, absurd --n-items; and JSON output is strict (no bare NaN)."""
+
+import json
+import math
+import shutil
+import struct
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from test_apply import write_recipe
+from tiny import tiny_model
+
+from th_edit import models, strict_json
+from th_edit.checkpoint import read_header
+from th_edit.cli import main
+from th_edit.commands.bench import parse_n_items
+from th_edit.errors import UserError
+from th_edit.tasks.prompts import read_jsonl
+
+EDIT = [{"layer": 1, "head": 1, "circuit": "ov", "components": [0], "scale": 2.0}]
+ATTENTION = "model.layers.1.self_attn.v_proj.weight"  # read by inspect --svd and by the edit
+UNTOUCHED = "model.layers.2.mlp.up_proj.weight"  # only copied by apply
+
+
+def run(*args):
+    return CliRunner().invoke(main, ["--quiet", *map(str, args)])
+
+
+def one_line_error(result, *fragments) -> str:
+    """Exit 2 and one `error:` line on stderr (stdout may hold what was computed before: apply's
+    edit table comes before the untouched tensors are read, which happens while they are copied)."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("llama") / "base"
+    tiny_model("llama").save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def copy(llama, tmp_path):
+    """A private copy of the tiny base, to damage."""
+    def make(name: str = "damaged") -> Path:
+        target = tmp_path / name
+        shutil.copytree(llama, target)
+        return target
+    return make
+
+
+def poison(directory: Path, tensor: str, value: float = math.nan, index: int = 5) -> None:
+    """Overwrite one float32 element of a stored tensor in place."""
+    entries, _ = read_header(directory / "model.safetensors")
+    with open(directory / "model.safetensors", "r+b") as f:
+        f.seek(entries[tensor].start + 4 * index)
+        f.write(struct.pack("<f", value))
+
+
+def edit_config(directory: Path, **changes) -> None:
+    config = json.loads((directory / "config.json").read_text())
+    config.update(changes)
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+# ---- weights cut short or with impossible offsets ---------------------------------------------
+
+
+@pytest.mark.parametrize("svd", [False, True])
+def test_truncated_weights(copy, svd):
+    model = copy()
+    data = (model / "model.safetensors").read_bytes()
+    (model / "model.safetensors").write_bytes(data[: len(data) * 2 // 3])
+    one_line_error(run("inspect", model, *(["--svd"] if svd else [])), "model.safetensors is cut short", "ends at byte")
+
+
+def test_header_offsets_that_do_not_fit_the_shape(tmp_path, llama):
+    model = tmp_path / "m"
+    model.mkdir()
+    shutil.copy(llama / "config.json", model)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 8]}}).encode()
+    (model / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    one_line_error(run("inspect", model), "tensor w's byte range 0..8 does not fit its shape [4, 4]")
+
+
+# ---- NaN / Inf in the base weights --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_weights_in_inspect_svd(copy, value):
+    model = copy()
+    poison(model, ATTENTION, value)
+    one_line_error(run("inspect", model, "--svd"), f"tensor {ATTENTION} contains NaN or infinite values")
+
+
+@pytest.mark.parametrize("tensor", [ATTENTION, UNTOUCHED])
+def test_non_finite_weights_in_apply_write_nothing(copy, tmp_path, tensor):
+    model = copy()
+    poison(model, tensor)
+    recipe = write_recipe(tmp_path / "r.yaml", model, edits=EDIT)
+    out = tmp_path / "out"
+    one_line_error(run("apply", recipe, "--out", out), f"tensor {tensor} contains NaN or infinite values")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged", "r.yaml"]  # no output, no staging leftovers
+
+
+def test_non_finite_weights_in_verify(copy, tmp_path):
+    model = copy()
+    recipe = write_recipe(tmp_path / "r.yaml", model, edits=EDIT)
+    out = tmp_path / "out"
+    assert run("apply", recipe, "--out", out).exit_code == 0
+    poison(model, UNTOUCHED, math.inf)  # the base is damaged after the fact
+    one_line_error(run("verify", out), f"tensor {UNTOUCHED} contains NaN or infinite values")
+
+
+def test_non_finite_weights_when_loading_a_model(copy):
+    """bench loads with transformers: the same refusal, for any parameter."""
+    model = copy()
+    poison(model, UNTOUCHED)
+    with pytest.raises(UserError, match=f"tensor {UNTOUCHED} contains NaN"):
+        models.load_model(models.resolve(str(model)))
+
+
+# ---- configs that do not match the weights ------------------------------------------------------
+
+
+@pytest.mark.parametrize("layers, fragment", [(4, "9 missing tensors (model.layers.3."),
+                                              (2, "9 unexpected tensors (model.layers.2.")])
+def test_layer_count_that_does_not_match_the_weights(copy, tmp_path, layers, fragment):
+    model = copy()
+    recipe = write_recipe(tmp_path / "r.yaml", model, edits=EDIT)
+    out = tmp_path / "out"
+    assert run("apply", recipe, "--out", out).exit_code == 0
+    edit_config(model, num_hidden_layers=layers)
+    for args in (["inspect", model], ["apply", recipe, "--out", tmp_path / "out2"], ["verify", out]):
+        one_line_error(run(*args), "the weights do not match config.json", fragment)
+    with pytest.raises(UserError, match="the weights do not match config.json: " + fragment.split(" (")[0]):
+        models.load_model(models.resolve(str(model)))  # what bench loads
+    assert not (tmp_path / "out2").exists()
+
+
+def test_shape_that_does_not_match_the_weights(copy):
+    model = copy()
+    edit_config(model, intermediate_size=100)
+    one_line_error(run("inspect", model), "9 misshapen tensors, e.g. model.layers.0.mlp.down_proj.weight has shape "
+                                          "[48, 96], config.json implies [48, 100]")
+    with pytest.raises(UserError, match="misshapen tensors"):
+        models.load_model(models.resolve(str(model)))
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"num_attention_heads": 7}, "not a multiple of the number of attention heads (7)"),
+    ({"num_key_value_heads": 4}, "num_attention_heads 6 does not split into num_key_value_heads 4"),
+    ({"num_hidden_layers": 0}, "num_hidden_layers must be a positive integer"),
+])
+def test_configs_that_make_no_sense(copy, changes, fragment):
+    model = copy()
+    edit_config(model, **changes)
+    one_line_error(run("inspect", model), fragment)
+
+
+@pytest.mark.parametrize("config_text, fragment", [
+    ('{"model_type": "llama", ', "config.json"),
+    (json.dumps({"model_type": "customthing", "auto_map": {"AutoConfig": "c.C", "AutoModelForCausalLM": "m.M"}}),
+     "needs its own code to load"),
+])
+def test_bench_refuses_a_broken_or_code_requiring_config_in_one_line(copy, config_text, fragment):
+    model = copy()
+    (model / "config.json").write_text(config_text)
+    one_line_error(run("bench", model), fragment)
+
+
+# ---- prompt files and options -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line", ["[" * 20000 + "]" * 20000,
+                                  '{"task": "laundry", "extra": ' + "[" * 20000 + "]" * 20000 + "}"])
+def test_deeply_nested_jsonl(tmp_path, line):
+    path = tmp_path / "p.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(UserError, match="line 1: invalid JSON \\(nested too deeply\\)"):
+        read_jsonl(path)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("2-99999999999999999999", "got 99999999999999999999"), ("2-300000000", "got 300000000"),
+    ("2-" + "9" * 5000, "got 99999999999999999999…"), ("3," + "0" * 5000 + "1", "got 1"),
+])
+def test_n_items_bounds_are_checked_before_any_range_is_built(text, fragment):
+    started = time.monotonic()
+    with pytest.raises(UserError, match="--n-items: N must be between 2 and 10") as caught:
+        parse_n_items(text)
+    assert fragment in str(caught.value) and time.monotonic() - started < 1
+    assert parse_n_items("3," + "0" * 5000 + "7") == [3, 7]
+
+
+# ---- strict JSON --------------------------------------------------------------------------------
+
+
+def test_strict_json_writes_null_for_non_finite_numbers():
+    text = strict_json.dumps({"a": math.nan, "b": [1.5, math.inf, (-math.inf, 2)], "c": "NaN"})
+    assert json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name}")) == {
+        "a": None, "b": [1.5, None, [None, 2]], "c": "NaN"}
+
+
+def test_provenance_is_strict_json_even_with_a_non_finite_number(llama, tmp_path, monkeypatch):
+    import th_edit.apply
+
+    real = th_edit.apply.provenance
+    monkeypatch.setattr(th_edit.apply, "provenance", lambda *a, **k: {**real(*a, **k), "some_mean": math.nan})
+    recipe = write_recipe(tmp_path / "r.yaml", llama, edits=EDIT)
+    assert run("apply", recipe, "--out", tmp_path / "out").exit_code == 0
+    record = json.loads((tmp_path / "out" / "provenance.json").read_text(),
+                        parse_constant=lambda name: pytest.fail(f"bare {name} in provenance.json"))
+    assert record["some_mean"] is None
+
+
+@pytest.mark.real
+def test_bench_json_output_is_strict(monkeypatch):
+    """`bench --json` (and bench.json, written by the same call) never contains a bare NaN."""
+    import th_edit.commands.bench as bench
+
+    monkeypatch.setattr(bench, "load_model", lambda *a, **k: None)
+    monkeypatch.setattr(bench, "tokenize_prompts", lambda *a, **k: None)
+    monkeypatch.setattr(bench, "run_single", lambda *a, **k: {"accuracy": math.nan, "n": 3})
+    result = run("bench", "smollm2-135m", "--task", "ioi", "--n-prompts", "2", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"bare {name}")) == {"accuracy": None, "n": 3}
+
+
+def test_a_clean_base_is_still_copied_byte_for_byte(llama, tmp_path):
+    """The finiteness check on copied tensors only reads: a clean base applies, untouched bytes unchanged."""
+    recipe = write_recipe(tmp_path / "r.yaml", llama, edits=EDIT)
+    assert run("apply", recipe, "--out", tmp_path / "a").exit_code == 0
+    from safetensors.torch import load_file
+
+    written, base = load_file(tmp_path / "a" / "model.safetensors"), load_file(llama / "model.safetensors")
+    assert torch.equal(written[UNTOUCHED], base[UNTOUCHED])
+
+
+def test_legacy_gpt2_layout_still_matches(tmp_path):
+    """Hub GPT-2 checkpoints store keys without the `transformer.` prefix, plus causal-mask buffers
+    (`h.0.attn.bias`) that transformers ignores: neither is a mismatch."""
+    from safetensors.torch import save_file
+
+    model = tiny_model("gpt2")
+    model.config.save_pretrained(tmp_path)
+    state = {name.removeprefix("transformer."): tensor.contiguous() for name, tensor in model.state_dict().items()
+             if name != "lm_head.weight"}
+    state["h.0.attn.bias"] = torch.ones(1, 1, 8, 8)
+    save_file(state, tmp_path / "model.safetensors")
+    assert run("inspect", tmp_path, "--svd").exit_code == 0
+    del state["h.1.ln_1.weight"]
+    save_file(state, tmp_path / "model.safetensors")
+    one_line_error(run("inspect", tmp_path), "1 missing tensor (transformer.h.1.ln_1.weight)")
