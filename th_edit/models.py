@@ -422,14 +422,15 @@ def load_model(resolved: ResolvedModel, dtype: str | None = None, trust_remote_c
                attn_implementation: str | None = None, **placement):
     """An ordinary `from_pretrained` of the resolved checkpoint, in eval mode, refused when any
     weight is missing, unexpected, misshapen or not finite (transformers would initialise a
-    missing one randomly and carry on). `placement`: device_map, max_memory, offload_folder
-    (th_edit.devices.placement).
+    missing one randomly and carry on).
 
     dtype: None keeps the checkpoint's dtype; "float32" etc. converts. `placement`: device_map,
     max_memory, offload_folder (see th_edit.devices.placement).
     """
     import torch
     from transformers import AutoModelForCausalLM
+
+    from th_edit.params import LiveParameters
 
     load_config(resolved, trust_remote_code)
     # Mismatched shapes are listed in the loading info (and refused below) instead of raising a
@@ -444,7 +445,8 @@ def load_model(resolved: ResolvedModel, dtype: str | None = None, trust_remote_c
     except RuntimeError as exc:
         raise UserError(f"{resolved.reference}: the weights do not match config.json ({_first_line(exc)})") from None
     _refuse_loading_problems(resolved, info)
-    for name, parameter in model.named_parameters():
-        check_finite(parameter.detach(), name, resolved.reference)
+    parameters = LiveParameters(model)  # offloaded parameters are read from accelerate's weights map
+    for name, _ in model.named_parameters():
+        check_finite(parameters.get(name), name, resolved.reference)
     model.eval()
     return model
