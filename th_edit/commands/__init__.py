@@ -4,6 +4,7 @@ from th_edit.commands.apply import apply_command
 from th_edit.commands.bench import bench_command
 from th_edit.commands.inspect import inspect_command
 from th_edit.commands.push import push_command
+from th_edit.commands.subspace import subspace_command
 from th_edit.commands.verify import verify_command
 
-COMMANDS = [inspect_command, apply_command, bench_command, verify_command, push_command]
+COMMANDS = [inspect_command, apply_command, bench_command, verify_command, push_command, subspace_command]

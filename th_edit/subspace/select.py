@@ -1,0 +1,95 @@
+"""A small, data-driven stand-in for channel discovery, used when no channel is given.
+
+On the laundry prompts of the survey (every layer recorded), at the last token:
+- mover score of a head: its mean attention to the answer's (only) mention;
+- inhibition score: its mean attention to the second mentions of the handled items, summed.
+Sender heads are the `n_senders` best inhibition heads below a split layer L and movers the
+`n_movers` best mover heads from L on, with L chosen to maximize the sum of their scores.
+Their OV components are ranked by how strongly they feed the movers' queries, s_k ·
+√(Σ_B C_Q(k→B)²) with C_Q(k→B) = ‖v_kᵀ QK_B‖ / ‖QK_B‖_F (METHOD.md §3, per component), and the
+top ones are the sender components.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from th_edit.errors import UserError
+from th_edit.subspace.basis import Component
+from th_edit.subspace.survey import Head, Survey
+
+N_MOVERS = 3
+N_SENDER_HEADS = 2
+
+
+@dataclass
+class Fallback:
+    movers: list[Head]
+    sender_heads: list[Head]
+    components: list[Component]  # ranked, best first
+    record: dict  # the scores behind the choice, for the report
+
+
+def head_scores(survey: Survey) -> tuple[torch.Tensor, torch.Tensor]:
+    """[layers, heads] mean mover and inhibition scores (survey layers must be every layer)."""
+    mover = torch.stack([first[..., p.answer_position] for first, p in zip(survey.first_attention, survey.prompts)])
+    inhibition = torch.stack([second.sum(-1) for second in survey.second_attention])
+    return mover.mean(0), inhibition.mean(0)
+
+
+def q_composition(session, component: Component, receiver: Head) -> float:
+    """C_Q of one sender OV component into one receiver head's queries."""
+    layer, head, k = component
+    v = session.svd(layer, head, "ov").V[:, k]
+    weights = session.weights(receiver[0])
+    read = (v @ weights.W_Q[receiver[1]]) @ weights.W_K[receiver[1]].T  # v_kᵀ W_Q W_Kᵀ
+    return float(read.norm() / session.svd(*receiver, "qk").S.norm())
+
+
+def rank_components(session, sender_heads: list[Head], movers: list[Head]) -> list[tuple[Component, float]]:
+    """Every OV component of the sender heads with its score s_k · √(Σ_B C_Q²), best first."""
+    scored = []
+    for layer, head in sender_heads:
+        S = session.svd(layer, head, "ov").S
+        for k in range(S.shape[0]):
+            composition = sum(q_composition(session, (layer, head, k), mover) ** 2 for mover in movers) ** 0.5
+            scored.append(((layer, head, k), float(S[k]) * composition))
+    return sorted(scored, key=lambda item: -item[1])
+
+
+def _top(scores: torch.Tensor, layers: range, count: int) -> list[Head]:
+    """The `count` heads of `layers` with the highest scores, best first."""
+    H = scores.shape[1]
+    flat = scores[layers.start:layers.stop].flatten()
+    return [(layers.start + int(i) // H, int(i) % H) for i in torch.argsort(flat, descending=True)[:count]]
+
+
+def choose(session, survey: Survey, n_components: int, n_movers: int = N_MOVERS,
+           n_senders: int = N_SENDER_HEADS) -> Fallback:
+    n_layers = session.adapter.n_layers
+    if survey.layers != list(range(n_layers)):
+        raise ValueError("the fallback needs a survey of every layer")
+    if n_layers < 2:
+        raise UserError("the fallback needs at least two layers; give the channel with --components and --movers")
+    mover_score, inhibition_score = head_scores(survey)
+
+    def total(split: int) -> float:
+        senders, movers = _top(inhibition_score, range(0, split), n_senders), _top(mover_score, range(split, n_layers), n_movers)
+        return sum(float(inhibition_score[h]) for h in senders) + sum(float(mover_score[h]) for h in movers)
+
+    split = max(range(1, n_layers), key=total)
+    senders = _top(inhibition_score, range(0, split), n_senders)
+    movers = sorted(_top(mover_score, range(split, n_layers), n_movers))
+    ranked = rank_components(session, senders, movers)
+    record = {
+        "rule": "split layer L maximizing the summed scores of the top inhibition heads below L (last-token attention "
+                "to the handled items' second mentions) and the top mover heads from L on (attention to the answer); "
+                "components ranked by s_k*sqrt(sum over movers of C_Q(k->mover)^2)",
+        "split_layer": split,
+        "movers": [{"layer": l, "head": h, "score": float(mover_score[l, h])} for l, h in movers],
+        "senders": [{"layer": l, "head": h, "score": float(inhibition_score[l, h])} for l, h in senders],
+        "components": [{"layer": c[0], "head": c[1], "component": c[2], "score": s} for c, s in ranked[:max(n_components, 8)]],
+    }
+    return Fallback(movers, senders, [c for c, _ in ranked[:n_components]], record)
