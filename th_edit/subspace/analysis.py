@@ -88,6 +88,7 @@ class SubspaceResult:
             "bases": {kind: basis_record(b) for kind, b in self.bases.items()},
             "principal_angles_deg": None if self.angles is None else self.angles.tolist(),
             "candidate_accuracy": float(self.survey.candidate_correct.double().mean()),
+            "movers_attend_answer": float((self.attended == self.survey.answer_positions).double().mean()),
             "centroids": {"by_inhibited_position": self.centroids("inhibited"),
                           "by_answer_position": self.centroids("answer")},
             "points": self.points(),
@@ -226,6 +227,7 @@ def _traverse(session, recorded: Survey, coordinates: torch.Tensor, inhibited: t
     grid_count = len(points)
     baseline_attended = torch.tensor([int(s.argmax()) for s in recorded.item_attention(movers, "all")])[chosen]
     baseline_predicted = torch.tensor([int(recorded.candidate_logits[i].argmax()) for i in chosen])
+    answers = torch.tensor([p.answer_position for p in prompts])
     return {
         "n_items": n, "n_prompts": len(prompts), "mode": mode, "traversed_axes": axes_count,
         "axes": [a.tolist() for a in axes],
@@ -241,5 +243,7 @@ def _traverse(session, recorded: Survey, coordinates: torch.Tensor, inhibited: t
                          for j, k in enumerate(centroid_positions)],
         "baseline": {"attended": np.bincount(baseline_attended.numpy(), minlength=n).tolist(),
                      "predicted": np.bincount(baseline_predicted.numpy(), minlength=n).tolist(),
-                     "answer": np.bincount([p.answer_position for p in prompts], minlength=n).tolist()},
+                     "answer": np.bincount(answers.numpy(), minlength=n).tolist(),
+                     "attended_answer": float((baseline_attended == answers).double().mean()),
+                     "predicted_answer": float((baseline_predicted == answers).double().mean())},
     }

@@ -170,6 +170,9 @@ def crowding_figure(record: Mapping) -> Figure:
         these = [c for c in cells if c["n_items"] == n]
         left.scatter([c["separation"] for c in these], [c["accuracy"] for c in these], color=colour(j / max(1, len(ns) - 1)),
                      label=f"N={n}", s=22)
+    separations = [c["separation"] for c in cells if np.isfinite(c["separation"]) and c["separation"] > 0]
+    if separations and max(separations) > 50 * min(separations):  # e.g. N = 2 far apart from the rest
+        left.set_xscale("log")
     left.set_xlabel("separation from adjacent answer positions (× within-cell spread)")
     left.set_ylabel("candidate accuracy")
     left.set_ylim(-0.03, 1.03)

@@ -18,8 +18,13 @@ def _numbers(values, digits: int = 2) -> str:
     return " ".join(f"{v:.{digits}f}" for v in values)
 
 
-def _shares(fractions) -> str:
-    return " ".join(f"{i}:{100 * f:.0f}%" for i, f in enumerate(fractions) if f > 0)
+def _share(fraction: float) -> str:
+    return f"{100 * fraction:.0f}%"
+
+
+def _top(fractions) -> str:
+    best = max(range(len(fractions)), key=lambda i: fractions[i])
+    return f"{best} ({_share(fractions[best])})"
 
 
 def summary(record: Mapping) -> str:
@@ -30,7 +35,8 @@ def summary(record: Mapping) -> str:
         f"subspace of {record['model']}: {setup['dims']} dims, {record['basis_used']} basis",
         f"channel ({channel['source']}): sender components {components}; movers {movers}",
         f"signal: sum of the sender heads' outputs at the last token of {setup['n_prompts']} laundry prompts "
-        f"(N = {', '.join(map(str, setup['n_items']))}); candidate accuracy {100 * record['candidate_accuracy']:.0f}%",
+        f"(N = {', '.join(map(str, setup['n_items']))}); candidate accuracy {_share(record['candidate_accuracy'])}, "
+        f"movers attend most to the answer in {_share(record['movers_attend_answer'])}",
         "explained variance (share of the signal's centered variance per direction):",
     ]
     for kind in ("weights", "data"):
@@ -52,9 +58,13 @@ def summary(record: Mapping) -> str:
         pieces = ", ".join(f"item {k}: {v}" for k, v in regions.items())
         lines.append(f"  {verb}: {len(regions)} items selected somewhere; regions per item {pieces} "
                      f"({'contiguous' if contiguous else 'not contiguous'})")
-    for centroid in traversal["at_centroids"]:
-        lines.append(f"  at the centroid of inhibited position {centroid['inhibited_position']}: movers attend "
-                     f"{_shares(centroid['attended'])}; predicted {_shares(centroid['predicted'])}")
+    baseline = traversal["baseline"]
+    lines.append(f"  without intervention: movers attend most to the answer in {_share(baseline['attended_answer'])} of "
+                 f"these prompts, the model picks it in {_share(baseline['predicted_answer'])}")
+    if traversal["at_centroids"]:
+        lines.append("  at the centroid of each inhibited position (position: movers' top item, model's top item):")
+        lines.append("    " + "; ".join(f"{c['inhibited_position']}: {_top(c['attended'])}, {_top(c['predicted'])}"
+                                        for c in traversal["at_centroids"]))
     crowd = record["crowding"]
     low, high = crowd["pooled_ci95"]
     lines += [

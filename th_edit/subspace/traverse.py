@@ -190,13 +190,14 @@ def select(session, prompts: Sequence[TaskPrompt], sender_heads: Sequence[Head],
     predicted = torch.zeros_like(attended)
     batches = length_batches([len(e) for e in encoded], batch_size)
     with torch.inference_mode(), intervention.installed():
-        for indices in ui.progress(batches, desc=desc, unit="batch"):
+        for number, indices in enumerate(batches, start=1):
             batch = left_padded([encoded[i] for i in indices], pad, session.device)
             intervention.points = None
             prefix = model(**{k: v[:, :-1] for k, v in batch.items()}, use_cache=True, logits_to_keep=1)
             cache = _returned_cache(prefix)
             per_forward = max(1, ROWS_PER_FORWARD // len(indices)) if hasattr(cache, "batch_repeat_interleave") else 1
-            for start in range(0, len(points), per_forward):
+            starts = range(0, len(points), per_forward)
+            for start in ui.progress(starts, desc=f"{desc} (prompt batch {number}/{len(batches)})", unit="pass"):
                 chunk = points[start:start + per_forward]
                 repeated = copy.deepcopy(cache)
                 if len(chunk) > 1:
