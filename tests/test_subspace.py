@@ -399,7 +399,20 @@ def test_fallback_finds_the_planted_sender(planted):
     chosen = subspace.choose_fallback(session, recorded, 3)
     assert chosen.sender_heads[0] == SENDER
     assert all(layer > max(s[0] for s in chosen.sender_heads) for layer, _ in chosen.movers)
-    assert len(chosen.components) == 3
+    # Round-robin over the sender heads, best inhibition head first.
+    assert [c[:2] for c in chosen.components] == [chosen.sender_heads[i % len(chosen.sender_heads)] for i in range(3)]
+
+
+def test_q_composition_matches_the_dense_product():
+    from th_edit.subspace.select import q_composition
+
+    tokenizer = word_tokenizer()
+    session = Session(tiny_model("gemma3_text", vocab_size=len(tokenizer)), tokenizer)
+    weights = session.weights(2)
+    dense = weights.W_Q[3] @ weights.W_K[3].T  # QK of receiver 2.3, d×d
+    v = session.svd(0, 1, "ov").V[:, 2]
+    expected = float((v @ dense).norm() / torch.linalg.matrix_norm(dense))
+    assert q_composition(session, (0, 1, 2), (2, 3)) == pytest.approx(expected, rel=1e-10)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,9 +5,12 @@ On the laundry prompts of the survey (every layer recorded), at the last token:
 - inhibition score: its mean attention to the second mentions of the handled items, summed.
 Sender heads are the `n_senders` best inhibition heads below a split layer L and movers the
 `n_movers` best mover heads from L on, with L chosen to maximize the sum of their scores.
-Their OV components are ranked by how strongly they feed the movers' queries, s_k ·
-√(Σ_B C_Q(k→B)²) with C_Q(k→B) = ‖v_kᵀ QK_B‖ / ‖QK_B‖_F (METHOD.md §3, per component), and the
-top ones are the sender components.
+Each sender head's OV components are ranked by how strongly they feed the movers' queries,
+s_k · √(Σ_B C_Q(k→B)²) with C_Q(k→B) = ‖v_kᵀ QK_B‖ / ‖QK_B‖_F (METHOD.md §3, per component). The
+score compares components of one head, not of heads in different layers (Gemma's W_O^eff carries
+its post-attention norm weight, whose per-token scale differs by layer), so the sender components
+are taken round-robin over the sender heads, best inhibition head first: its best component,
+the next head's best, its second best, ...
 """
 
 from __future__ import annotations
@@ -48,15 +51,21 @@ def q_composition(session, component: Component, receiver: Head) -> float:
     return float(read.norm() / session.svd(*receiver, "qk").S.norm())
 
 
-def rank_components(session, sender_heads: list[Head], movers: list[Head]) -> list[tuple[Component, float]]:
-    """Every OV component of the sender heads with its score s_k · √(Σ_B C_Q²), best first."""
+def rank_components(session, head: Head, movers: list[Head]) -> list[tuple[Component, float]]:
+    """Every OV component of one sender head with its score s_k · √(Σ_B C_Q²), best first."""
+    layer, index = head
+    S = session.svd(layer, index, "ov").S
     scored = []
-    for layer, head in sender_heads:
-        S = session.svd(layer, head, "ov").S
-        for k in range(S.shape[0]):
-            composition = sum(q_composition(session, (layer, head, k), mover) ** 2 for mover in movers) ** 0.5
-            scored.append(((layer, head, k), float(S[k]) * composition))
+    for k in range(S.shape[0]):
+        composition = sum(q_composition(session, (layer, index, k), mover) ** 2 for mover in movers) ** 0.5
+        scored.append(((layer, index, k), float(S[k]) * composition))
     return sorted(scored, key=lambda item: -item[1])
+
+
+def round_robin(rankings: list[list[tuple[Component, float]]]) -> list[tuple[Component, float]]:
+    """First of each ranking, then second of each, ..."""
+    longest = max(len(r) for r in rankings)
+    return [r[i] for i in range(longest) for r in rankings if i < len(r)]
 
 
 def _top(scores: torch.Tensor, layers: range, count: int) -> list[Head]:
@@ -82,11 +91,12 @@ def choose(session, survey: Survey, n_components: int, n_movers: int = N_MOVERS,
     split = max(range(1, n_layers), key=total)
     senders = _top(inhibition_score, range(0, split), n_senders)
     movers = sorted(_top(mover_score, range(split, n_layers), n_movers))
-    ranked = rank_components(session, senders, movers)
+    ranked = round_robin([rank_components(session, head, movers) for head in senders])
     record = {
         "rule": "split layer L maximizing the summed scores of the top inhibition heads below L (last-token attention "
                 "to the handled items' second mentions) and the top mover heads from L on (attention to the answer); "
-                "components ranked by s_k*sqrt(sum over movers of C_Q(k->mover)^2)",
+                "each sender head's components ranked by s_k*sqrt(sum over movers of C_Q(k->mover)^2), taken "
+                "round-robin over the sender heads (best inhibition head first)",
         "split_layer": split,
         "movers": [{"layer": l, "head": h, "score": float(mover_score[l, h])} for l, h in movers],
         "senders": [{"layer": l, "head": h, "score": float(inhibition_score[l, h])} for l, h in senders],
