@@ -14,7 +14,10 @@ separation:
   (it asks "within a list length, do the crowded positions fail more?", which the pooled ρ —
   where large N is both crowded and hard — cannot separate from N itself).
 
-Crowded positions being the ones the model gets wrong shows up as ρ > 0.
+Crowded positions being the ones the model gets wrong shows up as ρ > 0. Per N, also: the span
+of the answer positions' centroids (largest distance between two of them) and the Spearman ρ of
+position against the centroids' first coordinate (±1: the positions lie in order along the first
+basis direction).
 """
 
 from __future__ import annotations
@@ -34,12 +37,12 @@ def _ranks(x: np.ndarray) -> np.ndarray:
     return (first + (counts - 1) / 2.0)[inverse]
 
 
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's ρ (nan when either side is constant or there are fewer than 3 pairs)."""
+def spearman(x: Sequence[float], y: Sequence[float], minimum: int = 3) -> float:
+    """Spearman's ρ (nan when either side is constant or there are fewer than `minimum` pairs)."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
-    if len(x) < 3:
+    if len(x) < max(2, minimum):
         return float("nan")
     rx, ry = _ranks(x), _ranks(y)
     rx, ry = rx - rx.mean(), ry - ry.mean()
@@ -148,7 +151,11 @@ def crowding(coordinates: np.ndarray, n_items: np.ndarray, answer_positions: np.
     for n in sorted({r["n_items"] for r in rows}):
         cells = [r for r in rows if r["n_items"] == n]
         in_n = n_items == n
+        centroids = np.array([c["centroid"] for c in cells])
+        span = float(max(np.linalg.norm(a - b) for a in centroids for b in centroids))
         by_n.append({"n_items": n, "accuracy": float(correct[in_n].mean()), "count": int(in_n.sum()),
+                     "centroid_span": span,
+                     "order_along_first_direction": spearman([c["position"] for c in cells], centroids[:, 0], minimum=2),
                      "mean_adjacent_distance": float(np.nanmean([c["adjacent_distance"] for c in cells]))
                      if len(cells) > 1 else float("nan"),
                      "mean_separation": float(np.nanmean([c["separation"] for c in cells])) if len(cells) > 1

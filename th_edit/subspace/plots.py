@@ -46,7 +46,7 @@ def _scatter(axes, coordinates: np.ndarray, positions: np.ndarray, three_d: bool
 
 
 def _centroid_paths(axes, record: Mapping, three_d: bool) -> None:
-    rows = record["centroids"]["by_inhibited_position"]
+    rows = record["centroids"]["by_answer_position"]
     ns = sorted({r["n_items"] for r in rows})
     colour = matplotlib.colormaps["viridis"]
     for j, n in enumerate(ns):
@@ -61,14 +61,14 @@ def _centroid_paths(axes, record: Mapping, three_d: bool) -> None:
 
 def projection_figure(record: Mapping) -> Figure:
     """Rows: points coloured by inhibited position, by answer position, and the per-N centroid
-    paths (inhibited positions in order); columns: three fixed views (3D) or one (2D)."""
+    paths (answer positions in order); columns: three fixed views (3D) or one (2D)."""
     coordinates, colours, _ = _points(record)
     labels = _axis_labels(record)
     three_d = coordinates.shape[1] >= 3
     columns = len(VIEWS) if three_d else 1
     figure = plt.figure(figsize=(4.6 * columns, 13))
     titles = ("colour: first-list position of the inhibited item", "colour: answer position",
-              "centroids of the inhibited positions, per N (numbers: positions for the largest N)")
+              "centroids of the answer positions, per N, joined in position order (numbers: positions for the largest N)")
     for row in range(3):
         for column in range(columns):
             axes = figure.add_subplot(3, columns, row * columns + column + 1, projection="3d" if three_d else None)
@@ -85,7 +85,8 @@ def projection_figure(record: Mapping) -> Figure:
             if column == 0:
                 axes.set_title(titles[row], fontsize=9, loc="left")
             if column == columns - 1:
-                axes.legend(fontsize=6, loc="upper right", title="N" if row == 2 else "position", title_fontsize=6)
+                axes.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.08, 1.0), title_fontsize=6,
+                            title="N" if row == 2 else "position")
     channel = record["channel"]
     heads = ", ".join(f"{h['layer']}.{h['head']}" for h in channel["sender_heads"])
     figure.suptitle(f"{record['model']}: sender heads {heads} at the last token, {record['basis_used']} basis "
@@ -195,7 +196,7 @@ def crowding_figure(record: Mapping) -> Figure:
 
 
 def save_figure(figure: Figure, path: str | Path, dpi: int = 110) -> None:
-    figure.savefig(path, dpi=dpi, format="png")
+    figure.savefig(path, dpi=dpi, format="png", bbox_inches="tight")
     plt.close(figure)
 
 

@@ -70,11 +70,12 @@ def summary(record: Mapping) -> str:
     lines += [
         f"crowding ({crowd['grouping']}s): pooled Spearman rho(separation, accuracy) = {crowd['pooled_spearman']:.2f} "
         f"[{low:.2f}, {high:.2f}]; within N: rho = {crowd['within_n_spearman']:.2f}, permutation p = {crowd['within_n_p']:.3g}",
-        "  N  accuracy  mean separation  mean adjacent distance",
+        "  N  accuracy  mean separation  mean adjacent distance  centroid span  order along direction 1",
     ]
     for row in crowd["by_n"]:
         lines.append(f"  {row['n_items']:<2} {100 * row['accuracy']:7.0f}%  {row['mean_separation']:15.2f}  "
-                     f"{row['mean_adjacent_distance']:22.3g}")
+                     f"{row['mean_adjacent_distance']:22.3g}  {row['centroid_span']:13.3g}  "
+                     f"{row['order_along_first_direction']:23.2f}")
     lines += [f"note: {note}" for note in record.get("notes", [])]
     return "\n".join(lines)
 
