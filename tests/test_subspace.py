@@ -455,3 +455,18 @@ def test_subspace_command_user_errors(checkpoint, tmp_path, extra, message):
     assert result.output.startswith("error: ") and result.output.count("\n") == 1
     assert message in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_readme_python_example_runs_on_a_tiny_model(tmp_path, monkeypatch):
+    """The README's snippet as written (fewer prompts and grid points), on a tiny checkpoint with the same heads."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("### `th-edit subspace"):readme.index("## Python API")]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    base = tiny_checkpoint(tmp_path / "tiny", "llama", num_hidden_layers=24, num_attention_heads=9,
+                           num_key_value_heads=3, head_dim=8, hidden_size=72)
+    assert '"smollm2-135m"' in code and "n_prompts=40" in code
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    code = code.replace('"smollm2-135m"', repr(str(base))).replace("n_prompts=40", "n_prompts=3, grid=3")
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert sorted(p.name for p in (tmp_path / "out" / "subspace-smollm2").iterdir()) == sorted(subspace.OUTPUT_FILES)

@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 
 from th_edit import ui
+from th_edit.arch import adapter_for
 from th_edit.commands.bench import parse_n_items
 from th_edit.commands.options import device_options
 from th_edit.errors import UserError
-from th_edit.arch import adapter_for
 from th_edit.models import DEFAULT_MODEL, load_config, resolve
 from th_edit.session import load as load_session
 

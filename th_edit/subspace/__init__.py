@@ -2,7 +2,8 @@
 
     import th_edit
     m = th_edit.load("smollm2-135m")
-    result = th_edit.subspace.analyze(m, components=[(20, 0, 1), (20, 5, 0), (21, 3, 0)], movers=[(23, 3), (25, 1)])
+    result = th_edit.subspace.analyze(m, components=[(20, 0, 0), (17, 5, 1), (20, 0, 1)],
+                                      movers=[(23, 0), (23, 1), (23, 7)])
     record = result.to_dict()                      # what subspace.json holds
     print(th_edit.subspace.summary(record))
     th_edit.subspace.write_outputs(record, "out/subspace")   # JSON, PNGs, self-contained HTML
@@ -25,7 +26,8 @@ from th_edit.subspace.traverse import MODES, Selections, SubspaceIntervention, g
 
 __all__ = [
     "BASES", "DEFINITIONS", "MODES", "OUTPUT_FILES", "Basis", "ItemTokens", "Selections", "SubspaceIntervention",
-    "SubspaceResult", "Survey", "analyze", "check_channel", "check_outputs", "choose_fallback", "crowding", "data_basis", "grid_axes",
-    "grid_points", "locate_items", "parse_components", "parse_heads", "principal_angles", "read_channels", "regions",
-    "select", "spearman", "summary", "survey", "variance_shares", "weight_basis", "write_directions", "write_outputs",
+    "SubspaceResult", "Survey", "analyze", "check_channel", "check_outputs", "choose_fallback", "crowding", "data_basis",
+    "grid_axes", "grid_points", "locate_items", "parse_components", "parse_heads", "principal_angles", "read_channels",
+    "regions", "select", "spearman", "summary", "survey", "variance_shares", "weight_basis", "write_directions",
+    "write_outputs",
 ]

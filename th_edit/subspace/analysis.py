@@ -76,7 +76,7 @@ class SubspaceResult:
             record = {"vectors": basis.vectors.T.tolist(), "explained_variance": basis.explained.tolist(),
                       "explained_total": float(basis.explained.sum())}
             if basis.kind == "weights":
-                record["components"] = [{"layer": l, "head": h, "component": k} for l, h, k in basis.components]
+                record["components"] = [{"layer": layer, "head": h, "component": k} for layer, h, k in basis.components]
             return record
 
         return {
@@ -165,10 +165,10 @@ def analyze(session, components: Sequence[Component] | None = None, movers: Sequ
                             f"components 0..{S.shape[0] - 1})")
         singular_values.append(float(S[k]))
     channel.update({
-        "components": [{"layer": l, "head": h, "component": k, "singular_value": s}
-                       for (l, h, k), s in zip(components, singular_values)],
-        "sender_heads": [{"layer": l, "head": h} for l, h in sender_heads],
-        "movers": [{"layer": l, "head": h} for l, h in movers],
+        "components": [{"layer": layer, "head": h, "component": k, "singular_value": s}
+                       for (layer, h, k), s in zip(components, singular_values)],
+        "sender_heads": [{"layer": layer, "head": h} for layer, h in sender_heads],
+        "movers": [{"layer": layer, "head": h} for layer, h in movers],
         "intervention_layer": max(layer for layer, _ in sender_heads),
     })
 

@@ -102,6 +102,12 @@ def cell_table(coordinates: np.ndarray, n_items: np.ndarray, positions: np.ndarr
             for i, ((n, p), m) in enumerate(zip(cells, members))]
 
 
+def _finite_mean(values: Sequence[float]) -> float:
+    """Mean of the finite values (nan when there are none: no position has a neighbour)."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 def _within_n(rows: list[dict]) -> tuple[float, list[int]]:
     rhos, ns = [], []
     for n in sorted({r["n_items"] for r in rows}):
@@ -156,10 +162,8 @@ def crowding(coordinates: np.ndarray, n_items: np.ndarray, answer_positions: np.
         by_n.append({"n_items": n, "accuracy": float(correct[in_n].mean()), "count": int(in_n.sum()),
                      "centroid_span": span,
                      "order_along_first_direction": spearman([c["position"] for c in cells], centroids[:, 0], minimum=2),
-                     "mean_adjacent_distance": float(np.nanmean([c["adjacent_distance"] for c in cells]))
-                     if len(cells) > 1 else float("nan"),
-                     "mean_separation": float(np.nanmean([c["separation"] for c in cells])) if len(cells) > 1
-                     else float("nan")})
+                     "mean_adjacent_distance": _finite_mean([c["adjacent_distance"] for c in cells]),
+                     "mean_separation": _finite_mean([c["separation"] for c in cells])})
     return {
         "grouping": "answer position",
         "cells": rows,

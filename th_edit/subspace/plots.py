@@ -132,8 +132,8 @@ def traversal_figure(record: Mapping) -> Figure:
             if count >= 3:
                 axes.set_title(f"{labels[2].split(' (')[0]} = {axes_values[2][s]:.2g}", fontsize=7)
             if s == 0:
-                axes.set_ylabel(f"{'movers attend' if which == 'attended' else 'model predicts'}\n{labels[1] if count > 1 else ''}",
-                                fontsize=7)
+                verb = "movers attend" if which == "attended" else "model predicts"
+                axes.set_ylabel(f"{verb}\n{labels[1] if count > 1 else ''}", fontsize=7)
             if row == 1:
                 axes.set_xlabel(labels[0], fontsize=7)
     handles = [matplotlib.patches.Patch(color=POSITION_COLORS[i], label=f"item {i}") for i in range(n)]

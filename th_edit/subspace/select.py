@@ -98,8 +98,8 @@ def choose(session, survey: Survey, n_components: int, n_movers: int = N_MOVERS,
                 "each sender head's components ranked by s_k*sqrt(sum over movers of C_Q(k->mover)^2), taken "
                 "round-robin over the sender heads (best inhibition head first)",
         "split_layer": split,
-        "movers": [{"layer": l, "head": h, "score": float(mover_score[l, h])} for l, h in movers],
-        "senders": [{"layer": l, "head": h, "score": float(inhibition_score[l, h])} for l, h in senders],
+        "movers": [{"layer": layer, "head": h, "score": float(mover_score[layer, h])} for layer, h in movers],
+        "senders": [{"layer": layer, "head": h, "score": float(inhibition_score[layer, h])} for layer, h in senders],
         "components": [{"layer": c[0], "head": c[1], "component": c[2], "score": s} for c, s in ranked[:max(n_components, 8)]],
     }
     return Fallback(movers, senders, [c for c, _ in ranked[:n_components]], record)

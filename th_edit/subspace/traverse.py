@@ -161,9 +161,9 @@ def _returned_cache(output):
 def _item_scores(pattern: torch.Tensor, items: ItemTokens, offset: int) -> torch.Tensor:
     """[N] attention (summed over rows) to each item's mentions, from last-token attention rows [M, K].
 
-    `offset` is the prompt's first token in the padded batch. A row shorter than the batch (a
-    sliding-window layer's cache keeps only the last K positions) covers its last K positions;
-    mentions before the window get no attention.
+    A row holds the last K positions of the sequence (all of it, or a sliding-window layer's
+    cache); `offset` is where the prompt's first token falls in it (K − the prompt's length,
+    negative when the window starts inside the prompt). Mentions before the row get no attention.
     """
     def at(t: int) -> torch.Tensor:
         return pattern[:, t] if t >= 0 else pattern.new_zeros(pattern.shape[0])
