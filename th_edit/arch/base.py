@@ -231,6 +231,19 @@ class Adapter(ABC):
         spec = self.output_norm(layer)
         return None if spec is None else spec.gain(source, dtype)
 
+    def output_scale(self, layer: int, attention_output: torch.Tensor) -> torch.Tensor:
+        """Per-token factor [..., 1] by which the post-attention norm (Gemma) scales the output
+        projection's output o = Σ_h z_h W_O[h] (+ b_O) before its weight, which W_O^eff already
+        holds: head h adds exactly z_h W_O^eff[h] · factor to the residual stream. Ones when the
+        layer has no such norm. Computed in float32 at least, as the norm itself computes."""
+        spec = self.output_norm(layer)
+        o = attention_output.float() if attention_output.dtype in (torch.float16, torch.bfloat16) else attention_output
+        if spec is None:
+            return torch.ones_like(o[..., :1])
+        if spec.kind != "rmsnorm":  # a LayerNorm here would also shift the output, not only scale it
+            raise NotImplementedError(f"no per-head decomposition through a post-attention {spec.kind}")
+        return torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + spec.eps)
+
     def normalize(self, x: torch.Tensor, layer: int) -> torch.Tensor:
         """x̃: the residual stream normalized by the layer's input norm, before its weight."""
         return self.input_norm(layer).normalize(x)
