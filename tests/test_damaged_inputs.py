@@ -227,11 +227,15 @@ def test_provenance_is_strict_json_even_with_a_non_finite_number(llama, tmp_path
 @pytest.mark.real
 def test_bench_json_output_is_strict(monkeypatch):
     """`bench --json` (and bench.json, written by the same call) never contains a bare NaN."""
-    import th_edit.commands.bench as bench
+    from types import SimpleNamespace
 
-    monkeypatch.setattr(bench, "load_model", lambda *a, **k: None)
-    monkeypatch.setattr(bench, "tokenize_prompts", lambda *a, **k: None)
-    monkeypatch.setattr(bench, "run_single", lambda *a, **k: {"accuracy": math.nan, "n": 3})
+    import th_edit.bench
+    import th_edit.commands.bench as command
+
+    session = SimpleNamespace(model=None, device="cpu", dtype=torch.float32, max_length=None)
+    monkeypatch.setattr(command, "load_session", lambda *a, **k: session)
+    monkeypatch.setattr(th_edit.bench, "tokenize_prompts", lambda *a, **k: None)
+    monkeypatch.setattr(th_edit.bench, "run_single", lambda *a, **k: {"accuracy": math.nan, "n": 3})
     result = run("bench", "smollm2-135m", "--task", "ioi", "--n-prompts", "2", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"bare {name}")) == {"accuracy": None, "n": 3}

@@ -130,6 +130,8 @@ def test_candidates_from_channels_json():
     filled = candidates_from_channels(record, limit=4)
     assert [(c.layer, c.head, c.component) for c in filled] == [(20, 0, 1), (18, 2, 0), (20, 0, 2), (20, 0, 0)]
     assert "below the channel threshold" in filled[2].evidence
+    below_threshold_only = candidates_from_channels({"channels": {"inhibition": []}, "pairs": record["pairs"]}, limit=2)
+    assert [(c.layer, c.head, c.component) for c in below_threshold_only] == [(20, 0, 1), (20, 0, 2)]
     with pytest.raises(UserError, match="no 'inhibition' channel"):
         candidates_from_channels({"channels": {}})
     with pytest.raises(UserError, match=r"channels.inhibition\[0\]"):

@@ -15,7 +15,8 @@ PROBE = Path(__file__).resolve().parent / "tf_probe.py"
 
 def tf4_python() -> Path:
     """The venv's python (TH_EDIT_TF4_VENV overrides where it is); skips the test when absent."""
-    venv = Path(os.environ.get("TH_EDIT_TF4_VENV", ROOT / ".venv-tf4"))
+    # Resolved against the repository: the probes run with a temporary working directory.
+    venv = ROOT / os.environ.get("TH_EDIT_TF4_VENV", ".venv-tf4")
     python = venv / "bin" / "python"
     if not python.is_file():
         pytest.skip(f"no transformers 4.x venv at {venv}: create it with `make tf4` (`make test` does)")

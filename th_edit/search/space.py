@@ -30,8 +30,10 @@ def candidates_from_channels(record: Mapping, kind: str = "inhibition", limit: i
     channel, so the search can also try components just under the threshold. Each component once."""
     channels = record.get("channels", {}) if isinstance(record, Mapping) else {}
     entries = channels.get(kind) if isinstance(channels, Mapping) else None
-    if not isinstance(entries, list) or not entries:
-        raise UserError(f"channels.json has no '{kind}' channel entries (channels.{kind} is missing or empty)")
+    entries = entries if isinstance(entries, list) else []
+    pair_components = _pair_components(record, kind)
+    if not entries and not pair_components:
+        raise UserError(f"channels.json has no '{kind}' channel: neither channels.{kind} entries nor pairs examined for it")
     found: dict[tuple[int, int, int], Candidate] = {}
     for i, entry in enumerate(entries):
         try:
@@ -45,7 +47,7 @@ def candidates_from_channels(record: Mapping, kind: str = "inhibition", limit: i
             found[key] = Candidate(*key[:2], "ov", key[2], evidence=(
                 f"{kind} channel: sender {key[0]}.{key[1]} OV component {key[2]} -> receiver "
                 f"{receiver.get('layer')}.{receiver.get('head')}, weight score {score:.3g}, z {z:+.1f}"))
-    for z, key, receiver in sorted(_pair_components(record, kind), reverse=True):
+    for z, key, receiver in sorted(pair_components, reverse=True):
         if len(found) >= limit:
             break
         found.setdefault(key, Candidate(*key[:2], "ov", key[2], evidence=(
