@@ -266,3 +266,26 @@ def test_legacy_gpt2_layout_still_matches(tmp_path):
     del state["h.1.ln_1.weight"]
     save_file(state, tmp_path / "model.safetensors")
     one_line_error(run("inspect", tmp_path), "1 missing tensor (transformer.h.1.ln_1.weight)")
+
+
+def test_scales_beyond_the_documented_bound_are_refused(llama, tmp_path):
+    from th_edit.recipe import MAX_SCALE
+
+    recipe = write_recipe(tmp_path / "r.yaml", llama, edits=[{**EDIT[0], "scale": 1e30}])
+    one_line_error(run("apply", recipe, "--out", tmp_path / "out"), "edits[0].scale", f"at most {MAX_SCALE:g}")
+    assert not (tmp_path / "out").exists()
+    recipe = write_recipe(tmp_path / "ok.yaml", llama, edits=[{**EDIT[0], "scale": MAX_SCALE}])
+    assert run("apply", recipe, "--out", tmp_path / "ok", "--no-bench").exit_code == 0
+
+
+def test_a_large_scale_in_bfloat16_warns_about_the_untouched_components(llama, tmp_path):
+    """The realized change of the components no edit names is measured after the cast; over 1% warns."""
+    edits = [{**EDIT[0], "scale": 100.0}]
+    loud = CliRunner().invoke(main, ["apply", str(write_recipe(tmp_path / "b.yaml", llama, edits=edits, dtype="bfloat16")),
+                                     "--out", str(tmp_path / "b"), "--no-bench"])
+    assert loud.exit_code == 0 and "components the recipe does not name changed by up to" in loud.stderr
+    quiet = CliRunner().invoke(main, ["apply", str(write_recipe(tmp_path / "f.yaml", llama, edits=edits, dtype="float32")),
+                                      "--out", str(tmp_path / "f"), "--no-bench"])
+    assert quiet.exit_code == 0 and "does not name" not in quiet.stderr
+    record = json.loads((tmp_path / "b" / "provenance.json").read_text())
+    assert "max_untouched_relative_change" in json.dumps(record)

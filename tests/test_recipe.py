@@ -1,6 +1,9 @@
 """Recipe validation: every mistake is one line naming the field, exit code 2, nothing written."""
 
+from pathlib import Path
+
 import pytest
+import transformers
 from click.testing import CliRunner
 from tiny import tiny_model
 
@@ -179,3 +182,21 @@ def test_shard_size_error_names_the_field_only(tmp_path):
         parse_recipe("base_model: m\nedits:\n" + GOOD_EDIT + "output: {max_shard_size: 1.5}\n")
     message = str(excinfo.value)
     assert "output.max_shard_size must be a size" in message and ".str" not in message and "more problem" not in message
+
+
+HUB_RECIPE_SHAPES = {  # the hub models' configs, built here: nothing is downloaded
+    "gpt2-small-inhibition.yaml": lambda: transformers.GPT2Config(),
+    "pythia-160m-inhibition.yaml": lambda: transformers.GPTNeoXConfig(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HUB_RECIPE_SHAPES))
+def test_shipped_hub_recipes_parse_and_fit_their_models_shape(name):
+    from th_edit.arch import adapter_for
+    from th_edit.recipe import check_against_model, load_recipe
+
+    path = Path(__file__).resolve().parent.parent / "recipes" / name
+    recipe, _ = load_recipe(path)
+    check_against_model(recipe, adapter_for(HUB_RECIPE_SHAPES[name]()), name)
+    assert recipe.edits and "NOT RUN HERE" in path.read_text()

@@ -19,7 +19,8 @@ from th_edit.session import Variant
 from th_edit.tasks.neutral import neutral_set
 from th_edit.tasks.sets import build_prompts
 
-CANDIDATES = [Candidate(1, 0, "ov", 0), Candidate(1, 2, "ov", 1), Candidate(2, 1, "ov", 0), Candidate(2, 3, "qk", 0)]
+CANDIDATES = [Candidate(1, 0, "ov", (0, 1)), Candidate(1, 2, "ov", (1,)), Candidate(2, 1, "ov", (0, 2)),
+              Candidate(2, 3, "qk", (0,))]
 SETTINGS = SearchSettings(n_items=(2, 3), trials=6, seed=1, limits=Limits(kl_budget=0.5, max_ioi_drop=0.5),
                           tune_prompts=8, held_out_prompts=8, quick_prompts=3, tune_kl_texts=10, batch_size=8,
                           whole_head_scales=(1.5, 2.0))
@@ -100,11 +101,27 @@ def test_ctrl_c_keeps_the_trials_so_far_and_resume_continues(session, tmp_path, 
     assert [t.as_dict() for t in resumed.result.trials[:3]] == [t.as_dict() for t in interrupted.result.trials]
 
 
-def test_edits_for_groups_components_of_one_head_and_scale():
-    edits = edits_for({Candidate(2, 1, "ov", 3): 2.0, Candidate(2, 1, "ov", 0): 2.0, Candidate(2, 1, "ov", 1): 0.5,
-                       Candidate(1, 0, "qk", 0): 1.5})
+def test_edits_for_takes_the_first_k_components_of_each_head():
+    edits = edits_for({Candidate(2, 1, "ov", (3, 0, 5)): (2, 2.0), Candidate(1, 0, "qk", (0,)): (1, 1.5),
+                       Candidate(3, 0, "ov", (1,)): (0, 3.0)})
     assert [(e.layer, e.head, e.circuit, e.components, e.scale) for e in edits] == [
-        (1, 0, "qk", [0], 1.5), (2, 1, "ov", [0, 3], 2.0), (2, 1, "ov", [1], 0.5)]
+        (1, 0, "qk", [0], 1.5), (2, 1, "ov", [0, 3], 2.0)]
+    assert Candidate(1, 0, "ov", tuple(range(40))).k_choices() == [0, 1, 2, 4, 8, 16, 32, 40]
+    assert Candidate(1, 0, "ov", (4, 2, 7)).k_choices() == [0, 1, 2, 3]
+
+
+def test_attribution_orders_each_heads_components_by_their_gain(session):
+    """Components are re-ranked by the hooked gradient on the prompts given; only helpful ones stay."""
+    from th_edit.search.attribution import component_gradients, ranked_by_attribution
+
+    prompts = build_prompts(session.tokenizer, ("laundry",), [2, 3], 6, 0)
+    candidates = [Candidate(1, 0, "ov", (0,), "from channels"), Candidate(2, 3, "qk", (1,))]
+    ranked = ranked_by_attribution(session, prompts, candidates)
+    gradient = component_gradients(session, prompts, [(1, 0)])[(1, 0)]
+    helpful = [int(k) for k in torch.argsort(gradient, descending=True) if gradient[k] > 0]
+    assert 0 < len(helpful) < len(gradient)  # some help, some hurt: the ranking has something to do
+    assert ranked[0].components == tuple(helpful) and ranked[0].evidence.startswith("from channels; ")
+    assert ranked[1] == candidates[1]
 
 
 def test_whole_head_scaling_scales_w_o(session):
@@ -118,20 +135,26 @@ def test_whole_head_scaling_scales_w_o(session):
 
 def test_candidates_from_channels_json():
     record = {"channels": {"inhibition": [
-        {"sender": {"layer": 20, "head": 0, "component": 1}, "receiver": {"layer": 23, "head": 3}, "weight_score": 0.4},
-        {"sender": {"layer": 20, "head": 0, "component": 1}, "receiver": {"layer": 25, "head": 1}, "weight_score": 0.3},
-        {"sender": {"layer": 18, "head": 2, "component": 0}, "receiver": {"layer": 23, "head": 3}, "weight_score": 0.2},
+        {"sender": {"layer": 20, "head": 0, "component": 1}, "receiver": {"layer": 23, "head": 3}, "weight_score": 0.4,
+         "z": 5.0},
+        {"sender": {"layer": 20, "head": 0, "component": 1}, "receiver": {"layer": 25, "head": 1}, "weight_score": 0.3,
+         "z": 4.0},
+        {"sender": {"layer": 18, "head": 2, "component": 0}, "receiver": {"layer": 23, "head": 3}, "weight_score": 0.2,
+         "z": 6.0},
     ]}}
     found = candidates_from_channels(record)
-    assert [(c.layer, c.head, c.circuit, c.component) for c in found] == [(20, 0, "ov", 1), (18, 2, "ov", 0)]
+    assert [(c.layer, c.head, c.circuit, c.components) for c in found] == [(18, 2, "ov", (0,)), (20, 0, "ov", (1,))]
     assert "23.3" in found[0].evidence
     record["pairs"] = [{"sender": "20.0", "receiver": "23.3", "channel": "inhibition", "z": [1.0, 9.0, 2.5, 0.1]},
+                       {"sender": "17.5", "receiver": "23.3", "channel": "inhibition", "z": [0.5, 2.0]},
                        {"sender": "9.9", "receiver": "23.3", "channel": "duplicate_token", "z": [8.0]}]
-    filled = candidates_from_channels(record, limit=4)
-    assert [(c.layer, c.head, c.component) for c in filled] == [(20, 0, 1), (18, 2, 0), (20, 0, 2), (20, 0, 0)]
+    filled = candidates_from_channels(record)
+    # reported components first (by z), then the rest of the head's components by their best z
+    assert [(c.layer, c.head, c.components) for c in filled] == [(18, 2, (0,)), (20, 0, (1, 2, 0, 3)), (17, 5, (1, 0))]
     assert "below the channel threshold" in filled[2].evidence
-    below_threshold_only = candidates_from_channels({"channels": {"inhibition": []}, "pairs": record["pairs"]}, limit=2)
-    assert [(c.layer, c.head, c.component) for c in below_threshold_only] == [(20, 0, 1), (20, 0, 2)]
+    assert [c.name for c in candidates_from_channels(record, limit=2)] == ["18.2.ov", "20.0.ov"]
+    below_threshold_only = candidates_from_channels({"channels": {"inhibition": []}, "pairs": record["pairs"]})
+    assert [(c.layer, c.head, c.components) for c in below_threshold_only] == [(20, 0, (1, 2, 0, 3)), (17, 5, (1, 0))]
     with pytest.raises(UserError, match="no 'inhibition' channel"):
         candidates_from_channels({"channels": {}})
     with pytest.raises(UserError, match=r"channels.inhibition\[0\]"):

@@ -13,7 +13,7 @@ from th_edit import strict_json, ui
 from th_edit.arch import Adapter, adapter_for
 from th_edit.card import model_card, provenance, publishable_recipe, scrub
 from th_edit.checkpoint import CheckpointTensors, sha256_file
-from th_edit.edit import EditResult, Overlay, cast_for_output, compute_edits, measure_realized
+from th_edit.edit import EditResult, Overlay, cast_for_output, compute_edits, measure_realized, untouched_warnings
 from th_edit.errors import UserError
 from th_edit.export import LOCAL_RECORD, side_file_root, side_files, staging_directory, write_weights
 from th_edit.models import ResolvedModel, load_config, resolve
@@ -81,6 +81,7 @@ def compute(prepared: Prepared) -> Computed:
     stored = {name: tensors.entry(name).torch_dtype for name in result.tensors}
     cast, warnings = cast_for_output(result, stored, prepared.out_dtype)
     measure_realized(prepared.adapter, Overlay(tensors, cast, prepared.out_dtype), result)
+    warnings += untouched_warnings(result)
     for report in result.reports:
         for k in report.ambiguous:
             warnings.append(

@@ -189,6 +189,18 @@ def measure_realized(adapter: Adapter, edited: TensorSource, result: EditResult)
         report.max_untouched_change = max(changes, default=0.0)
 
 
+UNTOUCHED_LIMIT = 0.01  # relative change of a component no edit names, above which the user is warned
+
+
+def untouched_warnings(result: EditResult) -> list[str]:
+    """One line per edited head whose *other* singular values moved by more than 1% (measured by
+    `measure_realized`): a cast to a short dtype after a large scale rounds the whole head."""
+    return [f"layer {r.layer} head {r.head} {r.circuit.upper()}: components the recipe does not name changed by up to "
+            f"{100 * r.max_untouched_change:.1f}% (more than {100 * UNTOUCHED_LIMIT:g}%), from rounding to the output "
+            "dtype after a large scale; a float32 output or a smaller scale avoids it"
+            for r in result.reports if r.max_untouched_change is not None and r.max_untouched_change > UNTOUCHED_LIMIT]
+
+
 def _gain_along(weights, circuit: str, head: int, v: torch.Tensor) -> float:
     if circuit == "ov":  # ‖OV' v‖ with OV' = W_V W_O
         return float((weights.W_V[head] @ (weights.W_O[head] @ v)).norm())

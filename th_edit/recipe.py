@@ -24,6 +24,9 @@ from th_edit.errors import UserError
 
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
 OUTPUT_DTYPES = ("keep", "float32", "bfloat16", "float16")
+# Largest scale a recipe may ask for. Useful edits are within ~0.25-4; 100 leaves room to explore
+# while keeping the edited component from swamping the head in a 16-bit output dtype.
+MAX_SCALE = 100.0
 
 
 class Strict(BaseModel):
@@ -52,6 +55,9 @@ class Edit(Strict):
             raise ValueError("must be a finite number")
         if value < 0:
             raise ValueError("must be >= 0 (0 ablates the component)")
+        if value > MAX_SCALE:
+            raise ValueError(f"must be at most {MAX_SCALE:g}: beyond that the edited component swamps the head and "
+                             "rounding in the output dtype damages the rest of it")
         return value
 
     @field_validator("scale", mode="before")

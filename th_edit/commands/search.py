@@ -59,7 +59,7 @@ def search_command(model: str, kind: str, channels_file: Path | None, n_items: s
                               held_out_prompts=held_out_prompts)
     session = load_session(model, device=device, dtype=dtype)
     candidates, draft = _channel_candidates(session, kind, channels_file, seed)
-    ui.info(f"searching over {len(candidates)} component(s): {', '.join(c.name for c in candidates)}")
+    ui.info(f"candidate heads: {', '.join(c.name for c in candidates)}")
     journal.parent.mkdir(parents=True, exist_ok=True)
     report = search(session, candidates, settings, draft=draft, storage=journal)
     click.echo(held_out_table(report))

@@ -1,4 +1,5 @@
-"""The search: Optuna's TPE sampler over which candidate components to rescale and by how much.
+"""The search: Optuna's TPE sampler over how many of each candidate head's best components to
+rescale, and by how much.
 
 Objective: mean laundry-list candidate accuracy over the requested N on the *tuning* prompts.
 Constraints (Optuna's constrained TPE): KL on neutral tuning texts ≤ budget, IOI accuracy not more
@@ -21,7 +22,9 @@ from th_edit.search.evaluate import TrialEvaluator, TrialScores
 from th_edit.search.space import Candidate, edits_for
 from th_edit.session import Session
 
-SCALE_RANGE = (0.25, 6.0)  # α for a chosen component, sampled log-uniformly
+# α of a chosen head's components, sampled log-uniformly. Components are ranked by the gain of
+# amplifying them, so the range starts just below 1 (mild damping stays possible) and ends at 4.
+SCALE_RANGE = (0.8, 4.0)
 
 
 @dataclass(frozen=True)
@@ -61,12 +64,14 @@ class SearchResult:
         return max(eligible, key=lambda t: (t.scores.mean_laundry, -t.number), default=None)
 
 
-def choices_of(trial, candidates: Sequence[Candidate]) -> dict[Candidate, float]:
-    """The sampler's decisions: which candidates to use, and each one's scale."""
+def choices_of(trial, candidates: Sequence[Candidate]) -> dict[Candidate, tuple[int, float]]:
+    """The sampler's decisions: per candidate head, how many of its best components to edit (0: the
+    head is left alone) and their scale."""
     chosen = {}
     for i, candidate in enumerate(candidates):
-        if trial.suggest_categorical(f"use_{i}", [False, True]):
-            chosen[candidate] = round(trial.suggest_float(f"scale_{i}", *SCALE_RANGE, log=True), 3)
+        k = trial.suggest_categorical(f"k_{i}", candidate.k_choices())
+        if k:
+            chosen[candidate] = (k, round(trial.suggest_float(f"scale_{i}", *SCALE_RANGE, log=True), 3))
     return chosen
 
 

@@ -8,7 +8,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from th_edit import ui
+from th_edit.errors import UserError
 from th_edit.recipe import Benchmark, Edit, Output, Recipe
+from th_edit.search.attribution import ranked_by_attribution
 from th_edit.search.evaluate import TrialEvaluator, TrialScores
 from th_edit.search.heldout import HeldOut, evaluate_held_out
 from th_edit.search.optimize import Limits, SearchResult, run_search, summary_line
@@ -38,6 +40,7 @@ class SearchSettings:
     tune_kl_texts: int = 48
     batch_size: int = 16
     whole_head_scales: tuple[float, ...] = (1.25, 1.5, 2.0, 2.5, 3.0)
+    attribution: bool = True  # order each head's components by their first-order effect on tuning recall
 
     @property
     def held_out_seed(self) -> int:
@@ -103,12 +106,16 @@ def search(session: Session, candidates: Sequence[Candidate], settings: SearchSe
     started = time.perf_counter()
     tune_neutral, held_neutral = split_neutral(neutral_set(session.tokenizer))
     tune_neutral = tune_neutral.limited(settings.tune_kl_texts)
+    prompts = tuning_prompts(session, settings)
+    if settings.attribution:
+        candidates = ranked_by_attribution(session, [p for p in prompts if p.task == "laundry"], candidates)
+    if not candidates:
+        raise UserError("no candidate head has a component whose amplification helps list recall on the tuning prompts")
     lowest = min(c.layer for c in candidates)
-    tuning = TrialEvaluator(session, tuning_prompts(session, settings), tune_neutral, lowest, settings.batch_size,
-                            settings.quick_prompts)
+    tuning = TrialEvaluator(session, prompts, tune_neutral, lowest, settings.batch_size, settings.quick_prompts)
     base = tuning.base
     result = run_search(session, tuning, candidates, settings.trials, settings.seed, settings.limits, storage,
-                        on_trial=lambda t: ui.debug(summary_line(t, base)))
+                        on_trial=lambda t: ui.debug(summary_line(t, tuning.quick_base if t.stage == "quick" else base)))
     report = SearchReport(settings, list(candidates), base, result)
     del tuning  # its cached states and log-probs: the held-out evaluator needs the memory
     best = result.best

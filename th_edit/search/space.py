@@ -9,32 +9,44 @@ from th_edit.errors import UserError
 from th_edit.recipe import Edit
 
 
+TOP_K = (1, 2, 4, 8, 16, 32)  # how many of a head's best components a trial may edit
+MAX_COMPONENTS = 32  # more than this is no longer a channel; the whole head is a baseline of its own
+
+
 @dataclass(frozen=True)
 class Candidate:
-    """One component a search may rescale, with the evidence that put it on the list."""
+    """One head a search may edit: a trial rescales the first k of `components` (best first) by one
+    scale, k chosen from `k_choices`. The channel picks the head; the order of its components comes
+    from the channel's weight scores or, on tuning prompts, from their first-order effect on recall
+    (`search.attribution`)."""
 
     layer: int
     head: int
     circuit: str  # "ov" | "qk"
-    component: int
+    components: tuple[int, ...]
     evidence: str = ""
 
     @property
     def name(self) -> str:
-        return f"{self.layer}.{self.head}.{self.circuit}{self.component}"
+        return f"{self.layer}.{self.head}.{self.circuit}"
+
+    def k_choices(self) -> list[int]:
+        n = len(self.components)
+        return [0, *sorted({k for k in TOP_K if k < n} | {n})] if n else [0]
 
 
-def candidates_from_channels(record: Mapping, kind: str = "inhibition", limit: int = 16) -> list[Candidate]:
-    """Sender OV components of a `channels.json` channel: the reported ones (z above the threshold),
-    strongest first, then — up to `limit` — the next best by z among the pairs examined for that
-    channel, so the search can also try components just under the threshold. Each component once."""
+def candidates_from_channels(record: Mapping, kind: str = "inhibition", limit: int = 8) -> list[Candidate]:
+    """The sender heads of a `channels.json` channel, up to `limit`: heads with reported channel
+    entries first (their strongest z first), then the other senders of the pairs examined for it.
+    Each head's components are ordered by their best z over its receivers."""
     channels = record.get("channels", {}) if isinstance(record, Mapping) else {}
     entries = channels.get(kind) if isinstance(channels, Mapping) else None
     entries = entries if isinstance(entries, list) else []
     pair_components = _pair_components(record, kind)
     if not entries and not pair_components:
         raise UserError(f"channels.json has no '{kind}' channel: neither channels.{kind} entries nor pairs examined for it")
-    found: dict[tuple[int, int, int], Candidate] = {}
+    reported: dict[tuple[int, int, int], float] = {}
+    evidence: dict[tuple[int, int], str] = {}
     for i, entry in enumerate(entries):
         try:
             sender, receiver = entry["sender"], entry["receiver"]
@@ -43,17 +55,21 @@ def candidates_from_channels(record: Mapping, kind: str = "inhibition", limit: i
         except (KeyError, TypeError, ValueError):
             raise UserError(f"channels.json: channels.{kind}[{i}] is not a channel entry "
                             "(sender.layer/head/component and receiver expected)") from None
-        if key not in found:
-            found[key] = Candidate(*key[:2], "ov", key[2], evidence=(
-                f"{kind} channel: sender {key[0]}.{key[1]} OV component {key[2]} -> receiver "
-                f"{receiver.get('layer')}.{receiver.get('head')}, weight score {score:.3g}, z {z:+.1f}"))
-    for z, key, receiver in sorted(pair_components, reverse=True):
-        if len(found) >= limit:
-            break
-        found.setdefault(key, Candidate(*key[:2], "ov", key[2], evidence=(
-            f"below the channel threshold: sender {key[0]}.{key[1]} OV component {key[2]} -> receiver {receiver}, "
-            f"z {z:+.1f}")))
-    return list(found.values())[:limit]
+        reported[key] = max(z, reported.get(key, z))
+        evidence.setdefault(key[:2], f"{kind} channel: OV component {key[2]} -> receiver {receiver.get('layer')}."
+                                     f"{receiver.get('head')}, weight score {score:.3g}, z {z:+.1f}")
+    best_z: dict[tuple[int, int, int], float] = {}
+    for z, key, _ in pair_components:
+        best_z[key] = max(z, best_z.get(key, z))
+    # Reported components rank above every unreported one; within each group, by z.
+    ranked = sorted(set(reported) | set(best_z), key=lambda key: (key in reported, reported.get(key, best_z.get(key))),
+                    reverse=True)
+    heads: dict[tuple[int, int], list[int]] = {}
+    for layer, head, component in ranked:
+        heads.setdefault((layer, head), []).append(component)
+    return [Candidate(layer, head, "ov", tuple(components[:MAX_COMPONENTS]),
+                      evidence.get((layer, head), f"sender of the {kind} channel's pairs (below the channel threshold)"))
+            for (layer, head), components in list(heads.items())[:limit]]
 
 
 def _pair_components(record: Mapping, kind: str) -> list[tuple[float, tuple[int, int, int], str]]:
@@ -71,14 +87,11 @@ def _pair_components(record: Mapping, kind: str) -> list[tuple[float, tuple[int,
     return out
 
 
-def edits_for(choices: Mapping[Candidate, float]) -> list[Edit]:
-    """One recipe edit per (head, circuit, scale), components grouped, in a stable order."""
-    grouped: dict[tuple[int, int, str, float], list[int]] = {}
-    for candidate, scale in sorted(choices.items(), key=lambda item: (item[0].layer, item[0].head, item[0].circuit,
-                                                                       item[0].component)):
-        grouped.setdefault((candidate.layer, candidate.head, candidate.circuit, float(scale)), []).append(candidate.component)
-    return [Edit(layer=layer, head=head, circuit=circuit, components=components, scale=scale)
-            for (layer, head, circuit, scale), components in grouped.items()]
+def edits_for(choices: Mapping[Candidate, tuple[int, float]]) -> list[Edit]:
+    """One recipe edit per chosen head: its first k components, at its scale, in a stable order."""
+    return [Edit(layer=c.layer, head=c.head, circuit=c.circuit, components=sorted(c.components[:k]), scale=float(scale))
+            for c, (k, scale) in sorted(choices.items(), key=lambda item: (item[0].layer, item[0].head, item[0].circuit))
+            if k > 0]
 
 
 def whole_head_edits(heads: Sequence[tuple[int, int]], scale: float, d_head: int) -> list[Edit]:
