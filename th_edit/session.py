@@ -19,8 +19,7 @@ from th_edit import ui
 from th_edit.arch import Adapter, ArchInfo, LayerWeights, adapter_for
 from th_edit.decompose import Decompositions
 from th_edit.devices import input_device, placement, torch_dtype
-from th_edit.edit import (EditResult, HeadReport, Overlay, cast_for_output, compute_edits, measure_realized,
-                          untouched_warnings)
+from th_edit.edit import EditResult, HeadReport, Overlay, cast_for_output, compute_edits, measure_realized, untouched_warnings
 from th_edit.linalg import HeadSVD
 from th_edit.params import LiveParameters
 from th_edit.recipe import Edit, Recipe

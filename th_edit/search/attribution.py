@@ -89,5 +89,6 @@ def ranked_by_attribution(session: Session, prompts: Sequence[TaskPrompt], candi
         if order:
             ranked.append(replace(candidate, components=tuple(order), evidence=(
                 f"{candidate.evidence}; {len(order)} component(s) whose amplification raises the answer's "
-                f"log-probability on the tuning prompts (best: component {order[0]}, {float(gradient[order[0]]):+.3g} per unit scale)")))
+                f"log-probability on the tuning prompts (best: component {order[0]}, "
+                f"{float(gradient[order[0]]):+.3g} per unit scale)")))
     return ranked

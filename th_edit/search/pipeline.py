@@ -113,9 +113,9 @@ def search(session: Session, candidates: Sequence[Candidate], settings: SearchSe
         raise UserError("no candidate head has a component whose amplification helps list recall on the tuning prompts")
     lowest = min(c.layer for c in candidates)
     tuning = TrialEvaluator(session, prompts, tune_neutral, lowest, settings.batch_size, settings.quick_prompts)
-    base = tuning.base
+    base, quick_base = tuning.base, tuning.quick_base
     result = run_search(session, tuning, candidates, settings.trials, settings.seed, settings.limits, storage,
-                        on_trial=lambda t: ui.debug(summary_line(t, tuning.quick_base if t.stage == "quick" else base)))
+                        on_trial=lambda t: ui.debug(summary_line(t, quick_base if t.stage == "quick" else base)))
     report = SearchReport(settings, list(candidates), base, result)
     del tuning  # its cached states and log-probs: the held-out evaluator needs the memory
     best = result.best

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from th_edit.errors import UserError
 from th_edit.recipe import Edit
 
-
 TOP_K = (1, 2, 4, 8, 16, 32)  # how many of a head's best components a trial may edit
 MAX_COMPONENTS = 32  # more than this is no longer a channel; the whole head is a baseline of its own
 
