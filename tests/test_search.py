@@ -159,3 +159,31 @@ def test_candidates_from_channels_json():
         candidates_from_channels({"channels": {}})
     with pytest.raises(UserError, match=r"channels.inhibition\[0\]"):
         candidates_from_channels({"channels": {"inhibition": [{"sender": {}}]}})
+
+
+def test_search_command_writes_a_recipe_that_apply_accepts(tmp_path):
+    """The CLI end to end on a tiny model: recipe, report, frontier plot; the recipe applies."""
+    import json
+
+    from click.testing import CliRunner
+
+    from th_edit.cli import main
+
+    base = tiny_checkpoint(tmp_path / "m", "llama", seed=2)
+    channels = tmp_path / "channels.json"
+    channels.write_text(json.dumps({"channels": {"inhibition": []}, "pairs": [
+        {"sender": "1.0", "receiver": "2.1", "channel": "inhibition", "z": [3.0, 1.0, 0.5]},
+        {"sender": "1.2", "receiver": "2.1", "channel": "inhibition", "z": [0.1, 2.0]}]}))
+    out = tmp_path / "s" / "recipe.yaml"
+    args = ["--quiet", "search", str(base), "--channels", str(channels), "--n-items", "2-3", "--trials", "10",
+            "--tune-prompts", "4", "--held-out-prompts", "4", "--kl-budget", "1", "--max-ioi-drop", "100",
+            "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.with_suffix(".search.json").read_text())
+    assert [c["layer"] for c in report["candidates"]] and len(report["trials"]) == 10
+    again = CliRunner().invoke(main, args)  # the outputs exist now: refused, nothing replaced
+    assert again.exit_code == 2 and "--force" in again.stderr
+    assert out.with_suffix(".frontier.png").stat().st_size > 0  # limits this loose always let a trial through
+    applied = CliRunner().invoke(main, ["--quiet", "apply", str(out), "--no-bench", "--out", str(tmp_path / "edited")])
+    assert applied.exit_code == 0, applied.output

@@ -23,7 +23,11 @@ from th_edit.session import load as load_session
 @click.command("search")
 @click.argument("model", default=DEFAULT_MODEL)
 @click.option("--kind", type=click.Choice(["inhibition"]), default="inhibition", show_default=True,
-              help="Which channel's components to search over.")
+              help="Which channel's sender heads to search over.")
+@click.option("--heads", "max_heads", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Most candidate heads taken from the channel (strongest first).")
+@click.option("--rank-by", type=click.Choice(["attribution", "weights"]), default="attribution", show_default=True,
+              help="Order of each head's components: first-order effect on tuning recall, or channel weight z.")
 @click.option("--channels", "channels_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="A channels.json from `th-edit channels` (default: run the channel analysis now).")
 @click.option("--n-items", default="4-8", show_default=True, help="List lengths N to improve (range or list).")
@@ -41,11 +45,12 @@ from th_edit.session import load as load_session
 @click.option("--resume", is_flag=True, help="Continue the search recorded in the study journal beside --out.")
 @click.option("--force", is_flag=True, help="Replace existing output files.")
 @device_options
-def search_command(model: str, kind: str, channels_file: Path | None, n_items: str, kl_budget: float,
-                   max_ioi_drop: float, trials: int, seed: int, tune_prompts: int, held_out_prompts: int, out: Path,
+def search_command(model: str, kind: str, max_heads: int, rank_by: str, channels_file: Path | None, n_items: str,
+                   kl_budget: float, max_ioi_drop: float, trials: int, seed: int, tune_prompts: int, held_out_prompts: int, out: Path,
                    resume: bool, force: bool, device: str, dtype: str) -> None:
-    """Search which channel components of MODEL to rescale, and by how much, to improve list recall
-    (laundry N items) under a KL budget; report the result and baselines on held-out prompts."""
+    """Search how many of the best components of which channel heads of MODEL to rescale, and by
+    how much, to improve list recall (laundry N items) under a KL budget; report the result and
+    baselines on held-out prompts."""
     outputs = [out, out.with_suffix(".search.json"), out.with_suffix(".frontier.png")]
     journal = out.with_suffix(".study.log")
     for path in outputs:
@@ -56,9 +61,9 @@ def search_command(model: str, kind: str, channels_file: Path | None, n_items: s
         journal.unlink()
     settings = SearchSettings(n_items=tuple(parse_n_items(n_items)), trials=trials, seed=seed,
                               limits=Limits(kl_budget, max_ioi_drop / 100), tune_prompts=tune_prompts,
-                              held_out_prompts=held_out_prompts)
+                              held_out_prompts=held_out_prompts, attribution=rank_by == "attribution")
     session = load_session(model, device=device, dtype=dtype)
-    candidates, draft = _channel_candidates(session, kind, channels_file, seed)
+    candidates, draft = _channel_candidates(session, kind, channels_file, seed, max_heads)
     ui.info(f"candidate heads: {', '.join(c.name for c in candidates)}")
     journal.parent.mkdir(parents=True, exist_ok=True)
     report = search(session, candidates, settings, draft=draft, storage=journal)
@@ -74,8 +79,8 @@ def search_command(model: str, kind: str, channels_file: Path | None, n_items: s
     click.echo(f"wrote {', '.join(map(str, written))}")
 
 
-def _channel_candidates(session, kind: str, channels_file: Path | None, seed: int):
-    """Candidate components (and the channels' draft recipe, a baseline) from a file or a fresh analysis."""
+def _channel_candidates(session, kind: str, channels_file: Path | None, seed: int, max_heads: int):
+    """Candidate heads (and the channels' draft recipe, a baseline) from a file or a fresh analysis."""
     from th_edit.channels.find import ChannelSettings, draft_edits, find_channels
 
     if channels_file is not None:
@@ -83,8 +88,8 @@ def _channel_candidates(session, kind: str, channels_file: Path | None, seed: in
             record = json.loads(channels_file.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UserError(f"{channels_file}: not a channels.json ({exc})") from None
-        return candidates_from_channels(record, kind), draft_edits(record)
+        return candidates_from_channels(record, kind, max_heads), draft_edits(record)
     # Wider than `th-edit channels`' default (more senders and movers), weights and roles only: the
     # search itself is the test on data.
     record = find_channels(session, (kind,), ChannelSettings(seed=seed, top=5, data_check=False)).as_dict()
-    return candidates_from_channels(record, kind), draft_edits(record)
+    return candidates_from_channels(record, kind, max_heads), draft_edits(record)

@@ -39,6 +39,7 @@ class TrialScores:
     ioi: float | None
     kl: float | None
     n_prompts: int
+    logit_diff: float | None = None  # mean over laundry prompts: answer minus best other candidate
 
     @property
     def mean_laundry(self) -> float:
@@ -47,7 +48,7 @@ class TrialScores:
     def as_dict(self) -> dict[str, object]:
         return {"laundry_accuracy": {str(n): a for n, a in self.laundry.items()},
                 "mean_laundry_accuracy": self.mean_laundry, "ioi_accuracy": self.ioi, "neutral_kl": self.kl,
-                "n_prompts": self.n_prompts}
+                "n_prompts": self.n_prompts, "mean_laundry_logit_diff": self.logit_diff}
 
 
 class _PromptPart:
@@ -177,9 +178,13 @@ class TrialEvaluator:
     def _summarize(self, part_scores: list[list[PromptScore]], kl: float | None) -> TrialScores:
         by_n: dict[int, list[bool]] = {}
         ioi: list[bool] = []
+        diffs: list[float] = []
         for part, scores in zip(self.parts, part_scores):
             for prompt, score in zip(part.prompts, scores):
                 bucket = ioi if prompt.task == "ioi" else by_n.setdefault(prompt.n_items, [])
                 bucket.append(score.candidate_correct)
+                if prompt.task != "ioi":
+                    diffs.append(score.logit_diff)
         laundry = {n: sum(v) / len(v) for n, v in sorted(by_n.items())}
-        return TrialScores(laundry, sum(ioi) / len(ioi) if ioi else None, kl, sum(map(len, by_n.values())) + len(ioi))
+        return TrialScores(laundry, sum(ioi) / len(ioi) if ioi else None, kl, sum(map(len, by_n.values())) + len(ioi),
+                           sum(diffs) / len(diffs) if diffs else None)

@@ -59,9 +59,10 @@ class SearchResult:
 
     @property
     def best(self) -> Trial | None:
-        """The fully scored feasible trial with the highest tuning accuracy (earliest on ties)."""
+        """The fully scored feasible trial with the highest tuning accuracy (then logit difference,
+        then the earliest)."""
         eligible = [t for t in self.trials if t.stage == "full" and t.feasible and t.edits]
-        return max(eligible, key=lambda t: (t.scores.mean_laundry, -t.number), default=None)
+        return max(eligible, key=lambda t: (t.scores.mean_laundry, t.scores.logit_diff or 0.0, -t.number), default=None)
 
 
 def choices_of(trial, candidates: Sequence[Candidate]) -> dict[Candidate, tuple[int, float]]:
@@ -126,9 +127,14 @@ def run_search(session: Session, evaluator: TrialEvaluator, candidates: Sequence
 
 
 def _worth_full(quick: TrialScores, quick_base: TrialScores, limits: Limits) -> bool:
-    """Full scoring only for trials that gain on the quick subset and are not clearly over budget."""
+    """Full scoring only for trials that gain on the quick subset (in accuracy, or — accuracy on a few
+    prompts being coarse — in logit difference at equal accuracy) and are not clearly over budget."""
     over_budget = quick.kl is not None and quick.kl > 1.5 * limits.kl_budget
-    return not over_budget and quick.mean_laundry > quick_base.mean_laundry
+    if over_budget or quick.mean_laundry < quick_base.mean_laundry:
+        return False
+    if quick.mean_laundry > quick_base.mean_laundry:
+        return True
+    return quick.logit_diff is not None and quick_base.logit_diff is not None and quick.logit_diff > quick_base.logit_diff
 
 
 def _journal(path: Path):
@@ -143,7 +149,7 @@ def _restored(frozen) -> Trial:
     record = frozen.user_attrs["record"]
     scores = record["scores"]
     trial_scores = TrialScores({int(n): a for n, a in scores["laundry_accuracy"].items()}, scores["ioi_accuracy"],
-                               scores["neutral_kl"], scores["n_prompts"])
+                               scores["neutral_kl"], scores["n_prompts"], scores.get("mean_laundry_logit_diff"))
     return Trial(record["number"], [Edit(**e) for e in record["edits"]], trial_scores, record["stage"], record["feasible"])
 
 

@@ -120,6 +120,9 @@ def search(session: Session, candidates: Sequence[Candidate], settings: SearchSe
     del tuning  # its cached states and log-probs: the held-out evaluator needs the memory
     best = result.best
     recipes: list[tuple[str, str, list[Edit]]] = []
+    if best is not None and best.scores.mean_laundry <= base.mean_laundry:
+        ui.warn("no trial raised tuning accuracy above the unedited model's: the chosen recipe only raises the "
+                "answer's logit difference (more trials, or other heads, may do better)")
     if best is not None:
         recipes.append(("search (channel components)", "search", best.edits))
         heads = sorted({(e.layer, e.head) for e in best.edits if e.circuit == "ov"})
@@ -144,7 +147,7 @@ def recipe_of(report: SearchReport, base_model: str, output_dir: str | None = No
         return None
     return Recipe(base_model=base_model, seed=report.settings.held_out_seed + 1,
                   description=(f"Found by th-edit search (seed {report.settings.seed}, {len(report.result.trials)} "
-                               f"trials): rescales {sum(len(e.components) for e in chosen.edits)} channel component(s) "
+                               f"trials): rescales {sum(len(e.components) for e in chosen.edits)} component(s) of channel heads "
                                "to improve recall from a list."),
                   edits=chosen.edits, output=Output(dir=output_dir),
                   benchmark=Benchmark(tasks=["laundry", "ioi"], n_items=list(range(2, 11)), n_prompts=200))
@@ -160,8 +163,9 @@ def evidence_header(report: SearchReport) -> str:
                          f"(McNemar p = {row['mcnemar_p']:.2g}, {row['n']} prompts)")
         if chosen.kl is not None:
             lines.append(f"  neutral-text KL {chosen.kl:.4f} nats/token; IOI change {100 * (chosen.ioi_change or 0):+.1f} pts")
-    wanted = {(e.layer, e.head, e.circuit, k) for e in (chosen.edits if chosen else []) for k in e.components}
+    edited = {(e.layer, e.head, e.circuit): e for e in (chosen.edits if chosen else [])}
     for candidate in report.candidates:
-        if (candidate.layer, candidate.head, candidate.circuit, candidate.component) in wanted and candidate.evidence:
-            lines.append(f"  {candidate.name}: {candidate.evidence}")
+        edit = edited.get((candidate.layer, candidate.head, candidate.circuit))
+        if edit is not None and candidate.evidence:
+            lines.append(f"  {candidate.name} (top {len(edit.components)} component(s) x{edit.scale:g}): {candidate.evidence}")
     return "\n".join(lines)
