@@ -46,8 +46,8 @@ from th_edit.session import load as load_session
 @click.option("--force", is_flag=True, help="Replace existing output files.")
 @device_options
 def search_command(model: str, kind: str, max_heads: int, rank_by: str, channels_file: Path | None, n_items: str,
-                   kl_budget: float, max_ioi_drop: float, trials: int, seed: int, tune_prompts: int, held_out_prompts: int, out: Path,
-                   resume: bool, force: bool, device: str, dtype: str) -> None:
+                   kl_budget: float, max_ioi_drop: float, trials: int, seed: int, tune_prompts: int,
+                   held_out_prompts: int, out: Path, resume: bool, force: bool, device: str, dtype: str) -> None:
     """Search how many of the best components of which channel heads of MODEL to rescale, and by
     how much, to improve list recall (laundry N items) under a KL budget; report the result and
     baselines on held-out prompts."""
