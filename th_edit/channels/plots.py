@@ -68,7 +68,7 @@ def plot_weight_vs_data(report: ChannelReport, path: Path) -> None:
     agreement = report.agreement()
     title = "Weight score vs data score per component"
     if agreement["median_spearman"] is not None:
-        title += f" (median Spearman {agreement['median_spearman']:.2f}, top-1 agreement {agreement['top1_agreement']:.0%})"
+        title += f"\n(median Spearman {agreement['median_spearman']:.2f}, top-1 agreement {agreement['top1_agreement']:.0%})"
     axes.set_title(title, fontsize=9)
     axes.set_xlabel("per-component composition score C_k (weights)")
     axes.set_ylabel("|receiver attention shift| when removed (data)")
