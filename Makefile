@@ -37,8 +37,8 @@ tf4: $(TF4_STAMP)
 
 demo: setup
 	$(BIN)/th-edit inspect smollm2-135m
-	$(BIN)/th-edit apply recipes/smollm2-135m-example.yaml --force
-	$(BIN)/th-edit verify out/smollm2-135m-example
+	$(BIN)/th-edit apply recipes/smollm2-135m-recall.yaml --force
+	$(BIN)/th-edit verify out/smollm2-135m-recall
 
 test: setup tf4
 	TH_EDIT_TF4_VENV=$(TF4_VENV) $(BIN)/python -m pytest -q tests
