@@ -22,4 +22,4 @@ def test_recall_recipe_raises_list_recall_on_fresh_prompts(name, model, least_ga
                                   kl_texts=24)
     change = report["paired"]["laundry"]["overall"]["accuracy_change"]
     assert change >= least_gain, report
-    assert report["side_effects"]["neutral_kl"] <= 0.05
+    assert report["side_effects"]["neutral_kl"]["mean_nats_per_token"] <= 0.05
