@@ -203,14 +203,18 @@ class Adapter(ABC):
         4.x ignores `rope_parameters` and silently falls back to its defaults (rope_theta 10000);
         5.x still reads these keys, and they must not contradict `rope_parameters` (it lets a
         non-null `rope_scaling` replace it). Llama-style families: rope_theta, rope_scaling and
-        partial_rotary_factor at the top level."""
+        partial_rotary_factor at the top level (a family with other names sets the two class
+        attributes below)."""
         theta, partial, scaling = split_rope(rope_parameters)
         keys: dict[str, object] = {"rope_scaling": scaling}
         if theta is not None:
-            keys["rope_theta"] = theta
+            keys[cls.legacy_theta_key] = theta
         if partial is not None:
-            keys["partial_rotary_factor"] = partial
+            keys[cls.legacy_partial_rotary_key] = partial
         return keys
+
+    legacy_theta_key = "rope_theta"
+    legacy_partial_rotary_key = "partial_rotary_factor"
 
     # ---- shared ------------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ usually a parallel residual (attention and MLP read the same residual)."""
 
 from __future__ import annotations
 
-from th_edit.arch.base import Adapter, ArchInfo, NormSpec, Slot, linear_cols, linear_rows, split_rope, vector_range
+from th_edit.arch.base import Adapter, ArchInfo, NormSpec, Slot, linear_cols, linear_rows, vector_range
 
 
 class GPTNeoXAdapter(Adapter):
@@ -14,17 +14,10 @@ class GPTNeoXAdapter(Adapter):
     def _prefix(self, layer: int) -> str:
         return f"gpt_neox.layers.{layer}"
 
-    @classmethod
-    def legacy_rope_keys(cls, rope_parameters: dict) -> dict[str, object]:
-        # GPT-NeoX's own names: 4.x overwrites rope_theta with rotary_emb_base (default 10000) and
-        # partial_rotary_factor with rotary_pct (default 0.25); 5.x reads the same two.
-        theta, partial, scaling = split_rope(rope_parameters)
-        keys: dict[str, object] = {"rope_scaling": scaling}
-        if theta is not None:
-            keys["rotary_emb_base"] = theta
-        if partial is not None:
-            keys["rotary_pct"] = partial
-        return keys
+    # GPT-NeoX's own names: 4.x overwrites rope_theta with rotary_emb_base (default 10000) and
+    # partial_rotary_factor with rotary_pct (default 0.25); 5.x reads the same two.
+    legacy_theta_key = "rotary_emb_base"
+    legacy_partial_rotary_key = "rotary_pct"
 
     def _rotary_fraction(self) -> float:
         rope = getattr(self.config, "rope_parameters", None) or {}
