@@ -44,6 +44,13 @@ def test_local_directory(tiny_dir):
     assert summary["parameters"] == sum(p.numel() for p in tiny_model("gpt2").parameters())
 
 
+def test_loaded_models_run_their_own_modules_not_hub_kernels(tiny_dir):
+    # transformers 5.25 swaps hub kernels in by default (and then refuses the meta-device weights
+    # check); the exactness proofs and hooks are written against the modules' own forward.
+    model = models.load_model(models.resolve(str(tiny_dir)))
+    assert getattr(model, "use_kernels", False) is False
+
+
 def test_inspect_svd_lists_every_head(tiny_dir):
     result = run_cli("inspect", str(tiny_dir), "--svd", "--top", "0", "--json")
     heads = json.loads(result.stdout)["svd"]["heads"]

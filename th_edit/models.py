@@ -40,6 +40,10 @@ from th_edit.export import new_staging_dir
 
 DEFAULT_MODEL = "smollm2-135m"
 GGUF_MAGIC = b"GGUF"
+# Every model th-edit loads runs the modules' own forward code: the exactness tests and the hooks
+# are written against it. Newer transformers (5.25) swap in hub kernels by default, which fetch
+# code at run time and replace module forwards (and refuse the meta device of the weights check).
+REFERENCE_MODULES = {"use_kernels": False}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What a checkpoint needs besides weights; everything else in a hub repo is left alone.
 HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "tokenizer*"]
@@ -281,7 +285,7 @@ def _dequantize_to(gguf_path: Path, target: Path, digest: str) -> None:
     try:
         with quiet_bar:
             model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                                         dtype=torch.float32)
+                                                         dtype=torch.float32, **REFERENCE_MODULES)
             tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     # Unsupported architectures raise ValueError; a damaged file whatever the reader trips on.
     except (ValueError, OSError, KeyError, IndexError, EOFError, UnicodeDecodeError, struct.error) as exc:
@@ -381,7 +385,7 @@ def check_weights_match(resolved: ResolvedModel, config) -> None:
     try:
         _, info = AutoModelForCausalLM.from_pretrained(str(resolved.path), config=config, device_map="meta",
                                                         dtype=torch.float32, output_loading_info=True,
-                                                        ignore_mismatched_sizes=True)
+                                                        ignore_mismatched_sizes=True, **REFERENCE_MODULES)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise UserError(f"{resolved.reference}: cannot match the weights to config.json ({_first_line(exc)})") from None
     finally:
@@ -436,7 +440,7 @@ def load_model(resolved: ResolvedModel, dtype: str | None = None, trust_remote_c
     # Mismatched shapes are listed in the loading info (and refused below) instead of raising a
     # RuntimeError that points at a report transformers logs elsewhere.
     kwargs: dict[str, object] = {"trust_remote_code": trust_remote_code, "output_loading_info": True,
-                                 "ignore_mismatched_sizes": True, **placement}
+                                 "ignore_mismatched_sizes": True, **REFERENCE_MODULES, **placement}
     kwargs["dtype"] = getattr(torch, dtype) if dtype and dtype != "auto" else "auto"
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
