@@ -301,3 +301,56 @@ def test_readme_api_example_runs_on_a_tiny_model(tmp_path, monkeypatch):
     exec(compile(code.replace('"smollm2-135m"', repr(str(base))), "README.md", "exec"), namespace)
     assert namespace["report"]["kind"] == "single"
     assert (tmp_path / "tiny").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# One session, many paired benchmarks: the unedited model is scored once
+
+
+def _counting_forwards(model) -> list[int]:
+    calls = [0]
+    model.register_forward_pre_hook(lambda module, args: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def _paired_numbers(report) -> tuple:
+    overall = report["paired"]["laundry"]["overall"]
+    return (overall["before_accuracy"], overall["after_accuracy"], overall["mean_logit_diff_change"],
+            report["side_effects"]["neutral_kl"]["mean_nats_per_token"])
+
+
+@pytest.fixture(scope="module")
+def word_checkpoint(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("words") / "tiny", "llama")
+
+
+PAIRED = dict(tasks=("laundry",), n_items=[3, 4], n_prompts=6, kl_texts=12, batch_size=4)
+
+
+def test_many_paired_runs_on_one_session_score_the_unedited_model_once(word_checkpoint):
+    recipes = [[Edit(layer=1, head=1, circuit="ov", components=[0, 1], scale=s)] for s in (0.0, 2.0, 3.0)]
+    fresh = [th_edit.bench.paired(th_edit.load(str(word_checkpoint)), r, **PAIRED) for r in recipes]
+    m = th_edit.load(str(word_checkpoint))
+    calls = _counting_forwards(m.model)
+    reused = []
+    for recipe in recipes:
+        before = calls[0]
+        reused.append(th_edit.bench.paired(m, recipe, **PAIRED))
+        calls.append(calls[0] - before)
+    # The first run scores before and after and runs both sides of the KL; later ones only "after".
+    assert calls[1] == 2 * calls[2] == 2 * calls[3] > 0
+    for mine, theirs in zip(reused, fresh):
+        assert _paired_numbers(mine) == _paired_numbers(theirs)  # bit for bit, KL included
+
+
+def test_unedited_results_are_not_taken_from_an_edit_or_kept_after_apply(word_checkpoint):
+    first = [Edit(layer=1, head=1, circuit="ov", components=[0], scale=0.0)]
+    second = [Edit(layer=2, head=0, circuit="qk", components=[0], scale=3.0)]
+    m = th_edit.load(str(word_checkpoint))
+    with m.edited(first):
+        inside = th_edit.bench.paired(m, second, **PAIRED)  # "before" is the edited model here
+    outside = th_edit.bench.paired(m, second, **PAIRED)
+    assert _paired_numbers(outside) == _paired_numbers(th_edit.bench.paired(th_edit.load(str(word_checkpoint)), second,
+                                                                            **PAIRED))
+    m.apply(first)  # the edited weights are the unedited model from now on
+    assert _paired_numbers(th_edit.bench.paired(m, second, **PAIRED)) == _paired_numbers(inside)

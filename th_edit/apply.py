@@ -121,7 +121,7 @@ def run_benchmark(prepared: Prepared, computed: Computed) -> BenchmarkRun:
     seed = prepared.recipe.seed if settings.seed is None else settings.seed
     report = bench.paired(session, ComputedEdit(computed.result, computed.cast), settings.tasks, settings.n_items,
                           settings.n_prompts, seed, settings.batch_size,
-                          extra_setup={"weights": prepared.out_dtype_name, "compute": "float32"})
+                          extra_setup={"weights": prepared.out_dtype_name, "compute": "float32"}, keep_base_logits=False)
     return BenchmarkRun(report, report.text)
 
 

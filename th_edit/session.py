@@ -9,9 +9,10 @@ for bit on exit, also when the block raises) or for good (`session.apply(recipe)
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
@@ -23,6 +24,8 @@ from th_edit.edit import EditResult, HeadReport, Overlay, cast_for_output, compu
 from th_edit.linalg import HeadSVD
 from th_edit.params import LiveParameters
 from th_edit.recipe import Edit, Recipe
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -93,6 +96,7 @@ class Session:
         self.parameters = LiveParameters(model)
         self.decompositions = Decompositions(self.adapter, self.parameters)
         self._edit_active = False
+        self._unedited: dict[Hashable, object] = {}
 
     def __repr__(self) -> str:
         info = self.info
@@ -127,6 +131,22 @@ class Session:
     def svd(self, layer: int, head: int, circuit: str) -> HeadSVD:
         """The SVD of one head's effective OV ("ov") or QK ("qk") matrix (cached): U, S, V."""
         return self.decompositions.head(layer, head, circuit.lower())
+
+    def unedited(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """`compute()`, run on the unedited model once per `key` and kept for later calls (e.g. the
+        "before" scores that many paired benchmarks of one session share). Inside an `edited` block
+        the model is not the unedited one: `compute()` runs and nothing is kept. `apply` empties it;
+        so does `forget()`, which you need after changing the model's weights yourself."""
+        if self._edit_active:
+            return compute()
+        if key not in self._unedited:
+            self._unedited[key] = compute()
+        return self._unedited[key]  # type: ignore[return-value]
+
+    def forget(self) -> None:
+        """Drop everything cached about the weights (decompositions, unedited-model results)."""
+        self.decompositions.clear()
+        self._unedited.clear()
 
     # ---- edits ---------------------------------------------------------------------------------
 
@@ -183,7 +203,7 @@ class Session:
             ui.warn(message)
         for name, value in computed.values.items():
             self.parameters.set(name, value)
-        self.decompositions.clear()
+        self.forget()  # the new weights are the unedited model now
         return computed
 
     def variant(self, recipe: Recipe | Sequence[Edit] | ComputedEdit | None = None) -> Variant:

@@ -4,8 +4,10 @@
 
 Both sides produce the same paired reports (laundry N=4..6, before/after accuracy, McNemar, and the
 KL on the shipped neutral texts) for five recipes that scale different components of the same
-heads. The API side loads the model once, scores "before" once, and swaps each edit in memory; the
-CLI side is five separate processes, each loading the model and scoring both sides. A third side,
+heads. The API side loads the model once and calls `th_edit.bench.paired` per recipe: the session
+keeps the unedited model's scores and neutral-text logits after the first call, and each edit is
+swapped in memory; the CLI side is five separate processes, each loading the model and scoring both
+sides. A third side,
 `th_edit.search.evaluate.TrialEvaluator` (what `search` uses; public API), also reuses the unedited
 model's neutral-text log-probabilities and the residual stream below the edited layers. Prints the
 wall times and the ratios; accuracies must agree and the KLs match.
@@ -40,21 +42,15 @@ def recipes(directory: Path, model: str) -> list[Path]:
 
 
 def api_side(model: str, paths: list[Path], n_prompts: int) -> tuple[float, list[dict]]:
+    """What a notebook user writes: one session, `th_edit.bench.paired` per recipe."""
     import th_edit
-    from th_edit import bench, ui
+    from th_edit import ui
 
     ui.configure(quiet=True, verbose=False)
     started = time.perf_counter()
     session = th_edit.load(model)
-    prompts, setup = bench.prompt_set(session, ("laundry",), [4, 5, 6], n_prompts, 0)
-    tokenized = bench.tokenize_prompts(session.tokenizer, prompts)
-    before = bench.score_prompts(session.model, session.tokenizer, prompts, tokenized=tokenized)
-    reports = []
-    for path in paths:
-        after = session.variant(th_edit.Recipe.from_yaml(path))
-        reports.append(bench.run_paired(bench.Variant(session.model), after, session.tokenizer, prompts,
-                                        before_info={}, after_info={}, setup=setup, before_scores=before,
-                                        tokenized=tokenized))
+    reports = [th_edit.bench.paired(session, th_edit.Recipe.from_yaml(path), tasks=("laundry",), n_items=[4, 5, 6],
+                                    n_prompts=n_prompts, seed=0) for path in paths]
     return time.perf_counter() - started, reports
 
 
@@ -99,6 +95,8 @@ def main() -> None:
     for mine, theirs in zip(api_reports, cli_reports):
         a, b = mine["paired"]["laundry"]["overall"], theirs["paired"]["laundry"]["overall"]
         assert (a["before_accuracy"], a["after_accuracy"]) == (b["before_accuracy"], b["after_accuracy"]), (a, b)
+        kl_a, kl_b = (r["side_effects"]["neutral_kl"]["mean_nats_per_token"] for r in (mine, theirs))
+        assert abs(kl_a - kl_b) <= 1e-6 * max(kl_b, 1e-6), (kl_a, kl_b)
     for scores, theirs in zip(evaluator_scores, cli_reports):
         by_n = {row["n_items"]: row["after_accuracy"] for row in theirs["paired"]["laundry"]["by_n"]}
         assert scores.laundry == by_n, (scores.laundry, by_n)

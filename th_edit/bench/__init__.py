@@ -25,10 +25,14 @@ from th_edit.errors import UserError
 from th_edit.recipe import Edit, Recipe
 from th_edit.session import ComputedEdit, Session, Variant, swapped_parameters
 from th_edit.tasks import TASKS, TaskPrompt
-from th_edit.tasks.neutral import neutral_set
+from th_edit.tasks.neutral import NeutralSet, neutral_set
 from th_edit.tasks.sets import build_prompts, lexicon_record
 
 DEFAULT_N_ITEMS = (2, 3, 4, 5, 6, 7, 8)
+# `paired` keeps the unedited model's logits on the neutral texts in its session up to this size
+# (float32; SmolLM2-135M's 146 texts: 0.66 GB), so later paired runs skip half the KL pass.
+# Raise it to cache larger vocabularies (Gemma 3: 1.75 GB), or set 0 to never keep them.
+UNEDITED_LOGITS_LIMIT_BYTES = 2**30
 
 
 def prompt_set(session: Session, tasks: Sequence[str] = TASKS, n_items: Sequence[int] = DEFAULT_N_ITEMS,
@@ -65,11 +69,15 @@ def ioi(session: Session, n_prompts: int = 200, seed: int = 0, batch_size: int =
 def paired(session: Session, after: Recipe | Sequence[Edit] | ComputedEdit | Session, tasks: Sequence[str] = TASKS,
            n_items: Sequence[int] = DEFAULT_N_ITEMS, n_prompts: int = 200, seed: int = 0, batch_size: int = 16,
            prompts: Sequence[TaskPrompt] | None = None, kl: bool = True, kl_texts: int | None = None,
-           extra_setup: Mapping[str, object] | None = None) -> Report:
+           extra_setup: Mapping[str, object] | None = None, keep_base_logits: bool = True) -> Report:
     """Paired before/after on identical prompts: `session` as it is vs. `after` — an edit of it
     (swapped in only while "after" runs) or another loaded model with the same tokenizer. Exact
     McNemar tests per N, and the KL on neutral text (`kl_texts` of them; `kl=False` skips it).
-    `extra_setup` is recorded with the prompt-set description in the report's `setup`."""
+    `extra_setup` is recorded with the prompt-set description in the report's `setup`.
+
+    Run outside an `edited` block, the unedited model's scores and neutral-text logits are kept
+    in `session` (Session.unedited), so comparing many edits on one session scores "before" once
+    (the logits up to UNEDITED_LOGITS_LIMIT_BYTES; `keep_base_logits=False` for a one-off run)."""
     tokenizer = _tokenizer(session)
     prompts, setup = _prompts(session, tasks, n_items, n_prompts, seed, prompts)
     tokenized = tokenize_prompts(tokenizer, prompts, max_length=session.max_length)
@@ -81,10 +89,25 @@ def paired(session: Session, after: Recipe | Sequence[Edit] | ComputedEdit | Ses
     else:
         after_variant, after_name = session.variant(after), f"{session.reference} + recipe edits"
     neutral = neutral_set(tokenizer, kl_texts) if kl else None
+    # What depends only on the unedited model is computed once per session (see Session.unedited).
+    before_scores = session.unedited(("before-scores", tuple(prompts), batch_size), lambda: score_prompts(
+        session.model, tokenizer, prompts, batch_size, tokenized, desc="scoring before"))
+    base_logits = _cached_base_logits(session, neutral, batch_size) if neutral is not None and keep_base_logits else None
     return run_paired(Variant(session.model), after_variant, tokenizer, prompts,
                       before_info={"reference": session.reference}, after_info={"reference": after_name},
                       setup={**setup, "batch_size": batch_size, **(extra_setup or {})}, batch_size=batch_size,
-                      tokenized=tokenized, neutral_texts=neutral, measure_kl=kl)
+                      tokenized=tokenized, neutral_texts=neutral, measure_kl=kl, before_scores=before_scores,
+                      base_logits=base_logits)
+
+
+def _cached_base_logits(session: Session, neutral: NeutralSet, batch_size: int) -> list | None:
+    """The session's store for the unedited model's neutral-text logits (filled by the first KL
+    pass), or None when they would take more than UNEDITED_LOGITS_LIMIT_BYTES (then every paired
+    run computes them again)."""
+    vocabulary = session.model.get_output_embeddings().weight.shape[0]
+    if sum(map(len, neutral.encoded)) * vocabulary * 4 > UNEDITED_LOGITS_LIMIT_BYTES:
+        return None
+    return session.unedited(("neutral-logits", tuple(map(tuple, neutral.encoded)), batch_size), list)
 
 
 def _prompts(session: Session, tasks: Sequence[str], n_items: Sequence[int], n_prompts: int, seed: int,

@@ -52,13 +52,14 @@ def run_paired(before: Variant, after: Variant, tokenizer, prompts: Sequence[Tas
                before_info: Mapping[str, object], after_info: Mapping[str, object], setup: Mapping[str, object],
                batch_size: int = 16, before_scores: Sequence[PromptScore] | None = None,
                neutral_texts: Sequence[str] | NeutralSet | None = None, tokenized: Tokenized | None = None,
-               measure_kl: bool = True) -> Report:
+               measure_kl: bool = True, base_logits: list[torch.Tensor] | None = None) -> Report:
     """Paired before/after report on identical prompts, with side effects.
 
     `before_scores` (from score_prompts on the same prompts) skips re-scoring "before", so a base
     model scored once can be compared with many edits. `neutral_texts`: plain strings, or a
     `NeutralSet` (default: the shipped set, chat-formatted part included). `tokenized`: `prompts`
     already tokenized and checked by tokenize_prompts. `measure_kl=False` skips the KL pass.
+    `base_logits`: kl_sum's `base_cache` for "before" on these neutral texts and this batch size.
     """
     started = time.perf_counter()
     tokenized = tokenized or tokenize_prompts(tokenizer, prompts)
@@ -71,7 +72,7 @@ def run_paired(before: Variant, after: Variant, tokenizer, prompts: Sequence[Tas
         after_scores = score_prompts(after.model, tokenizer, prompts, batch_size, tokenized, desc="scoring after")
     paired = compare(prompts, before_scores, after_scores)
     ioi = paired.get("ioi", {}).get("overall")
-    kl = _neutral_kl(before, after, tokenizer, neutral_texts, batch_size) if measure_kl else None
+    kl = _neutral_kl(before, after, tokenizer, neutral_texts, batch_size, base_logits) if measure_kl else None
     return Report({
         **_header("paired", prompts, setup),
         "before": {"model": dict(before_info), "results": summarize(prompts, before_scores)},
@@ -83,11 +84,12 @@ def run_paired(before: Variant, after: Variant, tokenizer, prompts: Sequence[Tas
 
 
 def _neutral_kl(before: Variant, after: Variant, tokenizer, texts: Sequence[str] | NeutralSet | None,
-                batch_size: int) -> dict[str, object]:
+                batch_size: int, base_logits: list[torch.Tensor] | None) -> dict[str, object]:
     if texts is None or isinstance(texts, NeutralSet):
         neutral = texts or neutral_set(tokenizer)
-        total, count = kl_sum(before.forward, after.forward, tokenizer, None, batch_size, encoded=neutral.encoded)
+        total, count = kl_sum(before.forward, after.forward, tokenizer, None, batch_size, encoded=neutral.encoded,
+                              base_cache=base_logits)
         return {"mean_nats_per_token": total / count, "n_texts": len(neutral.encoded), "n_chat_texts": neutral.n_chat,
                 "n_tokens": count}
-    total, count = kl_sum(before.forward, after.forward, tokenizer, list(texts), batch_size)
+    total, count = kl_sum(before.forward, after.forward, tokenizer, list(texts), batch_size, base_cache=base_logits)
     return {"mean_nats_per_token": total / count, "n_texts": len(texts), "n_tokens": count}

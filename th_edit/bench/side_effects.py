@@ -34,9 +34,14 @@ def neutral_kl(forward_base: Forward, forward_edited: Forward, tokenizer, texts:
 
 
 def kl_sum(forward_base: Forward, forward_edited: Forward, tokenizer, texts: Sequence[str] | None,
-           batch_size: int = 16, encoded: Sequence[Sequence[int]] | None = None) -> tuple[float, int]:
+           batch_size: int = 16, encoded: Sequence[Sequence[int]] | None = None,
+           base_cache: list[torch.Tensor] | None = None) -> tuple[float, int]:
     """(summed KL in nats, number of positions) — what neutral_kl averages. Give `texts`, or
-    `encoded` token ids (e.g. chat-formatted text that already carries its special tokens)."""
+    `encoded` token ids (e.g. chat-formatted text that already carries its special tokens).
+
+    `base_cache`: a list that keeps the base model's logits at the real positions of each batch.
+    An empty list is filled; a filled one (from a call with the same texts and batch size) is read
+    instead of running `forward_base`, with the same result to the bit."""
     sequences = [list(e) for e in (encoded if encoded is not None else encode(tokenizer, texts or [])) if e]
     if not sequences:
         raise UserError("no neutral text to measure KL on")
@@ -45,18 +50,24 @@ def kl_sum(forward_base: Forward, forward_edited: Forward, tokenizer, texts: Seq
     padding = pad_id(tokenizer)
     total, count = 0.0, 0
     with torch.inference_mode():
-        for indices in ui.progress(batches, desc="neutral-text KL", unit="batch"):
+        for b, indices in enumerate(ui.progress(batches, desc="neutral-text KL", unit="batch")):
             batch = left_padded([sequences[i] for i in indices], padding)
-            base = forward_base(batch)
+            cached = base_cache is not None and b < len(base_cache)
+            base = base_cache[b] if cached else forward_base(batch)
             edited = forward_edited(batch)
-            positions = batch["attention_mask"].reshape(-1).nonzero().squeeze(1).to(base.device)
-            total += _chunked_kl(base.reshape(-1, base.shape[-1]), edited.reshape(-1, edited.shape[-1]), positions)
+            vocabulary = edited.shape[-1]
+            positions = batch["attention_mask"].reshape(-1).nonzero().squeeze(1).to(edited.device)
+            if base_cache is not None and not cached:
+                base = base.reshape(-1, vocabulary)[positions]  # real positions only (a copy)
+                base_cache.append(base)
+            base_rows = torch.arange(len(positions), device=base.device) if base_cache is not None else positions
+            total += _chunked_kl(base.reshape(-1, vocabulary), base_rows, edited.reshape(-1, vocabulary), positions)
             count += len(positions)
     return total, count
 
 
-def _chunked_kl(base: torch.Tensor, edited: torch.Tensor, positions: torch.Tensor) -> float:
-    """Σ over `positions` (row indices) of KL(softmax(base) ‖ softmax(edited)), a few rows at a time.
+def _chunked_kl(base: torch.Tensor, base_rows: torch.Tensor, edited: torch.Tensor, positions: torch.Tensor) -> float:
+    """Σ_i KL(softmax(base[base_rows[i]]) ‖ softmax(edited[positions[i]])), a few rows at a time.
 
     Rows are gathered chunk by chunk rather than all at once, so no full copy of either logits
     tensor is made; float64 keeps small KLs (near-identical rows) from drowning in rounding.
@@ -64,8 +75,7 @@ def _chunked_kl(base: torch.Tensor, edited: torch.Tensor, positions: torch.Tenso
     rows = max(1, KL_CHUNK_LOGITS // base.shape[-1])
     total = 0.0
     for start in range(0, len(positions), rows):
-        chunk = positions[start:start + rows]
-        log_p = torch.log_softmax(base[chunk].double(), dim=-1)
-        log_q = torch.log_softmax(edited[chunk].double(), dim=-1)
+        log_p = torch.log_softmax(base[base_rows[start:start + rows]].double(), dim=-1)
+        log_q = torch.log_softmax(edited[positions[start:start + rows]].double(), dim=-1)
         total += float((log_p.exp() * (log_p - log_q)).sum())
     return total

@@ -159,7 +159,7 @@ def bench_command(ctx: click.Context, model: str, task: str, n_items: str, n_pro
     else:
         after = recipe if recipe is not None else load_session(compare, device=device, dtype=dtype)
         report = bench.paired(session, after, prompts=prompts, batch_size=batch_size, kl=not no_kl, kl_texts=kl_texts,
-                              extra_setup=setup)
+                              extra_setup=setup, keep_base_logits=False)  # one comparison: nothing to reuse
         report["before"]["model"] = resolved.provenance()
         report["after"]["model"] = after.resolved.provenance() if recipe is None else {"reference": f"{model} + {compare}"}
     click.echo(strict_json.dumps(report, indent=2) if as_json else bench.render_report(report))
