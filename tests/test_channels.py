@@ -79,6 +79,40 @@ def test_channel_report_schema_and_draft(session):
     assert all(e.scale == 2.0 and e.circuit == "ov" for e in draft)
 
 
+def test_channel_components_carry_their_share_of_the_composition(session):
+    """A z-outlier joins a channel only if it carries ≥ min_share/rank of the pair's composition."""
+    base = dict(n_items=(3,), n_prompts=6, n_sequences=6, top=3, z_threshold=0.5, data_check=False)
+    z_only = find_channels(session, settings=ChannelSettings(**base, min_share=0.0))
+    shared = find_channels(session, settings=ChannelSettings(**base, min_share=1.0))
+    rank = session.info.d_head
+    by_pair = {(p.sender, p.receiver, p.mode): p for p in z_only.pairs}
+    dropped = 0
+    for pair in shared.pairs:
+        wide = by_pair[pair.sender, pair.receiver, pair.mode]
+        eligible = [k for k in sorted(range(rank), key=lambda k: -float(wide.scores.z[k]))
+                    if float(wide.scores.z[k]) >= 0.5 and float(pair.scores.shares[k]) >= 1 / rank]
+        assert pair.reported == eligible[:len(pair.reported)] and len(pair.reported) == min(len(eligible), 4)
+        dropped += len(set(wide.reported) - set(pair.reported))
+    assert dropped > 0  # the premise: some z-outliers carry less than an average share
+    for entry in shared.as_dict()["channels"].get("duplicate_token", []):
+        assert entry["sender"]["share"] >= 1 / rank
+
+
+def test_agreement_ranks_by_the_score_and_by_what_the_component_carries(session):
+    report = find_channels(session, settings=SETTINGS)
+    rows = [(p, a) for p in report.pairs if (a := p.agreement()) is not None]
+    assert rows
+    for pair, agreement in rows:
+        ks = [c.target.component for c in pair.checks]
+        data = [c.data_score for c in pair.checks]
+        weighted = [float(pair.scores.sender_singular_values[k] * pair.scores.components[k]) for k in ks]
+        assert agreement["spearman_weighted"] == spearman(weighted, data)
+        assert agreement["top1_agrees_weighted"] == (ks[weighted.index(max(weighted))] == ks[data.index(max(data))])
+    overall = report.agreement()
+    assert overall["pairs_checked"] == len(rows)
+    assert overall["top1_agreement_weighted"] == sum(a["top1_agrees_weighted"] for _, a in rows) / len(rows)
+
+
 def test_channels_command_writes_everything_and_apply_accepts_the_draft(checkpoint, tmp_path):
     out = tmp_path / "ch"
     args = ["--quiet", "channels", str(checkpoint), "--n-items", "3", "--n-prompts", "6", "--top", "2",

@@ -124,6 +124,23 @@ def test_full_score_is_the_s_weighted_mean_of_component_scores(model_type):
     assert checked > 0
 
 
+@pytest.mark.parametrize("model_type", ["gpt2", "llama", "gemma3_text"])
+def test_shares_are_each_components_part_of_the_dense_composition(model_type):
+    """share_k = ‖s_k u_k v_kᵀ M‖_F² / ‖OV_A M‖_F², from dense products; the shares sum to 1."""
+    adapter, _, weights = model_parts(model_type)
+    _, scores = computed(model_type)
+    for mode in MODES:
+        for a, b in ordered_pairs(adapter)[::7]:
+            ov, matrix = dense_ov(weights, a), dense_receiver(weights, b, mode)
+            U, S, Vh = torch.linalg.svd(ov)
+            rank = min(adapter.d_model, adapter.d_head)
+            dense = torch.stack([torch.linalg.norm(S[k] * torch.outer(U[:, k], Vh[k]) @ matrix) ** 2 for k in range(rank)])
+            dense = dense / torch.linalg.norm(ov @ matrix) ** 2
+            shares = scores.pair(a, b, mode).shares
+            assert torch.allclose(shares, dense, rtol=0, atol=1e-10), (mode, a, b)
+            assert abs(float(shares.sum()) - 1) < 1e-12
+
+
 @pytest.mark.parametrize("model_type", FAMILIES)
 @pytest.mark.parametrize("mode", MODES)
 def test_receiver_resolution_cosines_and_identity(model_type, mode):

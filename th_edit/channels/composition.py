@@ -187,12 +187,21 @@ class PairScores:
     sender_singular_values: torch.Tensor  # [r] s_k
     baseline: float
 
+    @property
+    def shares(self) -> torch.Tensor:
+        """[r] each sender component's share of the pair's full composition, s_k² C_k² / Σ_j s_j² C_j²
+        (they sum to 1; METHOD §3's identity). C_k alone ignores s_k: a component that barely
+        writes anything can still point where the receiver reads."""
+        weighted = (self.sender_singular_values.double() * self.components.double()) ** 2
+        return weighted / weighted.sum() if float(weighted.sum()) > 0 else torch.zeros_like(weighted)
+
     def to_dict(self) -> dict[str, object]:
         return {
             "sender": str(self.sender), "receiver": str(self.receiver), "mode": self.mode,
             "full": self.full, "full_z": self.full_z, "baseline": self.baseline,
             "components": [float(x) for x in self.components], "z": [float(x) for x in self.z],
             "sender_singular_values": [float(x) for x in self.sender_singular_values],
+            "shares": [float(x) for x in self.shares],
         }
 
 

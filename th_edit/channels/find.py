@@ -10,7 +10,11 @@
 * duplicate-token channel: per-component K- and V-composition from the top duplicate-token and
   induction heads (repeated random tokens) into the top inhibition candidates.
 A sender component is part of a channel when its z-score for that receiver (against every component
-of every earlier-layer sender) is at least `z_threshold`. Each reported component is resolved to the
+of every earlier-layer sender) is at least `z_threshold` and it carries at least `min_share` times an
+average component's share (1/rank) of the pair's composition, s_k² C_k² / Σ_j s_j² C_j². The
+second condition is there because C_k ignores s_k: on Gemma 3 270M (d_head 256) the z-outliers are
+mostly tail components with s_k ≈ 1% of s_0 that carry < 0.5% of the composition and whose removal
+changes nothing measurable. Each reported component is resolved to the
 receiver component it meets best (a single cosine) and checked on data (th_edit.channels.datacheck).
 """
 
@@ -34,6 +38,7 @@ from th_edit.tasks.laundry import generate_laundry
 
 KINDS = ("inhibition", "duplicate_token")
 Z_THRESHOLD = 3.0  # a component this many standard deviations above the receiver's earlier-layer mean
+MIN_SHARE = 1.0  # ... that also carries at least an average component's share of the pair's composition
 DRAFT_SCALE = 2.0  # the draft recipe amplifies inhibition components (the paper: helps long lists)
 MAX_PER_PAIR = 4  # reported components per pair and mode, strongest first
 
@@ -46,6 +51,7 @@ class ChannelSettings:
     n_sequences: int = 40  # repeated random-token sequences (duplicate-token channel)
     top: int = 3  # heads taken from each role
     z_threshold: float = Z_THRESHOLD
+    min_share: float = MIN_SHARE  # × 1/rank; 0 keeps every z-outlier
     check_alpha: float = 2.0  # the data check scales each component by 0 and by this
     check_top: int = 2  # per pair: the top components by weight, and as many random others, are checked
     check_prompts: int = 16  # prompts of the data check (balanced over N), each ablation runs them all
@@ -66,14 +72,20 @@ class PairReport:
     checks: list[ComponentCheck] = field(default_factory=list)
 
     def agreement(self) -> dict[str, object] | None:
+        """How well the weight score C_k (and s_k·C_k, the component's actual contribution) ranks the
+        checked components like their data scores: Spearman and whether the top one agrees."""
         if len(self.checks) < 2:
             return None
-        weights = [c.target.weight_score for c in self.checks]
+        components = [c.target.component for c in self.checks]
         data = [c.data_score for c in self.checks]
-        top_weight = self.checks[max(range(len(weights)), key=weights.__getitem__)].target.component
-        top_data = self.checks[max(range(len(data)), key=data.__getitem__)].target.component
-        return {"spearman": spearman(weights, data), "top1_agrees": top_weight == top_data,
-                "top_by_weight": top_weight, "top_by_data": top_data, "n_components": len(self.checks)}
+        weights = [c.target.weight_score for c in self.checks]
+        weighted = [float(self.scores.sender_singular_values[k]) * w for k, w in zip(components, weights)]
+        top_by_data = components[_argmax(data)]
+        return {"spearman": spearman(weights, data), "top1_agrees": components[_argmax(weights)] == top_by_data,
+                "spearman_weighted": spearman(weighted, data),
+                "top1_agrees_weighted": components[_argmax(weighted)] == top_by_data,
+                "top_by_weight": components[_argmax(weights)], "top_by_data": top_by_data,
+                "n_components": len(self.checks)}
 
     def entries(self) -> list[dict[str, object]]:
         checked = {c.target.component: c for c in self.checks}
@@ -82,7 +94,8 @@ class PairReport:
             check = checked.get(k)
             out.append({
                 "sender": {"layer": self.sender.layer, "head": self.sender.head, "component": k,
-                           "singular_value": float(self.scores.sender_singular_values[k])},
+                           "singular_value": float(self.scores.sender_singular_values[k]),
+                           "share": float(self.scores.shares[k])},
                 "receiver": {"layer": self.receiver.layer, "head": self.receiver.head, **self.links[k]},
                 "mode": self.mode, "weight_score": float(self.scores.components[k]), "z": float(self.scores.z[k]),
                 "data": None if check is None else {k2: v for k2, v in check.as_dict().items()
@@ -110,11 +123,14 @@ class ChannelReport:
 
     def agreement(self) -> dict[str, object]:
         rows = [a for p in self.pairs if (a := p.agreement()) is not None]
-        correlations = sorted(r["spearman"] for r in rows if r["spearman"] is not None)
-        return {"pairs_checked": len(rows),
-                "top1_agreement": sum(r["top1_agrees"] for r in rows) / len(rows) if rows else None,
-                "median_spearman": correlations[len(correlations) // 2] if correlations else None,
-                "mean_spearman": sum(correlations) / len(correlations) if correlations else None}
+        out: dict[str, object] = {"pairs_checked": len(rows)}
+        for suffix in ("", "_weighted"):
+            correlations = sorted(r["spearman" + suffix] for r in rows if r["spearman" + suffix] is not None)
+            out.update({
+                "top1_agreement" + suffix: sum(r["top1_agrees" + suffix] for r in rows) / len(rows) if rows else None,
+                "median_spearman" + suffix: correlations[len(correlations) // 2] if correlations else None,
+                "mean_spearman" + suffix: sum(correlations) / len(correlations) if correlations else None})
+        return out
 
     def as_dict(self) -> dict[str, object]:
         s = self.settings
@@ -170,10 +186,11 @@ def _channel_pairs(kind: str, roles: dict[str, RoleRanking], top: int) -> list[t
 
 
 def _pair_report(scores: CompositionScores, factors: HeadFactors, sender: HeadId, receiver: HeadId, mode: str,
-                 channel: str | None, z_threshold: float) -> PairReport:
+                 channel: str | None, z_threshold: float, min_share: float) -> PairReport:
     pair = scores.pair(sender, receiver, mode)
     order = sorted(range(len(pair.z)), key=lambda k: -float(pair.z[k]))
-    reported = [k for k in order if float(pair.z[k]) >= z_threshold][:MAX_PER_PAIR]
+    shares, floor = pair.shares, min_share / len(pair.z)
+    reported = [k for k in order if float(pair.z[k]) >= z_threshold and float(shares[k]) >= floor][:MAX_PER_PAIR]
     resolution = resolve_pair(factors, sender, receiver, mode)
     links = {}
     for k in reported if channel else order[:MAX_PER_PAIR]:
@@ -207,11 +224,12 @@ def find_channels(session: Session, kinds: Sequence[str] = KINDS, settings: Chan
     scores = composition_scores(factors)
     prompts = _task_prompts(session, settings)
     roles = _roles(session, kinds, settings, prompts)
-    reports = [_pair_report(scores, factors, s, r, mode, kind, settings.z_threshold)
+    reports = [_pair_report(scores, factors, s, r, mode, kind, settings.z_threshold, settings.min_share)
                for kind in kinds for s, r, mode in _channel_pairs(kind, roles, settings.top)]
     for sender, receiver in pairs:
         for mode in ("q", "k", "v"):
-            reports.append(_pair_report(scores, factors, sender, receiver, mode, None, settings.z_threshold))
+            reports.append(_pair_report(scores, factors, sender, receiver, mode, None, settings.z_threshold,
+                                        settings.min_share))
     if settings.data_check:
         rng = random.Random(f"channels:{settings.seed}")
         checked = [p for p in reports if p.channel is not None]
@@ -224,6 +242,10 @@ def find_channels(session: Session, kinds: Sequence[str] = KINDS, settings: Chan
                 if (p.sender, p.receiver, p.mode) == (t.sender, t.receiver, t.mode):
                     p.checks.append(check)
     return ChannelReport(session.reference, settings, roles, reports, scores, factors)
+
+
+def _argmax(values: Sequence[float]) -> int:
+    return max(range(len(values)), key=values.__getitem__)
 
 
 def _balanced(prompts, count: int):

@@ -19,7 +19,7 @@ def render_channels(report: ChannelReport, top: int = 5) -> str:
         if not any(p.channel == kind for p in report.pairs):
             continue
         lines += ["", f"{kind.replace('_', '-')} channel: sender component → receiver component "
-                      f"(z ≥ {report.settings.z_threshold:g})"]
+                      f"(z ≥ {report.settings.z_threshold:g}, share ≥ {report.settings.min_share:g}/rank)"]
         if not entries:
             lines.append("  no component stands out for any examined pair")
             continue
@@ -28,15 +28,18 @@ def render_channels(report: ChannelReport, top: int = 5) -> str:
             s, r, data = e["sender"], e["receiver"], e["data"]
             rows.append([f"{s['layer']}.{s['head']} OV {s['component']}",
                          f"{r['layer']}.{r['head']} {r['circuit'].upper()} {r['component']}", e["mode"].upper(),
-                         f"{e['weight_score']:.3f}", f"{e['z']:+.1f}", f"{r['cosine']:.2f}",
+                         f"{e['weight_score']:.3f}", f"{e['z']:+.1f}", f"{s['share']:.1%}", f"{r['cosine']:.2f}",
                          "-" if data is None else f"{data['data_score']:.3f}",
                          "-" if data is None else f"{next(iter(data['logit_diff_change'].values())):+.2f}"])
-        lines += ui.table(["sender", "receiver", "mode", "weight", "z", "cosine", "data", "Δ logit diff (α=0)"], rows)
+        lines += ui.table(["sender", "receiver", "mode", "weight", "z", "share", "cosine", "data", "Δ logit diff (α=0)"],
+                          rows)
     agreement = report.agreement()
     if agreement["pairs_checked"]:
-        lines += ["", f"weights vs data over {agreement['pairs_checked']} pair(s): top-1 agreement "
-                      f"{agreement['top1_agreement']:.0%}, median Spearman "
-                      f"{'-' if agreement['median_spearman'] is None else format(agreement['median_spearman'], '.2f')}"]
+        lines += ["", f"weights vs data over {agreement['pairs_checked']} checked pair(s):"]
+        for label, suffix in (("weight score C_k", ""), ("s_k·C_k (what the component carries)", "_weighted")):
+            median = agreement["median_spearman" + suffix]
+            lines.append(f"  {label}: top-1 agreement {agreement['top1_agreement' + suffix]:.0%}, median Spearman "
+                         f"{'-' if median is None else format(median, '.2f')}")
     user_pairs = [p for p in report.pairs if p.channel is None]
     for pair in user_pairs:
         links = "; ".join(f"{k} → {v['circuit'].upper()} {v['component']} (cos {v['cosine']:.2f})"

@@ -33,6 +33,9 @@ OUT_FILES = ("channels.json", "components.png", "mover-map.png", "weight-vs-data
 @click.option("--pair", "pairs", multiple=True, metavar="S:R", help="Also resolve this sender:receiver pair, e.g. 20.0:23.3.")
 @click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="Heads taken from each role.")
 @click.option("--z-threshold", type=float, default=3.0, show_default=True, help="z-score that puts a component in a channel.")
+@click.option("--min-share", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="A channel component also carries this many times an average component's share (1/rank) of "
+                   "the pair's composition (0: z alone).")
 @click.option("--check-prompts", type=click.IntRange(min=2), default=16, show_default=True,
               help="Prompts of the data check (each ablation runs them all).")
 @click.option("--check-alpha", type=click.FloatRange(min=0), default=2.0, show_default=True,
@@ -47,8 +50,9 @@ OUT_FILES = ("channels.json", "components.png", "mover-map.png", "weight-vs-data
 @click.option("--force", is_flag=True, help="Replace existing output files.")
 @device_options
 def channels_command(model: str, kind: str, task: str, n_items: str, n_prompts: int, pairs: tuple[str, ...], top: int,
-                     z_threshold: float, check_prompts: int, check_alpha: float, no_data_check: bool, draft_scale: float,
-                     seed: int, out: Path | None, as_json: bool, force: bool, device: str, dtype: str) -> None:
+                     z_threshold: float, min_share: float, check_prompts: int, check_alpha: float, no_data_check: bool,
+                     draft_scale: float, seed: int, out: Path | None, as_json: bool, force: bool, device: str,
+                     dtype: str) -> None:
     """Find MODEL's inhibition and duplicate-token channels from its weights, check them on data,
     and write a draft recipe that `th-edit apply` accepts."""
     from th_edit.channels.render import render_channels
@@ -59,7 +63,7 @@ def channels_command(model: str, kind: str, task: str, n_items: str, n_prompts: 
         for name in OUT_FILES:
             check_new_file(out / name, force)
     settings = ChannelSettings(task=task, n_items=tuple(parse_n_items(n_items)), n_prompts=n_prompts, top=top,
-                               z_threshold=z_threshold, check_prompts=check_prompts, check_alpha=check_alpha,
+                               z_threshold=z_threshold, min_share=min_share, check_prompts=check_prompts, check_alpha=check_alpha,
                                data_check=not no_data_check, seed=seed)
     session = load_session(model, device=device, dtype=dtype)
     kinds = ("inhibition", "duplicate_token") if kind == "all" else (kind.replace("-", "_"),)

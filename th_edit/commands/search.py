@@ -89,7 +89,7 @@ def _channel_candidates(session, kind: str, channels_file: Path | None, seed: in
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UserError(f"{channels_file}: not a channels.json ({exc})") from None
         return candidates_from_channels(record, kind, max_heads), draft_edits(record)
-    # Wider than `th-edit channels`' default (more senders and movers), weights and roles only: the
-    # search itself is the test on data.
-    record = find_channels(session, (kind,), ChannelSettings(seed=seed, top=5, data_check=False)).as_dict()
+    # Wider than `th-edit channels`' default (more senders and movers, every z-outlier whatever its
+    # share of the composition), weights and roles only: the search itself is the test on data.
+    record = find_channels(session, (kind,), ChannelSettings(seed=seed, top=5, min_share=0.0, data_check=False)).as_dict()
     return candidates_from_channels(record, kind, max_heads), draft_edits(record)
