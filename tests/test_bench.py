@@ -439,6 +439,22 @@ def test_cli_indistinguishable_candidates_name_the_file_line(cli, tmp_path, no_m
     assert line.startswith(f"error: {path} line 4: two candidates start with the same token")
 
 
+@pytest.mark.parametrize("compare", [False, True])
+def test_cli_a_prompt_longer_than_either_models_context_names_the_file_line(cli, tmp_path, no_model, compare):
+    """The shortest context of the models compared counts (the second model's used to be ignored:
+    an IndexError after loading both, or, with rotary embeddings, silent scoring past the context)."""
+    from tiny import tiny_checkpoint
+
+    long_context = tiny_checkpoint(tmp_path / "long", "gpt2", n_positions=128)
+    short_context = tiny_checkpoint(tmp_path / "short", "gpt2", n_positions=24)
+    path = tmp_path / "p.jsonl"
+    prompt = "I washed the sock and the shirt and the towel and the hat and the scarf and the coat. " * 2 + "I dried the"
+    path.write_text(GOOD_LINE + "\n" + json.dumps({**json.loads(GOOD_LINE), "prompt": prompt}) + "\n")
+    first, other = (long_context, short_context) if compare else (short_context, long_context)
+    line = _one_line_error(cli(str(first), "--prompts", str(path), *(["--compare", str(other)] if compare else [])))
+    assert line.startswith(f"error: {path} line 2: the prompt is") and "context of 24" in line
+
+
 def test_cli_export_prompts_creates_missing_directories(cli, tmp_path):
     path = tmp_path / "new" / "dir" / "p.jsonl"
     result = cli("--task", "ioi", "--n-prompts", "3", "--export-prompts", str(path))

@@ -128,6 +128,31 @@ def test_every_index_problem_is_listed(base, tmp_path):
     assert "edits[2].components[0] repeats" in result.output
 
 
+def test_schema_repeat_and_index_problems_are_listed_together(base, tmp_path):
+    """A schema problem used to hide the repeats, and repeats the indices: fix one, rerun, see the next."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(recipe_text(base, "  - {layer: 1, head: 2, circuit: ov, components: [0, 0, 99], scale: 2.0}\n"
+                                        "  - {layer: 7, head: 2, circuit: qk, components: [1], scale: 2.0}\n"
+                                        "  - {layer: 1, head: 2, circuit: ov, components: [3], scale: -1}\n",
+                                  base_line=f"base_model: {base}\nseeds: 3\n"))
+    out = tmp_path / "OUT"
+    result = CliRunner().invoke(main, ["apply", str(recipe), "--out", str(out)])
+    assert result.exit_code == 2 and "Traceback" not in result.output and not out.exists()
+    lines = result.output.strip().splitlines()
+    for fragment in ("seeds", "edits[2].scale", "edits[0].components[1] repeats", "edits[0].components[2] 99",
+                     "edits[1].layer 7"):
+        assert sum(fragment in line for line in lines) == 1, (fragment, lines)
+    assert len(lines) == 5 and lines[0].startswith("error: ")
+
+
+def test_a_base_model_that_cannot_be_found_is_listed_with_the_other_problems(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(recipe_text(None, "  - {layer: 1, head: 2, circuit: ov, components: [0], scale: -1}\n",
+                                  base_line=f"base_model: {tmp_path / 'nowhere'}\n"))
+    lines = CliRunner().invoke(main, ["apply", str(recipe)]).output.strip().splitlines()
+    assert any("edits[0].scale" in line for line in lines) and any("base_model:" in line for line in lines), lines
+
+
 @pytest.mark.parametrize("circuit", ["OV", "Ov", "QK", "qK"])
 def test_circuit_in_any_case(circuit):
     recipe = parse_recipe(f"base_model: m\nedits:\n  - {{layer: 0, head: 0, circuit: {circuit}, components: [0], scale: 2}}\n")

@@ -17,7 +17,7 @@ from th_edit.edit import EditResult, Overlay, cast_for_output, compute_edits, me
 from th_edit.errors import UserError
 from th_edit.export import LOCAL_RECORD, side_file_root, side_files, staging_directory, write_weights
 from th_edit.models import ResolvedModel, load_config, resolve
-from th_edit.recipe import Recipe, check_against_model, load_recipe
+from th_edit.recipe import Recipe, check_against_model, index_problems, problems_error, read_recipe
 
 BENCHMARK_PLOT = "benchmark.png"
 
@@ -71,8 +71,22 @@ def prepare(recipe: Recipe, recipe_text: str, source: str, base: ResolvedModel |
 
 
 def prepare_file(path: Path) -> Prepared:
-    recipe, text = load_recipe(path)
-    return prepare(recipe, text, str(path))
+    """The recipe file bound to its base model; every problem of the recipe, the schema's and the
+    indices' alike, in one error."""
+    validated, text = read_recipe(path)
+    source, problems = str(path), list(validated.problems)
+    if validated.base_model is None:  # then the schema says so among the problems
+        raise problems_error(source, problems)
+    try:
+        base = resolve(validated.base_model)
+    except UserError as exc:
+        raise problems_error(source, [*problems, f"base_model: {exc}"]) from None
+    adapter = adapter_for(load_config(base))
+    problems += index_problems(validated.edits, adapter)
+    if problems:
+        raise problems_error(source, problems)
+    assert validated.recipe is not None
+    return Prepared(validated.recipe, text, source, base, adapter, base.tensors())
 
 
 def compute(prepared: Prepared) -> Computed:

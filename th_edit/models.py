@@ -412,6 +412,13 @@ def _some(names: list[str], what: str, shown: int = 3) -> str:
     return f"{len(names)} {what} tensor{'s' if len(names) > 1 else ''} ({', '.join(sorted(names)[:shown])}{more})"
 
 
+def context_length(config) -> int | None:
+    """The model's context length, when its config states one (`max_position_embeddings`, which
+    every config class answers, GPT-2's `n_positions` included)."""
+    value = getattr(config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
 def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 

@@ -1,10 +1,12 @@
 """The YAML recipe: schema, parsing and validation.
 
-Two stages, both ending in a UserError that names the field path of every problem found
-(one per line):
-  1. `load_recipe` — YAML syntax (with line number) and the schema (types, unknown keys, ranges
-     that need no model: α ≥ 0 and finite, duplicates);
-  2. `check_against_model` — layer/head/component indices against the resolved base model.
+A recipe's problems are reported all at once, one per line, each naming its field path:
+  * YAML syntax (with line number) stops everything (there is nothing to check yet);
+  * `validate_recipe` — the schema (types, unknown keys, ranges that need no model: 0 ≤ α ≤ 100,
+    finite) and repeated components; edits that are valid on their own are kept for
+  * `index_problems` — layer/head/component indices against the resolved base model.
+`parse_recipe` raises the first two; `th-edit apply` (apply.prepare_file) adds the third before
+raising, so a recipe with a bad scale and a bad layer reports both.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -202,6 +205,16 @@ RecipeLoader.add_implicit_resolver(  # copies the resolver table for this class;
 
 
 def parse_recipe(text: str, source: str = "recipe") -> Recipe:
+    """The recipe in `text`, or a UserError listing every problem that needs no model."""
+    validated = validate_recipe(recipe_data(text, source))
+    if validated.problems:
+        raise problems_error(source, validated.problems)
+    assert validated.recipe is not None
+    return validated.recipe
+
+
+def recipe_data(text: str, source: str) -> dict:
+    """The YAML mapping of a recipe (syntax errors name their line)."""
     try:
         data = yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
@@ -211,12 +224,42 @@ def parse_recipe(text: str, source: str = "recipe") -> Recipe:
         raise UserError(f"{source}{where}: malformed YAML: {problem}") from None
     if not isinstance(data, dict):
         raise UserError(f"{source}: a recipe is a YAML mapping with base_model, edits and output")
+    return data
+
+
+@dataclass
+class Validated:
+    """What a recipe's data gives without a model: the recipe (None if the schema fails), every
+    problem found, and the edits that are valid on their own (with their index), for index checks."""
+
+    recipe: Recipe | None
+    problems: list[str]
+    edits: list[tuple[int, Edit]]
+    base_model: str | None
+
+
+def validate_recipe(data: dict) -> Validated:
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        raise problems_error(source, [f"{field_path(e['loc'])} {_describe(e)}" for e in exc.errors()]) from None
-    _check_duplicates(recipe, source)
-    return recipe
+        problems = [f"{field_path(e['loc'])} {_describe(e)}" for e in exc.errors()]
+        edits = _valid_edits(data.get("edits"))
+        base = data.get("base_model")
+        return Validated(None, problems + _duplicate_problems(edits), edits,
+                         base.strip() if isinstance(base, str) and base.strip() else None)
+    edits = list(enumerate(recipe.edits))
+    return Validated(recipe, _duplicate_problems(edits), edits, recipe.base_model)
+
+
+def _valid_edits(raw: object) -> list[tuple[int, Edit]]:
+    """The edits of a recipe that failed its schema that are valid on their own."""
+    edits = []
+    for i, item in enumerate(raw if isinstance(raw, list) else []):
+        try:
+            edits.append((i, Edit.model_validate(item)))
+        except ValidationError:
+            continue  # its problems are already listed
+    return edits
 
 
 def problems_error(source: str, problems: list[str]) -> UserError:
@@ -244,34 +287,50 @@ def replace_values(text: str, replacements: dict[tuple[str, ...], str]) -> str:
 
 def load_recipe(path: Path) -> tuple[Recipe, str]:
     """The validated recipe and its verbatim text (saved with the checkpoint)."""
+    validated, text = read_recipe(path)
+    if validated.problems:
+        raise problems_error(str(path), validated.problems)
+    assert validated.recipe is not None
+    return validated.recipe, text
+
+
+def read_recipe(path: Path) -> tuple[Validated, str]:
+    """A recipe file checked as far as it can be without a model, and its verbatim text."""
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise UserError(f"recipe file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read recipe {path}: {exc}") from None
-    return parse_recipe(text, source=str(path)), text
+    return validate_recipe(recipe_data(text, str(path))), text
 
 
-def _check_duplicates(recipe: Recipe, source: str) -> None:
+def _duplicate_problems(edits: list[tuple[int, Edit]]) -> list[str]:
     seen: dict[tuple[int, int, str, int], int] = {}
     problems = []
-    for i, edit in enumerate(recipe.edits):
+    for i, edit in edits:
         for j, component in enumerate(edit.components):
             key = (edit.layer, edit.head, edit.circuit, component)
             if key in seen:
                 problems.append(f"edits[{i}].components[{j}] repeats edits[{seen[key]}] "
                                 f"(layer {edit.layer}, head {edit.head}, {edit.circuit}, component {component})")
             seen.setdefault(key, i)
+    return problems
+
+
+def check_against_model(recipe: Recipe, adapter: Adapter, source: str = "recipe") -> None:
+    """Indices must exist in this model (see index_problems)."""
+    problems = index_problems(list(enumerate(recipe.edits)), adapter)
     if problems:
         raise problems_error(source, problems)
 
 
-def check_against_model(recipe: Recipe, adapter: Adapter, source: str = "recipe") -> None:
-    """Indices must exist in this model. Components count the head's singular values (≤ d_head)."""
+def index_problems(edits: list[tuple[int, Edit]], adapter: Adapter) -> list[str]:
+    """Layer, head and component indices this model does not have. Components count the head's
+    singular values (≤ d_head)."""
     info = adapter.info()
     problems = []
-    for i, edit in enumerate(recipe.edits):
+    for i, edit in edits:
         if edit.layer >= info.n_layers:
             problems.append(f"edits[{i}].layer {edit.layer} is out of range: the model has layers 0..{info.n_layers - 1}")
         if edit.head >= info.n_heads:
@@ -281,5 +340,4 @@ def check_against_model(recipe: Recipe, adapter: Adapter, source: str = "recipe"
             if component >= info.d_head:
                 problems.append(f"edits[{i}].components[{j}] {component} is out of range: a head's "
                                 f"{edit.circuit.upper()} has components 0..{info.d_head - 1} (rank <= d_head = {info.d_head})")
-    if problems:
-        raise problems_error(source, problems)
+    return problems

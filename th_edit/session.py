@@ -121,8 +121,9 @@ class Session:
     @property
     def max_length(self) -> int | None:
         """The model's context length, when its config states one."""
-        value = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config, "n_positions", None)
-        return int(value) if value else None
+        from th_edit.models import context_length
+
+        return context_length(self.model.config)
 
     def weights(self, layer: int) -> LayerWeights:
         """Effective float64 weights of every query head of `layer` (cached)."""

@@ -11,7 +11,7 @@ from th_edit import bench, strict_json, ui
 from th_edit.apply import prepare_file
 from th_edit.commands.options import device_options
 from th_edit.errors import UserError
-from th_edit.models import DEFAULT_MODEL, load_tokenizer, resolve
+from th_edit.models import DEFAULT_MODEL, context_length, load_config, load_tokenizer, resolve
 from th_edit.outputs import atomic_files, check_new_file
 from th_edit.session import load as load_session
 from th_edit.tasks.laundry import MAX_ITEMS, MIN_ITEMS
@@ -146,16 +146,16 @@ def bench_command(ctx: click.Context, model: str, task: str, n_items: str, n_pro
             write_jsonl(prompts, partial)
         ui.info(f"wrote {len(prompts)} prompts to {export}")
         return
-    # The tokenizer alone can tell whether every prompt is scorable: a bad prompt file is
-    # refused (naming its line) before any model is loaded or any edit computed.
-    bench.tokenize_prompts(tokenizer, prompts, prompts_file)
+    # The tokenizer and the configs alone can tell whether every prompt is scorable: a bad prompt
+    # file, or a prompt longer than either model's context, is refused (naming its line) before
+    # any model is loaded or any edit computed.
+    tokenized = bench.tokenize_prompts(tokenizer, prompts, prompts_file, _context(resolved, compare))
     recipe = _compare_recipe(compare, model, resolved) if compare else None
     session = load_session(model, device=device, dtype=dtype)
     setup.update(batch_size=batch_size, device=str(session.device), dtype=str(session.dtype).removeprefix("torch."))
     if compare is None:
         report = bench.run_single(session.model, tokenizer, prompts, model_info=resolved.provenance(), setup=setup,
-                                  batch_size=batch_size, tokenized=bench.tokenize_prompts(tokenizer, prompts, prompts_file,
-                                                                                           session.max_length))
+                                  batch_size=batch_size, tokenized=tokenized)
     else:
         after = recipe if recipe is not None else load_session(compare, device=device, dtype=dtype)
         report = bench.paired(session, after, prompts=prompts, batch_size=batch_size, kl=not no_kl, kl_texts=kl_texts,
@@ -165,6 +165,15 @@ def bench_command(ctx: click.Context, model: str, task: str, n_items: str, n_pro
     click.echo(strict_json.dumps(report, indent=2) if as_json else bench.render_report(report))
     if out is not None:
         _write_outputs(report, out, force)
+
+
+def _context(resolved, compare: str | None) -> int | None:
+    """The shortest context of the models a run scores: MODEL's, and OTHER_MODEL's with --compare."""
+    configs = [load_config(resolved)]
+    if compare and not _is_recipe(compare):
+        configs.append(load_config(resolve(compare)))
+    limits = [limit for config in configs if (limit := context_length(config)) is not None]
+    return min(limits) if limits else None
 
 
 def _compare_recipe(compare: str, model: str, resolved):
