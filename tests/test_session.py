@@ -1,5 +1,6 @@
 """The Python API: sessions, in-memory edits, exact restore, edit_model == apply, hooks, offload."""
 
+import json
 import re
 from pathlib import Path
 
@@ -354,3 +355,15 @@ def test_unedited_results_are_not_taken_from_an_edit_or_kept_after_apply(word_ch
                                                                             **PAIRED))
     m.apply(first)  # the edited weights are the unedited model from now on
     assert _paired_numbers(th_edit.bench.paired(m, second, **PAIRED)) == _paired_numbers(inside)
+
+
+@pytest.mark.parametrize("setting, expected", [("kl: false", None), ("kl_texts: 5", 5)])
+def test_apply_benchmark_sizes_or_skips_the_neutral_text_kl(word_checkpoint, tmp_path, setting, expected):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"base_model: {word_checkpoint}\nedits:\n  - {{layer: 1, head: 1, circuit: ov, components: [0], "
+                      f"scale: 2.0}}\nbenchmark: {{tasks: [laundry], n_items: [3], n_prompts: 4, {setting}}}\n")
+    result = CliRunner().invoke(main, ["--quiet", "apply", str(recipe), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    kl = json.loads((tmp_path / "out" / "provenance.json").read_text())["benchmark"]["side_effects"]["neutral_kl"]
+    assert (kl is None) if expected is None else kl["n_texts"] == expected
+    assert ("KL not measured" in result.stdout) == (expected is None)

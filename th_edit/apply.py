@@ -134,7 +134,7 @@ def run_benchmark(prepared: Prepared, computed: Computed) -> BenchmarkRun:
     session = benchmark_session(prepared)
     seed = prepared.recipe.seed if settings.seed is None else settings.seed
     report = bench.paired(session, ComputedEdit(computed.result, computed.cast), settings.tasks, settings.n_items,
-                          settings.n_prompts, seed, settings.batch_size,
+                          settings.n_prompts, seed, settings.batch_size, kl=settings.kl, kl_texts=settings.kl_texts,
                           extra_setup={"weights": prepared.out_dtype_name, "compute": "float32"}, keep_base_logits=False)
     return BenchmarkRun(report, report.text)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
 
 from th_edit.arch import Adapter
 from th_edit.checkpoint import parse_size
@@ -101,6 +101,8 @@ class Benchmark(Strict):
     n_prompts: Annotated[StrictInt, Field(ge=1)] = 50
     batch_size: Annotated[StrictInt, Field(ge=1)] = 16
     seed: StrictInt | None = None  # default: the recipe's seed
+    kl: StrictBool = True  # the side effect on neutral text (false skips it: a third of the run)
+    kl_texts: Annotated[StrictInt, Field(ge=1)] | None = None  # that many neutral texts (default: all)
 
     @field_validator("tasks", "n_items")
     @classmethod
