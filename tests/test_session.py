@@ -367,3 +367,17 @@ def test_apply_benchmark_sizes_or_skips_the_neutral_text_kl(word_checkpoint, tmp
     kl = json.loads((tmp_path / "out" / "provenance.json").read_text())["benchmark"]["side_effects"]["neutral_kl"]
     assert (kl is None) if expected is None else kl["n_texts"] == expected
     assert ("KL not measured" in result.stdout) == (expected is None)
+
+
+def test_verify_checks_the_recorded_benchmark_setup_against_the_recipe(word_checkpoint, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"base_model: {word_checkpoint}\nedits:\n  - {{layer: 1, head: 1, circuit: ov, components: [0], "
+                      "scale: 2.0}\nbenchmark: {tasks: [laundry], n_items: [3], n_prompts: 4, kl_texts: 3}\n")
+    out = tmp_path / "out"
+    assert CliRunner().invoke(main, ["--quiet", "apply", str(recipe), "--out", str(out)]).exit_code == 0
+    assert CliRunner().invoke(main, ["--quiet", "verify", str(out)]).stdout.strip() == "ok"
+    record = json.loads((out / "provenance.json").read_text())
+    record["benchmark"]["setup"]["n_prompts_per_n"] = 200  # claims a larger benchmark than the recipe ran
+    (out / "provenance.json").write_text(json.dumps(record))
+    result = CliRunner().invoke(main, ["--quiet", "verify", str(out)])
+    assert result.exit_code == 1 and "benchmark.setup.n_prompts_per_n is 200, but the recipe asks for 4" in result.stderr

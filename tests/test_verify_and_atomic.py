@@ -50,6 +50,7 @@ def test_verify_detects_a_changed_recipe(edited):
     result = verify(edited[1])
     assert result.exit_code == 1
     assert "recipe.yaml: sha256 differs" in result.stderr
+    assert sum("recipe.yaml:" in line for line in result.stderr.splitlines()) == 1  # said once
     assert "component 0: realized singular value" in result.stderr
     assert "different weights in: model.safetensors" in result.stderr
 
@@ -284,6 +285,9 @@ def test_verify_detects_a_side_file_changed_together_with_its_hash(full):
     ("base", lambda r: r["base"].update(reference="somewhere-else"), "base.reference is 'somewhere-else'"),
     ("dtype", lambda r: r["output"].update(dtype="bfloat16"), "output.dtype is 'bfloat16'"),
     ("untouched", lambda r: r["edits"][0].update(max_untouched_relative_change=0.5), "max_untouched_relative_change"),
+    ("unknown", lambda r: r.update(reviewed_by="someone"), "field 'reviewed_by' is not one th-edit writes"),
+    ("benchmark", lambda r: r.update(benchmark={"setup": {"n_prompts_per_n": 200}}),
+     "benchmark is recorded, but the recipe has no benchmark section"),
 ])
 def test_verify_recomputes_provenance_claims(full, field, change, message):
     path = full[1] / "provenance.json"

@@ -101,6 +101,11 @@ def base_record(base: ResolvedModel, base_weights: dict[str, str] | None) -> dic
     return scrub(record, base)
 
 
+# The top-level fields of provenance.json, as `provenance` writes them (verify flags any other).
+PROVENANCE_FIELDS = ("tool", "th_edit_version", "created_at", "base", "recipe", "output", "libraries", "conventions",
+                     "edits", "weights_sha256", "files_sha256", "benchmark")
+
+
 def provenance(recipe: Recipe, recipe_sha256: str, base: ResolvedModel, base_weights: dict[str, str] | None,
                reports: list[HeadReport], weights: dict[str, str], files: dict[str, str], out_dtype: str,
                benchmark: dict | None = None) -> dict[str, object]:

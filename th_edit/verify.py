@@ -16,12 +16,12 @@ import math
 from pathlib import Path
 
 from th_edit.apply import Prepared, compute, prepare, resolve_base
-from th_edit.card import base_record
+from th_edit.card import PROVENANCE_FIELDS, base_record
 from th_edit.checkpoint import INDEX_FILE, sha256_file
 from th_edit.errors import UserError
 from th_edit.export import LOCAL_RECORD, PROVENANCE_FILE, RECIPE_FILE, hash_weights, side_file_root, side_files
 from th_edit.models import ResolvedModel
-from th_edit.recipe import parse_recipe
+from th_edit.recipe import Recipe, parse_recipe
 
 REL_TOL = 1e-9  # the same computation on the same inputs: anything more is a real difference
 # Files apply derives from something else than the base (hash-checked only).
@@ -86,7 +86,29 @@ def verify(out_dir: Path, base: str | None = None) -> list[str]:
         changed = sorted(n for n in set(rebuilt) | set(recorded) if rebuilt.get(n) != recorded.get(n))
         problems.append(f"recomputing the edit from recipe.yaml and the base gives different weights in: {', '.join(changed)}")
     problems += _compare_side_files(record["files_sha256"], derived)
+    problems += _compare_benchmark_setup(record.get("benchmark"), recipe)
+    unknown = sorted(set(record) - set(PROVENANCE_FIELDS))
+    problems += [f"provenance.json: field '{key}' is not one th-edit writes" for key in unknown]
     return problems
+
+
+def _compare_benchmark_setup(recorded: object, recipe: Recipe) -> list[str]:
+    """The benchmark's numbers are not recomputed, but what it was asked to run is the recipe's
+    `benchmark:` section: a report claiming other prompts (or none asked for) is caught."""
+    settings = recipe.benchmark
+    if recorded is None:
+        return []  # `apply --no-bench`, or no benchmark section
+    if settings is None:
+        return ["provenance.json: benchmark is recorded, but the recipe has no benchmark section"]
+    setup = recorded.get("setup") if isinstance(recorded, dict) else None
+    if not isinstance(setup, dict):
+        return ["provenance.json: benchmark.setup is missing"]
+    expected = {"tasks": list(settings.tasks), "seed": recipe.seed if settings.seed is None else settings.seed,
+                "n_prompts_per_n": settings.n_prompts, "batch_size": settings.batch_size}
+    if "laundry" in settings.tasks:
+        expected["n_items"] = list(dict.fromkeys(settings.n_items))
+    return [f"provenance.json: benchmark.setup.{key} is {setup.get(key)!r}, but the recipe asks for {value!r}"
+            for key, value in expected.items() if setup.get(key) != value]
 
 
 def _check_files(out_dir: Path, record: dict, recipe_text: str, derived: dict[str, bytes]) -> list[str]:
@@ -102,7 +124,7 @@ def _check_files(out_dir: Path, record: dict, recipe_text: str, derived: dict[st
     for name in sorted(present - set(recorded)):
         kind = "weight file" if name.endswith(".safetensors") or name == INDEX_FILE else "file"
         problems.append(f"{name}: {kind} not listed in provenance.json (not written by apply; push does not upload it)")
-    for name in sorted(present & set(recorded)):
+    for name in sorted(present & set(recorded) - {RECIPE_FILE}):  # the recipe is checked against recipe.sha256 above
         path = out_dir / name
         if not path.is_file() or sha256_file(path) != recorded[name]:
             fields = _changed_fields(derived.get(name), path)
