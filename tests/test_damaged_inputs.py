@@ -1,6 +1,7 @@
 """Damaged or inconsistent inputs are one `error:` line with exit code 2, and nothing is written:
-weights cut short, NaN/Inf weights, configs that do not match their weights or make no sense,
-deeply nested JSON, absurd --n-items; and JSON output is strict (no bare NaN)."""
+weights cut short, NaN/Inf weights, a damaged shard index or side file, configs that do not match
+their weights or make no sense, deeply nested JSON or YAML, absurd counts; and JSON output is
+strict (no bare NaN)."""
 
 import json
 import math
@@ -177,6 +178,116 @@ def test_bench_refuses_a_broken_or_code_requiring_config_in_one_line(copy, confi
     model = copy()
     (model / "config.json").write_text(config_text)
     one_line_error(run("bench", model), fragment)
+
+
+# ---- a damaged shard index -----------------------------------------------------------------------
+
+INDEX = "model.safetensors.index.json"
+DEEP = "[" * 20000 + "]" * 20000  # beyond what Python's json and yaml parsers recurse into
+NESTED = '{"a": ' * 200 + "1" + "}" * 200  # parses, but deeper than any file th-edit reads (readers.MAX_NESTING)
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("sharded") / "base"
+    tiny_model("llama").save_pretrained(path, max_shard_size="100KB")
+    assert len(list(path.glob("*.safetensors"))) > 1
+    return path
+
+
+def _set_shard(shard: object):
+    def damage(model: Path, record: dict) -> str:
+        record["weight_map"]["lm_head.weight"] = shard
+        return json.dumps(record)
+    return damage
+
+
+def _remove_a_shard(model: Path, record: dict) -> str:
+    (model / record["weight_map"]["lm_head.weight"]).unlink()
+    return json.dumps(record)
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda model, record: '{"weight_map": ', "invalid JSON (Expecting value at line 1, column 16)"),
+    (lambda model, record: DEEP, "invalid JSON (nested too deeply)"),
+    (lambda model, record: b"\xff\xfe{}", "not UTF-8 text (byte 0xff at offset 0)"),
+    (lambda model, record: json.dumps({"metadata": record["metadata"]}), "has no 'weight_map' object"),
+    (lambda model, record: json.dumps({"weight_map": list(record["weight_map"])}), "has no 'weight_map' object"),
+    (_set_shard("../x.safetensors"), "tensor lm_head.weight's shard \"../x.safetensors\" is not a file name"),
+    (_set_shard(5), "tensor lm_head.weight's shard 5 is not a file name"),
+    (_remove_a_shard, "which is missing from"),
+])
+def test_a_damaged_shard_index_is_one_line_naming_it(sharded, tmp_path, damage, fragment):
+    model = tmp_path / "m"
+    shutil.copytree(sharded, model)
+    shutil.copy(next(model.glob("*.safetensors")), tmp_path / "x.safetensors")  # ../x.safetensors exists, and stays unread
+    text = damage(model, json.loads((model / INDEX).read_text()))
+    (model / INDEX).write_bytes(text if isinstance(text, bytes) else text.encode())
+    recipe = write_recipe(tmp_path / "r.yaml", model, edits=EDIT)
+    one_line_error(run("inspect", model), f"{model / INDEX}", fragment)
+    one_line_error(run("apply", recipe, "--out", tmp_path / "out"), f"{model / INDEX}", fragment)
+    assert not (tmp_path / "out").exists()
+
+
+# ---- side files: each must parse before apply does any work ---------------------------------------
+
+
+@pytest.mark.parametrize("name, content, fragment", [
+    ("config.json", DEEP, "invalid JSON (nested too deeply)"),
+    ("generation_config.json", DEEP, "invalid JSON (nested too deeply)"),
+    ("tokenizer_config.json", DEEP, "invalid JSON (nested too deeply)"),
+    ("tokenizer_config.json", NESTED, "invalid JSON (nested too deeply)"),
+    ("tokenizer.json", DEEP, "invalid JSON (nested too deeply)"),
+    ("tokenizer.json", '{"version": "1.0", ', "invalid JSON"),
+    ("generation_config.json", "{bad", "invalid JSON"),
+    ("chat_template.json", '{"chat_template": ', "invalid JSON"),
+    ("special_tokens_map.json", "[]", "expected a JSON object"),
+    ("chat_template.jinja", b"{{ bos_token }}\xff", "not UTF-8 text (byte 0xff at offset 15)"),
+])
+def test_apply_refuses_a_damaged_side_file_before_any_work(copy, tmp_path, name, content, fragment):
+    """apply used to copy these into the output (exit 0), or fail with a RecursionError traceback."""
+    model = copy()
+    (model / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    recipe = write_recipe(tmp_path / "r.yaml", model, edits=EDIT)
+    one_line_error(run("apply", recipe, "--out", tmp_path / "out"), f"{model / name}", fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged", "r.yaml"]  # no output, no staging leftovers
+    one_line_error(run("inspect", model), f"{model / name}", fragment)  # the same check for every command
+
+
+# ---- deeply nested user files: one reader for every JSON and YAML file ---------------------------
+
+
+@pytest.mark.parametrize("text", [DEEP, NESTED.replace('"a": ', "a: ")])
+def test_a_deeply_nested_recipe(tmp_path, text):
+    recipe = tmp_path / "deep.yaml"
+    recipe.write_text(text + "\n")
+    one_line_error(run("apply", recipe, "--out", tmp_path / "out"), f"{recipe}: malformed YAML: nested too deeply")
+
+
+def test_a_yaml_alias_that_contains_itself_is_infinitely_deep(tmp_path):
+    recipe = tmp_path / "loop.yaml"
+    recipe.write_text("base_model: m\nedits: &e [*e]\n")
+    one_line_error(run("apply", recipe), f"{recipe}: malformed YAML: nested too deeply")
+
+
+@pytest.mark.parametrize("text", [DEEP, NESTED])
+def test_a_deeply_nested_provenance_in_verify_and_push(llama, tmp_path, text):
+    recipe = write_recipe(tmp_path / "r.yaml", llama, edits=EDIT)
+    out = tmp_path / "out"
+    assert run("apply", recipe, "--out", out, "--no-bench").exit_code == 0
+    (out / "provenance.json").write_text(text)
+    for args in (["verify", out], ["push", out, "me/repo", "--dry-run"]):
+        one_line_error(run(*args), f"{out / 'provenance.json'}: invalid JSON (nested too deeply)")
+
+
+@pytest.mark.parametrize("command", ["search", "subspace"])
+@pytest.mark.parametrize("text", [DEEP, NESTED])
+def test_a_deeply_nested_channels_file(llama, tmp_path, command, text):
+    channels = tmp_path / "channels.json"
+    channels.write_text(text)
+    out = ["--out", tmp_path / "o" / "recipe.yaml"] if command == "search" else ["--out", tmp_path / "o"]
+    one_line_error(run(command, llama, "--channels", channels, *out), f"{channels}: invalid JSON (nested too deeply)")
+    assert not (tmp_path / "o").exists()
 
 
 # ---- prompt files and options -------------------------------------------------------------------

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, f
 from th_edit.arch import Adapter
 from th_edit.checkpoint import parse_size
 from th_edit.errors import UserError
+from th_edit.readers import parse_yaml, read_text
 
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
 OUTPUT_DTYPES = ("keep", "float32", "bfloat16", "float16")
@@ -202,13 +203,7 @@ RecipeLoader.add_implicit_resolver(  # copies the resolver table for this class;
 
 
 def parse_recipe(text: str, source: str = "recipe") -> Recipe:
-    try:
-        data = yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{source}{where}: malformed YAML: {problem}") from None
+    data = parse_yaml(text, source, RecipeLoader)
     if not isinstance(data, dict):
         raise UserError(f"{source}: a recipe is a YAML mapping with base_model, edits and output")
     try:
@@ -244,12 +239,9 @@ def replace_values(text: str, replacements: dict[tuple[str, ...], str]) -> str:
 
 def load_recipe(path: Path) -> tuple[Recipe, str]:
     """The validated recipe and its verbatim text (saved with the checkpoint)."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserError(f"recipe file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read recipe {path}: {exc}") from None
+    if not path.exists():
+        raise UserError(f"recipe file not found: {path}")
+    text = read_text(path)
     return parse_recipe(text, source=str(path)), text
 
 
