@@ -162,11 +162,37 @@ def test_shape_that_does_not_match_the_weights(copy):
     ({"num_attention_heads": 7}, "not a multiple of the number of attention heads (7)"),
     ({"num_key_value_heads": 4}, "num_attention_heads 6 does not split into num_key_value_heads 4"),
     ({"num_hidden_layers": 0}, "num_hidden_layers must be a positive integer"),
+    ({"num_attention_heads": 0}, "num_attention_heads must be a positive integer, not 0"),
+    ({"hidden_size": "48"}, 'hidden_size must be a positive integer, not "48"'),
+    ({"num_attention_heads": None}, "num_attention_heads must be a positive integer, not null"),
+    ({"num_attention_heads": 6.0}, "num_attention_heads must be a positive integer, not 6.0"),
+    ({"num_key_value_heads": True}, "num_key_value_heads must be a positive integer, not true"),
+    ({"intermediate_size": -96}, "intermediate_size must be a positive integer, not -96"),
+    ({"num_hidden_layers": 1e11}, "num_hidden_layers must be a positive integer, not 100000000000.0"),
+    # Checked before transformers reads the config: it builds a per-layer list (MemoryError in
+    # inspect; apply grew to 20 GB before this check existed).
+    ({"num_hidden_layers": 10**11}, "num_hidden_layers must be at most 100,000, not 100000000000"),
+    ({"vocab_size": 10**30}, "vocab_size must be at most 10,000,000, not 100000000000000000000000…"),
 ])
-def test_configs_that_make_no_sense(copy, changes, fragment):
+def test_configs_that_make_no_sense(copy, tmp_path, changes, fragment):
     model = copy()
+    recipe = write_recipe(tmp_path / "r.yaml", model, edits=EDIT)
     edit_config(model, **changes)
-    one_line_error(run("inspect", model), fragment)
+    one_line_error(run("inspect", model), "config.json", fragment)
+    one_line_error(run("apply", recipe, "--out", tmp_path / "out"), "config.json", fragment)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("family, changes, fragment", [
+    ("gpt2", {"n_head": 0}, "n_head must be a positive integer, not 0"),
+    ("gpt2", {"num_hidden_layers": 10**11}, "num_hidden_layers must be at most 100,000"),  # transformers' alias of n_layer
+    ("gpt2", {"n_inner": 1.5}, "n_inner must be a positive integer, not 1.5"),
+    ("gemma3_text", {"sliding_window_pattern": 0}, "sliding_window_pattern must be a positive integer, not 0"),
+])
+def test_family_spellings_of_sizes_are_checked_too(tmp_path, family, changes, fragment):
+    tiny_model(family).save_pretrained(tmp_path)
+    edit_config(tmp_path, **changes)
+    one_line_error(run("inspect", tmp_path), "config.json", fragment)
 
 
 @pytest.mark.parametrize("config_text, fragment", [

@@ -329,10 +329,10 @@ def _dequantize_to(gguf_path: Path, target: Path, digest: str) -> None:
 
 
 def load_config(resolved: ResolvedModel, trust_remote_code: bool = False):
-    from huggingface_hub.errors import StrictDataclassClassValidationError
+    from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
     from transformers import AutoConfig
 
-    from th_edit.arch import SUPPORTED_MODEL_TYPES, unsupported_architecture
+    from th_edit.arch import SUPPORTED_MODEL_TYPES, adapter_class, unsupported_architecture
 
     path = resolved.path / "config.json"
     raw = read_json_object(path)
@@ -340,11 +340,15 @@ def load_config(resolved: ResolvedModel, trust_remote_code: bool = False):
     if raw.get("auto_map") and not trust_remote_code and model_type not in SUPPORTED_MODEL_TYPES:
         raise UserError(f"{resolved.reference} needs its own code to load (config.json has auto_map) and th-edit "
                         f"runs no checkpoint code: {unsupported_architecture(model_type)}")
+    if isinstance(model_type, str) and model_type in SUPPORTED_MODEL_TYPES:
+        # Sizes and counts first: transformers divides by them and builds per-layer lists from them.
+        adapter_class(model_type).check_config(raw, path)
     try:
         config = AutoConfig.from_pretrained(str(resolved.path), trust_remote_code=trust_remote_code)
-    # transformers' config classes validate themselves (StrictDataclassClassValidationError:
-    # e.g. a hidden size that the head count does not divide) or fail on what they read.
-    except (OSError, ValueError, KeyError, TypeError, StrictDataclassClassValidationError, RecursionError) as exc:
+    # transformers' config classes validate themselves (StrictDataclass*ValidationError: a field of
+    # the wrong type, a hidden size that the head count does not divide) or fail on what they read.
+    except (OSError, ValueError, KeyError, TypeError, ArithmeticError, StrictDataclassClassValidationError,
+            StrictDataclassFieldValidationError, RecursionError) as exc:
         if isinstance(model_type, str) and model_type not in SUPPORTED_MODEL_TYPES:  # unknown to transformers too
             raise unsupported_architecture(model_type) from None
         raise UserError(f"cannot read {resolved.reference}'s config.json: {_config_problem(exc)}") from None
@@ -352,11 +356,12 @@ def load_config(resolved: ResolvedModel, trust_remote_code: bool = False):
 
 
 def _config_problem(exc: BaseException) -> str:
-    # A failed validator's own message is on the line after "Class validation error for validator ...".
+    # A failed validator's own message is on the line after "(Class) validation error for ...".
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     for line in lines:
-        if line.startswith("ValueError: "):
-            return line.removeprefix("ValueError: ")
+        for prefix in ("ValueError: ", "TypeError: "):
+            if line.startswith(prefix):
+                return line.removeprefix(prefix)
     return lines[0] if lines else type(exc).__name__
 
 
