@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from test_apply import write_recipe
 from tiny import tiny_model
 
-from th_edit import models, strict_json
+from th_edit import limits, models, strict_json
 from th_edit.checkpoint import read_header
 from th_edit.cli import main
 from th_edit.commands.bench import parse_n_items
@@ -338,6 +338,32 @@ def test_n_items_bounds_are_checked_before_any_range_is_built(text, fragment):
         parse_n_items(text)
     assert fragment in str(caught.value) and time.monotonic() - started < 1
     assert parse_n_items("3," + "0" * 5000 + "7") == [3, 7]
+
+
+COUNT_OPTIONS = [
+    ("bench", "--n-prompts", limits.MAX_PROMPTS), ("bench", "--kl-texts", limits.MAX_KL_TEXTS),
+    ("bench", "--batch-size", limits.MAX_BATCH_SIZE),
+    ("channels", "--n-prompts", limits.MAX_PROMPTS), ("channels", "--check-prompts", limits.MAX_PROMPTS),
+    ("channels", "--top", limits.MAX_HEADS),
+    ("search", "--trials", limits.MAX_TRIALS), ("search", "--tune-prompts", limits.MAX_PROMPTS),
+    ("search", "--held-out-prompts", limits.MAX_PROMPTS), ("search", "--heads", limits.MAX_HEADS),
+    ("subspace", "--n-prompts", limits.MAX_PROMPTS), ("subspace", "--traverse-prompts", limits.MAX_PROMPTS),
+    ("subspace", "--grid", limits.MAX_GRID), ("subspace", "--dims", limits.MAX_DIMS),
+    ("subspace", "--batch-size", limits.MAX_BATCH_SIZE), ("subspace", "--traverse-n", 10),
+    ("inspect", "--top", limits.MAX_SINGULAR_VALUES),
+]
+
+
+@pytest.mark.parametrize("command, option, maximum", COUNT_OPTIONS)
+@pytest.mark.parametrize("value", ["99999999999999999999", "MAX+1"])
+def test_every_count_option_has_a_documented_maximum(llama, command, option, maximum, value):
+    """`bench --n-prompts 99999999999999999999` used to print nothing and allocate ~115 MB/s."""
+    value = str(maximum + 1) if value == "MAX+1" else value
+    started = time.monotonic()
+    line = one_line_error(run(command, llama, option, value), f"Invalid value for '{option}'", f"<={maximum}.")
+    assert time.monotonic() - started < 5, line
+    help_text = run(command, "--help").stdout
+    assert f"<={maximum}]" in " ".join(help_text.split()), f"{command} --help does not show the maximum of {option}"
 
 
 # ---- strict JSON --------------------------------------------------------------------------------

@@ -72,9 +72,17 @@ def test_layer_and_head_filters(gemma, args, expected):
     (["--svd", "--layer", "2-1"], "--layer: the range 2-1 is empty"),
     (["--svd", "--head", "x"], "--head: expected a number"),
     (["--layer", "1"], "add --svd"),
+    # Bounded by their digits before anything is built: out of range, not "expected a number".
+    (["--svd", "--layer", "99999999999999999999"], "--layer: 99999999999999999999 is out of range (the model has layers 0..2)"),
+    (["--svd", "--head", "0-" + "9" * 5000], "--head: 99999999999999999999… is out of range (the model has heads 0..3)"),
+    (["--svd", "--layer", "0002"], None),
 ])
 def test_filter_errors(gemma, args, message):
     result = run(gemma, *args)
+    if message is None:  # leading zeros are still a number
+        assert result.exit_code == 0, result.output
+        return
     assert result.exit_code == 2, result.output
     assert result.output.strip().startswith("error: ") and message in result.output
     assert len(result.output.strip().splitlines()) == 1
+

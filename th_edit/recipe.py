@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, f
 from th_edit.arch import Adapter
 from th_edit.checkpoint import parse_size
 from th_edit.errors import UserError
+from th_edit.limits import MAX_BATCH_SIZE, MAX_PROMPTS
 from th_edit.readers import parse_yaml, read_text
 
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
@@ -96,8 +97,8 @@ class Benchmark(Strict):
 
     tasks: list[Literal["laundry", "ioi"]] = ["laundry", "ioi"]
     n_items: Annotated[list[Annotated[StrictInt, Field(ge=2, le=10)]], Field(min_length=1)] = [2, 3, 4, 5, 6, 7, 8]
-    n_prompts: Annotated[StrictInt, Field(ge=1)] = 50
-    batch_size: Annotated[StrictInt, Field(ge=1)] = 16
+    n_prompts: Annotated[StrictInt, Field(ge=1, le=MAX_PROMPTS)] = 50
+    batch_size: Annotated[StrictInt, Field(ge=1, le=MAX_BATCH_SIZE)] = 16
     seed: StrictInt | None = None  # default: the recipe's seed
 
     @field_validator("tasks", "n_items")

@@ -11,6 +11,7 @@ from th_edit import ui
 from th_edit.commands.bench import parse_n_items
 from th_edit.commands.options import device_options
 from th_edit.errors import UserError
+from th_edit.limits import MAX_HEADS, MAX_PROMPTS, MAX_TRIALS
 from th_edit.models import DEFAULT_MODEL
 from th_edit.outputs import atomic_files, check_new_file
 from th_edit.readers import read_json
@@ -25,7 +26,7 @@ from th_edit.session import load as load_session
 @click.argument("model", default=DEFAULT_MODEL)
 @click.option("--kind", type=click.Choice(["inhibition"]), default="inhibition", show_default=True,
               help="Which channel's sender heads to search over.")
-@click.option("--heads", "max_heads", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--heads", "max_heads", type=click.IntRange(min=1, max=MAX_HEADS), default=8, show_default=True,
               help="Most candidate heads taken from the channel (strongest first).")
 @click.option("--rank-by", type=click.Choice(["attribution", "weights"]), default="attribution", show_default=True,
               help="Order of each head's components: first-order effect on tuning recall, or channel weight z.")
@@ -36,11 +37,11 @@ from th_edit.session import load as load_session
               help="Largest mean KL on neutral text, nats/token.")
 @click.option("--max-ioi-drop", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="Largest IOI accuracy drop, points.")
-@click.option("--trials", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option("--trials", type=click.IntRange(min=1, max=MAX_TRIALS), default=60, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the sampler and the tuning prompts.")
-@click.option("--tune-prompts", type=click.IntRange(min=2), default=50, show_default=True,
+@click.option("--tune-prompts", type=click.IntRange(min=2, max=MAX_PROMPTS), default=50, show_default=True,
               help="Tuning prompts per N.")
-@click.option("--held-out-prompts", type=click.IntRange(min=2), default=200, show_default=True,
+@click.option("--held-out-prompts", type=click.IntRange(min=2, max=MAX_PROMPTS), default=200, show_default=True,
               help="Held-out prompts per N (and IOI).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("search/recipe.yaml"),
               show_default=True, help="The recipe; search.json, frontier.png and the study journal go beside it.")
