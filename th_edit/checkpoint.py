@@ -209,6 +209,25 @@ class CheckpointTensors:
         check_finite(tensor, entry.name, entry.file)
         return tensor
 
+    def same_values(self, first: str, second: str) -> bool:
+        """Whether two stored tensors hold equal values (torch.equal, as transformers compares
+        weights it may tie), read side by side in chunks: never a whole tensor in memory."""
+        a, b = self.entry(first), self.entry(second)
+        if a.shape != b.shape:
+            return False
+        step = _COPY_CHUNK // 8  # elements per chunk (of at most 8 bytes each)
+        with open(a.file, "rb") as fa, open(b.file, "rb") as fb:
+            fa.seek(a.start)
+            fb.seek(b.start)
+            for done in range(0, a.numel, step):
+                count = min(step, a.numel - done)
+                chunks = [_read_elements(f, e, count) for f, e in ((fa, a), (fb, b))]
+                if a.dtype != b.dtype:
+                    chunks = [chunk.double() for chunk in chunks]
+                if not torch.equal(*chunks):
+                    return False
+        return True
+
     def total_parameters(self) -> int:
         return sum(entry.numel for entry in self.entries.values())
 
@@ -218,6 +237,14 @@ class CheckpointTensors:
         for entry in self.entries.values():
             counts[entry.dtype] = counts.get(entry.dtype, 0) + entry.numel
         return counts
+
+
+def _read_elements(file: BinaryIO, entry: StoredTensor, count: int) -> torch.Tensor:
+    """The next `count` elements of `entry` from `file` (positioned inside it)."""
+    data = bytearray(file.read(count * entry.torch_dtype.itemsize))
+    if len(data) != count * entry.torch_dtype.itemsize:  # the header was checked against the size: the file shrank since
+        raise UserError(f"{entry.file} is cut short: it ends inside tensor {entry.name}")
+    return torch.frombuffer(data, dtype=entry.torch_dtype) if data else torch.empty(0, dtype=entry.torch_dtype)
 
 
 class ModelTensors:

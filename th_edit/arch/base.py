@@ -25,7 +25,7 @@ from typing import ClassVar
 
 import torch
 
-from th_edit.checkpoint import TensorSource
+from th_edit.checkpoint import CheckpointTensors, TensorSource
 from th_edit.errors import UserError
 
 
@@ -296,6 +296,18 @@ class Adapter(ABC):
         if name not in source and self.info().tied_embeddings:
             name = self.embedding_param()
         return source.get(name)
+
+    def ties_embeddings(self, stored: CheckpointTensors) -> bool:
+        """Whether the model transformers 5 loads from `stored` uses its token embedding as its
+        unembedding. The config must ask for it (info().tied_embeddings), and then transformers
+        ties the two only when the checkpoint holds one of them, or both with equal values: a
+        separate unembedding with other values is kept as it is (with a warning)."""
+        if not self.info().tied_embeddings:
+            return False
+        unembedding, embedding = self.unembedding_param(), self.embedding_param()
+        if unembedding not in stored or embedding not in stored:
+            return True
+        return stored.same_values(unembedding, embedding)
 
     def layer_weights(self, source: TensorSource, layer: int, dtype: torch.dtype = torch.float32) -> LayerWeights:
         source = _Memo(source)  # every head slices the same few parameters: read each once

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import click
 import torch
@@ -46,7 +46,8 @@ def inspect_command(model: str, svd: bool, top: int, layers: str | None, heads: 
     summary = {
         "reference": model,
         "source": resolved.provenance(),
-        "architecture": asdict(adapter.info()),
+        # What the loaded model does, which the config alone does not say (a separately stored unembedding).
+        "architecture": asdict(replace(adapter.info(), tied_embeddings=adapter.ties_embeddings(tensors))),
         "dtype": {code.lower(): count for code, count in tensors.dtypes().items()},
         "parameters": tensors.total_parameters(),
     }
