@@ -1,6 +1,7 @@
 """Damaged or inconsistent inputs are one `error:` line with exit code 2, and nothing is written:
-weights cut short, NaN/Inf weights, configs that do not match their weights or make no sense,
-deeply nested JSON, absurd --n-items; and JSON output is strict (no bare NaN)."""
+weights cut short, NaN/Inf weights, a damaged shard index or side file, configs that do not match
+their weights or make no sense, deeply nested JSON or YAML, absurd counts; and JSON output is
+strict (no bare NaN)."""
 
 import json
 import math
@@ -15,7 +16,7 @@ from click.testing import CliRunner
 from test_apply import write_recipe
 from tiny import tiny_model
 
-from th_edit import models, strict_json
+from th_edit import limits, models, strict_json
 from th_edit.checkpoint import read_header
 from th_edit.cli import main
 from th_edit.commands.bench import parse_n_items
@@ -161,11 +162,37 @@ def test_shape_that_does_not_match_the_weights(copy):
     ({"num_attention_heads": 7}, "not a multiple of the number of attention heads (7)"),
     ({"num_key_value_heads": 4}, "num_attention_heads 6 does not split into num_key_value_heads 4"),
     ({"num_hidden_layers": 0}, "num_hidden_layers must be a positive integer"),
+    ({"num_attention_heads": 0}, "num_attention_heads must be a positive integer, not 0"),
+    ({"hidden_size": "48"}, 'hidden_size must be a positive integer, not "48"'),
+    ({"num_attention_heads": None}, "num_attention_heads must be a positive integer, not null"),
+    ({"num_attention_heads": 6.0}, "num_attention_heads must be a positive integer, not 6.0"),
+    ({"num_key_value_heads": True}, "num_key_value_heads must be a positive integer, not true"),
+    ({"intermediate_size": -96}, "intermediate_size must be a positive integer, not -96"),
+    ({"num_hidden_layers": 1e11}, "num_hidden_layers must be a positive integer, not 100000000000.0"),
+    # Checked before transformers reads the config: it builds a per-layer list (MemoryError in
+    # inspect; apply grew to 20 GB before this check existed).
+    ({"num_hidden_layers": 10**11}, "num_hidden_layers must be at most 100,000, not 100000000000"),
+    ({"vocab_size": 10**30}, "vocab_size must be at most 10,000,000, not 100000000000000000000000…"),
 ])
-def test_configs_that_make_no_sense(copy, changes, fragment):
+def test_configs_that_make_no_sense(copy, tmp_path, changes, fragment):
     model = copy()
+    recipe = write_recipe(tmp_path / "r.yaml", model, edits=EDIT)
     edit_config(model, **changes)
-    one_line_error(run("inspect", model), fragment)
+    one_line_error(run("inspect", model), "config.json", fragment)
+    one_line_error(run("apply", recipe, "--out", tmp_path / "out"), "config.json", fragment)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("family, changes, fragment", [
+    ("gpt2", {"n_head": 0}, "n_head must be a positive integer, not 0"),
+    ("gpt2", {"num_hidden_layers": 10**11}, "num_hidden_layers must be at most 100,000"),  # transformers' alias of n_layer
+    ("gpt2", {"n_inner": 1.5}, "n_inner must be a positive integer, not 1.5"),
+    ("gemma3_text", {"sliding_window_pattern": 0}, "sliding_window_pattern must be a positive integer, not 0"),
+])
+def test_family_spellings_of_sizes_are_checked_too(tmp_path, family, changes, fragment):
+    tiny_model(family).save_pretrained(tmp_path)
+    edit_config(tmp_path, **changes)
+    one_line_error(run("inspect", tmp_path), "config.json", fragment)
 
 
 @pytest.mark.parametrize("config_text, fragment", [
@@ -177,6 +204,116 @@ def test_bench_refuses_a_broken_or_code_requiring_config_in_one_line(copy, confi
     model = copy()
     (model / "config.json").write_text(config_text)
     one_line_error(run("bench", model), fragment)
+
+
+# ---- a damaged shard index -----------------------------------------------------------------------
+
+INDEX = "model.safetensors.index.json"
+DEEP = "[" * 20000 + "]" * 20000  # beyond what Python's json and yaml parsers recurse into
+NESTED = '{"a": ' * 200 + "1" + "}" * 200  # parses, but deeper than any file th-edit reads (readers.MAX_NESTING)
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("sharded") / "base"
+    tiny_model("llama").save_pretrained(path, max_shard_size="100KB")
+    assert len(list(path.glob("*.safetensors"))) > 1
+    return path
+
+
+def _set_shard(shard: object):
+    def damage(model: Path, record: dict) -> str:
+        record["weight_map"]["lm_head.weight"] = shard
+        return json.dumps(record)
+    return damage
+
+
+def _remove_a_shard(model: Path, record: dict) -> str:
+    (model / record["weight_map"]["lm_head.weight"]).unlink()
+    return json.dumps(record)
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda model, record: '{"weight_map": ', "invalid JSON (Expecting value at line 1, column 16)"),
+    (lambda model, record: DEEP, "invalid JSON (nested too deeply)"),
+    (lambda model, record: b"\xff\xfe{}", "not UTF-8 text (byte 0xff at offset 0)"),
+    (lambda model, record: json.dumps({"metadata": record["metadata"]}), "has no 'weight_map' object"),
+    (lambda model, record: json.dumps({"weight_map": list(record["weight_map"])}), "has no 'weight_map' object"),
+    (_set_shard("../x.safetensors"), "tensor lm_head.weight's shard \"../x.safetensors\" is not a file name"),
+    (_set_shard(5), "tensor lm_head.weight's shard 5 is not a file name"),
+    (_remove_a_shard, "which is missing from"),
+])
+def test_a_damaged_shard_index_is_one_line_naming_it(sharded, tmp_path, damage, fragment):
+    model = tmp_path / "m"
+    shutil.copytree(sharded, model)
+    shutil.copy(next(model.glob("*.safetensors")), tmp_path / "x.safetensors")  # ../x.safetensors exists, and stays unread
+    text = damage(model, json.loads((model / INDEX).read_text()))
+    (model / INDEX).write_bytes(text if isinstance(text, bytes) else text.encode())
+    recipe = write_recipe(tmp_path / "r.yaml", model, edits=EDIT)
+    one_line_error(run("inspect", model), f"{model / INDEX}", fragment)
+    one_line_error(run("apply", recipe, "--out", tmp_path / "out"), f"{model / INDEX}", fragment)
+    assert not (tmp_path / "out").exists()
+
+
+# ---- side files: each must parse before apply does any work ---------------------------------------
+
+
+@pytest.mark.parametrize("name, content, fragment", [
+    ("config.json", DEEP, "invalid JSON (nested too deeply)"),
+    ("generation_config.json", DEEP, "invalid JSON (nested too deeply)"),
+    ("tokenizer_config.json", DEEP, "invalid JSON (nested too deeply)"),
+    ("tokenizer_config.json", NESTED, "invalid JSON (nested too deeply)"),
+    ("tokenizer.json", DEEP, "invalid JSON (nested too deeply)"),
+    ("tokenizer.json", '{"version": "1.0", ', "invalid JSON"),
+    ("generation_config.json", "{bad", "invalid JSON"),
+    ("chat_template.json", '{"chat_template": ', "invalid JSON"),
+    ("special_tokens_map.json", "[]", "expected a JSON object"),
+    ("chat_template.jinja", b"{{ bos_token }}\xff", "not UTF-8 text (byte 0xff at offset 15)"),
+])
+def test_apply_refuses_a_damaged_side_file_before_any_work(copy, tmp_path, name, content, fragment):
+    """apply used to copy these into the output (exit 0), or fail with a RecursionError traceback."""
+    model = copy()
+    (model / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    recipe = write_recipe(tmp_path / "r.yaml", model, edits=EDIT)
+    one_line_error(run("apply", recipe, "--out", tmp_path / "out"), f"{model / name}", fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged", "r.yaml"]  # no output, no staging leftovers
+    one_line_error(run("inspect", model), f"{model / name}", fragment)  # the same check for every command
+
+
+# ---- deeply nested user files: one reader for every JSON and YAML file ---------------------------
+
+
+@pytest.mark.parametrize("text", [DEEP, NESTED.replace('"a": ', "a: ")])
+def test_a_deeply_nested_recipe(tmp_path, text):
+    recipe = tmp_path / "deep.yaml"
+    recipe.write_text(text + "\n")
+    one_line_error(run("apply", recipe, "--out", tmp_path / "out"), f"{recipe}: malformed YAML: nested too deeply")
+
+
+def test_a_yaml_alias_that_contains_itself_is_infinitely_deep(tmp_path):
+    recipe = tmp_path / "loop.yaml"
+    recipe.write_text("base_model: m\nedits: &e [*e]\n")
+    one_line_error(run("apply", recipe), f"{recipe}: malformed YAML: nested too deeply")
+
+
+@pytest.mark.parametrize("text", [DEEP, NESTED])
+def test_a_deeply_nested_provenance_in_verify_and_push(llama, tmp_path, text):
+    recipe = write_recipe(tmp_path / "r.yaml", llama, edits=EDIT)
+    out = tmp_path / "out"
+    assert run("apply", recipe, "--out", out, "--no-bench").exit_code == 0
+    (out / "provenance.json").write_text(text)
+    for args in (["verify", out], ["push", out, "me/repo", "--dry-run"]):
+        one_line_error(run(*args), f"{out / 'provenance.json'}: invalid JSON (nested too deeply)")
+
+
+@pytest.mark.parametrize("command", ["search", "subspace"])
+@pytest.mark.parametrize("text", [DEEP, NESTED])
+def test_a_deeply_nested_channels_file(llama, tmp_path, command, text):
+    channels = tmp_path / "channels.json"
+    channels.write_text(text)
+    out = ["--out", tmp_path / "o" / "recipe.yaml"] if command == "search" else ["--out", tmp_path / "o"]
+    one_line_error(run(command, llama, "--channels", channels, *out), f"{channels}: invalid JSON (nested too deeply)")
+    assert not (tmp_path / "o").exists()
 
 
 # ---- prompt files and options -------------------------------------------------------------------
@@ -201,6 +338,32 @@ def test_n_items_bounds_are_checked_before_any_range_is_built(text, fragment):
         parse_n_items(text)
     assert fragment in str(caught.value) and time.monotonic() - started < 1
     assert parse_n_items("3," + "0" * 5000 + "7") == [3, 7]
+
+
+COUNT_OPTIONS = [
+    ("bench", "--n-prompts", limits.MAX_PROMPTS), ("bench", "--kl-texts", limits.MAX_KL_TEXTS),
+    ("bench", "--batch-size", limits.MAX_BATCH_SIZE),
+    ("channels", "--n-prompts", limits.MAX_PROMPTS), ("channels", "--check-prompts", limits.MAX_PROMPTS),
+    ("channels", "--top", limits.MAX_HEADS),
+    ("search", "--trials", limits.MAX_TRIALS), ("search", "--tune-prompts", limits.MAX_PROMPTS),
+    ("search", "--held-out-prompts", limits.MAX_PROMPTS), ("search", "--heads", limits.MAX_HEADS),
+    ("subspace", "--n-prompts", limits.MAX_PROMPTS), ("subspace", "--traverse-prompts", limits.MAX_PROMPTS),
+    ("subspace", "--grid", limits.MAX_GRID), ("subspace", "--dims", limits.MAX_DIMS),
+    ("subspace", "--batch-size", limits.MAX_BATCH_SIZE), ("subspace", "--traverse-n", 10),
+    ("inspect", "--top", limits.MAX_SINGULAR_VALUES),
+]
+
+
+@pytest.mark.parametrize("command, option, maximum", COUNT_OPTIONS)
+@pytest.mark.parametrize("value", ["99999999999999999999", "MAX+1"])
+def test_every_count_option_has_a_documented_maximum(llama, command, option, maximum, value):
+    """`bench --n-prompts 99999999999999999999` used to print nothing and allocate ~115 MB/s."""
+    value = str(maximum + 1) if value == "MAX+1" else value
+    started = time.monotonic()
+    line = one_line_error(run(command, llama, option, value), f"Invalid value for '{option}'", f"<={maximum}.")
+    assert time.monotonic() - started < 5, line
+    help_text = run(command, "--help").stdout
+    assert f"<={maximum}]" in " ".join(help_text.split()), f"{command} --help does not show the maximum of {option}"
 
 
 # ---- strict JSON --------------------------------------------------------------------------------

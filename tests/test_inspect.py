@@ -72,9 +72,47 @@ def test_layer_and_head_filters(gemma, args, expected):
     (["--svd", "--layer", "2-1"], "--layer: the range 2-1 is empty"),
     (["--svd", "--head", "x"], "--head: expected a number"),
     (["--layer", "1"], "add --svd"),
+    # Bounded by their digits before anything is built: out of range, not "expected a number".
+    (["--svd", "--layer", "99999999999999999999"], "--layer: 99999999999999999999 is out of range (the model has layers 0..2)"),
+    (["--svd", "--head", "0-" + "9" * 5000], "--head: 99999999999999999999… is out of range (the model has heads 0..3)"),
+    (["--svd", "--layer", "0002"], None),
 ])
 def test_filter_errors(gemma, args, message):
     result = run(gemma, *args)
+    if message is None:  # leading zeros are still a number
+        assert result.exit_code == 0, result.output
+        return
     assert result.exit_code == 2, result.output
     assert result.output.strip().startswith("error: ") and message in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+# ---- tied embeddings: what the loaded model does, not only what config.json asks -------------
+
+
+def _tied_line(path) -> str:
+    result = run(path)
+    assert result.exit_code == 0, result.output
+    return next(line for line in result.stdout.splitlines() if line.startswith("tied embeddings")).split()[-1]
+
+
+@pytest.mark.parametrize("stored, expected", [("separate", "no"), ("equal", "yes"), ("absent", "yes")])
+def test_tied_embeddings_says_what_transformers_loads(tmp_path, stored, expected):
+    """tie_word_embeddings asks transformers to tie; it does so unless the checkpoint stores a
+    separate lm_head with other values (then it keeps both, with a warning)."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model("llama")
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    state = load_file(tmp_path / "model.safetensors")
+    if stored == "equal":
+        state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
+    elif stored == "absent":
+        del state["lm_head.weight"]
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert (loaded.lm_head.weight is loaded.model.embed_tokens.weight) == (expected == "yes")
+    assert _tied_line(tmp_path) == expected

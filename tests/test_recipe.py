@@ -47,6 +47,9 @@ CASES = [
     ("  - {layer: 1, head: 2, circuit: qk, components: [1, 8], scale: 2.0}\n", "", ["edits[0].components[1]", "0..7"]),
     (GOOD_EDIT, "benchmark:\n  n_items: [2, 3, 2]\n", ["benchmark.n_items", "repeats 2"]),
     (GOOD_EDIT, "benchmark:\n  tasks: [ioi, ioi]\n", ["benchmark.tasks", "repeats ioi"]),
+    # Counts are bounded (th_edit/limits.py) before anything is built from them.
+    (GOOD_EDIT, "benchmark:\n  n_prompts: 99999999999999999999\n", ["benchmark.n_prompts", "less than or equal to 100000"]),
+    (GOOD_EDIT, "benchmark:\n  batch_size: 4097\n", ["benchmark.batch_size", "less than or equal to 4096"]),
     (GOOD_EDIT, "edits:\n" + GOOD_EDIT, ["line 7", "the key 'edits' appears twice"]),
     ("  - {layer: 1, head: 2, circuit: ov, components: [0], scale: 2.0, scale: 3.0}\n", "", ["line 4", "'scale' appears twice"]),
 ] + [

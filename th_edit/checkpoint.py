@@ -25,6 +25,7 @@ from typing import BinaryIO, Protocol
 import torch
 
 from th_edit.errors import UserError
+from th_edit.readers import decode_json, read_json
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -87,9 +88,9 @@ def read_header(path: Path) -> tuple[dict[str, StoredTensor], dict[str, str]]:
             raise UserError(f"{path} is not a safetensors file, or is cut short (header length {header_len} "
                             f"in a file of {file_size} bytes)")
         try:
-            header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            raise UserError(f"{path} is not a safetensors file ({type(exc).__name__}: {_first_line(exc)})") from None
+            header = decode_json(f.read(header_len))
+        except ValueError as exc:
+            raise UserError(f"{path} is not a safetensors file (its header is {exc})") from None
     if not isinstance(header, dict):
         raise UserError(f"{path} is not a safetensors file (its header is not a JSON object)")
     data_start = 8 + header_len
@@ -115,11 +116,6 @@ def read_header(path: Path) -> tuple[dict[str, StoredTensor], dict[str, str]]:
     return entries, metadata
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def check_finite(tensor: torch.Tensor, name: str, where: object) -> None:
     """Refuse NaN or infinite values in a weight read from `where` (a file or a model): damaged
     weights would otherwise flow silently into edits, benchmarks and provenance."""
@@ -131,12 +127,28 @@ def weight_files(directory: Path) -> list[Path]:
     """The safetensors files of a checkpoint directory, in index order."""
     index = directory / INDEX_FILE
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [directory / name for name in sorted(set(weight_map.values()))]
+        return [directory / name for name in sorted(set(_weight_map(index).values()))]
     single = directory / SINGLE_FILE
     if single.is_file():
         return [single]
     return sorted(directory.glob("*.safetensors"))
+
+
+def _weight_map(index: Path) -> dict[str, str]:
+    """The index's {tensor name: shard file name}, every shard a plain file name of a file beside
+    the index (a name such as ../x.safetensors must not make th-edit read outside the checkpoint)."""
+    record = read_json(index)
+    weight_map = record.get("weight_map") if isinstance(record, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise UserError(f"{index} is damaged: it has no 'weight_map' object naming the shard of each tensor")
+    for tensor, shard in weight_map.items():
+        if not isinstance(shard, str) or shard in ("", ".", "..") or Path(shard).name != shard:
+            raise UserError(f"{index} is damaged: tensor {tensor}'s shard {json.dumps(shard)} is not a file name "
+                            "in the checkpoint directory")
+    for shard in sorted(set(weight_map.values())):
+        if not (index.parent / shard).is_file():
+            raise UserError(f"{index} names the shard {shard}, which is missing from {index.parent}")
+    return weight_map
 
 
 class CheckpointTensors:
@@ -197,6 +209,25 @@ class CheckpointTensors:
         check_finite(tensor, entry.name, entry.file)
         return tensor
 
+    def same_values(self, first: str, second: str) -> bool:
+        """Whether two stored tensors hold equal values (torch.equal, as transformers compares
+        weights it may tie), read side by side in chunks: never a whole tensor in memory."""
+        a, b = self.entry(first), self.entry(second)
+        if a.shape != b.shape:
+            return False
+        step = _COPY_CHUNK // 8  # elements per chunk (of at most 8 bytes each)
+        with open(a.file, "rb") as fa, open(b.file, "rb") as fb:
+            fa.seek(a.start)
+            fb.seek(b.start)
+            for done in range(0, a.numel, step):
+                count = min(step, a.numel - done)
+                chunks = [_read_elements(f, e, count) for f, e in ((fa, a), (fb, b))]
+                if a.dtype != b.dtype:
+                    chunks = [chunk.double() for chunk in chunks]
+                if not torch.equal(*chunks):
+                    return False
+        return True
+
     def total_parameters(self) -> int:
         return sum(entry.numel for entry in self.entries.values())
 
@@ -206,6 +237,14 @@ class CheckpointTensors:
         for entry in self.entries.values():
             counts[entry.dtype] = counts.get(entry.dtype, 0) + entry.numel
         return counts
+
+
+def _read_elements(file: BinaryIO, entry: StoredTensor, count: int) -> torch.Tensor:
+    """The next `count` elements of `entry` from `file` (positioned inside it)."""
+    data = bytearray(file.read(count * entry.torch_dtype.itemsize))
+    if len(data) != count * entry.torch_dtype.itemsize:  # the header was checked against the size: the file shrank since
+        raise UserError(f"{entry.file} is cut short: it ends inside tensor {entry.name}")
+    return torch.frombuffer(data, dtype=entry.torch_dtype) if data else torch.empty(0, dtype=entry.torch_dtype)
 
 
 class ModelTensors:

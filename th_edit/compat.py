@@ -19,6 +19,7 @@ import struct
 
 from th_edit.arch import SUPPORTED_MODEL_TYPES, adapter_class
 from th_edit.errors import UserError
+from th_edit.readers import parse_json
 
 # Written by the loader about the load, not about the model: a name or path of the machine that
 # produced the file (transformers' `_name_or_path`; the GGUF reader's `_model_name_or_path`, e.g.
@@ -84,10 +85,7 @@ def portable_file(name: str, data: bytes) -> bytes:
     convert = {"config.json": portable_config, "tokenizer_config.json": portable_tokenizer_config}.get(name)
     if convert is None:
         return data
-    try:
-        document = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"the base model's {name} is not valid JSON ({exc})") from None
+    document = parse_json(data, f"the base model's {name}")
     if not isinstance(document, dict):
         raise UserError(f"the base model's {name} is not a JSON object")
     try:

@@ -56,6 +56,7 @@ from th_edit.outputs import (
     umask,
     write_error,
 )
+from th_edit.readers import check_utf8, parse_json, read_json
 
 # What a checkpoint needs besides its weights, and nothing else: an allow-list, so that no dotfile,
 # secret, script or pickle of a local base directory ever reaches an output (or, through push, the Hub).
@@ -65,6 +66,8 @@ SIDE_FILES = (
     "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model",
     "chat_template.jinja", "chat_template.json",
 )
+# The side files that are text (the *.json ones are JSON objects; the *.model ones are binary).
+TEXT_SIDE_FILES = ("vocab.txt", "merges.txt", "chat_template.jinja")
 OLD_MARK = ".old-"
 PROVENANCE_FILE = "provenance.json"
 RECIPE_FILE = "recipe.yaml"
@@ -107,8 +110,8 @@ def check_target(target: Path, force: bool, protected: list[Path]) -> None:
 def is_checkpoint(directory: Path) -> bool:
     """An earlier output of th-edit: provenance.json written by th-edit, and recipe.yaml."""
     try:
-        record = json.loads((directory / PROVENANCE_FILE).read_text())
-    except (OSError, ValueError):
+        record = read_json(directory / PROVENANCE_FILE)
+    except UserError:  # no readable record: not th-edit's (the caller says so in its own words)
         return False
     return isinstance(record, dict) and record.get("tool") == "th-edit" and (directory / RECIPE_FILE).is_file()
 
@@ -342,6 +345,25 @@ def side_file_sources(base_dir: Path, root: Path) -> dict[str, Path]:
     return sources
 
 
+def check_side_files(base_dir: Path) -> None:
+    """Every side file present in a checkpoint directory is what its name says: JSON files parse
+    (to an object), text files are UTF-8. Run when a model is resolved, before any work: apply
+    would otherwise copy a damaged file into its output, and transformers would fail on it far
+    from its name (or silently skip it)."""
+    for name in SIDE_FILES:
+        path = base_dir / name
+        if path.is_file():
+            _check_side_file(name, path.read_bytes(), path)
+
+
+def _check_side_file(name: str, data: bytes, source: object) -> None:
+    if name.endswith(".json"):
+        if not isinstance(parse_json(data, source), dict):
+            raise UserError(f"{source}: expected a JSON object")
+    elif name in TEXT_SIDE_FILES:
+        check_utf8(data, source)
+
+
 def side_files(base_dir: Path, root: Path, out_dtype: torch.dtype | None) -> dict[str, bytes]:
     """The bytes of every allow-listed file the output gets besides weights and th-edit's own:
     config, generation config, tokenizer and chat template, unchanged except that config.json
@@ -349,8 +371,9 @@ def side_files(base_dir: Path, root: Path, out_dtype: torch.dtype | None) -> dic
     files = {}
     for name, source in side_file_sources(base_dir, root).items():
         data = source.read_bytes()
+        _check_side_file(name, data, base_dir / name)  # checked when resolved; the file may have changed since
         if name == "config.json" and out_dtype is not None:
-            config = json.loads(data)
+            config = parse_json(data, base_dir / name)
             dtype_name = str(out_dtype).removeprefix("torch.")
             for key in ("dtype", "torch_dtype"):
                 if key in config:

@@ -7,7 +7,6 @@ only checks that one exists and never reads, prints or stores it.
 from __future__ import annotations
 
 import glob
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from huggingface_hub.utils import validate_repo_id
 from th_edit.checkpoint import sha256_file
 from th_edit.errors import UserError
 from th_edit.export import PROVENANCE_FILE
+from th_edit.readers import read_json
 
 # Weight files of an earlier push that this one does not replace would mix two checkpoints.
 STALE_WEIGHTS = ["*.safetensors", "model.safetensors.index.json"]
@@ -53,10 +53,7 @@ def written_by_apply(folder: Path) -> list[str]:
     """The files apply wrote (those provenance.json lists, and itself), each unchanged since:
     nothing else in the folder is ever uploaded (a stray .env, notes, an old shard)."""
     provenance = folder / PROVENANCE_FILE
-    try:
-        record = json.loads(provenance.read_text())
-    except (OSError, ValueError):
-        record = None
+    record = read_json(provenance) if provenance.is_file() else None
     if not isinstance(record, dict) or record.get("tool") != "th-edit":
         raise UserError(f"{folder} is not a checkpoint written by th-edit apply (no th-edit provenance.json); "
                         "push uploads only what apply wrote")

@@ -36,7 +36,8 @@ from th_edit.checkpoint import (
     write_checkpoint_weights,
 )
 from th_edit.errors import UserError, missing_package
-from th_edit.export import new_staging_dir
+from th_edit.export import check_side_files, new_staging_dir
+from th_edit.readers import read_json_object
 
 DEFAULT_MODEL = "smollm2-135m"
 GGUF_MAGIC = b"GGUF"
@@ -207,9 +208,11 @@ def resolve(reference: str) -> ResolvedModel:
 
 
 def _check_checkpoint_dir(path: Path, reference: str) -> None:
+    """Every checkpoint directory the user names (local or downloaded) passes here, before any work."""
     if not (path / "config.json").is_file():
         raise UserError(f"{reference} is not a model checkpoint directory (no config.json)")
-    CheckpointTensors(path)  # raises a UserError when there are no readable safetensors
+    check_side_files(path)  # config, tokenizer and chat template files: each parses, or one line names it
+    CheckpointTensors(path)  # raises a UserError when there are no readable safetensors (or a damaged index)
 
 
 def _resolve_local(path: Path, reference: str) -> ResolvedModel:
@@ -326,43 +329,39 @@ def _dequantize_to(gguf_path: Path, target: Path, digest: str) -> None:
 
 
 def load_config(resolved: ResolvedModel, trust_remote_code: bool = False):
-    from huggingface_hub.errors import StrictDataclassClassValidationError
+    from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
     from transformers import AutoConfig
 
-    raw = _raw_config(resolved.path / "config.json")
-    if isinstance(raw, dict) and raw.get("auto_map") and not trust_remote_code:
-        from th_edit.arch import SUPPORTED_MODEL_TYPES, unsupported_architecture
+    from th_edit.arch import SUPPORTED_MODEL_TYPES, adapter_class, unsupported_architecture
 
-        if raw.get("model_type") not in SUPPORTED_MODEL_TYPES:
-            raise UserError(f"{resolved.reference} needs its own code to load (config.json has auto_map) and th-edit "
-                            f"runs no checkpoint code: {unsupported_architecture(raw.get('model_type'))}")
+    path = resolved.path / "config.json"
+    raw = read_json_object(path)
+    model_type = raw.get("model_type")
+    if raw.get("auto_map") and not trust_remote_code and model_type not in SUPPORTED_MODEL_TYPES:
+        raise UserError(f"{resolved.reference} needs its own code to load (config.json has auto_map) and th-edit "
+                        f"runs no checkpoint code: {unsupported_architecture(model_type)}")
+    if isinstance(model_type, str) and model_type in SUPPORTED_MODEL_TYPES:
+        # Sizes and counts first: transformers divides by them and builds per-layer lists from them.
+        adapter_class(model_type).check_config(raw, path)
     try:
         config = AutoConfig.from_pretrained(str(resolved.path), trust_remote_code=trust_remote_code)
-    # transformers' config classes validate themselves (StrictDataclassClassValidationError:
-    # e.g. a hidden size that the head count does not divide) or fail on what they read.
-    except (OSError, ValueError, KeyError, TypeError, StrictDataclassClassValidationError, RecursionError) as exc:
-        from th_edit.arch import SUPPORTED_MODEL_TYPES, unsupported_architecture
-
-        model_type = raw.get("model_type") if isinstance(raw, dict) else None
+    # transformers' config classes validate themselves (StrictDataclass*ValidationError: a field of
+    # the wrong type, a hidden size that the head count does not divide) or fail on what they read.
+    except (OSError, ValueError, KeyError, TypeError, ArithmeticError, StrictDataclassClassValidationError,
+            StrictDataclassFieldValidationError, RecursionError) as exc:
         if isinstance(model_type, str) and model_type not in SUPPORTED_MODEL_TYPES:  # unknown to transformers too
             raise unsupported_architecture(model_type) from None
         raise UserError(f"cannot read {resolved.reference}'s config.json: {_config_problem(exc)}") from None
     return config
 
 
-def _raw_config(path: Path) -> object:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError):
-        return None
-
-
 def _config_problem(exc: BaseException) -> str:
-    # A failed validator's own message is on the line after "Class validation error for validator ...".
+    # A failed validator's own message is on the line after "(Class) validation error for ...".
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     for line in lines:
-        if line.startswith("ValueError: "):
-            return line.removeprefix("ValueError: ")
+        for prefix in ("ValueError: ", "TypeError: "):
+            if line.startswith(prefix):
+                return line.removeprefix(prefix)
     return lines[0] if lines else type(exc).__name__
 
 

@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 from th_edit.arch import Adapter
 from th_edit.checkpoint import parse_size
 from th_edit.errors import UserError
+from th_edit.limits import MAX_BATCH_SIZE, MAX_KL_TEXTS, MAX_PROMPTS
+from th_edit.readers import parse_yaml, read_text
 
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
 OUTPUT_DTYPES = ("keep", "float32", "bfloat16", "float16")
@@ -98,11 +100,11 @@ class Benchmark(Strict):
 
     tasks: list[Literal["laundry", "ioi"]] = ["laundry", "ioi"]
     n_items: Annotated[list[Annotated[StrictInt, Field(ge=2, le=10)]], Field(min_length=1)] = [2, 3, 4, 5, 6, 7, 8]
-    n_prompts: Annotated[StrictInt, Field(ge=1)] = 50
-    batch_size: Annotated[StrictInt, Field(ge=1)] = 16
+    n_prompts: Annotated[StrictInt, Field(ge=1, le=MAX_PROMPTS)] = 50
+    batch_size: Annotated[StrictInt, Field(ge=1, le=MAX_BATCH_SIZE)] = 16
     seed: StrictInt | None = None  # default: the recipe's seed
     kl: StrictBool = True  # the side effect on neutral text (false skips it: a third of the run)
-    kl_texts: Annotated[StrictInt, Field(ge=1)] | None = None  # that many neutral texts (default: all)
+    kl_texts: Annotated[StrictInt, Field(ge=1, le=MAX_KL_TEXTS)] | None = None  # that many neutral texts (default: all)
 
     @field_validator("tasks", "n_items")
     @classmethod
@@ -216,14 +218,8 @@ def parse_recipe(text: str, source: str = "recipe") -> Recipe:
 
 
 def recipe_data(text: str, source: str) -> dict:
-    """The YAML mapping of a recipe (syntax errors name their line)."""
-    try:
-        data = yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{source}{where}: malformed YAML: {problem}") from None
+    """The YAML mapping of a recipe (syntax errors name their line; see th_edit.readers)."""
+    data = parse_yaml(text, source, RecipeLoader)
     if not isinstance(data, dict):
         raise UserError(f"{source}: a recipe is a YAML mapping with base_model, edits and output")
     return data
@@ -298,12 +294,9 @@ def load_recipe(path: Path) -> tuple[Recipe, str]:
 
 def read_recipe(path: Path) -> tuple[Validated, str]:
     """A recipe file checked as far as it can be without a model, and its verbatim text."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserError(f"recipe file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read recipe {path}: {exc}") from None
+    if not path.exists():
+        raise UserError(f"recipe file not found: {path}")
+    text = read_text(path)
     return validate_recipe(recipe_data(text, str(path))), text
 
 

@@ -11,7 +11,6 @@ creation time and library versions (facts about the run, not about the files).
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from th_edit.checkpoint import INDEX_FILE, sha256_file
 from th_edit.errors import UserError
 from th_edit.export import LOCAL_RECORD, PROVENANCE_FILE, RECIPE_FILE, hash_weights, side_file_root, side_files
 from th_edit.models import ResolvedModel
+from th_edit.readers import decode_json, read_json, read_text
 from th_edit.recipe import Recipe, parse_recipe
 
 REL_TOL = 1e-9  # the same computation on the same inputs: anything more is a real difference
@@ -34,12 +34,7 @@ def load_record(out_dir: Path) -> tuple[dict, str]:
         raise UserError(f"no such directory: {out_dir}")
     if not provenance_path.is_file() or not recipe_path.is_file():
         raise UserError(f"{out_dir} is not a th-edit checkpoint (provenance.json and recipe.yaml are missing)")
-    try:
-        record = json.loads(provenance_path.read_text())
-        recipe_text = recipe_path.read_text()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{provenance_path if isinstance(exc, json.JSONDecodeError) else recipe_path} "
-                        f"is not valid ({exc})") from None
+    record, recipe_text = read_json(provenance_path), read_text(recipe_path)
     _check_shape(record, provenance_path)
     return record, recipe_text
 
@@ -138,8 +133,8 @@ def _check_files(out_dir: Path, record: dict, recipe_text: str, derived: dict[st
 def _changed_fields(expected: bytes | None, path: Path) -> list[str]:
     """Top-level keys whose values differ between two JSON objects (empty when either is not one)."""
     try:
-        before, now = json.loads(expected or b""), json.loads(path.read_bytes())
-    except (OSError, ValueError):
+        before, now = decode_json(expected or b""), decode_json(path.read_bytes())
+    except (OSError, ValueError):  # not JSON (any more): there are no fields to name
         return []
     if not isinstance(before, dict) or not isinstance(now, dict):
         return []
@@ -162,8 +157,8 @@ def _find_base(out_dir: Path, record: dict, base_model: str, override: str | Non
 
 def _local_base(out_dir: Path) -> str | None:
     try:
-        where = json.loads((out_dir / LOCAL_RECORD).read_text()).get("base")
-    except (OSError, ValueError, AttributeError):
+        where = decode_json((out_dir / LOCAL_RECORD).read_bytes()).get("base")
+    except (OSError, ValueError, AttributeError):  # a damaged hint is no hint: verify falls back to the recipe
         return None
     return where if isinstance(where, str) and Path(where).exists() else None
 

@@ -18,13 +18,14 @@ are written back (`Slot`).
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from th_edit.checkpoint import TensorSource
+from th_edit.checkpoint import CheckpointTensors, TensorSource
 from th_edit.errors import UserError
 
 
@@ -103,9 +104,45 @@ class LayerWeights:
     out_gain: torch.Tensor | None  # [d]  post-attention norm weight folded into W_O, if any
 
 
+# Bounds of the sizes and counts read from config.json: far beyond any real model (the largest
+# have ~130 layers, ~130 heads, widths ~50 000 and vocabularies ~260 000), and small enough that
+# nothing built from them can exhaust memory (transformers makes per-layer lists from the layer
+# count as it reads the config, before any weight is matched).
+MAX_CONFIG_COUNT = 100_000  # layers, heads
+MAX_CONFIG_SIZE = 10_000_000  # widths, vocabulary
+
+
+@dataclass(frozen=True)
+class ConfigInt:
+    """A size or count in config.json: a positive integer (not a float, string or bool) up to `maximum`."""
+
+    keys: tuple[str, ...]  # its spellings in config.json (transformers maps GPT-2's generic names to its own)
+    maximum: int
+    nullable: bool = False  # null asks the config class to derive it (head_dim, num_key_value_heads)
+
+
 class Adapter(ABC):
     family: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]
+    # The sizes and counts of this family's config.json that the adapter reads or that size the
+    # model transformers builds; checked by `check_config` before transformers reads the file.
+    config_ints: ClassVar[tuple[ConfigInt, ...]] = (
+        ConfigInt(("num_hidden_layers",), MAX_CONFIG_COUNT),
+        ConfigInt(("num_attention_heads",), MAX_CONFIG_COUNT),
+        ConfigInt(("hidden_size",), MAX_CONFIG_SIZE),
+        ConfigInt(("intermediate_size",), MAX_CONFIG_SIZE),
+        ConfigInt(("vocab_size",), MAX_CONFIG_SIZE),
+    )
+
+    @classmethod
+    def check_config(cls, raw: dict, source: object) -> None:
+        """Refuse a config.json (as read from `source`, before transformers builds anything from
+        it) whose sizes and counts are not positive integers within bounds: transformers' config
+        classes check types but not values, and divide by, or allocate lists of, these numbers."""
+        for field in cls.config_ints:
+            for key in field.keys:
+                if key in raw and not (raw[key] is None and field.nullable):
+                    _check_config_int(raw[key], key, field.maximum, source)
 
     def __init__(self, config):
         self.config = config
@@ -260,6 +297,18 @@ class Adapter(ABC):
             name = self.embedding_param()
         return source.get(name)
 
+    def ties_embeddings(self, stored: CheckpointTensors) -> bool:
+        """Whether the model transformers 5 loads from `stored` uses its token embedding as its
+        unembedding. The config must ask for it (info().tied_embeddings), and then transformers
+        ties the two only when the checkpoint holds one of them, or both with equal values: a
+        separate unembedding with other values is kept as it is (with a warning)."""
+        if not self.info().tied_embeddings:
+            return False
+        unembedding, embedding = self.unembedding_param(), self.embedding_param()
+        if unembedding not in stored or embedding not in stored:
+            return True
+        return stored.same_values(unembedding, embedding)
+
     def layer_weights(self, source: TensorSource, layer: int, dtype: torch.dtype = torch.float32) -> LayerWeights:
         source = _Memo(source)  # every head slices the same few parameters: read each once
         norm = self.input_norm(layer)
@@ -323,9 +372,22 @@ def _positive(config, field: str, default: int | None = None) -> int:
     value = getattr(config, field, None)
     if value is None and default is not None:
         return default
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise UserError(f"config.json: {field} must be a positive integer, not {value!r}")
+    _check_config_int(value, field, MAX_CONFIG_SIZE, "config.json")
     return value
+
+
+def _check_config_int(value: object, key: str, maximum: int, source: object) -> None:
+    # bool is an int to Python, but `true` is no count.
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UserError(f"{source}: {key} must be a positive integer, not {_shown(value)}")
+    if value > maximum:
+        raise UserError(f"{source}: {key} must be at most {maximum:,}, not {_shown(value)}")
+
+
+def _shown(value: object) -> str:
+    """A config value as JSON, cut short (a number may have thousands of digits)."""
+    text = json.dumps(value) if isinstance(value, (int, float, str, bool)) or value is None else type(value).__name__
+    return text if len(text) <= 24 else text[:24] + "…"
 
 
 def split_rope(rope: dict) -> tuple[float | None, float | None, dict | None]:

@@ -3,7 +3,7 @@ norm on the attention output, head_dim independent of d_model/n_heads, and GQA."
 
 from __future__ import annotations
 
-from th_edit.arch.base import NormSpec, split_rope
+from th_edit.arch.base import MAX_CONFIG_COUNT, ConfigInt, NormSpec, split_rope
 from th_edit.arch.llama import LlamaAdapter
 
 
@@ -11,6 +11,8 @@ class Gemma3Adapter(LlamaAdapter):
     family = "gemma3"
     model_types = ("gemma3_text",)
     norm_offset = 1.0  # Gemma's RMSNorm multiplies by (1 + γ)
+    # The older spelling of layer_types: every N-th layer is global (transformers divides by it).
+    config_ints = (*LlamaAdapter.config_ints, ConfigInt(("sliding_window_pattern",), MAX_CONFIG_COUNT, nullable=True))
 
     @classmethod
     def legacy_rope_keys(cls, rope_parameters: dict) -> dict[str, object]:

@@ -3,12 +3,21 @@ pre-attention LayerNorm with bias, learned absolute positions (no rotary)."""
 
 from __future__ import annotations
 
-from th_edit.arch.base import Adapter, ArchInfo, NormSpec, Slot, vector_range
+from th_edit.arch.base import MAX_CONFIG_COUNT, MAX_CONFIG_SIZE, Adapter, ArchInfo, ConfigInt, NormSpec, Slot, vector_range
 
 
 class GPT2Adapter(Adapter):
     family = "gpt2"
     model_types = ("gpt2",)
+    # GPT-2's own names; transformers also accepts the generic ones for the first four (attribute_map).
+    config_ints = (
+        ConfigInt(("n_layer", "num_hidden_layers"), MAX_CONFIG_COUNT),
+        ConfigInt(("n_head", "num_attention_heads"), MAX_CONFIG_COUNT),
+        ConfigInt(("n_embd", "hidden_size"), MAX_CONFIG_SIZE),
+        ConfigInt(("n_positions", "max_position_embeddings"), MAX_CONFIG_SIZE),  # learned positions: a weight
+        ConfigInt(("n_inner",), MAX_CONFIG_SIZE, nullable=True),  # null: 4 * n_embd
+        ConfigInt(("vocab_size",), MAX_CONFIG_SIZE),
+    )
 
     def _prefix(self, layer: int) -> str:
         return f"transformer.h.{layer}"

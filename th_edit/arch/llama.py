@@ -6,13 +6,29 @@ grouped-query attention, RoPE applied after the projections.
 
 from __future__ import annotations
 
-from th_edit.arch.base import Adapter, ArchInfo, NormSpec, Slot, linear_cols, linear_rows, vector_range
+from th_edit.arch.base import (
+    MAX_CONFIG_COUNT,
+    MAX_CONFIG_SIZE,
+    Adapter,
+    ArchInfo,
+    ConfigInt,
+    NormSpec,
+    Slot,
+    linear_cols,
+    linear_rows,
+    vector_range,
+)
 
 
 class LlamaAdapter(Adapter):
     family = "llama"
     model_types = ("llama", "mistral", "qwen2", "qwen3")
     norm_offset = 0.0  # RMSNorm multiplies by γ
+    config_ints = (
+        *Adapter.config_ints,
+        ConfigInt(("num_key_value_heads",), MAX_CONFIG_COUNT, nullable=True),  # null: one per query head
+        ConfigInt(("head_dim",), MAX_CONFIG_SIZE, nullable=True),  # null: hidden_size / num_attention_heads
+    )
 
     def _prefix(self, layer: int) -> str:
         return f"model.layers.{layer}"

@@ -11,6 +11,7 @@ from th_edit import bench, strict_json, ui
 from th_edit.apply import prepare_file
 from th_edit.commands.options import device_options
 from th_edit.errors import UserError
+from th_edit.limits import MAX_BATCH_SIZE, MAX_KL_TEXTS, MAX_PROMPTS, digits_at_most, shown_number
 from th_edit.models import DEFAULT_MODEL, context_length, load_config, load_tokenizer, resolve
 from th_edit.outputs import atomic_files, check_new_file
 from th_edit.session import load as load_session
@@ -26,15 +27,12 @@ def parse_n_items(text: str) -> list[int]:
     text = text.replace(" ", "")
     if not re.fullmatch(r"\d+-\d+|\d+(,\d+)*", text):
         raise UserError(f"--n-items: expected a range like 2-8 or a list like 2,3,5, got '{text}'")
-    parts = re.split(r"[-,]", text)
-    # Bounds first: a range is only built once both ends are known to be small (and a number is
-    # compared by its digits before int() meets thousands of them).
-    parts = [part.lstrip("0") or "0" for part in parts]
-    outside = [part for part in parts if len(part) > 3 or not MIN_ITEMS <= int(part) <= MAX_ITEMS]
+    # Bounds first: a range is only built once both ends are known to be small.
+    parts = [part.lstrip("0") or "0" for part in re.split(r"[-,]", text)]
+    bounds = [digits_at_most(part, MAX_ITEMS) for part in parts]
+    outside = [part for part, value in zip(parts, bounds) if value is None or value < MIN_ITEMS]
     if outside:
-        shown = outside[0] if len(outside[0]) <= 20 else outside[0][:20] + "…"
-        raise UserError(f"--n-items: N must be between {MIN_ITEMS} and {MAX_ITEMS}, got {shown}")
-    bounds = [int(part) for part in parts]
+        raise UserError(f"--n-items: N must be between {MIN_ITEMS} and {MAX_ITEMS}, got {shown_number(outside[0])}")
     if "-" in text:
         low, high = bounds
         if low > high:
@@ -105,14 +103,14 @@ def _same_vocabulary(first, second) -> bool:
               help="Which task to run.")
 @click.option("--n-items", default="2-8", show_default=True,
               help=f"List lengths N for laundry: a range (2-8) or a list (2,3,5), each {MIN_ITEMS}..{MAX_ITEMS}.")
-@click.option("--n-prompts", type=click.IntRange(min=1), default=200, show_default=True,
+@click.option("--n-prompts", type=click.IntRange(min=1, max=MAX_PROMPTS), default=200, show_default=True,
               help="Prompts per N (and IOI prompts).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated prompt set.")
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Score the prompts in this JSONL file instead of generating them.")
 @click.option("--export-prompts", "export", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the generated prompt set to this JSONL file and exit.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1, max=MAX_BATCH_SIZE), default=16, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Directory for bench.json and accuracy.png.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout instead of tables.")
@@ -120,8 +118,8 @@ def _same_vocabulary(first, second) -> bool:
 @click.option("--compare", metavar="OTHER_MODEL|RECIPE.yaml",
               help="Paired before/after: MODEL is before; after is OTHER_MODEL (same tokenizer required) "
                    "or MODEL with a recipe's edits applied in memory.")
-@click.option("--kl-texts", type=click.IntRange(min=1), help="With --compare: measure the KL on this many neutral "
-              "texts (default: all, plain and chat-formatted).")
+@click.option("--kl-texts", type=click.IntRange(min=1, max=MAX_KL_TEXTS),
+              help="With --compare: measure the KL on this many neutral texts (default: all, plain and chat-formatted).")
 @click.option("--no-kl", is_flag=True, help="With --compare: skip the neutral-text KL.")
 @device_options
 @click.pass_context

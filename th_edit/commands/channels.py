@@ -14,6 +14,7 @@ from th_edit.channels.find import ChannelSettings, draft_edits, find_channels
 from th_edit.commands.bench import parse_n_items
 from th_edit.commands.options import device_options
 from th_edit.errors import UserError
+from th_edit.limits import MAX_HEADS, MAX_PROMPTS
 from th_edit.models import DEFAULT_MODEL, load_config, resolve
 from th_edit.outputs import atomic_files, check_new_file
 from th_edit.recipe import Output, Recipe
@@ -28,15 +29,16 @@ OUT_FILES = ("channels.json", "components.png", "mover-map.png", "weight-vs-data
 @click.option("--task", type=click.Choice(["laundry", "ioi"]), default="laundry", show_default=True,
               help="Prompts that define the roles and the data check.")
 @click.option("--n-items", default="3-5", show_default=True, help="List lengths N of the laundry prompts.")
-@click.option("--n-prompts", type=click.IntRange(min=2), default=20, show_default=True,
+@click.option("--n-prompts", type=click.IntRange(min=2, max=MAX_PROMPTS), default=20, show_default=True,
               help="Prompts per N (laundry) or in all (IOI).")
 @click.option("--pair", "pairs", multiple=True, metavar="S:R", help="Also resolve this sender:receiver pair, e.g. 20.0:23.3.")
-@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="Heads taken from each role.")
+@click.option("--top", type=click.IntRange(min=1, max=MAX_HEADS), default=3, show_default=True,
+              help="Heads taken from each role.")
 @click.option("--z-threshold", type=float, default=3.0, show_default=True, help="z-score that puts a component in a channel.")
 @click.option("--min-share", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="A channel component also carries this many times an average component's share (1/rank) of "
                    "the pair's composition (0: z alone).")
-@click.option("--check-prompts", type=click.IntRange(min=2), default=16, show_default=True,
+@click.option("--check-prompts", type=click.IntRange(min=2, max=MAX_PROMPTS), default=16, show_default=True,
               help="Prompts of the data check (each ablation runs them all).")
 @click.option("--check-alpha", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="Besides removing it (0), the data check scales each component by this.")

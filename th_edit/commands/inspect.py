@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import click
 import torch
@@ -12,6 +12,7 @@ from th_edit import strict_json, ui
 from th_edit.arch import Adapter, adapter_for
 from th_edit.checkpoint import CheckpointTensors
 from th_edit.errors import UserError
+from th_edit.limits import MAX_SINGULAR_VALUES, digits_at_most, shown_number
 from th_edit.linalg import factored_svdvals, single_threaded
 from th_edit.models import DEFAULT_MODEL, load_config, resolve
 
@@ -22,7 +23,7 @@ SVD_CONVENTION = ("effective matrices (input norm folded, QK-norm and post-atten
 @click.command("inspect")
 @click.argument("model", default=DEFAULT_MODEL)
 @click.option("--svd", is_flag=True, help="Also list the top singular values of every head's OV and QK.")
-@click.option("--top", type=click.IntRange(min=0), default=5, show_default=True,
+@click.option("--top", type=click.IntRange(min=0, max=MAX_SINGULAR_VALUES), default=5, show_default=True,
               help="How many singular values per matrix with --svd (0 = all).")
 @click.option("--layer", "layers", metavar="L", help="With --svd: only these layers (e.g. 20, 20-23 or 1,5,9).")
 @click.option("--head", "heads", metavar="H", help="With --svd: only these heads (e.g. 3, 0-2 or 1,4).")
@@ -45,7 +46,8 @@ def inspect_command(model: str, svd: bool, top: int, layers: str | None, heads: 
     summary = {
         "reference": model,
         "source": resolved.provenance(),
-        "architecture": asdict(adapter.info()),
+        # What the loaded model does, which the config alone does not say (a separately stored unembedding).
+        "architecture": asdict(replace(adapter.info(), tied_embeddings=adapter.ties_embeddings(tensors))),
         "dtype": {code.lower(): count for code, count in tensors.dtypes().items()},
         "parameters": tensors.total_parameters(),
     }
@@ -65,18 +67,25 @@ def parse_indices(text: str | None, count: int, option: str) -> list[int]:
     if text is None:
         return list(range(count))
     cleaned = text.replace(" ", "")
-    if not re.fullmatch(r"\d{1,9}(-\d{1,9})?(,\d{1,9}(-\d{1,9})?)*", cleaned):
+    if not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", cleaned):
         raise UserError(f"{option}: expected a number, a range like 20-23 or a list like 1,5,9, got '{text}'")
     chosen: set[int] = set()
     for part in cleaned.split(","):
         low, _, high = part.partition("-")
-        first, last = int(low), int(high or low)
+        first, last = (_index(digits, count, option) for digits in (low, high or low))
         if first > last:
             raise UserError(f"{option}: the range {part} is empty")
-        if last >= count:
-            raise UserError(f"{option}: {last} is out of range (the model has {option.strip('-')}s 0..{count - 1})")
         chosen.update(range(first, last + 1))
     return sorted(chosen)
+
+
+def _index(digits: str, count: int, option: str) -> int:
+    """One index of --layer/--head, in 0..count-1 (bounded before any range is built from it)."""
+    value = digits_at_most(digits, count - 1)
+    if value is None:
+        raise UserError(f"{option}: {shown_number(digits.lstrip('0'))} is out of range "
+                        f"(the model has {option.strip('-')}s 0..{count - 1})")
+    return value
 
 
 def svd_rows(adapter: Adapter, tensors: CheckpointTensors, layers: list[int], heads: list[int], top: int) -> list[dict]:

@@ -11,8 +11,10 @@ from th_edit import ui
 from th_edit.commands.bench import parse_n_items
 from th_edit.commands.options import device_options
 from th_edit.errors import UserError
+from th_edit.limits import MAX_HEADS, MAX_PROMPTS, MAX_TRIALS
 from th_edit.models import DEFAULT_MODEL
 from th_edit.outputs import atomic_files, check_new_file
+from th_edit.readers import read_json
 from th_edit.search.optimize import Limits
 from th_edit.search.pipeline import SearchSettings, evidence_header, recipe_of, search
 from th_edit.search.report import held_out_table, plot_frontier
@@ -24,7 +26,7 @@ from th_edit.session import load as load_session
 @click.argument("model", default=DEFAULT_MODEL)
 @click.option("--kind", type=click.Choice(["inhibition"]), default="inhibition", show_default=True,
               help="Which channel's sender heads to search over.")
-@click.option("--heads", "max_heads", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--heads", "max_heads", type=click.IntRange(min=1, max=MAX_HEADS), default=8, show_default=True,
               help="Most candidate heads taken from the channel (strongest first).")
 @click.option("--rank-by", type=click.Choice(["attribution", "weights"]), default="attribution", show_default=True,
               help="Order of each head's components: first-order effect on tuning recall, or channel weight z.")
@@ -35,10 +37,11 @@ from th_edit.session import load as load_session
               help="Largest mean KL on neutral text, nats/token.")
 @click.option("--max-ioi-drop", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="Largest IOI accuracy drop, points.")
-@click.option("--trials", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option("--trials", type=click.IntRange(min=1, max=MAX_TRIALS), default=60, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the sampler and the tuning prompts.")
-@click.option("--tune-prompts", type=click.IntRange(min=2), default=50, show_default=True, help="Tuning prompts per N.")
-@click.option("--held-out-prompts", type=click.IntRange(min=2), default=200, show_default=True,
+@click.option("--tune-prompts", type=click.IntRange(min=2, max=MAX_PROMPTS), default=50, show_default=True,
+              help="Tuning prompts per N.")
+@click.option("--held-out-prompts", type=click.IntRange(min=2, max=MAX_PROMPTS), default=200, show_default=True,
               help="Held-out prompts per N (and IOI).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("search/recipe.yaml"),
               show_default=True, help="The recipe; search.json, frontier.png and the study journal go beside it.")
@@ -62,8 +65,9 @@ def search_command(model: str, kind: str, max_heads: int, rank_by: str, channels
     settings = SearchSettings(n_items=tuple(parse_n_items(n_items)), trials=trials, seed=seed,
                               limits=Limits(kl_budget, max_ioi_drop / 100), tune_prompts=tune_prompts,
                               held_out_prompts=held_out_prompts, attribution=rank_by == "attribution")
+    channels = read_json(channels_file) if channels_file is not None else None  # a damaged file: before the model loads
     session = load_session(model, device=device, dtype=dtype)
-    candidates, draft = _channel_candidates(session, kind, channels_file, seed, max_heads)
+    candidates, draft = _channel_candidates(session, kind, channels, seed, max_heads)
     ui.info(f"candidate heads: {', '.join(c.name for c in candidates)}")
     journal.parent.mkdir(parents=True, exist_ok=True)
     report = search(session, candidates, settings, draft=draft, storage=journal)
@@ -79,16 +83,12 @@ def search_command(model: str, kind: str, max_heads: int, rank_by: str, channels
     click.echo(f"wrote {', '.join(map(str, written))}")
 
 
-def _channel_candidates(session, kind: str, channels_file: Path | None, seed: int, max_heads: int):
-    """Candidate heads (and the channels' draft recipe, a baseline) from a file or a fresh analysis."""
+def _channel_candidates(session, kind: str, channels: object | None, seed: int, max_heads: int):
+    """Candidate heads (and the channels' draft recipe, a baseline) from a channels.json record or a fresh analysis."""
     from th_edit.channels.find import ChannelSettings, draft_edits, find_channels
 
-    if channels_file is not None:
-        try:
-            record = json.loads(channels_file.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UserError(f"{channels_file}: not a channels.json ({exc})") from None
-        return candidates_from_channels(record, kind, max_heads), draft_edits(record)
+    if channels is not None:
+        return candidates_from_channels(channels, kind, max_heads), draft_edits(channels)
     # Wider than `th-edit channels`' default (more senders and movers, every z-outlier whatever its
     # share of the composition), weights and roles only: the search itself is the test on data.
     record = find_channels(session, (kind,), ChannelSettings(seed=seed, top=5, min_share=0.0, data_check=False)).as_dict()

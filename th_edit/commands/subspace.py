@@ -12,8 +12,10 @@ from th_edit.arch import adapter_for
 from th_edit.commands.bench import parse_n_items
 from th_edit.commands.options import device_options
 from th_edit.errors import UserError
+from th_edit.limits import MAX_BATCH_SIZE, MAX_DIMS, MAX_GRID, MAX_PROMPTS
 from th_edit.models import DEFAULT_MODEL, load_config, resolve
 from th_edit.session import load as load_session
+from th_edit.tasks.laundry import MAX_ITEMS, MIN_ITEMS
 
 
 @click.command("subspace")
@@ -24,18 +26,20 @@ from th_edit.session import load as load_session
               help="Read the sender components (channels.inhibition) and movers (roles.mover) from a channels.json.")
 @click.option("--basis", type=click.Choice(["weights", "data"]), default="weights", show_default=True,
               help="Weight basis (orthonormalized write directions) or data basis (PCA of the heads' outputs).")
-@click.option("--dims", type=click.IntRange(min=2, max=16), default=3, show_default=True, help="Subspace dimensions.")
+@click.option("--dims", type=click.IntRange(min=2, max=MAX_DIMS), default=3, show_default=True, help="Subspace dimensions.")
 @click.option("--n-items", default="2-8", show_default=True, help="List lengths N: a range (2-8) or a list (2,3,5).")
-@click.option("--n-prompts", type=click.IntRange(min=2), default=40, show_default=True, help="Laundry prompts per N.")
+@click.option("--n-prompts", type=click.IntRange(min=2, max=MAX_PROMPTS), default=40, show_default=True,
+              help="Laundry prompts per N.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prompts (and of the statistics).")
-@click.option("--traverse-n", type=click.IntRange(min=2), help="N of the traversal prompts (default: the largest N).")
-@click.option("--traverse-prompts", type=click.IntRange(min=1), default=16, show_default=True,
+@click.option("--traverse-n", type=click.IntRange(min=MIN_ITEMS, max=MAX_ITEMS),
+              help="N of the traversal prompts (default: the largest N).")
+@click.option("--traverse-prompts", type=click.IntRange(min=1, max=MAX_PROMPTS), default=16, show_default=True,
               help="Prompts per traversal point.")
-@click.option("--grid", type=click.IntRange(min=2, max=15), default=7, show_default=True,
+@click.option("--grid", type=click.IntRange(min=2, max=MAX_GRID), default=7, show_default=True,
               help="Traversal grid points per axis (over the first min(dims, 3) directions).")
 @click.option("--mode", type=click.Choice(["replace", "add"]), default="replace", show_default=True,
               help="Replace the sender heads' component in the subspace by the point, or add the point to it.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1, max=MAX_BATCH_SIZE), default=16, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Directory for subspace.json, subspace.png, traversal.png, crowding.png and subspace.html.")
 @click.option("--force", is_flag=True, help="Replace those files if --out already holds them.")

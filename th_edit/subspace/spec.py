@@ -8,11 +8,11 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from th_edit.errors import UserError
+from th_edit.readers import read_json
 from th_edit.subspace.basis import Component
 from th_edit.subspace.survey import Head
 
@@ -57,14 +57,7 @@ def _integer(entry: dict, key: str, where: str) -> int:
 
 def read_channels(path: Path) -> tuple[list[Component], list[Head]]:
     """Sender components of `channels.inhibition` and mover heads of `roles.mover`, in file order."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read ({type(exc).__name__})") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    data = read_json(Path(path))
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object with 'channels' and 'roles'")
     channels = data.get("channels")

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from th_edit.errors import UserError
+from th_edit.readers import decode_json, read_text
 
 TASKS = ("laundry", "ioi")
 REQUIRED_KEYS = ("task", "prompt", "answer", "candidates", "n_items", "answer_position")
@@ -85,12 +86,7 @@ def write_jsonl(prompts: Iterable[TaskPrompt], path: str | Path) -> None:
 
 def read_jsonl(path: str | Path) -> list[TaskPrompt]:
     """Read and validate a prompt file; any problem is a one-line UserError naming file and line."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+    text = read_text(Path(path))
     prompts = []
     # Only "\n" ends a line: str.splitlines() would also split on U+2028, U+2029 or U+0085, which
     # write_jsonl leaves raw inside JSON strings (ensure_ascii=False).
@@ -108,12 +104,7 @@ def read_jsonl(path: str | Path) -> list[TaskPrompt]:
 
 
 def _parse_record(line: str, number: int) -> TaskPrompt:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"invalid JSON ({exc.msg} at column {exc.colno})") from None
-    except RecursionError:  # no prompt record nests more than one level
-        raise ValueError("invalid JSON (nested too deeply)") from None
+    record = decode_json(line)  # a ValueError saying why not; the caller names the file and line
     if not isinstance(record, dict):
         raise ValueError(f"expected a JSON object, got {type(record).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in record]
