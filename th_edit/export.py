@@ -161,8 +161,12 @@ def staging_directory(target: Path, force: bool) -> Iterator[Path]:
     is removed. SIGTERM cleans up like Ctrl-C; after `kill -9` the hidden staging directory
     stays beside the target (never at it) and the next run for that target removes it.
     An OSError (a full disk) is one line, and nothing is left behind."""
-    created = make_parents(target.parent)
-    staging = new_staging_dir(target)
+    created = _make_parents_or_fail(target)
+    try:
+        staging = new_staging_dir(target)
+    except OSError as exc:  # a full disk can refuse even an empty directory
+        remove_empty(created)
+        raise write_error(target, exc) from None
     placed = False
     with sigterm_as_exit():
         try:
@@ -178,6 +182,13 @@ def staging_directory(target: Path, force: bool) -> Iterator[Path]:
                 shutil.rmtree(staging, ignore_errors=True)
             if not placed:
                 remove_empty(created)
+
+
+def _make_parents_or_fail(target: Path) -> list[Path]:
+    try:
+        return make_parents(target.parent)
+    except OSError as exc:
+        raise write_error(target, exc) from None
 
 
 def _put_in_place(staging: Path, target: Path, force: bool) -> None:
