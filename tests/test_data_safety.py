@@ -504,3 +504,29 @@ def test_resumable_file_lets_other_errors_through(tmp_path):
             journal.write_text("")
             (tmp_path / "missing").read_text()
     assert not journal.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Strict JSON everywhere
+
+
+def test_every_json_text_goes_through_strict_json():
+    """json.dump/json.dumps write NaN as a bare word: outside strict_json.py the package must not
+    call them (nor import them under another name), so a non-strict JSON output cannot come back."""
+    import ast
+
+    import th_edit
+
+    package = Path(th_edit.__file__).parent
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        if path.name == "strict_json.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            plain = isinstance(node, ast.Attribute) and node.attr in ("dump", "dumps", "JSONEncoder") \
+                and isinstance(node.value, ast.Name) and node.value.id == "json"
+            imported = isinstance(node, ast.ImportFrom) and node.module == "json" \
+                and {alias.name for alias in node.names} & {"dump", "dumps", "JSONEncoder"}
+            if plain or imported:
+                offenders.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert offenders == [], f"use th_edit.strict_json.dumps instead: {offenders}"

@@ -24,6 +24,7 @@ from typing import BinaryIO, Protocol
 
 import torch
 
+from th_edit import strict_json
 from th_edit.errors import UserError
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
@@ -341,7 +342,7 @@ def _write_one_file(path: Path, tensors: list[PendingTensor], metadata: dict[str
             "dtype": tensor.dtype, "shape": list(tensor.shape), "data_offsets": [offset, offset + tensor.nbytes],
         }
         offset += tensor.nbytes
-    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded = strict_json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
     with open(path, "wb") as file:
         out = _HashingWriter(file)
@@ -386,7 +387,7 @@ def write_checkpoint_weights(
         hashes[name] = _write_one_file(directory / name, group, metadata)
         weight_map.update({t.name: name for t in group})
     index = {"metadata": {"total_size": sum(t.nbytes for t in tensors)}, "weight_map": dict(sorted(weight_map.items()))}
-    (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    (directory / INDEX_FILE).write_text(strict_json.dumps(index, indent=2) + "\n")
     hashes[INDEX_FILE] = sha256_file(directory / INDEX_FILE)
     return hashes
 

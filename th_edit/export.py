@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 import torch
 
-from th_edit import ui
+from th_edit import strict_json, ui
 from th_edit.checkpoint import (
     DTYPE_CODES,
     FLOAT_CODES,
@@ -38,7 +38,7 @@ from th_edit.checkpoint import (
     pending_from_tensor,
     write_checkpoint_weights,
 )
-from th_edit.compat import portable_file
+from th_edit.compat import base_json, portable_file
 from th_edit.errors import UserError
 from th_edit.outputs import (
     PARTIAL_MARK,
@@ -303,7 +303,7 @@ def hash_weights(tensors: CheckpointTensors, replaced: dict[str, torch.Tensor], 
         hashes[name] = _hash_one_file(group, metadata)
         weight_map.update({t.name: name for t in group})
     index = {"metadata": {"total_size": sum(t.nbytes for t in pending)}, "weight_map": dict(sorted(weight_map.items()))}
-    hashes[INDEX_FILE] = hashlib.sha256((json.dumps(index, indent=2) + "\n").encode()).hexdigest()
+    hashes[INDEX_FILE] = hashlib.sha256((strict_json.dumps(index, indent=2) + "\n").encode()).hexdigest()
     return hashes
 
 
@@ -315,7 +315,7 @@ def _hash_one_file(tensors: list[PendingTensor], metadata: dict[str, str]) -> st
         header[tensor.name] = {"dtype": tensor.dtype, "shape": list(tensor.shape),
                                "data_offsets": [offset, offset + tensor.nbytes]}
         offset += tensor.nbytes
-    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded = strict_json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
     out = _HashingWriter(_Discard())  # type: ignore[arg-type]
     try:
@@ -367,6 +367,6 @@ def side_files(base_dir: Path, root: Path, out_dtype: torch.dtype | None) -> dic
                 if key in config:
                     config[key] = dtype_name
             config.setdefault("dtype", dtype_name)
-            data = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+            data = (base_json(name, config) + "\n").encode()
         files[name] = portable_file(name, data)  # read the same way by transformers 4.x and 5.x
     return files

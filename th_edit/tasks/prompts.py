@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from th_edit import strict_json
 from th_edit.errors import UserError
 
 TASKS = ("laundry", "ioi")
@@ -79,7 +80,7 @@ def prompt_to_record(prompt: TaskPrompt) -> dict[str, object]:
 
 
 def write_jsonl(prompts: Iterable[TaskPrompt], path: str | Path) -> None:
-    lines = [json.dumps(prompt_to_record(p), ensure_ascii=False, allow_nan=False) + "\n" for p in prompts]
+    lines = [strict_json.dumps(prompt_to_record(p), ensure_ascii=False) + "\n" for p in prompts]
     Path(path).write_text("".join(lines), encoding="utf-8")
 
 
@@ -140,7 +141,7 @@ def _expect(record: dict, key: str, kind: type, description: str) -> None:
     value = record[key]
     # bool is a subclass of int, but `true` is never a valid count or position.
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise ValueError(f"'{key}' must be {description}, got {json.dumps(value)}")
+        raise ValueError(f"'{key}' must be {description}, got {strict_json.shown(value)}")
 
 
 def tasks_in(prompts: Sequence[TaskPrompt]) -> list[str]:
