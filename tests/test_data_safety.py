@@ -507,6 +507,37 @@ def test_resumable_file_lets_other_errors_through(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
+# --force replaces only what an earlier checkpoint's provenance lists
+
+
+@pytest.mark.parametrize("name", ["notes.txt", ".env", "model-00001-of-00002.safetensors"])
+def test_force_refuses_a_checkpoint_holding_a_file_it_did_not_write(base, tmp_path, name):
+    out = tmp_path / "out"
+    assert run("apply", recipe_with_scale(tmp_path, base, 2.0), "--out", out).exit_code == 0
+    assert (out / ".th-edit-local.json").is_file()  # th-edit's own: it does not block a replacement
+    (out / name).write_text("mine")
+    one_line_error(run("apply", recipe_with_scale(tmp_path, base, 3.0), "--out", out, "--force"),
+                   f"it holds '{name}', which th-edit did not write")
+    assert (out / name).read_text() == "mine" and scale_of(out) == 2.0
+    (out / name).unlink()
+    assert run("apply", recipe_with_scale(tmp_path, base, 3.0), "--out", out, "--force").exit_code == 0
+    assert scale_of(out) == 3.0
+
+
+def test_force_refuses_a_checkpoint_whose_provenance_lists_other_files(base, tmp_path):
+    """A provenance.json edited to list notes.txt does not make --force delete it."""
+    out = tmp_path / "out"
+    assert run("apply", recipe_with_scale(tmp_path, base, 2.0), "--out", out).exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    record = json.loads((out / "provenance.json").read_text())
+    record["files_sha256"]["notes.txt"] = "0" * 64
+    (out / "provenance.json").write_text(json.dumps(record))
+    one_line_error(run("apply", recipe_with_scale(tmp_path, base, 3.0), "--out", out, "--force"),
+                   "'notes.txt' is not a file name apply writes")
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+# ----------------------------------------------------------------------------------------------
 # Strict JSON everywhere
 
 
