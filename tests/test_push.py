@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from test_apply import EDITS, write_recipe
 from tiny import tiny_model
 
@@ -98,6 +98,7 @@ def _http_error(status):
     (_http_error(403), "write access"),
     (_http_error(500), "refused the push"),
     (ConnectionError("connection refused"), "cannot reach the Hugging Face Hub"),
+    (HFValidationError("Invalid revision name"), "the Hub client refused the push to 'me/edited': Invalid revision"),
 ])
 def test_hub_errors_are_one_line(monkeypatch, out_dir, error, fragment):
     result = run_push(monkeypatch, FakeApi(fail_with=error), out_dir, "me/edited")

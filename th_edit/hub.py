@@ -94,6 +94,8 @@ def push(plan: PushPlan, api: HfApi | None = None) -> str:
                 f"the Hub refused the push to '{plan.repo_id}' (HTTP {status}): check your token's write access"
             ) from None
         raise UserError(f"the Hub refused the push to '{plan.repo_id}': {_first_line(exc)}") from None
+    except HFValidationError as exc:  # a value th-edit passed on from the user (a --revision name, say)
+        raise UserError(f"the Hub client refused the push to '{plan.repo_id}': {_first_line(exc)}") from None
     except Exception as exc:
         if _is_network_error(exc):
             raise UserError(f"cannot reach the Hugging Face Hub: {_first_line(exc)}") from None
@@ -116,9 +118,9 @@ def _unreadable_reply(exc: BaseException) -> bool:
     (where a wrong call from th-edit, such as an unknown keyword, would fail)."""
     if not isinstance(exc, _REPLY_ERRORS):
         return False
-    ours = [Path(frame.f_code.co_filename) for frame, _ in traceback.walk_tb(exc.__traceback__)]
-    ours = [path for path in ours if path.is_relative_to(_HUB_CLIENT) or path.is_relative_to(_TH_EDIT)]
-    return bool(ours) and ours[-1].is_relative_to(_HUB_CLIENT) and ours[-1].name != "_validators.py"
+    files = [Path(frame.f_code.co_filename) for frame, _ in traceback.walk_tb(exc.__traceback__)]
+    files = [path for path in files if path.is_relative_to(_HUB_CLIENT) or path.is_relative_to(_TH_EDIT)]
+    return bool(files) and files[-1].is_relative_to(_HUB_CLIENT) and files[-1].name != "_validators.py"
 
 
 def _reply_error(exc: BaseException) -> UserError:

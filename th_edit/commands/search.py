@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from th_edit.errors import UserError
 from th_edit.models import DEFAULT_MODEL
 from th_edit.outputs import check_new_file, resumable_file, write_files
 from th_edit.search.optimize import Limits, finished_trials, trim_partial_record
-from th_edit.search.pipeline import SearchSettings, evidence_header, recipe_of, search
+from th_edit.search.pipeline import SearchReport, SearchSettings, evidence_header, recipe_of, search
 from th_edit.search.report import held_out_table, plot_frontier
 from th_edit.search.space import candidates_from_channels
 from th_edit.session import load as load_session
@@ -77,12 +78,13 @@ def search_command(model: str, kind: str, max_heads: int, rank_by: str, channels
 def _resumable_trials(journal: Path) -> str | None:
     """After a failure: what the journal holds for --resume, None when nothing. A record cut short
     by the failure is removed first, so that a resumed run appends to a readable journal."""
-    trim_partial_record(journal)
+    with contextlib.suppress(OSError):  # cannot trim: the count below reads past the half record anyway
+        trim_partial_record(journal)
     done = finished_trials(journal)
     return f"{journal} keeps {done} finished trial(s): run again with --resume to use them" if done else None
 
 
-def _write_outputs(report, model: str, outputs: list[Path], force: bool) -> list[Path]:
+def _write_outputs(report: SearchReport, model: str, outputs: list[Path], force: bool) -> list[Path]:
     """search.json, and with a chosen recipe the recipe and its frontier plot: all or none."""
     recipe_path, report_path, plot_path = outputs
     writers = {report_path: lambda path: path.write_text(strict_json.dumps(report.as_dict(), indent=2) + "\n")}
