@@ -425,3 +425,139 @@ def test_bench_outputs_are_both_written_or_neither(tmp_path, monkeypatch):
     monkeypatch.setattr("th_edit.plots.plot_accuracy", lambda report, path: Path(path).write_bytes(b"png"))
     _write_outputs({"kind": "single"}, tmp_path / "res", False)
     assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["accuracy.png", "bench.json"]
+
+
+def test_a_failed_write_names_the_file_that_failed(tmp_path, monkeypatch):
+    """The plot failing (matplotlib's OSError names no file) is reported as the plot, not bench.json."""
+    from th_edit.commands.bench import _write_outputs
+
+    def plot_then_full(report, path):
+        Path(path).write_bytes(b"\x89PNG half")
+        _disk_full()
+
+    monkeypatch.setattr("th_edit.plots.plot_accuracy", plot_then_full)
+    with pytest.raises(UserError) as excinfo:
+        _write_outputs({"kind": "single"}, tmp_path / "res", False)
+    assert f"writing {tmp_path / 'res' / 'accuracy.png'} failed: no space left on device" in str(excinfo.value)
+    assert not (tmp_path / "res").exists()
+
+
+def test_atomic_files_never_blame_one_file_for_an_unnamed_failure(tmp_path):
+    with pytest.raises(UserError) as excinfo:
+        with outputs.atomic_files([tmp_path / "a.json", tmp_path / "b.png"], force=False):
+            _disk_full()
+    assert f"writing {tmp_path / 'a.json'}, {tmp_path / 'b.png'} failed" in str(excinfo.value)
+
+
+def test_make_parents_leaves_no_directory_when_the_disk_fills_half_way(tmp_path, monkeypatch):
+    real = Path.mkdir
+
+    def full_at_the_second(self, *args, **kwargs):
+        if self.name == "b":
+            _disk_full()
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", full_at_the_second)
+    with pytest.raises(UserError, match="no space left on device"):
+        with outputs.atomic_files([tmp_path / "a" / "b" / "c.json"], force=False):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# A file that grows during a run (the search's journal)
+
+
+def test_resumable_file_removes_what_this_run_began(tmp_path):
+    journal = tmp_path / "new" / "s.study.log"
+    with pytest.raises(UserError) as excinfo:
+        with outputs.resumable_file(journal, lambda path: None):
+            journal.write_text("")  # a stub, as a full disk leaves it
+            _disk_full()
+    assert str(excinfo.value) == f"writing {journal} failed: no space left on device (nothing was written)"
+    assert not (tmp_path / "new").exists()
+
+
+def test_resumable_file_keeps_work_worth_resuming_and_says_so(tmp_path):
+    journal = tmp_path / "s.study.log"
+    with pytest.raises(UserError) as excinfo:
+        with outputs.resumable_file(journal, lambda path: f"{path.name} keeps 2 trials"):
+            journal.write_text("trials")
+            raise UserError("writing out.json failed: no space left on device (nothing was written)")
+    assert str(excinfo.value).endswith("(nothing was written); s.study.log keeps 2 trials")
+    assert journal.read_text() == "trials"
+
+
+def test_resumable_file_keeps_a_file_that_existed_before(tmp_path):
+    journal = tmp_path / "s.study.log"
+    journal.write_text("earlier trials")
+    with pytest.raises(UserError, match="no space left"):
+        with outputs.resumable_file(journal, lambda path: None):
+            _disk_full()
+    assert journal.read_text() == "earlier trials"
+
+
+def test_resumable_file_lets_other_errors_through(tmp_path):
+    journal = tmp_path / "s.study.log"
+    with pytest.raises(FileNotFoundError):  # about another file: not a write of the journal
+        with outputs.resumable_file(journal, lambda path: None):
+            journal.write_text("")
+            (tmp_path / "missing").read_text()
+    assert not journal.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# --force replaces only what an earlier checkpoint's provenance lists
+
+
+@pytest.mark.parametrize("name", ["notes.txt", ".env", "model-00001-of-00002.safetensors"])
+def test_force_refuses_a_checkpoint_holding_a_file_it_did_not_write(base, tmp_path, name):
+    out = tmp_path / "out"
+    assert run("apply", recipe_with_scale(tmp_path, base, 2.0), "--out", out).exit_code == 0
+    assert (out / ".th-edit-local.json").is_file()  # th-edit's own: it does not block a replacement
+    (out / name).write_text("mine")
+    one_line_error(run("apply", recipe_with_scale(tmp_path, base, 3.0), "--out", out, "--force"),
+                   f"it holds '{name}', which th-edit did not write")
+    assert (out / name).read_text() == "mine" and scale_of(out) == 2.0
+    (out / name).unlink()
+    assert run("apply", recipe_with_scale(tmp_path, base, 3.0), "--out", out, "--force").exit_code == 0
+    assert scale_of(out) == 3.0
+
+
+def test_force_refuses_a_checkpoint_whose_provenance_lists_other_files(base, tmp_path):
+    """A provenance.json edited to list notes.txt does not make --force delete it."""
+    out = tmp_path / "out"
+    assert run("apply", recipe_with_scale(tmp_path, base, 2.0), "--out", out).exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    record = json.loads((out / "provenance.json").read_text())
+    record["files_sha256"]["notes.txt"] = "0" * 64
+    (out / "provenance.json").write_text(json.dumps(record))
+    one_line_error(run("apply", recipe_with_scale(tmp_path, base, 3.0), "--out", out, "--force"),
+                   "'notes.txt' is not a file name apply writes")
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+# ----------------------------------------------------------------------------------------------
+# Strict JSON everywhere
+
+
+def test_every_json_text_goes_through_strict_json():
+    """json.dump/json.dumps write NaN as a bare word: outside strict_json.py the package must not
+    call them (nor import them under another name), so a non-strict JSON output cannot come back."""
+    import ast
+
+    import th_edit
+
+    package = Path(th_edit.__file__).parent
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        if path.name == "strict_json.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            plain = isinstance(node, ast.Attribute) and node.attr in ("dump", "dumps", "JSONEncoder") \
+                and isinstance(node.value, ast.Name) and node.value.id == "json"
+            imported = isinstance(node, ast.ImportFrom) and node.module == "json" \
+                and {alias.name for alias in node.names} & {"dump", "dumps", "JSONEncoder"}
+            if plain or imported:
+                offenders.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert offenders == [], f"use th_edit.strict_json.dumps instead: {offenders}"

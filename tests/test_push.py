@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from test_apply import EDITS, write_recipe
 from tiny import tiny_model
 
@@ -98,6 +98,7 @@ def _http_error(status):
     (_http_error(403), "write access"),
     (_http_error(500), "refused the push"),
     (ConnectionError("connection refused"), "cannot reach the Hugging Face Hub"),
+    (HFValidationError("Invalid revision name"), "the Hub client refused the push to 'me/edited': Invalid revision"),
 ])
 def test_hub_errors_are_one_line(monkeypatch, out_dir, error, fragment):
     result = run_push(monkeypatch, FakeApi(fail_with=error), out_dir, "me/edited")
@@ -189,13 +190,14 @@ def test_push_refuses_a_doctored_file_list(monkeypatch, cluttered, tmp_path):
     assert result.exit_code == 2 and "'../secret' is not a file name apply writes" in result.output and api.calls == []
 
 
-def test_a_non_json_reply_is_one_line(out_dir, tmp_path):
-    """An HF_ENDPOINT (or a proxy) that answers with an HTML page."""
-    class Html(http.server.BaseHTTPRequestHandler):
+def _push_against(out_dir, home, body: bytes, content_type: str):
+    """`th-edit push` (the real HfApi) against a local HF_ENDPOINT that answers every request
+    with `body` and status 200; HF_HOME is a temporary directory, since huggingface_hub caches
+    some replies there."""
+    class Reply(http.server.BaseHTTPRequestHandler):
         def reply(self):
-            body = b"<html><body>Bad gateway</body></html>"
             self.send_response(200)
-            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -205,17 +207,107 @@ def test_a_non_json_reply_is_one_line(out_dir, tmp_path):
         def log_message(self, *args):
             pass
 
-    server = http.server.HTTPServer(("127.0.0.1", 0), Html)
+    server = http.server.HTTPServer(("127.0.0.1", 0), Reply)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        env = {"HF_TOKEN": SECRET, "HF_HOME": str(tmp_path), "PATH": "/usr/bin:/bin",
+        env = {"HF_TOKEN": SECRET, "HF_HOME": str(home), "PATH": "/usr/bin:/bin",
                "HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}"}
-        proc = subprocess.run([sys.executable, "-m", "th_edit", "push", str(out_dir), "me/edited"],
+        return subprocess.run([sys.executable, "-m", "th_edit", "push", str(out_dir), "me/edited"],
                               capture_output=True, text=True, env={**env, "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
                               timeout=120)
     finally:
         server.shutdown()
+
+
+def _one_error_line(proc, fragment):
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "did not answer with JSON" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in proc.stderr, proc.stderr
     assert SECRET not in proc.stderr + proc.stdout
+    return lines[0]
+
+
+def test_a_non_json_reply_is_one_line(out_dir, tmp_path):
+    """An HF_ENDPOINT (or a proxy) that answers with an HTML page."""
+    proc = _push_against(out_dir, tmp_path, b"<html><body>Bad gateway</body></html>", "text/html")
+    _one_error_line(proc, "did not answer with JSON")
+
+
+@pytest.mark.parametrize("body", [b"[1,2,3]", b"{}", b"null", b'{"url": 5}'])
+def test_a_json_reply_of_the_wrong_shape_is_one_line(out_dir, tmp_path, body):
+    """JSON, but not what the Hub client expects (a list, an empty object, null, a wrong type)."""
+    line = _one_error_line(_push_against(out_dir, tmp_path, body, "application/json"),
+                           "answered with JSON the Hub client cannot read")
+    assert "check HF_ENDPOINT" in line
+
+
+def test_a_bug_in_how_th_edit_calls_the_hub_client_is_not_called_a_bad_reply():
+    """Only what huggingface_hub raises while reading a reply becomes that one line: a wrong call
+    (an unknown keyword) or an error in th-edit's own code keeps its traceback."""
+    from huggingface_hub import HfApi
+
+    with pytest.raises(TypeError) as wrong_call:
+        HfApi().create_repo("me/x", not_an_argument=True)
+    assert not hub._unreadable_reply(wrong_call.value)
+    try:
+        {}["url"]
+    except KeyError as own:
+        assert not hub._unreadable_reply(own)
+
+
+def test_a_bad_reply_in_the_stand_in_api_keeps_its_traceback(monkeypatch, out_dir):
+    """The stand-in's own KeyError is raised from this file, not from huggingface_hub: not a reply."""
+    result = run_push(monkeypatch, FakeApi(fail_with=KeyError("url")), out_dir, "me/edited")
+    assert result.exit_code == 1 and isinstance(result.exception, KeyError)
+
+
+# ----------------------------------------------------------------------------------------------
+# Only the weight files a checkpoint can have are uploaded, whatever provenance.json says
+
+
+def _doctor(folder, section: str, name: str, data: bytes) -> None:
+    """Put a file in the folder and list it, with its right sha256, in provenance.json."""
+    (folder / name).write_bytes(data)
+    record = json.loads((folder / "provenance.json").read_text())
+    record[section][name] = hashlib.sha256(data).hexdigest()
+    (folder / "provenance.json").write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("section,name", [("weights_sha256", "secret.safetensors"),
+                                          ("weights_sha256", "model-00001-of-00002.safetensors"),
+                                          ("weights_sha256", "notes.txt"),
+                                          ("files_sha256", "notes.safetensors"),
+                                          ("files_sha256", "notes.txt")])
+def test_push_refuses_a_file_no_checkpoint_has(monkeypatch, cluttered, section, name):
+    _doctor(cluttered, section, name, SECRET.encode())
+    api = FakeApi()
+    for extra in ([], ["--dry-run"]):
+        result = run_push(monkeypatch, api, cluttered, "me/edited", *extra)
+        assert result.exit_code == 2 and f"'{name}' is not a file name apply writes" in result.output, result.output
+        assert api.calls == [] and SECRET not in result.output
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sharded")
+    tiny_model("llama").save_pretrained(root / "base")
+    recipe = write_recipe(root / "r.yaml", root / "base", EDITS, dir=str(root / "out"), max_shard_size="40KB")
+    assert CliRunner().invoke(main, ["--quiet", "apply", str(recipe)]).exit_code == 0
+    return root / "out"
+
+
+def test_push_of_a_sharded_checkpoint_takes_exactly_the_shards_of_its_index(monkeypatch, sharded, tmp_path):
+    folder = tmp_path / "out"
+    shutil.copytree(sharded, folder)
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    shards = set(index["weight_map"].values())
+    assert len(shards) > 1
+    plan = hub.plan_push(folder, "me/edited", False, None)
+    assert {name for name, _ in plan.files} >= shards | {"model.safetensors.index.json"}
+    # The index itself doctored (and its hash in provenance.json updated) to name another file:
+    first = sorted(index["weight_map"])[0]
+    index["weight_map"][first] = "secret.safetensors"
+    _doctor(folder, "weights_sha256", "model.safetensors.index.json", json.dumps(index).encode())
+    _doctor(folder, "weights_sha256", "secret.safetensors", SECRET.encode())
+    result = run_push(monkeypatch, FakeApi(), folder, "me/edited", "--dry-run")
+    assert result.exit_code == 2 and "'secret.safetensors' is not a shard name apply writes" in result.output, result.output

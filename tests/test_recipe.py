@@ -190,12 +190,12 @@ def test_existing_output_refused_then_forced(base, tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(recipe_text(base).replace("OUT", str(out)))
     assert CliRunner().invoke(main, ["--quiet", "apply", str(recipe)]).exit_code == 0
-    marker = out / "marker"
+    marker = out / "README.md"  # a file of the checkpoint (--force refuses one it did not write)
     marker.write_text("old")
     refused = CliRunner().invoke(main, ["apply", str(recipe)])
-    assert refused.exit_code == 2 and "already exists" in refused.output and marker.exists()
+    assert refused.exit_code == 2 and "already exists" in refused.output and marker.read_text() == "old"
     forced = CliRunner().invoke(main, ["--quiet", "apply", str(recipe), "--force"])
-    assert forced.exit_code == 0 and not marker.exists() and (out / "model.safetensors").is_file()
+    assert forced.exit_code == 0 and marker.read_text() != "old" and (out / "model.safetensors").is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 

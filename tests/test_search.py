@@ -187,3 +187,99 @@ def test_search_command_writes_a_recipe_that_apply_accepts(tmp_path):
     assert out.with_suffix(".frontier.png").stat().st_size > 0  # limits this loose always let a trial through
     applied = CliRunner().invoke(main, ["--quiet", "apply", str(out), "--no-bench", "--out", str(tmp_path / "edited")])
     assert applied.exit_code == 0, applied.output
+
+
+# ----------------------------------------------------------------------------------------------
+# Write failures: one line, and no journal left that holds nothing to resume
+
+
+@pytest.fixture(scope="module")
+def search_args(tmp_path_factory):
+    import json
+
+    root = tmp_path_factory.mktemp("search-cli")
+    base = tiny_checkpoint(root / "m", "llama", seed=2)
+    channels = root / "channels.json"
+    channels.write_text(json.dumps({"channels": {"inhibition": []}, "pairs": [
+        {"sender": "1.0", "receiver": "2.1", "channel": "inhibition", "z": [3.0, 1.0, 0.5]}]}))
+    return ["--quiet", "search", str(base), "--channels", str(channels), "--n-items", "2-3", "--trials", "2",
+            "--tune-prompts", "4", "--held-out-prompts", "4", "--kl-budget", "1", "--max-ioi-drop", "100"]
+
+
+def _search(args, out):
+    from click.testing import CliRunner
+
+    from th_edit.cli import main
+
+    return CliRunner().invoke(main, [*args, "--out", str(out)])
+
+
+def _one_line(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("warning: ")]  # a search's own warnings
+    assert len(lines) == 1 and lines[0].startswith("error: ") and all(f in lines[0] for f in fragments), result.stderr
+    return lines[0]
+
+
+def _full_journal(monkeypatch, when):
+    """The journal's disk fills: at its first write, or as a trial's result is written."""
+    import errno
+    import os
+
+    from optuna.storages.journal import JournalFileBackend
+
+    real = JournalFileBackend.append_logs
+
+    def append_logs(self, logs):
+        if when(logs):
+            with open(self._file_path, "ab") as f:
+                f.write(b'{"op_code": 6, "trial')  # half a line, as a full disk leaves it
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, logs)
+
+    monkeypatch.setattr(JournalFileBackend, "append_logs", append_logs)
+
+
+@pytest.mark.parametrize("when", ["creating the study", "telling a trial"])
+def test_a_full_disk_under_the_journal_is_one_line_and_leaves_nothing(search_args, tmp_path, monkeypatch, when):
+    """Optuna hides a failed write of a trial's result behind an AssertionError: still one line."""
+    _full_journal(monkeypatch, (lambda logs: True) if when == "creating the study" else
+                  (lambda logs: logs[0]["op_code"] == 6))  # SET_TRIAL_STATE_VALUES
+    out = tmp_path / "new" / "recipe.yaml"
+    _one_line(_search(search_args, out), f"writing {out.with_suffix('.study.log')} failed: no space left on device")
+    assert list(tmp_path.iterdir()) == []  # no journal stub (it would block the next run), no directory
+
+
+def test_finished_trials_survive_a_failure_and_the_error_says_how_to_resume(search_args, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    real = Path.write_text
+
+    def full_at_the_report(self, *args, **kwargs):
+        if ".search.json" in self.name:
+            raise OSError(28, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_at_the_report)
+    out = tmp_path / "recipe.yaml"
+    journal = out.with_suffix(".study.log")
+    _one_line(_search(search_args, out), "no space left on device",
+              f"{journal} keeps 2 finished trial(s): run again with --resume")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [journal.name]
+    kept = journal.read_bytes()
+    _full_journal(monkeypatch, lambda logs: True)  # resumed, and the disk is still full: the journal stays as it was
+    _one_line(_search([*search_args, "--trials", "3", "--resume"], out), "no space left on device", "--resume")
+    assert journal.read_bytes() == kept and optimize.finished_trials(journal) == 2
+    monkeypatch.undo()  # space again: the search resumes from the kept trials
+    resumed = _search([*search_args, "--trials", "3", "--resume"], out)
+    assert resumed.exit_code == 0, resumed.output
+    assert optimize.finished_trials(journal) == 3 and out.with_suffix(".search.json").is_file()
+
+
+@pytest.mark.parametrize("content,kept", [(b"", b""), (b"half", b""), (b"a\nb\n", b"a\nb\n"), (b"a\nb\nhal", b"a\nb\n"),
+                                          (b"x" * 70000 + b"\n" + b"y" * 70000, b"x" * 70000 + b"\n")])
+def test_a_record_cut_short_is_trimmed_from_the_journal(tmp_path, content, kept):
+    journal = tmp_path / "s.study.log"
+    journal.write_bytes(content)
+    optimize.trim_partial_record(journal)
+    assert journal.read_bytes() == kept

@@ -349,6 +349,39 @@ def test_outputs_are_complete_self_contained_and_never_overwritten(planted, tmp_
     assert sorted(p.name for p in out.iterdir()) == sorted(subspace.OUTPUT_FILES)
 
 
+def _strict(text: str):
+    return json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in JSON"))
+
+
+def test_outputs_are_strict_json_with_null_for_a_non_finite_number(planted, tmp_path):
+    """A statistic that cannot be computed (a NaN separation, say) is null in subspace.json."""
+    _, _, result = planted
+    record = result.to_dict()
+    record["crowding"] = {**record["crowding"], "within_n_p": math.nan}
+    subspace.write_outputs(record, tmp_path / "out")
+    assert _strict((tmp_path / "out" / "subspace.json").read_text())["crowding"]["within_n_p"] is None
+
+
+def test_a_full_disk_leaves_no_output_nor_the_directory_made_for_them(planted, tmp_path, monkeypatch):
+    _, _, result = planted
+    from th_edit.subspace import plots
+
+    real = plots.save_figure
+
+    def full_at_traversal(figure, path, **kwargs):
+        if Path(path).name.startswith(".traversal.png"):
+            Path(path).write_bytes(b"\x89PNG half")
+            raise OSError(28, "No space left on device")
+        return real(figure, path, **kwargs)
+
+    monkeypatch.setattr(plots, "save_figure", full_at_traversal)
+    out = tmp_path / "new" / "out"
+    with pytest.raises(UserError) as excinfo:
+        subspace.write_outputs(result.to_dict(), out)
+    assert str(excinfo.value) == f"writing {out / 'traversal.png'} failed: no space left on device (nothing was written)"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_summary_states_the_numbers(planted):
     _, _, result = planted
     text = subspace.summary(result.to_dict())
@@ -437,6 +470,17 @@ def test_subspace_command(checkpoint, tmp_path):
     as_json = CliRunner().invoke(main, [*args, "--json", "--basis", "data"])
     assert as_json.exit_code == 0, as_json.output
     assert json.loads(as_json.output)["basis_used"] == "data"
+
+
+def test_subspace_json_on_stdout_is_strict(checkpoint, monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(subspace, "analyze", lambda *args, **kwargs: SimpleNamespace(
+        to_dict=lambda: {"crowding": {"by_n": [{"n_items": 2, "mean_separation": math.nan}]}}))
+    result = CliRunner().invoke(main, ["--quiet", "subspace", str(checkpoint), "--n-items", "2-3", "--n-prompts", "2",
+                                       "--components", "1.0:0,1.1:0,1.2:1", "--movers", "2.3", "--json"])
+    assert result.exit_code == 0, result.output
+    assert _strict(result.output)["crowding"]["by_n"][0]["mean_separation"] is None
 
 
 @pytest.mark.parametrize("extra, message", [

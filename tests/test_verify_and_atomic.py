@@ -102,9 +102,10 @@ def test_signals_mid_write_never_leave_a_partial_target(tmp_path, sig):
     recipe.write_text("base_model: smollm2-135m\nedits:\n  - {layer: 3, head: 1, circuit: ov, components: [0], scale: 2.0}\n"
                       f"output: {{dir: {out}}}\n")
     out.mkdir()  # with --force, an existing (th-edit) target must survive the interruption intact
-    (out / "provenance.json").write_text('{"tool": "th-edit"}')
+    (out / "provenance.json").write_text('{"tool": "th-edit", "weights_sha256": {}, '
+                                         '"files_sha256": {"recipe.yaml": "0", "config.json": "0"}}')
     (out / "recipe.yaml").write_text("previous recipe")
-    (out / "keep-me").write_text("previous checkpoint")
+    (out / "config.json").write_text("previous checkpoint")  # only files its provenance lists: --force may replace it
     proc = subprocess.Popen([sys.executable, "-m", "th_edit", "--quiet", "apply", str(recipe), "--force"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -118,7 +119,7 @@ def test_signals_mid_write_never_leave_a_partial_target(tmp_path, sig):
     os.kill(proc.pid, sig)
     proc.wait(timeout=60)
     assert proc.returncode != 0
-    assert (out / "keep-me").read_text() == "previous checkpoint" and not (out / "model.safetensors").exists()
+    assert (out / "config.json").read_text() == "previous checkpoint" and not (out / "model.safetensors").exists()
     leftovers = list(tmp_path.glob(".out.partial-*"))
     if sig == signal.SIGKILL:
         assert leftovers  # nothing can clean up after kill -9 ... until the next run does

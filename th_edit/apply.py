@@ -15,11 +15,18 @@ from th_edit.card import model_card, provenance, publishable_recipe, scrub
 from th_edit.checkpoint import CheckpointTensors, sha256_file
 from th_edit.edit import EditResult, Overlay, cast_for_output, compute_edits, measure_realized, untouched_warnings
 from th_edit.errors import UserError
-from th_edit.export import LOCAL_RECORD, side_file_root, side_files, staging_directory, write_weights
+from th_edit.export import (
+    BENCHMARK_PLOT,
+    CARD_FILE,
+    LOCAL_RECORD,
+    RECIPE_FILE,
+    side_file_root,
+    side_files,
+    staging_directory,
+    write_weights,
+)
 from th_edit.models import ResolvedModel, load_config, resolve
 from th_edit.recipe import Recipe, check_against_model, index_problems, problems_error, read_recipe
-
-BENCHMARK_PLOT = "benchmark.png"
 
 
 @dataclass
@@ -166,21 +173,21 @@ def write(prepared: Prepared, computed: Computed, target: Path, force: bool,
                                 prepared.recipe.output.max_shard_bytes)
         base_weights = base_hashes.result() if base_hashes else None
         files = side_files(base.path, side_file_root(base.path, base.kind), prepared.out_dtype)
-        files["recipe.yaml"] = recipe_text.encode()
+        files[RECIPE_FILE] = recipe_text.encode()
         if benchmark is not None:
             from th_edit.plots import plot_accuracy  # matplotlib is slow to import
 
             plot_accuracy(report, staging / BENCHMARK_PLOT)
             files[BENCHMARK_PLOT] = (staging / BENCHMARK_PLOT).read_bytes()
         weights_bytes = sum((staging / name).stat().st_size for name in weights)
-        files["README.md"] = model_card(
+        files[CARD_FILE] = model_card(
             target.name, prepared.recipe, recipe_text, base, computed.result.reports, prepared.out_dtype_name,
             (report, scrub(benchmark.text, base)) if benchmark else None, BENCHMARK_PLOT if benchmark else None,
             weights_bytes).encode()
         for name, data in files.items():
             (staging / name).write_bytes(data)
         record = provenance(
-            prepared.recipe, hashlib.sha256(files["recipe.yaml"]).hexdigest(), base, base_weights,
+            prepared.recipe, hashlib.sha256(files[RECIPE_FILE]).hexdigest(), base, base_weights,
             computed.result.reports, weights, {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
             prepared.out_dtype_name, report,
         )

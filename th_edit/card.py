@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import platform
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import TypeVar
 
 import yaml
 
-from th_edit import __version__
+from th_edit import __version__, strict_json
 from th_edit.edit import EDIT_COLUMNS, HeadReport, edit_rows
 from th_edit.models import ResolvedModel
 from th_edit.recipe import Recipe, replace_values
@@ -196,8 +195,8 @@ def model_card(name: str, recipe: Recipe, recipe_text: str, base: ResolvedModel,
         "## Usage",
         f"Load it from this directory (`{name}`) or, once pushed, from its Hub repo id:",
         "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-        f"model = AutoModelForCausalLM.from_pretrained({json.dumps(name, ensure_ascii=False)})\n"
-        f"tokenizer = AutoTokenizer.from_pretrained({json.dumps(name, ensure_ascii=False)})\n```",
+        f"model = AutoModelForCausalLM.from_pretrained({strict_json.dumps(name, ensure_ascii=False)})\n"
+        f"tokenizer = AutoTokenizer.from_pretrained({strict_json.dumps(name, ensure_ascii=False)})\n```",
     ]
     hint = dtype_hint(out_dtype, weights_bytes) if weights_bytes else None
     if hint:

@@ -11,7 +11,6 @@ a JSON header {name: {dtype, shape, data_offsets}}, then the data buffer with no
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import queue
@@ -24,6 +23,7 @@ from typing import BinaryIO, Protocol
 
 import torch
 
+from th_edit import strict_json
 from th_edit.errors import UserError
 from th_edit.readers import decode_json, read_json
 
@@ -143,7 +143,7 @@ def _weight_map(index: Path) -> dict[str, str]:
         raise UserError(f"{index} is damaged: it has no 'weight_map' object naming the shard of each tensor")
     for tensor, shard in weight_map.items():
         if not isinstance(shard, str) or shard in ("", ".", "..") or Path(shard).name != shard:
-            raise UserError(f"{index} is damaged: tensor {tensor}'s shard {json.dumps(shard)} is not a file name "
+            raise UserError(f"{index} is damaged: tensor {tensor}'s shard {strict_json.shown(shard)} is not a file name "
                             "in the checkpoint directory")
     for shard in sorted(set(weight_map.values())):
         if not (index.parent / shard).is_file():
@@ -380,7 +380,7 @@ def _write_one_file(path: Path, tensors: list[PendingTensor], metadata: dict[str
             "dtype": tensor.dtype, "shape": list(tensor.shape), "data_offsets": [offset, offset + tensor.nbytes],
         }
         offset += tensor.nbytes
-    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded = strict_json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
     with open(path, "wb") as file:
         out = _HashingWriter(file)
@@ -425,7 +425,7 @@ def write_checkpoint_weights(
         hashes[name] = _write_one_file(directory / name, group, metadata)
         weight_map.update({t.name: name for t in group})
     index = {"metadata": {"total_size": sum(t.nbytes for t in tensors)}, "weight_map": dict(sorted(weight_map.items()))}
-    (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    (directory / INDEX_FILE).write_text(strict_json.dumps(index, indent=2) + "\n")
     hashes[INDEX_FILE] = sha256_file(directory / INDEX_FILE)
     return hashes
 

@@ -13,10 +13,10 @@ Per-family spellings live in th_edit/arch (Adapter.legacy_config_keys).
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 
+from th_edit import strict_json
 from th_edit.arch import SUPPORTED_MODEL_TYPES, adapter_class
 from th_edit.errors import UserError
 from th_edit.readers import parse_json
@@ -88,8 +88,13 @@ def portable_file(name: str, data: bytes) -> bytes:
     document = parse_json(data, f"the base model's {name}")
     if not isinstance(document, dict):
         raise UserError(f"the base model's {name} is not a JSON object")
+    return (base_json(name, convert(document)) + "\n").encode("utf-8")
+
+
+def base_json(name: str, document: object) -> str:
+    """A base model's JSON file `name` written back: a NaN or Infinity in it is refused, not
+    turned into null (it is damage to the base, not a number th-edit could not compute)."""
     try:
-        text = json.dumps(convert(document), indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+        return strict_json.dumps(document, non_finite="refuse", indent=2, sort_keys=True, ensure_ascii=False)
     except ValueError:
         raise UserError(f"the base model's {name} contains NaN or Infinity, which is not JSON") from None
-    return (text + "\n").encode("utf-8")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 import torch
 
-from th_edit import ui
+from th_edit import strict_json, ui
 from th_edit.checkpoint import (
     DTYPE_CODES,
     FLOAT_CODES,
@@ -38,7 +38,7 @@ from th_edit.checkpoint import (
     pending_from_tensor,
     write_checkpoint_weights,
 )
-from th_edit.compat import portable_file
+from th_edit.compat import base_json, portable_file
 from th_edit.errors import UserError
 from th_edit.outputs import (
     PARTIAL_MARK,
@@ -71,6 +71,12 @@ TEXT_SIDE_FILES = ("vocab.txt", "merges.txt", "chat_template.jinja")
 OLD_MARK = ".old-"
 PROVENANCE_FILE = "provenance.json"
 RECIPE_FILE = "recipe.yaml"
+CARD_FILE = "README.md"
+BENCHMARK_PLOT = "benchmark.png"
+# The files apply writes itself, besides weights, SIDE_FILES and provenance.json.
+OWN_FILES = (RECIPE_FILE, CARD_FILE, BENCHMARK_PLOT)
+# The shard names checkpoint.write_checkpoint_weights gives (and its index lists).
+SHARD_NAME = re.compile(r"model-(\d{5})-of-(\d{5})\.safetensors")
 # Where a local base is on this machine, for verify: beside the checkpoint but never published
 # (push uploads only the files provenance.json lists, and this one is not among them).
 LOCAL_RECORD = ".th-edit-local.json"
@@ -107,28 +113,91 @@ def check_target(target: Path, force: bool, protected: list[Path]) -> None:
     check_creatable(target)
 
 
+def th_edit_record(directory: Path) -> dict | None:
+    """The provenance record in `directory` when th-edit wrote it (tool: th-edit), else None (the
+    caller says so in its own words). A provenance.json that cannot be read is a UserError naming
+    what is wrong with it."""
+    path = directory / PROVENANCE_FILE
+    if not path.is_file():
+        return None
+    record = read_json(path)
+    return record if isinstance(record, dict) and record.get("tool") == "th-edit" else None
+
+
 def is_checkpoint(directory: Path) -> bool:
     """An earlier output of th-edit: provenance.json written by th-edit, and recipe.yaml."""
+    return th_edit_record(directory) is not None and (directory / RECIPE_FILE).is_file()
+
+
+def checkpoint_files(directory: Path, record: dict) -> dict[str, str]:
+    """{name: sha256} of the files of the checkpoint in `directory` by its provenance `record`:
+    the weights (model.safetensors alone, or the index and exactly the shards it names) and the
+    files apply writes beside them; provenance.json itself is not among them. Whatever else the
+    record names is refused (UserError): a doctored record must neither make push upload nor
+    --force delete a file that th-edit never wrote."""
+    provenance = directory / PROVENANCE_FILE
+    for key in ("weights_sha256", "files_sha256"):
+        if not isinstance(record.get(key), dict):
+            raise UserError(f"{provenance}: field '{key}' is missing (written by an older th-edit: apply the recipe again)")
+    weights, files = record["weights_sha256"], record["files_sha256"]
+    for listed, allowed in ((files, {*SIDE_FILES, *OWN_FILES}), (weights, weight_names(directory, provenance, set(weights)))):
+        for name, digest in sorted(listed.items()):
+            if name not in allowed or not isinstance(digest, str):
+                raise UserError(f"{provenance}: '{name}' is not a file name apply writes")
+    return {**files, **weights}
+
+
+def weight_names(directory: Path, provenance: Path, listed: set[str]) -> set[str]:
+    """The weight files a checkpoint whose provenance lists `listed` may hold: model.safetensors
+    alone, or the index with exactly the shards the index names."""
+    if INDEX_FILE not in listed:
+        return {SINGLE_FILE}
+    shards = index_shards(directory, provenance)
+    if not shards <= listed:
+        raise UserError(f"{provenance}: weights_sha256 does not list the shard '{sorted(shards - listed)[0]}' "
+                        f"that {INDEX_FILE} names")
+    return {INDEX_FILE, *shards}
+
+
+def index_shards(directory: Path, provenance: Path) -> set[str]:
+    """The shard names the checkpoint's index gives, each one apply could have written."""
+    index = directory / INDEX_FILE
     try:
-        record = read_json(directory / PROVENANCE_FILE)
-    except UserError:  # no readable record: not th-edit's (the caller says so in its own words)
-        return False
-    return isinstance(record, dict) and record.get("tool") == "th-edit" and (directory / RECIPE_FILE).is_file()
+        weight_map = read_json(index)["weight_map"]
+    except (UserError, TypeError, KeyError):
+        raise UserError(f"{provenance} lists sharded weights, but {index} is missing or not an index") from None
+    values = list(weight_map.values()) if isinstance(weight_map, dict) else [weight_map]
+    shards = {value for value in values if isinstance(value, str)}
+    for shard in values:
+        match = SHARD_NAME.fullmatch(shard) if isinstance(shard, str) else None
+        if match is None or not 1 <= int(match[1]) <= int(match[2]) == len(shards):
+            raise UserError(f"{index}: {shard!r} is not a shard name apply writes")
+    return shards
 
 
 def check_replaceable(target: Path) -> None:
     """--force replaces only what th-edit wrote: an earlier checkpoint (which has no
-    subdirectories) or an empty directory. Anything else may be someone's data."""
+    subdirectories and nothing its provenance does not list) or an empty directory. Anything
+    else may be someone's data: notes or a .env added to an old checkpoint are never deleted."""
     entries = list(target.iterdir())
     if not entries:
         return
-    if not is_checkpoint(target):
+    record = th_edit_record(target)
+    if record is None or not (target / RECIPE_FILE).is_file():
         raise UserError(f"--force refuses to replace {target}: it is not a th-edit checkpoint (no provenance.json "
                         "from th-edit beside a recipe.yaml) nor an empty directory")
-    subdirectories = sorted(p.name for p in entries if p.is_dir())
+    subdirectories = sorted(p.name for p in entries if p.is_dir() and not p.is_symlink())
     if subdirectories:
         raise UserError(f"--force refuses to replace {target}: it contains the directory '{subdirectories[0]}', "
                         "which th-edit never writes; move it away first")
+    try:
+        ours = {*checkpoint_files(target, record), PROVENANCE_FILE, LOCAL_RECORD}
+    except UserError as exc:
+        raise UserError(f"--force refuses to replace {target}: {exc}") from None
+    others = sorted(p.name for p in entries if p.name not in ours)
+    if others:
+        raise UserError(f"--force refuses to replace {target}: it holds '{others[0]}', which th-edit did not write "
+                        "(not listed in its provenance.json); move it away first")
 
 
 def recover_interrupted(target: Path) -> None:
@@ -164,8 +233,12 @@ def staging_directory(target: Path, force: bool) -> Iterator[Path]:
     is removed. SIGTERM cleans up like Ctrl-C; after `kill -9` the hidden staging directory
     stays beside the target (never at it) and the next run for that target removes it.
     An OSError (a full disk) is one line, and nothing is left behind."""
-    created = make_parents(target.parent)
-    staging = new_staging_dir(target)
+    created = _make_parents_or_fail(target)
+    try:
+        staging = new_staging_dir(target)
+    except OSError as exc:  # a full disk can refuse even an empty directory
+        remove_empty(created)
+        raise write_error(target, exc) from None
     placed = False
     with sigterm_as_exit():
         try:
@@ -181,6 +254,13 @@ def staging_directory(target: Path, force: bool) -> Iterator[Path]:
                 shutil.rmtree(staging, ignore_errors=True)
             if not placed:
                 remove_empty(created)
+
+
+def _make_parents_or_fail(target: Path) -> list[Path]:
+    try:
+        return make_parents(target.parent)
+    except OSError as exc:
+        raise write_error(target, exc) from None
 
 
 def _put_in_place(staging: Path, target: Path, force: bool) -> None:
@@ -295,7 +375,7 @@ def hash_weights(tensors: CheckpointTensors, replaced: dict[str, torch.Tensor], 
         hashes[name] = _hash_one_file(group, metadata)
         weight_map.update({t.name: name for t in group})
     index = {"metadata": {"total_size": sum(t.nbytes for t in pending)}, "weight_map": dict(sorted(weight_map.items()))}
-    hashes[INDEX_FILE] = hashlib.sha256((json.dumps(index, indent=2) + "\n").encode()).hexdigest()
+    hashes[INDEX_FILE] = hashlib.sha256((strict_json.dumps(index, indent=2) + "\n").encode()).hexdigest()
     return hashes
 
 
@@ -307,7 +387,7 @@ def _hash_one_file(tensors: list[PendingTensor], metadata: dict[str, str]) -> st
         header[tensor.name] = {"dtype": tensor.dtype, "shape": list(tensor.shape),
                                "data_offsets": [offset, offset + tensor.nbytes]}
         offset += tensor.nbytes
-    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded = strict_json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
     out = _HashingWriter(_Discard())  # type: ignore[arg-type]
     try:
@@ -379,6 +459,6 @@ def side_files(base_dir: Path, root: Path, out_dtype: torch.dtype | None) -> dic
                 if key in config:
                     config[key] = dtype_name
             config.setdefault("dtype", dtype_name)
-            data = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+            data = (base_json(name, config) + "\n").encode()
         files[name] = portable_file(name, data)  # read the same way by transformers 4.x and 5.x
     return files

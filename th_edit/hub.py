@@ -7,17 +7,19 @@ only checks that one exists and never reads, prints or stores it.
 from __future__ import annotations
 
 import glob
+import json
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+import huggingface_hub
 from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 
 from th_edit.checkpoint import sha256_file
 from th_edit.errors import UserError
-from th_edit.export import PROVENANCE_FILE
-from th_edit.readers import read_json
+from th_edit.export import PROVENANCE_FILE, checkpoint_files, th_edit_record
 
 # Weight files of an earlier push that this one does not replace would mix two checkpoints.
 STALE_WEIGHTS = ["*.safetensors", "model.safetensors.index.json"]
@@ -51,21 +53,15 @@ def plan_push(folder: Path, repo_id: str, private: bool, revision: str | None) -
 
 def written_by_apply(folder: Path) -> list[str]:
     """The files apply wrote (those provenance.json lists, and itself), each unchanged since:
-    nothing else in the folder is ever uploaded (a stray .env, notes, an old shard)."""
-    provenance = folder / PROVENANCE_FILE
-    record = read_json(provenance) if provenance.is_file() else None
-    if not isinstance(record, dict) or record.get("tool") != "th-edit":
+    nothing else in the folder is ever uploaded (a stray .env, notes, an old shard), and the
+    record may only name files apply writes (export.checkpoint_files), so a doctored one cannot
+    smuggle another file in."""
+    record = th_edit_record(folder)
+    if record is None:
         raise UserError(f"{folder} is not a checkpoint written by th-edit apply (no th-edit provenance.json); "
                         "push uploads only what apply wrote")
-    listed: dict[str, str] = {}
-    for key in ("weights_sha256", "files_sha256"):
-        if not isinstance(record.get(key), dict):
-            raise UserError(f"{provenance}: field '{key}' is missing (written by an older th-edit: apply the recipe again)")
-        listed.update(record[key])
+    listed = checkpoint_files(folder, record)
     for name, digest in sorted(listed.items()):
-        # Plain names only: a doctored record must not reach outside the folder.
-        if not isinstance(name, str) or Path(name).name != name or name.startswith(".") or not isinstance(digest, str):
-            raise UserError(f"{provenance}: '{name}' is not a file name apply writes")
         path = folder / name
         if not path.is_file() or path.is_symlink():
             raise UserError(f"{path} is missing (provenance.json lists it); run `th-edit verify {folder}`")
@@ -98,14 +94,41 @@ def push(plan: PushPlan, api: HfApi | None = None) -> str:
                 f"the Hub refused the push to '{plan.repo_id}' (HTTP {status}): check your token's write access"
             ) from None
         raise UserError(f"the Hub refused the push to '{plan.repo_id}': {_first_line(exc)}") from None
-    except ValueError as exc:  # json.JSONDecodeError: a proxy, a captive portal or a wrong HF_ENDPOINT
-        raise UserError(f"the Hub endpoint {constants.ENDPOINT} did not answer with JSON ({_first_line(exc)}); "
-                        "check HF_ENDPOINT and any proxy in between") from None
+    except HFValidationError as exc:  # a value th-edit passed on from the user (a --revision name, say)
+        raise UserError(f"the Hub client refused the push to '{plan.repo_id}': {_first_line(exc)}") from None
     except Exception as exc:
         if _is_network_error(exc):
             raise UserError(f"cannot reach the Hugging Face Hub: {_first_line(exc)}") from None
+        if _unreadable_reply(exc):
+            raise _reply_error(exc) from None
         raise
     return str(getattr(commit, "commit_url", commit))
+
+
+# What huggingface_hub raises when a reply is not what it expects: not JSON (json.JSONDecodeError,
+# a ValueError), or JSON of another shape ([1,2,3], {}, null: KeyError, TypeError, AttributeError...).
+_REPLY_ERRORS = (ValueError, KeyError, IndexError, TypeError, AttributeError)
+_HUB_CLIENT = Path(huggingface_hub.__file__).parent
+_TH_EDIT = Path(__file__).parent
+
+
+def _unreadable_reply(exc: BaseException) -> bool:
+    """`exc` came from huggingface_hub reading a reply, not from a bug of th-edit: the innermost
+    frame of either package that it passed is huggingface_hub's, outside its argument checks
+    (where a wrong call from th-edit, such as an unknown keyword, would fail)."""
+    if not isinstance(exc, _REPLY_ERRORS):
+        return False
+    files = [Path(frame.f_code.co_filename) for frame, _ in traceback.walk_tb(exc.__traceback__)]
+    files = [path for path in files if path.is_relative_to(_HUB_CLIENT) or path.is_relative_to(_TH_EDIT)]
+    return bool(files) and files[-1].is_relative_to(_HUB_CLIENT) and files[-1].name != "_validators.py"
+
+
+def _reply_error(exc: BaseException) -> UserError:
+    if isinstance(exc, json.JSONDecodeError):  # a proxy, a captive portal or a wrong HF_ENDPOINT
+        what = f"did not answer with JSON ({_first_line(exc)})"
+    else:
+        what = f"answered with JSON the Hub client cannot read ({type(exc).__name__}: {_first_line(exc)})"
+    return UserError(f"the Hub endpoint {constants.ENDPOINT} {what}; check HF_ENDPOINT and any proxy in between")
 
 
 def _first_line(exc: BaseException) -> str:

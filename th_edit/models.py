@@ -17,7 +17,6 @@ import difflib
 import importlib
 import importlib.util
 import io
-import json
 import os
 import re
 import shutil
@@ -26,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from th_edit import ui
+from th_edit import strict_json, ui
 from th_edit.checkpoint import (
     CheckpointTensors,
     PendingTensor,
@@ -313,7 +312,7 @@ def _dequantize_to(gguf_path: Path, target: Path, digest: str) -> None:
             model.generation_config.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "th_edit_source.json").write_text(
-            json.dumps({"gguf_file": gguf_path.name, "gguf_sha256": digest}, indent=2) + "\n"
+            strict_json.dumps({"gguf_file": gguf_path.name, "gguf_sha256": digest}, indent=2) + "\n"
         )
         try:
             staging.rename(target)

@@ -5,6 +5,9 @@ Every command that writes files goes through here:
     create (unless --force), a name that is not UTF-8 and a place where nothing can be created;
   * `atomic_files` writes a set of files to hidden temporary siblings and renames them into
     place only when all of them are complete, so a full disk or a `kill` leaves none of them;
+    `write_files` does so with one writer per file, so that a failure names the file that failed;
+  * `resumable_file` guards a file a long run appends to as it goes (the search's journal):
+    on failure it goes, with the directories made for it, unless it holds work worth resuming;
   * `rename_noreplace` / `exchange` are the two atomic renames directory replacement needs
     (Linux `renameat2`; elsewhere the caller falls back to a recoverable protocol);
   * an OSError while writing becomes one `UserError` line (`write_error`).
@@ -21,7 +24,7 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from th_edit.errors import UserError
@@ -29,10 +32,13 @@ from th_edit.errors import UserError
 PARTIAL_MARK = ".partial-"
 
 
-def write_error(path: Path, exc: OSError) -> UserError:
+def write_error(path: Path | str, exc: OSError) -> UserError:
     """One line for any OSError met while writing `path` (a full disk most of all)."""
-    reason = "no space left on device" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
-    return UserError(f"writing {path} failed: {reason} (nothing was written)")
+    return UserError(f"writing {path} failed: {write_reason(exc)} (nothing was written)")
+
+
+def write_reason(exc: OSError) -> str:
+    return "no space left on device" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
 
 
 def check_utf8_name(path: Path) -> None:
@@ -121,12 +127,64 @@ def atomic_files(paths: list[Path], force: bool) -> Iterator[list[Path]]:
             for directory in {path.parent for path in paths}:
                 fsync_path(directory)
         except OSError as exc:
-            failed = next((p for t, p in zip(temporaries, paths) if exc.filename in (str(t), str(p))), paths[0])
             _undo(placed, temporaries, created_dirs)
-            raise write_error(failed, exc) from None
+            raise write_error(_failed_file(exc, paths, temporaries), exc) from None
         except BaseException:
             _undo(placed, temporaries, created_dirs)
             raise
+
+
+def _failed_file(exc: OSError, paths: list[Path], temporaries: list[Path]) -> Path | str:
+    """The output whose write raised `exc`, when the error says (its file name) or there is only
+    one; otherwise all of them: naming the first would blame a file that may be fine. Writers
+    that do not name their file (matplotlib, write() on a full disk) go through `write_files`."""
+    named = [p for t, p in zip(temporaries, paths) if exc.filename in (str(t), str(p))]
+    if named or len(paths) == 1:
+        return (named or paths)[0]
+    return ", ".join(map(str, paths))
+
+
+def write_files(writers: Mapping[Path, Callable[[Path], object]], force: bool) -> None:
+    """`atomic_files` with one writer per output (called with the temporary path to write): all
+    files appear or none does, and a write that fails is one line naming its own output."""
+    paths = list(writers)
+    with atomic_files(paths, force) as temporaries:
+        for path, temporary in zip(paths, temporaries):
+            try:
+                writers[path](temporary)
+            except OSError as exc:
+                raise write_error(path, exc) from None  # atomic_files removes every temporary
+
+
+@contextlib.contextmanager
+def resumable_file(path: Path, worth_keeping: Callable[[Path], str | None]) -> Iterator[None]:
+    """Guard a file that a long run appends to as it goes (so it cannot be staged like
+    `atomic_files`), from before it is created until the run's last output is written.
+
+    If the block fails, the file is kept when it existed before (the user is resuming it) or when
+    `worth_keeping(path)` returns a note (what it holds, how to resume), which then ends the error
+    line. Otherwise it is removed, with the directories made for it: a failed run leaves nothing,
+    and no stub that blocks the next run. An OSError about the file (or naming no file, as a
+    write() on a full disk does) becomes one line; any other exception passes unchanged."""
+    existed = os.path.lexists(path)
+    try:
+        created_dirs = make_parents(path.parent)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    try:
+        with sigterm_as_exit():  # `kill` cleans up like Ctrl-C
+            yield
+    except BaseException as exc:
+        note = worth_keeping(path) if os.path.lexists(path) else None
+        if not existed and note is None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            remove_empty(created_dirs)
+        if isinstance(exc, OSError) and exc.filename in (None, str(path)):
+            exc = write_error(path, exc) if note is None else UserError(f"writing {path} failed: {write_reason(exc)}")
+        if isinstance(exc, UserError):
+            raise (UserError(f"{exc}; {note}") if note else exc) from None
+        raise
 
 
 def _undo(placed: list[Path], temporaries: list[Path], created_dirs: list[Path]) -> None:
@@ -151,9 +209,15 @@ def make_parents(directory: Path) -> list[Path]:
     while not directory.exists():
         missing.append(directory)
         directory = directory.parent
-    for path in reversed(missing):
-        path.mkdir()
-    return list(reversed(missing))
+    created: list[Path] = []
+    try:
+        for path in reversed(missing):
+            path.mkdir()
+            created.append(path)
+    except OSError:
+        remove_empty(created)  # a full disk half way down leaves none of them
+        raise
+    return created
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ raising, so a recipe with a bad scale and a bad layer reports both.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
 
+from th_edit import strict_json
 from th_edit.arch import Adapter
 from th_edit.checkpoint import parse_size
 from th_edit.errors import UserError
@@ -277,7 +277,7 @@ def replace_values(text: str, replacements: dict[tuple[str, ...], str]) -> str:
             node = next((v for k, v in getattr(node, "value", []) if isinstance(node, yaml.MappingNode)
                          and isinstance(k, yaml.ScalarNode) and k.value == key), None)
         if isinstance(node, yaml.ScalarNode):
-            spans.append((node.start_mark.index, node.end_mark.index, json.dumps(value, ensure_ascii=False)))
+            spans.append((node.start_mark.index, node.end_mark.index, strict_json.dumps(value, ensure_ascii=False)))
     for start, end, new in sorted(spans, reverse=True):
         text = text[:start] + new + text[end:]
     return text

@@ -1,10 +1,14 @@
 """JSON that every parser accepts: Python's json writes NaN and Infinity as bare words, which are
-not JSON (RFC 8259) and which strict readers (JavaScript, jq, the Hub) refuse."""
+not JSON (RFC 8259) and which strict readers (JavaScript, jq, the Hub) refuse.
+
+Every JSON text th-edit writes or prints goes through `dumps` (tests/test_data_safety.py fails on
+a json.dump(s) anywhere else in the package), so the rule lives in one place."""
 
 from __future__ import annotations
 
 import json
 import math
+from typing import Literal
 
 
 def finite_or_null(value: object) -> object:
@@ -19,6 +23,14 @@ def finite_or_null(value: object) -> object:
     return value
 
 
-def dumps(value: object, **kwargs) -> str:
-    """json.dumps of `value` with non-finite floats written as null (never as bare NaN)."""
-    return json.dumps(finite_or_null(value), allow_nan=False, **kwargs)
+def dumps(value: object, *, non_finite: Literal["null", "refuse"] = "null", **kwargs) -> str:
+    """json.dumps of `value`, never with a bare NaN: a non-finite float is written as null, or with
+    non_finite="refuse" raises ValueError (for a file copied from a base model, whose NaN is damage
+    to report, not a number th-edit failed to compute)."""
+    return json.dumps(finite_or_null(value) if non_finite == "null" else value, allow_nan=False, **kwargs)
+
+
+def shown(value: object) -> str:
+    """`value` as it was written in a JSON input, for an error message quoting it: a NaN the user
+    wrote is shown as NaN. Never for output."""
+    return json.dumps(value, ensure_ascii=False)

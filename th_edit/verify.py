@@ -18,14 +18,12 @@ from th_edit.apply import Prepared, compute, prepare, resolve_base
 from th_edit.card import PROVENANCE_FIELDS, base_record
 from th_edit.checkpoint import INDEX_FILE, sha256_file
 from th_edit.errors import UserError
-from th_edit.export import LOCAL_RECORD, PROVENANCE_FILE, RECIPE_FILE, hash_weights, side_file_root, side_files
+from th_edit.export import LOCAL_RECORD, OWN_FILES, PROVENANCE_FILE, RECIPE_FILE, hash_weights, side_file_root, side_files
 from th_edit.models import ResolvedModel
 from th_edit.readers import decode_json, read_json, read_text
 from th_edit.recipe import Recipe, parse_recipe
 
 REL_TOL = 1e-9  # the same computation on the same inputs: anything more is a real difference
-# Files apply derives from something else than the base (hash-checked only).
-OWN_FILES = ("recipe.yaml", "README.md", "benchmark.png")
 
 
 def load_record(out_dir: Path) -> tuple[dict, str]:
@@ -247,6 +245,7 @@ def _compare_side_files(recorded: dict[str, str], derived: dict[str, bytes]) -> 
     """Config, generation config and tokenizer files are derived from the base again: a file
     changed together with its hash in provenance.json is still caught."""
     rebuilt = {name: hashlib.sha256(data).hexdigest() for name, data in derived.items()}
+    # OWN_FILES come from the recipe and the run, not from the base: hash-checked only.
     listed = {name: digest for name, digest in recorded.items() if name not in OWN_FILES}
     problems = []
     for name in sorted(listed.keys() | rebuilt.keys()):

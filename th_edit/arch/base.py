@@ -18,7 +18,6 @@ are written back (`Slot`).
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
@@ -27,6 +26,7 @@ import torch
 
 from th_edit.checkpoint import CheckpointTensors, TensorSource
 from th_edit.errors import UserError
+from th_edit.strict_json import shown
 
 
 @dataclass(frozen=True)
@@ -386,7 +386,7 @@ def _check_config_int(value: object, key: str, maximum: int, source: object) -> 
 
 def _shown(value: object) -> str:
     """A config value as JSON, cut short (a number may have thousands of digits)."""
-    text = json.dumps(value) if isinstance(value, (int, float, str, bool)) or value is None else type(value).__name__
+    text = shown(value) if isinstance(value, (int, float, str, bool)) or value is None else type(value).__name__
     return text if len(text) <= 24 else text[:24] + "…"
 
 

@@ -13,7 +13,7 @@ from th_edit.commands.options import device_options
 from th_edit.errors import UserError
 from th_edit.limits import MAX_BATCH_SIZE, MAX_KL_TEXTS, MAX_PROMPTS, digits_at_most, shown_number
 from th_edit.models import DEFAULT_MODEL, context_length, load_config, load_tokenizer, resolve
-from th_edit.outputs import atomic_files, check_new_file
+from th_edit.outputs import atomic_files, check_new_file, write_files
 from th_edit.session import load as load_session
 from th_edit.tasks.laundry import MAX_ITEMS, MIN_ITEMS
 from th_edit.tasks.prompts import TASKS, TaskPrompt, read_jsonl, write_jsonl
@@ -191,7 +191,6 @@ def _write_outputs(report: dict, out: Path, force: bool) -> None:
     """bench.json and its plot: both or neither (a full disk leaves no half of them)."""
     from th_edit.plots import plot_accuracy  # matplotlib is slow to import; only --out needs it
 
-    with atomic_files([out / name for name in OUT_FILES], force) as (report_file, plot_file):
-        report_file.write_text(strict_json.dumps(report, indent=2) + "\n")
-        plot_accuracy(report, plot_file)
+    write_files({out / "bench.json": lambda path: path.write_text(strict_json.dumps(report, indent=2) + "\n"),
+                 out / "accuracy.png": lambda path: plot_accuracy(report, path)}, force)
     ui.info(f"wrote {out / 'bench.json'} and {out / 'accuracy.png'}")

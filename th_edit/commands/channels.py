@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from th_edit import ui
+from th_edit import strict_json, ui
 from th_edit.arch import adapter_for
 from th_edit.channels.composition import parse_pair
 from th_edit.channels.find import ChannelSettings, draft_edits, find_channels
@@ -16,7 +17,7 @@ from th_edit.commands.options import device_options
 from th_edit.errors import UserError
 from th_edit.limits import MAX_HEADS, MAX_PROMPTS
 from th_edit.models import DEFAULT_MODEL, load_config, resolve
-from th_edit.outputs import atomic_files, check_new_file
+from th_edit.outputs import check_new_file, write_files
 from th_edit.recipe import Output, Recipe
 from th_edit.session import load as load_session
 
@@ -71,7 +72,7 @@ def channels_command(model: str, kind: str, task: str, n_items: str, n_prompts: 
     kinds = ("inhibition", "duplicate_token") if kind == "all" else (kind.replace("-", "_"),)
     report = find_channels(session, kinds, settings, wanted)
     record = report.as_dict()
-    click.echo(json.dumps(record, indent=2, allow_nan=False) if as_json else render_channels(report))
+    click.echo(strict_json.dumps(record, indent=2) if as_json else render_channels(report))
     if out is not None:
         _write(report, record, model, draft_scale, out, force)
 
@@ -110,13 +111,12 @@ def _write(report, record: dict, model: str, scale: float, out: Path, force: boo
     from th_edit.channels.plots import PLOTS
 
     draft = _draft(record, model, scale)
-    names = ["channels.json", *PLOTS, *(["draft-recipe.yaml"] if draft else [])]
-    with atomic_files([out / name for name in names], force) as paths:
-        files = dict(zip(names, paths))
-        files["channels.json"].write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
-        for name, plot in PLOTS.items():
-            plot(report, files[name])
-        if draft:
-            files["draft-recipe.yaml"].write_text(draft)
-    ui.info(f"wrote {', '.join(str(out / n) for n in names)}"
+    writers: dict[Path, Callable[[Path], object]] = {
+        out / "channels.json": lambda path: path.write_text(strict_json.dumps(record, indent=2) + "\n"),
+        **{out / name: functools.partial(plot, report) for name, plot in PLOTS.items()},
+    }
+    if draft:
+        writers[out / "draft-recipe.yaml"] = lambda path: path.write_text(draft)
+    write_files(writers, force)
+    ui.info(f"wrote {', '.join(map(str, writers))}"
             + ("" if draft else " (no draft recipe: the inhibition channel has no component above the threshold)"))

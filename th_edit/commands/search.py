@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 from pathlib import Path
 
 import click
 
-from th_edit import ui
+from th_edit import strict_json, ui
 from th_edit.commands.bench import parse_n_items
 from th_edit.commands.options import device_options
 from th_edit.errors import UserError
 from th_edit.limits import MAX_HEADS, MAX_PROMPTS, MAX_TRIALS
 from th_edit.models import DEFAULT_MODEL
-from th_edit.outputs import atomic_files, check_new_file
+from th_edit.outputs import check_new_file, resumable_file, write_files
 from th_edit.readers import read_json
-from th_edit.search.optimize import Limits
-from th_edit.search.pipeline import SearchSettings, evidence_header, recipe_of, search
+from th_edit.search.optimize import Limits, finished_trials, trim_partial_record
+from th_edit.search.pipeline import SearchReport, SearchSettings, evidence_header, recipe_of, search
 from th_edit.search.report import held_out_table, plot_frontier
 from th_edit.search.space import candidates_from_channels
 from th_edit.session import load as load_session
@@ -69,18 +69,34 @@ def search_command(model: str, kind: str, max_heads: int, rank_by: str, channels
     session = load_session(model, device=device, dtype=dtype)
     candidates, draft = _channel_candidates(session, kind, channels, seed, max_heads)
     ui.info(f"candidate heads: {', '.join(c.name for c in candidates)}")
-    journal.parent.mkdir(parents=True, exist_ok=True)
-    report = search(session, candidates, settings, draft=draft, storage=journal)
-    click.echo(held_out_table(report))
-    recipe = recipe_of(report, model, output_dir=f"out/{out.stem}")
-    written = [outputs[1], *([outputs[0], outputs[2]] if recipe is not None else [])]
-    with atomic_files(written, force) as paths:
-        files = dict(zip(written, paths))
-        files[outputs[1]].write_text(json.dumps(report.as_dict(), indent=2, allow_nan=False) + "\n")
-        if recipe is not None:
-            files[outputs[0]].write_text(recipe.to_yaml(header=evidence_header(report)))
-            plot_frontier(report, files[outputs[2]])
+    # Until the outputs are written, a failure removes a journal this run began, unless it holds
+    # finished trials (then the error line says how to resume them).
+    with resumable_file(journal, _resumable_trials):
+        report = search(session, candidates, settings, draft=draft, storage=journal)
+        click.echo(held_out_table(report))
+        written = _write_outputs(report, model, outputs, force)
     click.echo(f"wrote {', '.join(map(str, written))}")
+
+
+def _resumable_trials(journal: Path) -> str | None:
+    """After a failure: what the journal holds for --resume, None when nothing. A record cut short
+    by the failure is removed first, so that a resumed run appends to a readable journal."""
+    with contextlib.suppress(OSError):  # cannot trim: the count below reads past the half record anyway
+        trim_partial_record(journal)
+    done = finished_trials(journal)
+    return f"{journal} keeps {done} finished trial(s): run again with --resume to use them" if done else None
+
+
+def _write_outputs(report: SearchReport, model: str, outputs: list[Path], force: bool) -> list[Path]:
+    """search.json, and with a chosen recipe the recipe and its frontier plot: all or none."""
+    recipe_path, report_path, plot_path = outputs
+    writers = {report_path: lambda path: path.write_text(strict_json.dumps(report.as_dict(), indent=2) + "\n")}
+    recipe = recipe_of(report, model, output_dir=f"out/{recipe_path.stem}")
+    if recipe is not None:
+        writers[recipe_path] = lambda path: path.write_text(recipe.to_yaml(header=evidence_header(report)))
+        writers[plot_path] = lambda path: plot_frontier(report, path)
+    write_files(writers, force)
+    return list(writers)
 
 
 def _channel_candidates(session, kind: str, channels: object | None, seed: int, max_heads: int):

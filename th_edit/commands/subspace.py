@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from th_edit import ui
+from th_edit import strict_json, ui
 from th_edit.arch import adapter_for
 from th_edit.commands.bench import parse_n_items
 from th_edit.commands.options import device_options
@@ -79,7 +78,7 @@ def subspace_command(model: str, components: str | None, movers: str | None, cha
                               seed=seed, traverse_n=traverse_n, traverse_prompts=traverse_prompts, grid=grid, mode=mode,
                               batch_size=batch_size, source=source)
     record = result.to_dict()
-    click.echo(json.dumps(record, indent=1) if as_json else subspace.summary(record))
+    click.echo(strict_json.dumps(record, indent=1) if as_json else subspace.summary(record))
     if out is not None:
         written = subspace.write_outputs(record, out, force)
         ui.info(f"wrote {', '.join(str(p) for p in written)}")

@@ -11,6 +11,7 @@ journal file makes it resumable. Held-out prompts play no part here.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from th_edit.session import Session
 # α of a chosen head's components, sampled log-uniformly. Components are ranked by the gain of
 # amplifying them, so the range starts just below 1 (mild damping stays possible) and ends at 4.
 SCALE_RANGE = (0.8, 4.0)
+STUDY_NAME = "th-edit-search"
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ def choices_of(trial, candidates: Sequence[Candidate]) -> dict[Candidate, tuple[
 
 
 def run_search(session: Session, evaluator: TrialEvaluator, candidates: Sequence[Candidate], trials: int, seed: int,
-               limits: Limits, storage: Path | None = None, study_name: str = "th-edit-search",
+               limits: Limits, storage: Path | None = None, study_name: str = STUDY_NAME,
                on_trial: Callable[[Trial], None] | None = None) -> SearchResult:
     """Run (or resume, from `storage`) the search; Ctrl-C stops it and keeps what was found."""
     import optuna
@@ -119,11 +121,24 @@ def run_search(session: Session, evaluator: TrialEvaluator, candidates: Sequence
     bar = ui.progress(range(max(0, trials - done)), desc="search", unit="trial")
     try:
         for _ in bar:
-            study.optimize(objective, n_trials=1, gc_after_trial=False)
+            _optimize_one(study, objective)
     except KeyboardInterrupt:
         result.interrupted = True
         ui.warn("interrupted: keeping the best recipe found so far")
     return result
+
+
+def _optimize_one(study, objective: Callable) -> None:
+    """One trial. Optuna hides a storage write that fails as the trial is told (a full disk under
+    the journal) behind `assert False, "Should not reach."`: the OSError is raised instead, so
+    that it can be reported as what it is."""
+    try:
+        study.optimize(objective, n_trials=1, gc_after_trial=False)
+    except AssertionError as exc:
+        cause = exc.__context__
+        if not isinstance(cause, OSError):
+            raise
+        raise cause from None
 
 
 def _worth_full(quick: TrialScores, quick_base: TrialScores, limits: Limits) -> bool:
@@ -142,6 +157,39 @@ def _journal(path: Path):
     from optuna.storages.journal import JournalFileBackend
 
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def finished_trials(storage: Path, study_name: str = STUDY_NAME) -> int:
+    """How many completed trials a search journal records: 0 when it records none, or is empty or
+    unreadable (a journal cut short by a full disk), so that nothing in it is worth resuming."""
+    import optuna
+
+    if not storage.is_file():  # JournalFileBackend would create it
+        return 0
+    try:
+        study = optuna.load_study(study_name=study_name, storage=_journal(storage))
+    except (KeyError, ValueError, OSError):  # no study in it yet, or a damaged journal
+        return 0
+    return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+def trim_partial_record(storage: Path) -> None:
+    """Cut a journal back to its last complete line. A write cut short (a full disk) leaves half a
+    record at the end; Optuna skips it when reading, but the next run would append after it and
+    make one corrupt line in the middle, and the whole journal unreadable."""
+    with open(storage, "r+b") as journal:
+        end = journal.seek(0, os.SEEK_END)
+        position = end
+        while position > 0:
+            start = max(0, position - 65536)
+            journal.seek(start)
+            newline = journal.read(position - start).rfind(b"\n")
+            if newline >= 0:
+                position = start + newline + 1
+                break
+            position = start
+        if position < end:
+            journal.truncate(position)
 
 
 def _restored(frozen) -> Trial:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from th_edit import strict_json
 from th_edit.errors import UserError
-from th_edit.export import check_creatable
+from th_edit.outputs import check_creatable, write_files
 
 OUTPUT_FILES = ("subspace.json", "subspace.png", "traversal.png", "crowding.png", "subspace.html")
 
@@ -91,41 +89,18 @@ def check_outputs(out: Path, force: bool) -> None:
 
 
 def write_outputs(record: Mapping, out: str | Path, force: bool = False) -> list[Path]:
-    """subspace.json, the three PNGs and the HTML in `out`: each rendered to a hidden temporary
-    file beside its target, and all renamed into place only once every one is complete."""
+    """subspace.json, the three PNGs and the HTML in `out`: all of them or (a full disk, an
+    error, Ctrl-C) none, and no directory made for them (outputs.write_files)."""
     from th_edit.subspace import plots
 
     out = Path(out)
     check_outputs(out, force)
-    out.mkdir(parents=True, exist_ok=True)
-    writers: dict[str, Callable[[Path], None]] = {
-        "subspace.json": lambda path: path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8"),
-        "subspace.png": lambda path: plots.save_figure(plots.projection_figure(record), path),
-        "traversal.png": lambda path: plots.save_figure(plots.traversal_figure(record), path),
-        "crowding.png": lambda path: plots.save_figure(plots.crowding_figure(record), path),
-        "subspace.html": lambda path: plots.write_html(record, path),
+    writers: dict[Path, Callable[[Path], object]] = {
+        out / "subspace.json": lambda path: path.write_text(strict_json.dumps(record, indent=1) + "\n", encoding="utf-8"),
+        out / "subspace.png": lambda path: plots.save_figure(plots.projection_figure(record), path),
+        out / "traversal.png": lambda path: plots.save_figure(plots.traversal_figure(record), path),
+        out / "crowding.png": lambda path: plots.save_figure(plots.crowding_figure(record), path),
+        out / "subspace.html": lambda path: plots.write_html(record, path),
     }
-    staged: dict[str, Path] = {}
-    try:
-        for name, write in writers.items():
-            handle, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=out)
-            os.close(handle)
-            staged[name] = Path(temporary)
-            write(staged[name])
-            staged[name].chmod(0o666 & ~_umask())
-        if not force:
-            appeared = [name for name in writers if (out / name).exists()]
-            if appeared:
-                raise UserError(f"{out}: {', '.join(appeared)} appeared while writing (pass --force to replace)")
-        for name, temporary in staged.items():
-            os.replace(temporary, out / name)
-    finally:
-        for temporary in staged.values():
-            temporary.unlink(missing_ok=True)
-    return [out / name for name in writers]
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    write_files(writers, force)
+    return list(writers)

@@ -8,11 +8,11 @@ the model must predict next. Generated prompts list `candidates` in order of fir
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from th_edit import strict_json
 from th_edit.errors import UserError
 from th_edit.readers import decode_json, read_text
 
@@ -80,7 +80,7 @@ def prompt_to_record(prompt: TaskPrompt) -> dict[str, object]:
 
 
 def write_jsonl(prompts: Iterable[TaskPrompt], path: str | Path) -> None:
-    lines = [json.dumps(prompt_to_record(p), ensure_ascii=False, allow_nan=False) + "\n" for p in prompts]
+    lines = [strict_json.dumps(prompt_to_record(p), ensure_ascii=False) + "\n" for p in prompts]
     Path(path).write_text("".join(lines), encoding="utf-8")
 
 
@@ -131,7 +131,7 @@ def _expect(record: dict, key: str, kind: type, description: str) -> None:
     value = record[key]
     # bool is a subclass of int, but `true` is never a valid count or position.
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise ValueError(f"'{key}' must be {description}, got {json.dumps(value)}")
+        raise ValueError(f"'{key}' must be {description}, got {strict_json.shown(value)}")
 
 
 def tasks_in(prompts: Sequence[TaskPrompt]) -> list[str]:
