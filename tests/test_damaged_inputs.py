@@ -366,6 +366,22 @@ def test_every_count_option_has_a_documented_maximum(llama, command, option, max
     assert f"<={maximum}]" in " ".join(help_text.split()), f"{command} --help does not show the maximum of {option}"
 
 
+@pytest.mark.parametrize("command", ["bench", "channels", "search", "subspace"])
+@pytest.mark.parametrize("value", ["-1", str(limits.MAX_SEED + 1)])
+def test_seeds_are_what_numpy_and_optuna_take(llama, command, value):
+    """A negative seed was a numpy/Optuna traceback in subspace and search."""
+    one_line_error(run(command, llama, "--seed", value), "Invalid value for '--seed'")
+
+
+@pytest.mark.parametrize("old, new, field", [("seed: 0", "seed: -1", "seed"),
+                                             ("seed: 0", "seed: 0\nbenchmark: {seed: 4294967296}", "benchmark.seed")])
+def test_recipe_seeds_are_bounded_too(llama, tmp_path, old, new, field):
+    recipe = write_recipe(tmp_path / "r.yaml", llama, edits=EDIT)
+    recipe.write_text(recipe.read_text().replace(old, new))
+    one_line_error(run("apply", recipe, "--out", tmp_path / "out"), f"{field} must be")
+    assert not (tmp_path / "out").exists()
+
+
 # ---- strict JSON --------------------------------------------------------------------------------
 
 

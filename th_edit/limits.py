@@ -16,6 +16,7 @@ MAX_HEADS = 1_000  # search --heads, channels --top
 MAX_SINGULAR_VALUES = 100_000  # inspect --top
 MAX_DIMS = 16  # subspace --dims
 MAX_GRID = 15  # subspace --grid: points per axis, up to 3 axes (15³ traversal points)
+MAX_SEED = 2**32 - 1  # --seed and a recipe's seeds: numpy and Optuna take seeds 0..2³²−1
 
 
 def digits_at_most(digits: str, maximum: int) -> int | None:

@@ -24,7 +24,7 @@ from th_edit import strict_json
 from th_edit.arch import Adapter
 from th_edit.checkpoint import parse_size
 from th_edit.errors import UserError
-from th_edit.limits import MAX_BATCH_SIZE, MAX_KL_TEXTS, MAX_PROMPTS
+from th_edit.limits import MAX_BATCH_SIZE, MAX_KL_TEXTS, MAX_PROMPTS, MAX_SEED
 from th_edit.readers import parse_yaml, read_text
 
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
@@ -102,7 +102,7 @@ class Benchmark(Strict):
     n_items: Annotated[list[Annotated[StrictInt, Field(ge=2, le=10)]], Field(min_length=1)] = [2, 3, 4, 5, 6, 7, 8]
     n_prompts: Annotated[StrictInt, Field(ge=1, le=MAX_PROMPTS)] = 50
     batch_size: Annotated[StrictInt, Field(ge=1, le=MAX_BATCH_SIZE)] = 16
-    seed: StrictInt | None = None  # default: the recipe's seed
+    seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] | None = None  # default: the recipe's seed
     kl: StrictBool = True  # the side effect on neutral text (false skips it: a third of the run)
     kl_texts: Annotated[StrictInt, Field(ge=1, le=MAX_KL_TEXTS)] | None = None  # that many neutral texts (default: all)
 
@@ -118,7 +118,7 @@ class Benchmark(Strict):
 
 class Recipe(Strict):
     base_model: str
-    seed: StrictInt = 0
+    seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] = 0
     description: str | None = None
     edits: Annotated[list[Edit], Field(min_length=1)]
     output: Output = Output()

@@ -9,7 +9,7 @@ import click
 
 from th_edit import bench, strict_json, ui
 from th_edit.apply import prepare_file
-from th_edit.commands.options import device_options
+from th_edit.commands.options import SEED, device_options
 from th_edit.errors import UserError
 from th_edit.limits import MAX_BATCH_SIZE, MAX_KL_TEXTS, MAX_PROMPTS, digits_at_most, shown_number
 from th_edit.models import DEFAULT_MODEL, context_length, load_config, load_tokenizer, resolve
@@ -105,7 +105,7 @@ def _same_vocabulary(first, second) -> bool:
               help=f"List lengths N for laundry: a range (2-8) or a list (2,3,5), each {MIN_ITEMS}..{MAX_ITEMS}.")
 @click.option("--n-prompts", type=click.IntRange(min=1, max=MAX_PROMPTS), default=200, show_default=True,
               help="Prompts per N (and IOI prompts).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated prompt set.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the generated prompt set.")
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Score the prompts in this JSONL file instead of generating them.")
 @click.option("--export-prompts", "export", type=click.Path(dir_okay=False, path_type=Path),

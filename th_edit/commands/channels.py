@@ -13,7 +13,7 @@ from th_edit.arch import adapter_for
 from th_edit.channels.composition import parse_pair
 from th_edit.channels.find import ChannelSettings, draft_edits, find_channels
 from th_edit.commands.bench import parse_n_items
-from th_edit.commands.options import device_options
+from th_edit.commands.options import SEED, device_options
 from th_edit.errors import UserError
 from th_edit.limits import MAX_HEADS, MAX_PROMPTS
 from th_edit.models import DEFAULT_MODEL, load_config, resolve
@@ -46,7 +46,7 @@ OUT_FILES = ("channels.json", "components.png", "mover-map.png", "weight-vs-data
 @click.option("--no-data-check", is_flag=True, help="Weights and roles only (no ablations).")
 @click.option("--draft-scale", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="Scale of the draft recipe's inhibition components.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Directory for channels.json, plots and "
               "draft-recipe.yaml.")
 @click.option("--json", "as_json", is_flag=True, help="Print channels.json on stdout instead of the summary.")

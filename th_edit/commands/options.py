@@ -5,6 +5,10 @@ from __future__ import annotations
 import click
 
 from th_edit.devices import DEVICES, DTYPES
+from th_edit.limits import MAX_SEED
+
+# --seed of every command: what numpy and Optuna accept (a negative seed was a traceback).
+SEED = click.IntRange(0, MAX_SEED)
 
 
 def device_options(command):

@@ -9,7 +9,7 @@ import click
 
 from th_edit import strict_json, ui
 from th_edit.commands.bench import parse_n_items
-from th_edit.commands.options import device_options
+from th_edit.commands.options import SEED, device_options
 from th_edit.errors import UserError
 from th_edit.limits import MAX_HEADS, MAX_PROMPTS, MAX_TRIALS
 from th_edit.models import DEFAULT_MODEL
@@ -38,7 +38,7 @@ from th_edit.session import load as load_session
 @click.option("--max-ioi-drop", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="Largest IOI accuracy drop, points.")
 @click.option("--trials", type=click.IntRange(min=1, max=MAX_TRIALS), default=60, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the sampler and the tuning prompts.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds the sampler and the tuning prompts.")
 @click.option("--tune-prompts", type=click.IntRange(min=2, max=MAX_PROMPTS), default=50, show_default=True,
               help="Tuning prompts per N.")
 @click.option("--held-out-prompts", type=click.IntRange(min=2, max=MAX_PROMPTS), default=200, show_default=True,

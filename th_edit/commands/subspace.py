@@ -9,7 +9,7 @@ import click
 from th_edit import strict_json, ui
 from th_edit.arch import adapter_for
 from th_edit.commands.bench import parse_n_items
-from th_edit.commands.options import device_options
+from th_edit.commands.options import SEED, device_options
 from th_edit.errors import UserError
 from th_edit.limits import MAX_BATCH_SIZE, MAX_DIMS, MAX_GRID, MAX_PROMPTS
 from th_edit.models import DEFAULT_MODEL, load_config, resolve
@@ -29,7 +29,7 @@ from th_edit.tasks.laundry import MAX_ITEMS, MIN_ITEMS
 @click.option("--n-items", default="2-8", show_default=True, help="List lengths N: a range (2-8) or a list (2,3,5).")
 @click.option("--n-prompts", type=click.IntRange(min=2, max=MAX_PROMPTS), default=40, show_default=True,
               help="Laundry prompts per N.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prompts (and of the statistics).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the prompts (and of the statistics).")
 @click.option("--traverse-n", type=click.IntRange(min=MIN_ITEMS, max=MAX_ITEMS),
               help="N of the traversal prompts (default: the largest N).")
 @click.option("--traverse-prompts", type=click.IntRange(min=1, max=MAX_PROMPTS), default=16, show_default=True,

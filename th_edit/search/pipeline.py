@@ -9,6 +9,7 @@ from pathlib import Path
 
 from th_edit import ui
 from th_edit.errors import UserError
+from th_edit.limits import MAX_SEED
 from th_edit.recipe import Benchmark, Edit, Output, Recipe
 from th_edit.search.attribution import ranked_by_attribution
 from th_edit.search.evaluate import TrialEvaluator, TrialScores
@@ -44,7 +45,7 @@ class SearchSettings:
 
     @property
     def held_out_seed(self) -> int:
-        return self.seed + HELD_OUT_SEED_OFFSET
+        return (self.seed + HELD_OUT_SEED_OFFSET) % (MAX_SEED + 1)  # another seed, within what numpy takes
 
 
 @dataclass
@@ -145,7 +146,7 @@ def recipe_of(report: SearchReport, base_model: str, output_dir: str | None = No
     chosen = report.chosen
     if chosen is None:
         return None
-    return Recipe(base_model=base_model, seed=report.settings.held_out_seed + 1,
+    return Recipe(base_model=base_model, seed=(report.settings.held_out_seed + 1) % (MAX_SEED + 1),
                   description=(f"Found by th-edit search (seed {report.settings.seed}, {len(report.result.trials)} "
                                f"trials): rescales {sum(len(e.components) for e in chosen.edits)} component(s) of channel heads "
                                "to improve recall from a list."),
