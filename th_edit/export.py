@@ -450,8 +450,7 @@ def side_files(base_dir: Path, root: Path, out_dtype: torch.dtype | None) -> dic
     gets the output dtype. The one place these files are produced (verify recomputes them)."""
     files = {}
     for name, source in side_file_sources(base_dir, root).items():
-        data = source.read_bytes()
-        _check_side_file(name, data, base_dir / name)  # checked when resolved; the file may have changed since
+        data = source.read_bytes()  # checked when the base was resolved (models.resolve: check_side_files)
         if name == "config.json" and out_dtype is not None:
             config = parse_json(data, base_dir / name)
             dtype_name = str(out_dtype).removeprefix("torch.")
