@@ -294,3 +294,19 @@ def test_output_under_a_file_is_refused_before_editing(bases, tmp_path):
     result = CliRunner().invoke(main, ["apply", str(recipe), "--out", str(blocker / "sub")])
     assert result.exit_code == 2 and "is not a directory" in result.output
     assert len(result.output.strip().splitlines()) == 1 and "σ" not in result.output  # refused before the edit table
+
+
+@pytest.mark.parametrize("scales, expected", [
+    ({1: 2.0}, [1]),  # its tied neighbour 2 keeps scale 1: which direction is "component 1" matters
+    ({2: 2.0}, [2]),
+    ({1: 2.0, 2: 2.0}, []),  # the whole tied pair scaled alike: the same edit in any basis of the pair
+    ({1: 2.0, 2: 3.0}, [1, 2]),
+    ({0: 2.0, 3: 0.5}, []),  # untied components
+    ({4: 2.0, 5: 2.0}, [4, 5]),  # a run of three (4, 5, 6): 6 is left at 1
+    ({4: 2.0, 5: 2.0, 6: 2.0}, []),
+])
+def test_near_tied_components_are_ambiguous_unless_their_whole_run_is_scaled_alike(scales, expected):
+    from th_edit.edit import ambiguous_components
+
+    singular_values = torch.tensor([9.0, 7.0, 7.0 * (1 - 1e-4), 5.0, 3.0, 3.0, 3.0 * (1 - 1e-5), 1.0])
+    assert ambiguous_components(scales, singular_values) == expected

@@ -107,7 +107,8 @@ def compute(prepared: Prepared) -> Computed:
         for k in report.ambiguous:
             warnings.append(
                 f"layer {report.layer} head {report.head} {report.circuit.upper()} component {k}: its singular value "
-                "is within 1e-3 (relative) of a neighbour's, so which direction index k names is not stable"
+                "is within 1e-3 (relative) of a neighbour's that the recipe scales differently, so which direction "
+                "index k names is not stable (scale the whole tied run alike to make the edit basis-independent)"
             )
     return Computed(result, cast, warnings)
 

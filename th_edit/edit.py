@@ -105,6 +105,25 @@ def group_edits(edits: list[Edit]) -> list[HeadEdit]:
     return [HeadEdit(*key, dict(sorted(scales.items())), tuple(origins[key])) for key, scales in sorted(grouped.items())]
 
 
+def ambiguous_components(scales: dict[int, float], singular_values: torch.Tensor) -> list[int]:
+    """The edited components whose direction the edit depends on but the SVD does not pin down:
+    those in a run of near-tied singular values (linalg.near_ties) whose members the edit does not
+    all scale alike (an unnamed one counts as scale 1). Within a tied run any rotation of the
+    singular vectors is an equally valid SVD, so scaling the whole run alike is the same edit
+    whatever basis the SVD picked, and needs no warning."""
+    tied = set(near_ties(singular_values))  # k in tied: components k and k+1 are near-tied
+    ambiguous = []
+    for k in scales:
+        start, end = k, k
+        while start - 1 in tied:
+            start -= 1
+        while end in tied:
+            end += 1
+        if len({scales.get(j, 1.0) for j in range(start, end + 1)}) > 1:
+            ambiguous.append(k)
+    return ambiguous
+
+
 def compute_edits(adapter: Adapter, source: TensorSource, edits: list[Edit],
                   decompositions: Decompositions | None = None) -> EditResult:
     """New float64 values of every parameter the edits touch, computed from `source`.
@@ -120,11 +139,10 @@ def compute_edits(adapter: Adapter, source: TensorSource, edits: list[Edit],
         layer, h, circuit = head_edit.layer, head_edit.head, head_edit.circuit
         svd = decompositions.head(layer, h, circuit)
         originals[(layer, h, circuit)] = svd
-        ties = near_ties(svd.S)
         reports.append(HeadReport(
             layer, h, circuit,
             [ComponentReport(k, a, float(svd.S[k]), a * float(svd.S[k])) for k, a in head_edit.scales.items()],
-            ambiguous=[k for k in head_edit.scales if k in ties or (k - 1) in ties],
+            ambiguous=ambiguous_components(head_edit.scales, svd.S),
         ))
         ks = list(head_edit.scales)
         coeffs = torch.tensor([head_edit.scales[k] - 1.0 for k in ks], dtype=torch.float64)
