@@ -367,6 +367,7 @@ def test_apply_benchmark_sizes_or_skips_the_neutral_text_kl(word_checkpoint, tmp
     kl = json.loads((tmp_path / "out" / "provenance.json").read_text())["benchmark"]["side_effects"]["neutral_kl"]
     assert (kl is None) if expected is None else kl["n_texts"] == expected
     assert ("KL not measured" in result.stdout) == (expected is None)
+    assert CliRunner().invoke(main, ["--quiet", "verify", str(tmp_path / "out")]).stdout.strip() == "ok"
 
 
 def test_verify_checks_the_recorded_benchmark_setup_against_the_recipe(word_checkpoint, tmp_path):
@@ -381,3 +382,12 @@ def test_verify_checks_the_recorded_benchmark_setup_against_the_recipe(word_chec
     (out / "provenance.json").write_text(json.dumps(record))
     result = CliRunner().invoke(main, ["--quiet", "verify", str(out)])
     assert result.exit_code == 1 and "benchmark.setup.n_prompts_per_n is 200, but the recipe asks for 4" in result.stderr
+    record["benchmark"]["setup"]["n_prompts_per_n"] = 4
+    record["benchmark"]["side_effects"]["neutral_kl"]["n_texts"] = 146  # claims the KL of every neutral text
+    (out / "provenance.json").write_text(json.dumps(record))
+    result = CliRunner().invoke(main, ["--quiet", "verify", str(out)])
+    assert result.exit_code == 1 and "neutral_kl.n_texts is 146, but the recipe asks for at most 3" in result.stderr
+    record["benchmark"]["side_effects"]["neutral_kl"] = None  # a KL the recipe asked for, gone
+    (out / "provenance.json").write_text(json.dumps(record))
+    result = CliRunner().invoke(main, ["--quiet", "verify", str(out)])
+    assert result.exit_code == 1 and "neutral_kl is missing, but the recipe asks for it" in result.stderr

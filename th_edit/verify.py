@@ -100,8 +100,24 @@ def _compare_benchmark_setup(recorded: object, recipe: Recipe) -> list[str]:
                 "n_prompts_per_n": settings.n_prompts, "batch_size": settings.batch_size}
     if "laundry" in settings.tasks:
         expected["n_items"] = list(dict.fromkeys(settings.n_items))
-    return [f"provenance.json: benchmark.setup.{key} is {setup.get(key)!r}, but the recipe asks for {value!r}"
-            for key, value in expected.items() if setup.get(key) != value]
+    problems = [f"provenance.json: benchmark.setup.{key} is {setup.get(key)!r}, but the recipe asks for {value!r}"
+                for key, value in expected.items() if setup.get(key) != value]
+    return problems + _compare_kl_setup(recorded.get("side_effects"), settings.kl, settings.kl_texts)
+
+
+def _compare_kl_setup(side_effects: object, measured: bool, texts: int | None) -> list[str]:
+    """The neutral-text KL is there exactly when the recipe asks for it, on at most `kl_texts` texts."""
+    kl = side_effects.get("neutral_kl") if isinstance(side_effects, dict) else None
+    if not measured:
+        return [] if kl is None else ["provenance.json: benchmark.side_effects.neutral_kl is recorded, but the recipe "
+                                      "has benchmark.kl: false"]
+    if not isinstance(kl, dict):
+        return ["provenance.json: benchmark.side_effects.neutral_kl is missing, but the recipe asks for it"]
+    n_texts = kl.get("n_texts")
+    if texts is not None and not (isinstance(n_texts, int) and 0 < n_texts <= texts):
+        return [f"provenance.json: benchmark.side_effects.neutral_kl.n_texts is {n_texts!r}, but the recipe asks for "
+                f"at most {texts} (benchmark.kl_texts)"]
+    return []
 
 
 def _check_files(out_dir: Path, record: dict, recipe_text: str, derived: dict[str, bytes]) -> list[str]:
