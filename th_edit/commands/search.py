@@ -22,6 +22,11 @@ from th_edit.search.space import candidates_from_channels
 from th_edit.session import load as load_session
 
 
+# Heads per role of the channel analysis a search runs itself (without --channels): at least this
+# many, more when --heads asks for more candidates.
+FRESH_TOP = 5
+
+
 @click.command("search")
 @click.argument("model", default=DEFAULT_MODEL)
 @click.option("--kind", type=click.Choice(["inhibition"]), default="inhibition", show_default=True,
@@ -105,7 +110,9 @@ def _channel_candidates(session, kind: str, channels: object | None, seed: int, 
 
     if channels is not None:
         return candidates_from_channels(channels, kind, max_heads), draft_edits(channels)
-    # Wider than `th-edit channels`' default (more senders and movers, every z-outlier whatever its
-    # share of the composition), weights and roles only: the search itself is the test on data.
-    record = find_channels(session, (kind,), ChannelSettings(seed=seed, top=5, min_share=0.0, data_check=False)).as_dict()
+    # Wider than `th-edit channels`' default (as many senders and movers as --heads asks for, at
+    # least FRESH_TOP; every z-outlier whatever its share of the composition), weights and roles
+    # only: the search itself is the test on data.
+    settings = ChannelSettings(seed=seed, top=max(FRESH_TOP, max_heads), min_share=0.0, data_check=False)
+    record = find_channels(session, (kind,), settings).as_dict()
     return candidates_from_channels(record, kind, max_heads), draft_edits(record)
