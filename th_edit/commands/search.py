@@ -21,7 +21,6 @@ from th_edit.search.report import held_out_table, plot_frontier
 from th_edit.search.space import candidates_from_channels
 from th_edit.session import load as load_session
 
-
 # Heads per role of the channel analysis a search runs itself (without --channels): at least this
 # many, more when --heads asks for more candidates.
 FRESH_TOP = 5
