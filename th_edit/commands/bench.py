@@ -13,7 +13,7 @@ from th_edit.commands.options import SEED, device_options
 from th_edit.errors import UserError
 from th_edit.limits import MAX_BATCH_SIZE, MAX_KL_TEXTS, MAX_PROMPTS, digits_at_most, shown_number
 from th_edit.models import DEFAULT_MODEL, context_length, load_config, load_tokenizer, resolve
-from th_edit.outputs import atomic_files, check_new_file, write_files
+from th_edit.outputs import check_new_file, write_files
 from th_edit.session import load as load_session
 from th_edit.tasks.laundry import MAX_ITEMS, MIN_ITEMS
 from th_edit.tasks.prompts import TASKS, TaskPrompt, read_jsonl, write_jsonl
@@ -140,8 +140,7 @@ def bench_command(ctx: click.Context, model: str, task: str, n_items: str, n_pro
     tokenizer = load_tokenizer(resolved)
     prompts, setup = _load_prompts(tokenizer, tasks, prompts_file, n_items, n_prompts, seed)
     if export is not None:
-        with atomic_files([export], force) as (partial,):
-            write_jsonl(prompts, partial)
+        write_files({export: lambda path: write_jsonl(prompts, path)}, force)
         ui.info(f"wrote {len(prompts)} prompts to {export}")
         return
     # The tokenizer and the configs alone can tell whether every prompt is scorable: a bad prompt
@@ -191,6 +190,7 @@ def _write_outputs(report: dict, out: Path, force: bool) -> None:
     """bench.json and its plot: both or neither (a full disk leaves no half of them)."""
     from th_edit.plots import plot_accuracy  # matplotlib is slow to import; only --out needs it
 
-    write_files({out / "bench.json": lambda path: path.write_text(strict_json.dumps(report, indent=2) + "\n"),
-                 out / "accuracy.png": lambda path: plot_accuracy(report, path)}, force)
-    ui.info(f"wrote {out / 'bench.json'} and {out / 'accuracy.png'}")
+    report_path, plot_path = (out / name for name in OUT_FILES)
+    write_files({report_path: lambda path: path.write_text(strict_json.dumps(report, indent=2) + "\n"),
+                 plot_path: lambda path: plot_accuracy(report, path)}, force)
+    ui.info(f"wrote {report_path} and {plot_path}")
