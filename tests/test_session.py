@@ -391,3 +391,70 @@ def test_verify_checks_the_recorded_benchmark_setup_against_the_recipe(word_chec
     (out / "provenance.json").write_text(json.dumps(record))
     result = CliRunner().invoke(main, ["--quiet", "verify", str(out)])
     assert result.exit_code == 1 and "neutral_kl is missing, but the recipe asks for it" in result.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# One edit computation (th_edit.edit.plan_edit) for apply and the API
+
+
+def _tied_session() -> tuple[Session, float]:
+    """A llama session whose layer 1 head 0 OV has components 0 and 1 tied: component 0 was scaled
+    onto component 1's singular value for good."""
+    session = Session(tiny_model("llama"))
+    s = session.svd(1, 0, "ov").S
+    session.apply([Edit(layer=1, head=0, circuit="ov", components=[0], scale=float(s[1] / s[0]))])
+    return session, float(s[1])
+
+
+@pytest.mark.parametrize("measure", [True, False])
+def test_the_api_warns_about_near_tied_components_as_apply_does(measure, capsys):
+    session, _ = _tied_session()
+    capsys.readouterr()
+    tied = session.compute([Edit(layer=1, head=0, circuit="ov", components=[0], scale=2.0)], measure=measure)
+    assert [w for w in tied.warnings if "layer 1 head 0 OV component 0" in w and "not stable" in w]
+    with session.edited([Edit(layer=1, head=0, circuit="ov", components=[0], scale=2.0)]):
+        pass
+    assert "not stable" in capsys.readouterr().err
+    # Scaling the whole tied run alike is the same edit in any basis: no warning.
+    alike = session.compute([Edit(layer=1, head=0, circuit="ov", components=[0, 1], scale=2.0)], measure=measure)
+    assert not [w for w in alike.warnings if "not stable" in w]
+
+
+def test_apply_and_the_api_share_one_edit_computation(tmp_path):
+    from th_edit.apply import compute, prepare_file
+
+    base = tiny_checkpoint(tmp_path / "base", "llama")
+    prepared = prepare_file(recipe_file(tmp_path / "r.yaml", base))
+    checkpoint = compute(prepared)
+    live = Session(AutoModelForCausalLM.from_pretrained(base)).compute(parse_recipe(
+        (tmp_path / "r.yaml").read_text(), "r.yaml"))
+    assert type(checkpoint) is type(live)
+    assert checkpoint.values.keys() == live.values.keys()
+    for name in checkpoint.values:
+        assert torch.equal(checkpoint.values[name], live.values[name])
+    assert [r.as_dict() for r in checkpoint.reports] == [r.as_dict() for r in live.reports]
+
+
+def test_reports_come_in_recipe_order():
+    session = Session(tiny_model("llama"))
+    edits = [Edit(layer=2, head=3, circuit="ov", components=[1], scale=2.0),
+             Edit(layer=0, head=1, circuit="qk", components=[0], scale=0.5),
+             Edit(layer=2, head=0, circuit="ov", components=[0], scale=3.0)]
+    computed = session.compute(edits)
+    assert [(r.layer, r.head, r.circuit) for r in computed.reports] == [(2, 3, "ov"), (0, 1, "qk"), (2, 0, "ov")]
+    assert computed.reports[0].components[0].target == pytest.approx(2.0 * float(session.svd(2, 3, "ov").S[1]))
+
+
+def test_a_report_made_inside_an_edited_block_says_the_model_is_edited():
+    session = Session(tiny_model("llama"), reference="tiny")
+    assert session.label == "tiny" and not session.is_edited
+    with session.edited([Edit(layer=1, head=0, circuit="ov", components=[0], scale=2.0)]):
+        assert session.is_edited and session.label == "tiny (edited)"
+    assert session.label == "tiny"
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), -1.0])
+def test_a_bad_edit_built_in_python_is_a_one_line_user_error(scale):
+    with pytest.raises(th_edit.UserError) as caught:
+        Edit(layer=0, head=0, circuit="ov", components=[0], scale=scale)
+    assert "\n" not in str(caught.value) and str(caught.value).startswith("Edit: scale ")

@@ -13,7 +13,7 @@ from th_edit import strict_json, ui
 from th_edit.arch import Adapter, adapter_for
 from th_edit.card import model_card, provenance, publishable_recipe, scrub
 from th_edit.checkpoint import CheckpointTensors, sha256_file
-from th_edit.edit import EditResult, Overlay, cast_for_output, compute_edits, measure_realized, untouched_warnings
+from th_edit.edit import EditPlan, plan_edit
 from th_edit.errors import UserError
 from th_edit.export import (
     BENCHMARK_PLOT,
@@ -53,13 +53,7 @@ class Prepared:
         return ", ".join(sorted(str(d).removeprefix("torch.") for d in stored))
 
 
-@dataclass
-class Computed:
-    """The edit, cast to the output dtype, with realized singular values measured."""
-
-    result: EditResult
-    cast: dict[str, torch.Tensor]  # parameter name -> tensor as it will be written
-    warnings: list[str] = field(default_factory=list)
+Computed = EditPlan  # the edit as the checkpoint will hold it (th_edit.edit.plan_edit)
 
 
 def resolve_base(reference: str, source: str) -> ResolvedModel:
@@ -96,21 +90,11 @@ def prepare_file(path: Path) -> Prepared:
     return Prepared(validated.recipe, text, source, base, adapter, base.tensors())
 
 
-def compute(prepared: Prepared) -> Computed:
+def compute(prepared: Prepared) -> EditPlan:
+    """The recipe's edit of the stored weights, cast to the output dtype, measured, with its warnings."""
     tensors = prepared.tensors
-    result = compute_edits(prepared.adapter, tensors, prepared.recipe.edits)
-    stored = {name: tensors.entry(name).torch_dtype for name in result.tensors}
-    cast, warnings = cast_for_output(result, stored, prepared.out_dtype)
-    measure_realized(prepared.adapter, Overlay(tensors, cast, prepared.out_dtype), result)
-    warnings += untouched_warnings(result)
-    for report in result.reports:
-        for k in report.ambiguous:
-            warnings.append(
-                f"layer {report.layer} head {report.head} {report.circuit.upper()} component {k}: its singular value "
-                "is within 1e-3 (relative) of a neighbour's that the recipe scales differently, so which direction "
-                "index k names is not stable (scale the whole tied run alike to make the edit basis-independent)"
-            )
-    return Computed(result, cast, warnings)
+    return plan_edit(prepared.adapter, tensors, prepared.recipe.edits, lambda name: tensors.entry(name).torch_dtype,
+                     prepared.out_dtype)
 
 
 @dataclass
@@ -135,13 +119,12 @@ def run_benchmark(prepared: Prepared, computed: Computed) -> BenchmarkRun:
     """The recipe's `benchmark:` section: paired before/after on identical prompts, plus KL. The
     "after" side swaps in exactly the tensors that will be written."""
     from th_edit import bench
-    from th_edit.session import ComputedEdit
 
     settings = prepared.recipe.benchmark
     assert settings is not None
     session = benchmark_session(prepared)
     seed = prepared.recipe.seed if settings.seed is None else settings.seed
-    report = bench.paired(session, ComputedEdit(computed.result, computed.cast), settings.tasks, settings.n_items,
+    report = bench.paired(session, computed, settings.tasks, settings.n_items,
                           settings.n_prompts, seed, settings.batch_size, kl=settings.kl, kl_texts=settings.kl_texts,
                           extra_setup={"weights": prepared.out_dtype_name, "compute": "float32"}, keep_base_logits=False)
     return BenchmarkRun(report, report.text)

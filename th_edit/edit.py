@@ -17,6 +17,7 @@ Everything is computed in float64; the caller casts to the checkpoint's dtype.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -163,6 +164,10 @@ def compute_edits(adapter: Adapter, source: TensorSource, edits: list[Edit],
         written.append((head_edit, slot))
 
     deltas = {name: tensor - source.get(name).to(torch.float64) for name, tensor in new.items()}
+    # Computed head by head in (layer, head, circuit) order; reported in the recipe's order, so that
+    # `edit.reports[i]` is about the recipe's i-th head (the head of its first edit).
+    order = {(e.layer, e.head, e.circuit): e.edit_indices[0] for e in group_edits(edits)}
+    reports.sort(key=lambda r: order[(r.layer, r.head, r.circuit)])
     return EditResult(new, reports, deltas, originals, written)
 
 
@@ -223,6 +228,51 @@ def _gain_along(weights, circuit: str, head: int, v: torch.Tensor) -> float:
     if circuit == "ov":  # ‖OV' v‖ with OV' = W_V W_O
         return float((weights.W_V[head] @ (weights.W_O[head] @ v)).norm())
     return float((weights.W_Q[head] @ (weights.W_K[head].T @ v)).norm())
+
+
+def ambiguity_warnings(result: EditResult) -> list[str]:
+    """One line per edited component whose direction the SVD does not pin down (ambiguous_components).
+    Needs no measuring: it is known from the singular values before the edit."""
+    return [f"layer {r.layer} head {r.head} {r.circuit.upper()} component {k}: its singular value is within 1e-3 "
+            "(relative) of a neighbour's that the recipe scales differently, so which direction index k names is "
+            "not stable (scale the whole tied run alike to make the edit basis-independent)"
+            for r in result.reports for k in r.ambiguous]
+
+
+@dataclass
+class EditPlan:
+    """An edit computed, cast and (optionally) measured, with every warning about it: the one plan
+    that both sinks take — the checkpoint writer (`th_edit.apply.write`) and a live model
+    (`Session.edited` / `Session.apply`, benchmarks, search)."""
+
+    result: EditResult
+    values: dict[str, torch.Tensor]  # parameter name -> new value as it will be written / swapped in
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def reports(self) -> list[HeadReport]:
+        return self.result.reports
+
+    @property
+    def cast(self) -> dict[str, torch.Tensor]:
+        """The values as the checkpoint writer calls them (cast to the output dtype)."""
+        return self.values
+
+
+def plan_edit(adapter: Adapter, source: TensorSource, edits: list[Edit], stored_dtype: Callable[[str], torch.dtype],
+              out_dtype: torch.dtype | None = None, *, decompositions: Decompositions | None = None,
+              measure: bool = True) -> EditPlan:
+    """The one edit computation: new float64 values from `source`, cast to `out_dtype` (None: each
+    parameter's `stored_dtype`), realized singular values measured from the cast values (`measure`;
+    a search skips it for speed), and the warnings: cast losses, untouched components that moved
+    (only when measured) and near-tied components (always)."""
+    result = compute_edits(adapter, source, edits, decompositions)
+    values, warnings = cast_for_output(result, {name: stored_dtype(name) for name in result.tensors}, out_dtype)
+    if measure:
+        measure_realized(adapter, Overlay(source, values, out_dtype), result)
+        warnings += untouched_warnings(result)
+    warnings += ambiguity_warnings(result)
+    return EditPlan(result, values, warnings)
 
 
 class Overlay:

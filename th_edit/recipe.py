@@ -34,7 +34,21 @@ OUTPUT_DTYPES = ("keep", "float32", "bfloat16", "float16")
 MAX_SCALE = 100.0
 
 
-class Strict(BaseModel):
+class _UserErrorOnCall(type(BaseModel)):
+    """Built in Python (`Edit(scale=nan)`, the API), a bad value is the user's input like a bad recipe
+    line: one UserError line naming each field, not pydantic's multi-line ValidationError. Only the
+    call is wrapped (a metaclass, not __init__, which pydantic would also run inside model_validate,
+    where a recipe file's problems are collected all at once)."""
+
+    def __call__(cls, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except ValidationError as exc:
+            problems = "; ".join(f"{field_path(e['loc'])} {_describe(e)}" for e in exc.errors())
+            raise UserError(f"{cls.__name__}: {problems}") from None
+
+
+class Strict(BaseModel, metaclass=_UserErrorOnCall):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 

@@ -20,7 +20,7 @@ from th_edit import ui
 from th_edit.arch import Adapter, ArchInfo, LayerWeights, adapter_for
 from th_edit.decompose import Decompositions
 from th_edit.devices import input_device, placement, torch_dtype
-from th_edit.edit import EditResult, HeadReport, Overlay, cast_for_output, compute_edits, measure_realized, untouched_warnings
+from th_edit.edit import EditPlan, plan_edit
 from th_edit.linalg import HeadSVD
 from th_edit.params import LiveParameters
 from th_edit.recipe import Edit, Recipe
@@ -28,17 +28,9 @@ from th_edit.recipe import Edit, Recipe
 T = TypeVar("T")
 
 
-@dataclass
-class ComputedEdit:
-    """An edit computed for one loaded model: the new parameter values in the model's dtypes."""
-
-    result: EditResult
-    values: dict[str, torch.Tensor]  # parameter name -> new value (CPU, the parameter's dtype)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def reports(self) -> list[HeadReport]:
-        return self.result.reports
+# An edit computed for one loaded model: the new parameter values in the model's dtypes
+# (th_edit.edit.plan_edit, the same computation as `apply`'s).
+ComputedEdit = EditPlan
 
 
 def _edits_of(recipe: Recipe | Sequence[Edit]) -> list[Edit]:
@@ -106,6 +98,16 @@ class Session:
     # ---- what the model is ---------------------------------------------------------------------
 
     @property
+    def is_edited(self) -> bool:
+        """True inside an `edited` block: the model runs with the edit swapped in."""
+        return self._edit_active
+
+    @property
+    def label(self) -> str:
+        """The reference as reports name the model: marked when it runs edited."""
+        return f"{self.reference} (edited)" if self._edit_active else self.reference
+
+    @property
     def info(self) -> ArchInfo:
         return self.adapter.info()
 
@@ -162,13 +164,8 @@ class Session:
 
         edits = _edits_of(recipe)
         check_against_model(Recipe.model_construct(edits=edits), self.adapter, "recipe")
-        result = compute_edits(self.adapter, self.parameters, edits, self.decompositions)
-        dtypes = {name: self.parameters.dtype(name) for name in result.tensors}
-        values, warnings = cast_for_output(result, dtypes, None)
-        if measure:
-            measure_realized(self.adapter, Overlay(self.parameters, values), result)
-            warnings += untouched_warnings(result)
-        return ComputedEdit(result, values, warnings)
+        return plan_edit(self.adapter, self.parameters, edits, self.parameters.dtype, decompositions=self.decompositions,
+                         measure=measure)
 
     @contextmanager
     def swapped(self, values: Mapping[str, torch.Tensor]) -> Iterator[None]:
@@ -211,7 +208,11 @@ class Session:
         """The model with the edit swapped in only while it runs (for paired benchmarks)."""
         if recipe is None:
             return Variant(self.model)
-        computed = recipe if isinstance(recipe, ComputedEdit) else self.compute(recipe, measure=False)
+        if isinstance(recipe, ComputedEdit):
+            return Variant(self.model, recipe.values)  # its warnings went to whoever computed it
+        computed = self.compute(recipe, measure=False)
+        for message in computed.warnings:
+            ui.warn(message)
         return Variant(self.model, computed.values)
 
 

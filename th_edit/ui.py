@@ -53,6 +53,14 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+def warn_new(messages: Iterable[str], shown: set[str]) -> None:
+    """Warn each message not in `shown` yet (and remember it): for loops over many similar edits."""
+    for message in messages:
+        if message not in shown:
+            shown.add(message)
+            warn(message)
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> list[str]:
     """Aligned plain-text columns: the first `left` columns left-aligned, the rest right-aligned."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]

@@ -51,7 +51,7 @@ def run(session: Session, tasks: Sequence[str] = TASKS, n_items: Sequence[int] =
     """Score `session`'s model as it is now (inside an `edited` block: the edited model)."""
     prompts, setup = _prompts(session, tasks, n_items, n_prompts, seed, prompts)
     tokenized = tokenize_prompts(_tokenizer(session), prompts, max_length=session.max_length)
-    return run_single(session.model, _tokenizer(session), prompts, model_info={"reference": session.reference},
+    return run_single(session.model, _tokenizer(session), prompts, model_info={"reference": session.label},
                       setup={**setup, "batch_size": batch_size}, batch_size=batch_size, tokenized=tokenized)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from th_edit import ui
 from th_edit.bench.aggregate import compare
 from th_edit.recipe import Edit
 from th_edit.search.evaluate import TrialEvaluator
@@ -48,6 +49,8 @@ class HeldOut:
 def evaluate_held_out(session: Session, evaluator: TrialEvaluator, label: str, kind: str,
                       edits: Sequence[Edit]) -> HeldOut:
     edit = session.compute(list(edits), measure=False)
+    for message in edit.warnings:
+        ui.warn(f"{label}: {message}")
     after = evaluator.prompt_scores(edit)
     kl = evaluator.kl_of(edit) if evaluator.texts else None
     paired = compare(evaluator.prompts, evaluator.base_prompt_scores, after)

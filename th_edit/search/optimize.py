@@ -87,6 +87,7 @@ def run_search(session: Session, evaluator: TrialEvaluator, candidates: Sequence
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     result = SearchResult()
     base = evaluator.base
+    warned: set[str] = set()  # a warning about an edit (a near-tied component, say) is shown once per search
 
     def objective(trial) -> float:
         edits = edits_for(choices_of(trial, candidates))
@@ -94,6 +95,7 @@ def run_search(session: Session, evaluator: TrialEvaluator, candidates: Sequence
             scores, stage = base, "full"
         else:
             edit = session.compute(edits, measure=False)
+            ui.warn_new(edit.warnings, warned)
             scores, stage = evaluator.evaluate(edit, quick=True), "quick"
             quick_base = evaluator.quick_base
             if _worth_full(scores, quick_base, limits):
