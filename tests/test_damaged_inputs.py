@@ -19,7 +19,7 @@ from tiny import tiny_model
 from th_edit import limits, models, strict_json
 from th_edit.checkpoint import read_header
 from th_edit.cli import main
-from th_edit.commands.bench import parse_n_items
+from th_edit.commands.options import parse_n_items
 from th_edit.errors import UserError
 from th_edit.tasks.prompts import read_jsonl
 

@@ -11,6 +11,8 @@ matplotlib.use("Agg")  # no display on servers and in CI; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from th_edit.tasks import registry  # noqa: E402
+
 # IOI also has two candidates, but it is another task: it gets its own column, this far to the
 # right of the largest laundry N, instead of sitting on top of laundry N=2.
 IOI_GAP = 1.5
@@ -24,9 +26,17 @@ def _series(report: Mapping) -> list[tuple[str, Mapping]]:
     return [(str(report["model"].get("reference", "model")), report["results"])]
 
 
+def _list_tasks(series: Sequence[tuple[str, Mapping]]) -> tuple[list[str], list[str]]:
+    """The tasks present in the report: list-recall tasks (curves over N), then fixed-N tasks
+    (IOI: a column of its own right of the curves), each in registration order."""
+    present = registry.in_order({task for _, results in series for task in results})
+    return ([t for t in present if registry.get(t).list_recall], [t for t in present if not registry.get(t).list_recall])
+
+
 def _laundry_ns(series: Sequence[tuple[str, Mapping]]) -> list[int]:
-    return sorted({row["n_items"] for _, results in series if "laundry" in results
-                   for row in results["laundry"]["by_n"]})
+    lists, _ = _list_tasks(series)
+    return sorted({row["n_items"] for _, results in series for task in lists if task in results
+                   for row in results[task]["by_n"]})
 
 
 def _errorbar(axes, x: float, rows: Sequence[Mapping], **style) -> None:
@@ -41,19 +51,20 @@ def accuracy_figure(report: Mapping) -> Figure:
     figure, axes = plt.subplots(figsize=(6.4, 4.4))
     series = _series(report)
     ns = _laundry_ns(series)
-    ioi_x = ns[-1] + IOI_GAP if ns else 0.0
+    lists, fixed = _list_tasks(series)
+    column_x = {task: (ns[-1] if ns else 0.0) + IOI_GAP * (i + (1 if ns else 0)) for i, task in enumerate(fixed)}
     for index, (label, results) in enumerate(series):
         # Offset the runs a little so overlapping error bars stay readable.
         shift = 0.06 * (index - 0.5) * (len(series) > 1)
         style = {"color": f"C{index}"}
-        if "laundry" in results:
-            rows = results["laundry"]["by_n"]
-            _errorbar(axes, [row["n_items"] + shift for row in rows], rows, marker="o", linestyle="-",
-                      label=f"laundry: {label}", **style)
-        if "ioi" in results:
-            _errorbar(axes, [ioi_x + shift], [results["ioi"]["overall"]], marker="s", linestyle="none",
-                      label=f"ioi: {label}", **style)
-    _draw_chance_and_ticks(axes, ns, ioi_x if any("ioi" in results for _, results in series) else None)
+        for number, task in enumerate(t for t in lists if t in results):
+            rows = results[task]["by_n"]
+            _errorbar(axes, [row["n_items"] + shift for row in rows], rows, marker="o^vD"[number % 4],
+                      linestyle=("-", "--", "-.", ":")[number % 4], label=f"{task}: {label}", **style)
+        for task in (t for t in fixed if t in results):
+            _errorbar(axes, [column_x[task] + shift], [results[task]["overall"]], marker="s", linestyle="none",
+                      label=f"{task}: {label}", **style)
+    _draw_chance_and_ticks(axes, ns, column_x)
     axes.set_xlabel("N (items in the list)")
     axes.set_ylabel("candidate accuracy")
     axes.set_ylim(0, 1.02)
@@ -64,18 +75,19 @@ def accuracy_figure(report: Mapping) -> Figure:
     return figure
 
 
-def _draw_chance_and_ticks(axes, ns: Sequence[int], ioi_x: float | None) -> None:
-    """Chance level (1/N, and 1/2 for IOI's two names) and x ticks: each N, then "IOI"."""
+def _draw_chance_and_ticks(axes, ns: Sequence[int], columns: Mapping[str, float]) -> None:
+    """Chance level (1/N, and 1/N of each fixed-N task: IOI's two names) and x ticks: each N, then
+    a column per fixed-N task ("IOI")."""
     ticks: list[float] = list(ns)
     labels = [str(n) for n in ns]
     if ns:
         axes.plot(ns, [1 / n for n in ns], color="gray", linestyle=":", label="chance (1/N)")
-    if ioi_x is not None:
-        axes.hlines(0.5, ioi_x - 0.3, ioi_x + 0.3, color="gray", linestyle=":")
-        if ns:  # a rule between the laundry curve and the IOI column
-            axes.axvline((ns[-1] + ioi_x) / 2, color="gray", linewidth=0.8)
-        ticks.append(ioi_x)
-        labels.append("IOI")
+    for number, (task, x) in enumerate(columns.items()):
+        axes.hlines(1 / registry.get(task).fixed_n_items, x - 0.3, x + 0.3, color="gray", linestyle=":")
+        if ns and number == 0:  # a rule between the list curves and the fixed-N columns
+            axes.axvline((ns[-1] + x) / 2, color="gray", linewidth=0.8)
+        ticks.append(x)
+        labels.append(task.upper())
     axes.set_xticks(ticks, labels)
 
 

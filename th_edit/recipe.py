@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
 
 from th_edit import strict_json
 from th_edit.arch import Adapter
@@ -26,8 +26,18 @@ from th_edit.checkpoint import parse_size
 from th_edit.errors import UserError
 from th_edit.limits import MAX_BATCH_SIZE, MAX_KL_TEXTS, MAX_PROMPTS, MAX_SEED
 from th_edit.readers import parse_yaml, read_text
+from th_edit.tasks import registry
 
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
+
+
+def _registered_task(name: str) -> str:
+    if name not in registry.names():
+        raise ValueError(f"must be one of {', '.join(repr(n) for n in registry.names())}")
+    return name
+
+
+TaskName = Annotated[str, AfterValidator(_registered_task)]
 OUTPUT_DTYPES = ("keep", "float32", "bfloat16", "float16")
 # Largest scale a recipe may ask for. Useful edits are within ~0.25-4; 100 leaves room to explore
 # while keeping the edited component from swamping the head in a 16-bit output dtype.
@@ -112,7 +122,7 @@ class Output(Strict):
 class Benchmark(Strict):
     """Before/after benchmark run by `apply` (see `th-edit bench`); n_prompts is per N (and for IOI)."""
 
-    tasks: list[Literal["laundry", "ioi"]] = ["laundry", "ioi"]
+    tasks: list[TaskName] = Field(default_factory=lambda: list(registry.default_names()))
     n_items: Annotated[list[Annotated[StrictInt, Field(ge=2, le=10)]], Field(min_length=1)] = [2, 3, 4, 5, 6, 7, 8]
     n_prompts: Annotated[StrictInt, Field(ge=1, le=MAX_PROMPTS)] = 50
     batch_size: Annotated[StrictInt, Field(ge=1, le=MAX_BATCH_SIZE)] = 16

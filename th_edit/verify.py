@@ -22,6 +22,7 @@ from th_edit.export import LOCAL_RECORD, OWN_FILES, PROVENANCE_FILE, RECIPE_FILE
 from th_edit.models import ResolvedModel
 from th_edit.readers import decode_json, read_json, read_text
 from th_edit.recipe import Recipe, parse_recipe
+from th_edit.tasks import registry
 
 REL_TOL = 1e-9  # the same computation on the same inputs: anything more is a real difference
 
@@ -98,7 +99,7 @@ def _compare_benchmark_setup(recorded: object, recipe: Recipe) -> list[str]:
         return ["provenance.json: benchmark.setup is missing"]
     expected = {"tasks": list(settings.tasks), "seed": recipe.seed if settings.seed is None else settings.seed,
                 "n_prompts_per_n": settings.n_prompts, "batch_size": settings.batch_size}
-    if "laundry" in settings.tasks:
+    if any(registry.get(task).list_recall for task in settings.tasks):
         expected["n_items"] = list(dict.fromkeys(settings.n_items))
     problems = [f"provenance.json: benchmark.setup.{key} is {setup.get(key)!r}, but the recipe asks for {value!r}"
                 for key, value in expected.items() if setup.get(key) != value]

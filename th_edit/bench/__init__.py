@@ -24,9 +24,11 @@ from th_edit.bench.tokens import Tokenized, candidate_token_ids, tokenize_prompt
 from th_edit.errors import UserError
 from th_edit.recipe import Edit, Recipe
 from th_edit.session import ComputedEdit, Session, Variant, swapped_parameters
-from th_edit.tasks import TASKS, TaskPrompt
+from th_edit.tasks import TASKS, TaskPrompt, registry
+from th_edit.tasks.ioi import IOI
+from th_edit.tasks.laundry import LAUNDRY
 from th_edit.tasks.neutral import NeutralSet, neutral_set
-from th_edit.tasks.sets import build_prompts, lexicon_record
+from th_edit.tasks.sets import build_prompts, lexicon_record, setup_record
 
 DEFAULT_N_ITEMS = (2, 3, 4, 5, 6, 7, 8)
 # `paired` keeps the unedited model's logits on the neutral texts in its session up to this size
@@ -40,9 +42,7 @@ def prompt_set(session: Session, tasks: Sequence[str] = TASKS, n_items: Sequence
     """Generated prompts for `session`'s tokenizer and the setup record that describes them."""
     prompts = build_prompts(_tokenizer(session), tasks, n_items, n_prompts, seed)
     setup: dict[str, object] = {"tasks": list(tasks), "prompts": "generated", "seed": seed, "n_prompts_per_n": n_prompts}
-    if "laundry" in tasks:
-        setup["n_items"] = list(dict.fromkeys(n_items))
-        setup["laundry_lexicon"] = lexicon_record(_tokenizer(session))
+    setup.update(setup_record(_tokenizer(session), tasks, n_items))
     return prompts, setup
 
 
@@ -58,12 +58,12 @@ def run(session: Session, tasks: Sequence[str] = TASKS, n_items: Sequence[int] =
 def laundry(session: Session, n_items: Sequence[int] = DEFAULT_N_ITEMS, n_prompts: int = 200, seed: int = 0,
             batch_size: int = 16) -> Report:
     """Laundry-list candidate/top-1 accuracy and logit difference per N and per answer position."""
-    return run(session, ("laundry",), n_items, n_prompts, seed, batch_size)
+    return run(session, (LAUNDRY.name,), n_items, n_prompts, seed, batch_size)
 
 
 def ioi(session: Session, n_prompts: int = 200, seed: int = 0, batch_size: int = 16) -> Report:
     """IOI accuracy (ABBA and BABA balanced)."""
-    return run(session, ("ioi",), (), n_prompts, seed, batch_size)
+    return run(session, (IOI.name,), (), n_prompts, seed, batch_size)
 
 
 def paired(session: Session, after: Recipe | Sequence[Edit] | ComputedEdit | Session, tasks: Sequence[str] = TASKS,
@@ -113,7 +113,7 @@ def _cached_base_logits(session: Session, neutral: NeutralSet, batch_size: int) 
 def _prompts(session: Session, tasks: Sequence[str], n_items: Sequence[int], n_prompts: int, seed: int,
              prompts: Sequence[TaskPrompt] | None) -> tuple[list[TaskPrompt], dict[str, object]]:
     if prompts is not None:
-        return list(prompts), {"tasks": sorted({p.task for p in prompts}, key=TASKS.index), "prompts": "given"}
+        return list(prompts), {"tasks": registry.in_order({p.task for p in prompts}), "prompts": "given"}
     return prompt_set(session, tasks, n_items, n_prompts, seed)
 
 

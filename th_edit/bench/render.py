@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from th_edit import ui
+from th_edit.tasks import registry
 
 
 def _pct(x: float) -> str:
@@ -17,12 +18,16 @@ def _ci(interval: Sequence[float], percent: bool = True) -> str:
 
 
 def _label(task: str, n_items: object) -> str:
-    return "ioi" if task == "ioi" else f"N={n_items}"
+    return registry.get(task).label(n_items)
 
 
 def _position_name(task: str, position: int) -> str:
-    # For IOI, the IO mentioned first is the ABBA order.
-    return ("ABBA", "BABA")[position] if task == "ioi" else f"p{position}"
+    return registry.get(task).position_name(position)
+
+
+def _one_row(task: str) -> bool:
+    """A fixed-N task (IOI) has a single N: an "all" row would repeat it."""
+    return not registry.get(task).list_recall
 
 
 def _model_name(info: Mapping[str, object]) -> str:
@@ -33,8 +38,8 @@ def render_results(task: str, results: Mapping[str, object], title: str) -> list
     rows = []
     for row in [*results["by_n"], {"n_items": "all", **results["overall"]}]:
         label = "all" if row["n_items"] == "all" else _label(task, row["n_items"])
-        if task == "ioi" and label == "all":
-            continue  # IOI has a single N: "all" would repeat it
+        if _one_row(task) and label == "all":
+            continue
         rows.append([label, str(row["n"]), _pct(row["candidate_accuracy"]), _ci(row["candidate_ci95"]),
                      _pct(row["top1_accuracy"]), _ci(row["top1_ci95"]),
                      f"{row['mean_logit_diff']:+.2f}", _ci(row["logit_diff_ci95"], percent=False)])
@@ -71,7 +76,7 @@ def render_paired(report: Mapping[str, object]) -> str:
         lines.append(f"{task}: before = {before}, after = {after}, {report['prompt_counts'][task]} paired prompts")
         rows = []
         for row in [*comparison["by_n"], {"n_items": "all", **comparison["overall"]}]:
-            if task == "ioi" and row["n_items"] == "all":
+            if _one_row(task) and row["n_items"] == "all":
                 continue
             rows.append(["all" if row["n_items"] == "all" else _label(task, row["n_items"]), str(row["n"]),
                          _pct(row["before_accuracy"]), _ci(row["before_ci95"]),

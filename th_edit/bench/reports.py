@@ -15,6 +15,7 @@ from th_edit.bench.side_effects import kl_sum
 from th_edit.bench.tokens import Tokenized, tokenize_prompts
 from th_edit.session import Variant
 from th_edit.tasks.neutral import NeutralSet, neutral_set
+from th_edit.tasks import registry
 from th_edit.tasks.prompts import TaskPrompt, tasks_in
 
 
@@ -71,7 +72,8 @@ def run_paired(before: Variant, after: Variant, tokenizer, prompts: Sequence[Tas
     with after.active():
         after_scores = score_prompts(after.model, tokenizer, prompts, batch_size, tokenized, desc="scoring after")
     paired = compare(prompts, before_scores, after_scores)
-    ioi = paired.get("ioi", {}).get("overall")
+    # The guard task's change (IOI): the side effect an edit for recall must keep small.
+    ioi = next((paired[t.name]["overall"] for t in registry.guards() if t.name in paired), None)
     kl = _neutral_kl(before, after, tokenizer, neutral_texts, batch_size, base_logits) if measure_kl else None
     return Report({
         **_header("paired", prompts, setup),

@@ -1,6 +1,6 @@
 """Channel discovery end to end (METHOD.md §6): roles from data, weight scores, outliers, data check.
 
-    report = find_channels(m, kinds=("inhibition", "duplicate_token"), task="laundry")
+    report = find_channels(m, kinds=("inhibition", "duplicate_token"))  # the task: ChannelSettings(task=...)
     report.as_dict()         # what `th-edit channels` writes as channels.json
     draft_edits(report.as_dict())   # the draft recipe's edits
 
@@ -28,13 +28,12 @@ from th_edit import __version__, ui
 from th_edit.channels.composition import CompositionScores, PairScores, composition_scores, resolve_pair
 from th_edit.channels.datacheck import ComponentCheck, Target, check_components
 from th_edit.channels.factors import HeadFactors, HeadId, head_factors
-from th_edit.channels.roles import RoleRanking, ioi_roles, laundry_roles, repeated_roles
+from th_edit.channels.roles import RoleRanking, repeated_roles, task_roles
 from th_edit.errors import UserError
 from th_edit.recipe import Edit
 from th_edit.session import Session
 from th_edit.stats import spearman
-from th_edit.tasks.ioi import generate_ioi
-from th_edit.tasks.laundry import generate_laundry
+from th_edit.tasks import registry
 
 KINDS = ("inhibition", "duplicate_token")
 Z_THRESHOLD = 3.0  # a component this many standard deviations above the receiver's earlier-layer mean
@@ -45,7 +44,7 @@ MAX_PER_PAIR = 4  # reported components per pair and mode, strongest first
 
 @dataclass(frozen=True)
 class ChannelSettings:
-    task: str = "laundry"  # "laundry" | "ioi": the prompts that define roles and the data check
+    task: str = field(default_factory=lambda: registry.objective().name)  # the prompts that define roles and the data check
     n_items: tuple[int, ...] = (3, 4, 5)
     n_prompts: int = 20  # per N (laundry) or in all (IOI)
     n_sequences: int = 40  # repeated random-token sequences (duplicate-token channel)
@@ -149,21 +148,14 @@ class ChannelReport:
 
 
 def _task_prompts(session: Session, settings: ChannelSettings):
-    if settings.task == "laundry":
-        return generate_laundry(session.tokenizer, settings.n_items, settings.n_prompts, settings.seed)
-    if settings.task == "ioi":
-        return generate_ioi(session.tokenizer, settings.n_prompts, settings.seed)
-    raise UserError(f"unknown task '{settings.task}': use laundry or ioi")
+    return registry.get(settings.task).prompts(session.tokenizer, settings.n_items, settings.n_prompts, settings.seed)
 
 
 def _roles(session: Session, kinds: Sequence[str], settings: ChannelSettings, prompts) -> dict[str, RoleRanking]:
-    if settings.task == "laundry":
-        found = laundry_roles(session, prompts=prompts, batch_size=settings.batch_size)
-        roles = {"inhibition": found["inhibition"], "mover": found["mover"], "negative_mover": found["negative_mover"]}
-    else:
-        found = ioi_roles(session, prompts=prompts, batch_size=settings.batch_size)
-        roles = {"inhibition": found["s_inhibition"], "mover": found["name_mover"],
-                 "negative_mover": found["negative_mover"]}
+    found = task_roles(session, settings.task, prompts=prompts, batch_size=settings.batch_size)
+    names = registry.get(settings.task).role_names
+    roles = {"inhibition": found[names["inhibition"]], "mover": found[names["mover"]],
+             "negative_mover": found["negative_mover"]}
     if "duplicate_token" in kinds:
         repeated = repeated_roles(session, n_sequences=settings.n_sequences, seed=settings.seed,
                                   batch_size=settings.batch_size)

@@ -54,8 +54,9 @@ from th_edit.bench.tokens import candidate_token_ids, pad_id
 from th_edit.errors import UserError
 from th_edit.session import Session
 from th_edit.stats import mean_interval
-from th_edit.tasks.ioi import generate_ioi
-from th_edit.tasks.laundry import generate_laundry
+from th_edit.tasks import registry
+from th_edit.tasks.ioi import IOI
+from th_edit.tasks.laundry import LAUNDRY
 from th_edit.tasks.mentions import Mentions, locate_mentions
 from th_edit.tasks.prompts import TaskPrompt
 from th_edit.tasks.repeated import RepeatedSequence, generate_repeated
@@ -311,40 +312,41 @@ def _end_values(session: Session, located: list[tuple[int, Mentions]], readers: 
     return values
 
 
-def ioi_roles(session: Session, n_prompts: int = 50, seed: int = 0, batch_size: int = 16,
-              prompts: Sequence[TaskPrompt] | None = None) -> dict[str, RoleRanking]:
-    """s_inhibition, name_mover, negative_mover and copy on IOI prompts (generated, or the IOI
-    prompts among `prompts`)."""
+def task_roles(session: Session, task: str, n_items: Sequence[int] = (3, 4, 5), n_prompts: int = 20, seed: int = 0,
+               batch_size: int = 16, prompts: Sequence[TaskPrompt] | None = None) -> dict[str, RoleRanking]:
+    """The inhibition and mover roles (named as `task` names them, registry.Task.role_names),
+    negative_mover and copy on `task`'s prompts (`n_prompts` per N generated, or the task's prompts
+    among `prompts`). Inhibition: END → the second mentions of the repeated candidates; movers:
+    END → the answer's only mention."""
+    spec = registry.get(task)
     generated = prompts is None
     if prompts is None:
         if n_prompts < 1:
             raise UserError(f"the number of prompts must be at least 1, not {n_prompts}")
-        prompts = generate_ioi(_tokenizer(session), n_prompts, seed)
-    prompts = [p for p in prompts if p.task == "ioi"]
-    located, skipped = _located(session, prompts, "ioi")
-    values = _end_values(session, located, {"s_inhibition": lambda m: m.repeated_second, "io": lambda m: [m.answer_first]},
-                         batch_size, "ioi attention")
+        prompts = spec.prompts(_tokenizer(session), n_items, n_prompts, seed)
+    prompts = [p for p in prompts if p.task == task]
+    located, skipped = _located(session, prompts, task)
+    values = _end_values(session, located, {"inhibition": lambda m: m.repeated_second, "answer": lambda m: [m.answer_first]},
+                         batch_size, f"{task} attention")
     copy = copy_scores(session, _candidate_tokens(session, [prompts[i] for i, _ in located]))
-    setup = {"task": "ioi", "prompts": len(located), "skipped": skipped, "seed": seed if generated else None}
-    return {"s_inhibition": rank_heads("s_inhibition", values["s_inhibition"], setup),
-            **_mover_rankings("name_mover", values["io"], copy, setup)}
+    setup: dict[str, object] = {"task": task, "prompts": len(located), "skipped": skipped,
+                                "seed": seed if generated else None}
+    if spec.list_recall:
+        setup["n_items"] = sorted({prompts[i].n_items for i, _ in located})
+    inhibition = spec.role_names["inhibition"]
+    return {inhibition: rank_heads(inhibition, values["inhibition"], setup),
+            **_mover_rankings(spec.role_names["mover"], values["answer"], copy, setup)}
+
+
+def ioi_roles(session: Session, n_prompts: int = 50, seed: int = 0, batch_size: int = 16,
+              prompts: Sequence[TaskPrompt] | None = None) -> dict[str, RoleRanking]:
+    """s_inhibition, name_mover, negative_mover and copy on IOI prompts (generated, or the IOI
+    prompts among `prompts`)."""
+    return task_roles(session, IOI.name, (), n_prompts, seed, batch_size, prompts)
 
 
 def laundry_roles(session: Session, n_items: Sequence[int] = (3, 4, 5), n_prompts: int = 20, seed: int = 0,
                   batch_size: int = 16, prompts: Sequence[TaskPrompt] | None = None) -> dict[str, RoleRanking]:
     """inhibition, mover, negative_mover and copy on laundry prompts (`n_prompts` per N generated,
     or the laundry prompts among `prompts`)."""
-    generated = prompts is None
-    if prompts is None:
-        if n_prompts < 1:
-            raise UserError(f"the number of prompts must be at least 1, not {n_prompts}")
-        prompts = generate_laundry(_tokenizer(session), n_items, n_prompts, seed)
-    prompts = [p for p in prompts if p.task == "laundry"]
-    located, skipped = _located(session, prompts, "laundry")
-    values = _end_values(session, located, {"inhibition": lambda m: m.repeated_second, "answer": lambda m: [m.answer_first]},
-                         batch_size, "laundry attention")
-    copy = copy_scores(session, _candidate_tokens(session, [prompts[i] for i, _ in located]))
-    setup = {"task": "laundry", "prompts": len(located), "skipped": skipped, "seed": seed if generated else None,
-             "n_items": sorted({prompts[i].n_items for i, _ in located})}
-    return {"inhibition": rank_heads("inhibition", values["inhibition"], setup),
-            **_mover_rankings("mover", values["answer"], copy, setup)}
+    return task_roles(session, LAUNDRY.name, n_items, n_prompts, seed, batch_size, prompts)

@@ -2,43 +2,34 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import click
 
 from th_edit import bench, strict_json, ui
 from th_edit.apply import prepare_file
-from th_edit.commands.options import SEED, device_options
+from th_edit.commands.options import (
+    NItems,
+    batch_size_option,
+    device_options,
+    force_option,
+    json_option,
+    n_items_option,
+    n_prompts_option,
+    out_dir_option,
+    seed_option,
+    task_option,
+)
 from th_edit.errors import UserError
-from th_edit.limits import MAX_BATCH_SIZE, MAX_KL_TEXTS, MAX_PROMPTS, digits_at_most, shown_number
+from th_edit.limits import MAX_KL_TEXTS
 from th_edit.models import DEFAULT_MODEL, context_length, load_config, load_tokenizer, resolve
 from th_edit.outputs import check_new_file, write_files
 from th_edit.session import load as load_session
-from th_edit.tasks.laundry import MAX_ITEMS, MIN_ITEMS
-from th_edit.tasks.prompts import TASKS, TaskPrompt, read_jsonl, write_jsonl
-from th_edit.tasks.sets import build_prompts, lexicon_record
+from th_edit.tasks import registry
+from th_edit.tasks.prompts import TaskPrompt, read_jsonl, write_jsonl
+from th_edit.tasks.sets import build_prompts, setup_record
 
 GENERATION_OPTIONS = ("n_items", "n_prompts", "seed")
-
-
-def parse_n_items(text: str) -> list[int]:
-    """'2-8' -> [2..8]; '2,3,5' -> [2, 3, 5]; each N within MIN_ITEMS..MAX_ITEMS."""
-    text = text.replace(" ", "")
-    if not re.fullmatch(r"\d+-\d+|\d+(,\d+)*", text):
-        raise UserError(f"--n-items: expected a range like 2-8 or a list like 2,3,5, got '{text}'")
-    # Bounds first: a range is only built once both ends are known to be small.
-    parts = [part.lstrip("0") or "0" for part in re.split(r"[-,]", text)]
-    bounds = [digits_at_most(part, MAX_ITEMS) for part in parts]
-    outside = [part for part, value in zip(parts, bounds) if value is None or value < MIN_ITEMS]
-    if outside:
-        raise UserError(f"--n-items: N must be between {MIN_ITEMS} and {MAX_ITEMS}, got {shown_number(outside[0])}")
-    if "-" in text:
-        low, high = bounds
-        if low > high:
-            raise UserError(f"--n-items: the range {text} is empty")
-        return list(range(low, high + 1))
-    return sorted(set(bounds))
 
 
 def _explicit(ctx: click.Context, name: str) -> bool:
@@ -72,7 +63,7 @@ def _check_destinations(export: Path | None, out: Path | None, force: bool) -> N
             check_new_file(out / name, force)
 
 
-def _load_prompts(tokenizer, tasks: tuple[str, ...], prompts_file: Path | None, n_items: str,
+def _load_prompts(tokenizer, tasks: tuple[str, ...], prompts_file: Path | None, n_items: NItems,
                   n_prompts: int, seed: int) -> tuple[list[TaskPrompt], dict[str, object]]:
     """The prompt set and the setup record that describes it in the report."""
     if prompts_file is not None:
@@ -80,12 +71,9 @@ def _load_prompts(tokenizer, tasks: tuple[str, ...], prompts_file: Path | None, 
         if not prompts:
             raise UserError(f"{prompts_file} has no {' or '.join(tasks)} prompts")
         return prompts, {"tasks": list(tasks), "prompts": str(prompts_file)}
-    values = parse_n_items(n_items)
-    prompts = build_prompts(tokenizer, tasks, values, n_prompts, seed)
-    setup = {"tasks": list(tasks), "prompts": "generated", "seed": seed, "n_prompts_per_n": n_prompts}
-    if "laundry" in tasks:
-        setup["n_items"] = values
-        setup["laundry_lexicon"] = lexicon_record(tokenizer)
+    prompts = build_prompts(tokenizer, tasks, n_items, n_prompts, seed)
+    setup = {"tasks": list(tasks), "prompts": "generated", "seed": seed, "n_prompts_per_n": n_prompts,
+             **setup_record(tokenizer, tasks, n_items)}
     return prompts, setup
 
 
@@ -99,22 +87,18 @@ def _same_vocabulary(first, second) -> bool:
 
 @click.command("bench")
 @click.argument("model", default=DEFAULT_MODEL)
-@click.option("--task", type=click.Choice(["laundry", "ioi", "all"]), default="all", show_default=True,
-              help="Which task to run.")
-@click.option("--n-items", default="2-8", show_default=True,
-              help=f"List lengths N for laundry: a range (2-8) or a list (2,3,5), each {MIN_ITEMS}..{MAX_ITEMS}.")
-@click.option("--n-prompts", type=click.IntRange(min=1, max=MAX_PROMPTS), default=200, show_default=True,
-              help="Prompts per N (and IOI prompts).")
-@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the generated prompt set.")
+@task_option("all", "Which task to run (all: the default set, laundry and ioi).", extra=("all",))
+@n_items_option("2-8")
+@n_prompts_option(200, "Prompts per N (and IOI prompts).")
+@seed_option("Seed of the generated prompt set.")
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Score the prompts in this JSONL file instead of generating them.")
 @click.option("--export-prompts", "export", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the generated prompt set to this JSONL file and exit.")
-@click.option("--batch-size", type=click.IntRange(min=1, max=MAX_BATCH_SIZE), default=16, show_default=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Directory for bench.json and accuracy.png.")
-@click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout instead of tables.")
-@click.option("--force", is_flag=True, help="Overwrite existing output files (--out, --export-prompts).")
+@batch_size_option()
+@out_dir_option("Directory for bench.json and accuracy.png.")
+@json_option("Print the JSON report on stdout instead of tables.")
+@force_option("Overwrite existing output files (--out, --export-prompts).")
 @click.option("--compare", metavar="OTHER_MODEL|RECIPE.yaml",
               help="Paired before/after: MODEL is before; after is OTHER_MODEL (same tokenizer required) "
                    "or MODEL with a recipe's edits applied in memory.")
@@ -123,7 +107,7 @@ def _same_vocabulary(first, second) -> bool:
 @click.option("--no-kl", is_flag=True, help="With --compare: skip the neutral-text KL.")
 @device_options
 @click.pass_context
-def bench_command(ctx: click.Context, model: str, task: str, n_items: str, n_prompts: int, seed: int,
+def bench_command(ctx: click.Context, model: str, task: str, n_items: NItems, n_prompts: int, seed: int,
                   prompts_file: Path | None, export: Path | None, batch_size: int, out: Path | None,
                   as_json: bool, force: bool, compare: str | None, kl_texts: int | None, no_kl: bool, device: str,
                   dtype: str) -> None:
@@ -135,7 +119,7 @@ def bench_command(ctx: click.Context, model: str, task: str, n_items: str, n_pro
     """
     _check_option_combinations(ctx, prompts_file, export)
     _check_destinations(export, out, force)
-    tasks = TASKS if task == "all" else (task,)
+    tasks = registry.default_names() if task == "all" else (task,)
     resolved = resolve(model)
     tokenizer = load_tokenizer(resolved)
     prompts, setup = _load_prompts(tokenizer, tasks, prompts_file, n_items, n_prompts, seed)

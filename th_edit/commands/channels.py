@@ -12,10 +12,20 @@ from th_edit import strict_json, ui
 from th_edit.arch import adapter_for
 from th_edit.channels.composition import parse_pair
 from th_edit.channels.find import ChannelSettings, draft_edits, find_channels
-from th_edit.commands.bench import parse_n_items
-from th_edit.commands.options import SEED, device_options
+from th_edit.commands.options import (
+    NItems,
+    device_options,
+    force_option,
+    json_option,
+    n_items_option,
+    n_prompts_option,
+    out_dir_option,
+    seed_option,
+    task_option,
+)
 from th_edit.errors import UserError
 from th_edit.limits import MAX_HEADS, MAX_PROMPTS
+from th_edit.tasks import registry
 from th_edit.models import DEFAULT_MODEL, load_config, resolve
 from th_edit.outputs import check_new_file, write_files
 from th_edit.recipe import Output, Recipe
@@ -27,11 +37,9 @@ OUT_FILES = ("channels.json", "components.png", "mover-map.png", "weight-vs-data
 @click.command("channels")
 @click.argument("model", default=DEFAULT_MODEL)
 @click.option("--kind", type=click.Choice(["inhibition", "duplicate-token", "all"]), default="all", show_default=True)
-@click.option("--task", type=click.Choice(["laundry", "ioi"]), default="laundry", show_default=True,
-              help="Prompts that define the roles and the data check.")
-@click.option("--n-items", default="3-5", show_default=True, help="List lengths N of the laundry prompts.")
-@click.option("--n-prompts", type=click.IntRange(min=2, max=MAX_PROMPTS), default=20, show_default=True,
-              help="Prompts per N (laundry) or in all (IOI).")
+@task_option(registry.objective().name, "Prompts that define the roles and the data check.")
+@n_items_option("3-5", "List lengths N of the list-recall prompts.")
+@n_prompts_option(20, "Prompts per N (list recall) or in all (IOI).", minimum=2)
 @click.option("--pair", "pairs", multiple=True, metavar="S:R", help="Also resolve this sender:receiver pair, e.g. 20.0:23.3.")
 @click.option("--top", type=click.IntRange(min=1, max=MAX_HEADS), default=3, show_default=True,
               help="Heads taken from each role.")
@@ -46,13 +54,12 @@ OUT_FILES = ("channels.json", "components.png", "mover-map.png", "weight-vs-data
 @click.option("--no-data-check", is_flag=True, help="Weights and roles only (no ablations).")
 @click.option("--draft-scale", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="Scale of the draft recipe's inhibition components.")
-@click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Directory for channels.json, plots and "
-              "draft-recipe.yaml.")
-@click.option("--json", "as_json", is_flag=True, help="Print channels.json on stdout instead of the summary.")
-@click.option("--force", is_flag=True, help="Replace existing output files.")
+@seed_option()
+@out_dir_option("Directory for channels.json, plots and draft-recipe.yaml.")
+@json_option("Print channels.json on stdout instead of the summary.")
+@force_option()
 @device_options
-def channels_command(model: str, kind: str, task: str, n_items: str, n_prompts: int, pairs: tuple[str, ...], top: int,
+def channels_command(model: str, kind: str, task: str, n_items: NItems, n_prompts: int, pairs: tuple[str, ...], top: int,
                      z_threshold: float, min_share: float, check_prompts: int, check_alpha: float, no_data_check: bool,
                      draft_scale: float, seed: int, out: Path | None, as_json: bool, force: bool, device: str,
                      dtype: str) -> None:
@@ -65,7 +72,7 @@ def channels_command(model: str, kind: str, task: str, n_items: str, n_prompts: 
     if out is not None:
         for name in OUT_FILES:
             check_new_file(out / name, force)
-    settings = ChannelSettings(task=task, n_items=tuple(parse_n_items(n_items)), n_prompts=n_prompts, top=top,
+    settings = ChannelSettings(task=task, n_items=tuple(n_items), n_prompts=n_prompts, top=top,
                                z_threshold=z_threshold, min_share=min_share, check_prompts=check_prompts, check_alpha=check_alpha,
                                data_check=not no_data_check, seed=seed)
     session = load_session(model, device=device, dtype=dtype)

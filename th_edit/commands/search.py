@@ -8,8 +8,7 @@ from pathlib import Path
 import click
 
 from th_edit import strict_json, ui
-from th_edit.commands.bench import parse_n_items
-from th_edit.commands.options import SEED, device_options
+from th_edit.commands.options import NItems, device_options, force_option, n_items_option, seed_option
 from th_edit.errors import UserError
 from th_edit.limits import MAX_HEADS, MAX_PROMPTS, MAX_TRIALS
 from th_edit.models import DEFAULT_MODEL
@@ -36,13 +35,13 @@ FRESH_TOP = 5
               help="Order of each head's components: first-order effect on tuning recall, or channel weight z.")
 @click.option("--channels", "channels_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="A channels.json from `th-edit channels` (default: run the channel analysis now).")
-@click.option("--n-items", default="4-8", show_default=True, help="List lengths N to improve (range or list).")
+@n_items_option("4-8", "List lengths N to improve (range or list).")
 @click.option("--kl-budget", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True,
               help="Largest mean KL on neutral text, nats/token.")
 @click.option("--max-ioi-drop", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="Largest IOI accuracy drop, points.")
 @click.option("--trials", type=click.IntRange(min=1, max=MAX_TRIALS), default=60, show_default=True)
-@click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds the sampler and the tuning prompts.")
+@seed_option("Seeds the sampler and the tuning prompts.")
 @click.option("--tune-prompts", type=click.IntRange(min=2, max=MAX_PROMPTS), default=50, show_default=True,
               help="Tuning prompts per N.")
 @click.option("--held-out-prompts", type=click.IntRange(min=2, max=MAX_PROMPTS), default=200, show_default=True,
@@ -50,9 +49,9 @@ FRESH_TOP = 5
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("search/recipe.yaml"),
               show_default=True, help="The recipe; search.json, frontier.png and the study journal go beside it.")
 @click.option("--resume", is_flag=True, help="Continue the search recorded in the study journal beside --out.")
-@click.option("--force", is_flag=True, help="Replace existing output files.")
+@force_option()
 @device_options
-def search_command(model: str, kind: str, max_heads: int, rank_by: str, channels_file: Path | None, n_items: str,
+def search_command(model: str, kind: str, max_heads: int, rank_by: str, channels_file: Path | None, n_items: NItems,
                    kl_budget: float, max_ioi_drop: float, trials: int, seed: int, tune_prompts: int,
                    held_out_prompts: int, out: Path, resume: bool, force: bool, device: str, dtype: str) -> None:
     """Search how many of the best components of which channel heads of MODEL to rescale, and by
@@ -66,7 +65,7 @@ def search_command(model: str, kind: str, max_heads: int, rank_by: str, channels
         raise UserError(f"{journal} holds an earlier search: pass --resume to continue it or --force to start over")
     if journal.exists() and force and not resume:
         journal.unlink()
-    settings = SearchSettings(n_items=tuple(parse_n_items(n_items)), trials=trials, seed=seed,
+    settings = SearchSettings(n_items=tuple(n_items), trials=trials, seed=seed,
                               limits=Limits(kl_budget, max_ioi_drop / 100), tune_prompts=tune_prompts,
                               held_out_prompts=held_out_prompts, attribution=rank_by == "attribution")
     channels = read_json(channels_file) if channels_file is not None else None  # a damaged file: before the model loads

@@ -8,10 +8,19 @@ import click
 
 from th_edit import strict_json, ui
 from th_edit.arch import adapter_for
-from th_edit.commands.bench import parse_n_items
-from th_edit.commands.options import SEED, device_options
+from th_edit.commands.options import (
+    NItems,
+    batch_size_option,
+    device_options,
+    force_option,
+    json_option,
+    n_items_option,
+    n_prompts_option,
+    out_dir_option,
+    seed_option,
+)
 from th_edit.errors import UserError
-from th_edit.limits import MAX_BATCH_SIZE, MAX_DIMS, MAX_GRID, MAX_PROMPTS
+from th_edit.limits import MAX_DIMS, MAX_GRID, MAX_PROMPTS
 from th_edit.models import DEFAULT_MODEL, load_config, resolve
 from th_edit.session import load as load_session
 from th_edit.tasks.laundry import MAX_ITEMS, MIN_ITEMS
@@ -26,10 +35,9 @@ from th_edit.tasks.laundry import MAX_ITEMS, MIN_ITEMS
 @click.option("--basis", type=click.Choice(["weights", "data"]), default="weights", show_default=True,
               help="Weight basis (orthonormalized write directions) or data basis (PCA of the heads' outputs).")
 @click.option("--dims", type=click.IntRange(min=2, max=MAX_DIMS), default=3, show_default=True, help="Subspace dimensions.")
-@click.option("--n-items", default="2-8", show_default=True, help="List lengths N: a range (2-8) or a list (2,3,5).")
-@click.option("--n-prompts", type=click.IntRange(min=2, max=MAX_PROMPTS), default=40, show_default=True,
-              help="Laundry prompts per N.")
-@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the prompts (and of the statistics).")
+@n_items_option("2-8", "List lengths N: a range (2-8) or a list (2,3,5).")
+@n_prompts_option(40, "Laundry prompts per N.", minimum=2)
+@seed_option("Seed of the prompts (and of the statistics).")
 @click.option("--traverse-n", type=click.IntRange(min=MIN_ITEMS, max=MAX_ITEMS),
               help="N of the traversal prompts (default: the largest N).")
 @click.option("--traverse-prompts", type=click.IntRange(min=1, max=MAX_PROMPTS), default=16, show_default=True,
@@ -38,14 +46,13 @@ from th_edit.tasks.laundry import MAX_ITEMS, MIN_ITEMS
               help="Traversal grid points per axis (over the first min(dims, 3) directions).")
 @click.option("--mode", type=click.Choice(["replace", "add"]), default="replace", show_default=True,
               help="Replace the sender heads' component in the subspace by the point, or add the point to it.")
-@click.option("--batch-size", type=click.IntRange(min=1, max=MAX_BATCH_SIZE), default=16, show_default=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Directory for subspace.json, subspace.png, traversal.png, crowding.png and subspace.html.")
-@click.option("--force", is_flag=True, help="Replace those files if --out already holds them.")
-@click.option("--json", "as_json", is_flag=True, help="Print subspace.json on stdout instead of the summary.")
+@batch_size_option()
+@out_dir_option("Directory for subspace.json, subspace.png, traversal.png, crowding.png and subspace.html.")
+@force_option("Replace those files if --out already holds them.")
+@json_option("Print subspace.json on stdout instead of the summary.")
 @device_options
 def subspace_command(model: str, components: str | None, movers: str | None, channels_file: Path | None, basis: str,
-                     dims: int, n_items: str, n_prompts: int, seed: int, traverse_n: int | None, traverse_prompts: int,
+                     dims: int, n_items: NItems, n_prompts: int, seed: int, traverse_n: int | None, traverse_prompts: int,
                      grid: int, mode: str, batch_size: int, out: Path | None, force: bool, as_json: bool, device: str,
                      dtype: str) -> None:
     """Find, plot and traverse the subspace in which the inhibition channel of MODEL indexes
@@ -60,7 +67,7 @@ def subspace_command(model: str, components: str | None, movers: str | None, cha
         raise UserError("--channels cannot be combined with --components/--movers")
     if (components is None) != (movers is None):
         raise UserError("--components and --movers go together")
-    sizes = parse_n_items(n_items)
+    sizes = list(n_items)
     if traverse_n is not None and traverse_n not in sizes:
         raise UserError(f"--traverse-n {traverse_n} is not one of --n-items ({n_items})")
     if out is not None:

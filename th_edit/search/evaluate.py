@@ -25,6 +25,7 @@ from th_edit.errors import UserError
 from th_edit.prefix import PrefixCache
 from th_edit.session import ComputedEdit, Session
 from th_edit.tasks.neutral import NeutralSet
+from th_edit.tasks import registry
 from th_edit.tasks.prompts import TaskPrompt
 
 # The unedited model's log-probs on the neutral texts are kept in memory (float32) up to this size.
@@ -181,9 +182,10 @@ class TrialEvaluator:
         diffs: list[float] = []
         for part, scores in zip(self.parts, part_scores):
             for prompt, score in zip(part.prompts, scores):
-                bucket = ioi if prompt.task == "ioi" else by_n.setdefault(prompt.n_items, [])
+                guard = registry.get(prompt.task).guard  # IOI: kept, not improved
+                bucket = ioi if guard else by_n.setdefault(prompt.n_items, [])
                 bucket.append(score.candidate_correct)
-                if prompt.task != "ioi":
+                if not guard:
                     diffs.append(score.logit_diff)
         laundry = {n: sum(v) / len(v) for n, v in sorted(by_n.items())}
         return TrialScores(laundry, sum(ioi) / len(ioi) if ioi else None, kl, sum(map(len, by_n.values())) + len(ioi),

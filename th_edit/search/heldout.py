@@ -14,6 +14,7 @@ from th_edit.bench.aggregate import compare
 from th_edit.recipe import Edit
 from th_edit.search.evaluate import TrialEvaluator
 from th_edit.session import Session
+from th_edit.tasks import registry
 
 
 @dataclass
@@ -28,17 +29,17 @@ class HeldOut:
 
     def gain(self, n: int | None = None) -> float:
         """Laundry accuracy change (absolute), for one N or over all of them."""
-        laundry = self.paired["laundry"]
+        laundry = self.paired[registry.objective().name]
         rows = [laundry["overall"]] if n is None else [r for r in laundry["by_n"] if r["n_items"] == n]
         return rows[0]["accuracy_change"]
 
     def mean_gain(self) -> float:
-        rows = self.paired["laundry"]["by_n"]
+        rows = self.paired[registry.objective().name]["by_n"]
         return sum(r["accuracy_change"] for r in rows) / len(rows)
 
     @property
     def ioi_change(self) -> float | None:
-        ioi = self.paired.get("ioi")
+        ioi = next((self.paired[t.name] for t in registry.guards() if t.name in self.paired), None)
         return ioi["overall"]["accuracy_change"] if ioi else None
 
     def as_dict(self) -> dict[str, object]:

@@ -17,16 +17,22 @@ from th_edit.search.heldout import HeldOut, evaluate_held_out
 from th_edit.search.optimize import Limits, SearchResult, run_search, summary_line
 from th_edit.search.space import Candidate, whole_head_edits
 from th_edit.session import Session
-from th_edit.tasks.ioi import TEMPLATES, generate_ioi
-from th_edit.tasks.laundry import generate_laundry
+from th_edit.tasks import registry
 from th_edit.tasks.neutral import NeutralSet, neutral_set
 
-# Tuning and held-out prompts never share a laundry frame, an IOI template or a seed.
-TUNING_FRAMES = ("laundry", "shopping", "packing", "cleaning")
-HELD_OUT_FRAMES = ("cooking", "gardening", "tools")
-TUNING_TEMPLATES = tuple(range(0, 7))
-HELD_OUT_TEMPLATES = tuple(range(7, len(TEMPLATES)))
+# Tuning and held-out prompts never share a frame, a template (each task's fixed split,
+# registry.Task.split_record) or a seed. The search improves the objective task (laundry) and
+# guards the guard tasks (IOI).
 HELD_OUT_SEED_OFFSET = 7919
+
+
+def searched_tasks() -> list[str]:
+    return [registry.objective().name, *(t.name for t in registry.guards())]
+
+
+def split_record() -> dict[str, tuple]:
+    """The tuning / held-out split of every searched task, as search.json records it."""
+    return {key: value for name in searched_tasks() for key, value in registry.get(name).split_record.items()}
 
 
 @dataclass(frozen=True)
@@ -65,8 +71,7 @@ class SearchReport:
         best = self.result.best
         return {
             "settings": {**asdict(self.settings), "held_out_seed": self.settings.held_out_seed,
-                         "tuning_frames": TUNING_FRAMES, "held_out_frames": HELD_OUT_FRAMES,
-                         "tuning_ioi_templates": TUNING_TEMPLATES, "held_out_ioi_templates": HELD_OUT_TEMPLATES},
+                         **split_record()},
             "candidates": [asdict(c) for c in self.candidates],
             "base_tuning": self.base_tuning.as_dict(),
             "trials": [t.as_dict() for t in self.result.trials],
@@ -86,15 +91,16 @@ def split_neutral(neutral: NeutralSet) -> tuple[NeutralSet, NeutralSet]:
 
 
 def tuning_prompts(session: Session, settings: SearchSettings):
-    tokenizer = session.tokenizer
-    return (generate_laundry(tokenizer, settings.n_items, settings.tune_prompts, settings.seed, TUNING_FRAMES)
-            + generate_ioi(tokenizer, settings.tune_prompts, settings.seed, TUNING_TEMPLATES))
+    return _generated(session, settings.n_items, settings.tune_prompts, settings.seed, "tuning")
 
 
 def held_out_prompts(session: Session, settings: SearchSettings):
-    tokenizer, seed = session.tokenizer, settings.held_out_seed
-    return (generate_laundry(tokenizer, settings.n_items, settings.held_out_prompts, seed, HELD_OUT_FRAMES)
-            + generate_ioi(tokenizer, settings.held_out_prompts, seed, HELD_OUT_TEMPLATES))
+    return _generated(session, settings.n_items, settings.held_out_prompts, settings.held_out_seed, "held_out")
+
+
+def _generated(session: Session, n_items: Sequence[int], n_prompts: int, seed: int, split: str):
+    return [prompt for name in searched_tasks()
+            for prompt in registry.get(name).prompts(session.tokenizer, n_items, n_prompts, seed, split)]
 
 
 def search(session: Session, candidates: Sequence[Candidate], settings: SearchSettings = SearchSettings(),
@@ -109,7 +115,7 @@ def search(session: Session, candidates: Sequence[Candidate], settings: SearchSe
     tune_neutral = tune_neutral.limited(settings.tune_kl_texts)
     prompts = tuning_prompts(session, settings)
     if settings.attribution:
-        candidates = ranked_by_attribution(session, [p for p in prompts if p.task == "laundry"], candidates)
+        candidates = ranked_by_attribution(session, [p for p in prompts if p.task == registry.objective().name], candidates)
     if not candidates:
         raise UserError("no candidate head has a component whose amplification helps list recall on the tuning prompts")
     lowest = min(c.layer for c in candidates)
@@ -151,7 +157,7 @@ def recipe_of(report: SearchReport, base_model: str, output_dir: str | None = No
                                f"trials): rescales {sum(len(e.components) for e in chosen.edits)} component(s) of channel heads "
                                "to improve recall from a list."),
                   edits=chosen.edits, output=Output(dir=output_dir),
-                  benchmark=Benchmark(tasks=["laundry", "ioi"], n_items=list(range(2, 11)), n_prompts=200))
+                  benchmark=Benchmark(tasks=searched_tasks(), n_items=list(range(2, 11)), n_prompts=200))
 
 
 def evidence_header(report: SearchReport) -> str:
@@ -159,7 +165,7 @@ def evidence_header(report: SearchReport) -> str:
     chosen = report.chosen
     lines = ["Written by `th-edit search`. Held-out results (other seed, frames and templates than the search):"]
     if chosen is not None:
-        for row in chosen.paired["laundry"]["by_n"]:
+        for row in chosen.paired[registry.objective().name]["by_n"]:
             lines.append(f"  N={row['n_items']}: {100 * row['before_accuracy']:.1f}% -> {100 * row['after_accuracy']:.1f}% "
                          f"(McNemar p = {row['mcnemar_p']:.2g}, {row['n']} prompts)")
         if chosen.kl is not None:

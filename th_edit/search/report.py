@@ -5,21 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from th_edit import ui
-from th_edit.search.pipeline import HELD_OUT_FRAMES, SearchReport
+from th_edit.search.pipeline import SearchReport
+from th_edit.tasks import registry
 
 
 def held_out_table(report: SearchReport) -> str:
     if not report.held_out:
         return "no recipe was chosen (no fully scored trial met the limits): nothing to evaluate on held-out prompts"
-    first = report.held_out[0].paired["laundry"]["by_n"]
+    objective = registry.objective()
+    first = report.held_out[0].paired[objective.name]["by_n"]
     ns = [row["n_items"] for row in first]
     settings = report.settings
-    lines = [f"held-out prompts (seed {settings.held_out_seed}, frames {', '.join(HELD_OUT_FRAMES)}, "
+    lines = [f"held-out prompts (seed {settings.held_out_seed}, frames {', '.join(map(str, objective.splits['held_out']))}, "
              f"{first[0]['n']} per N): change in candidate accuracy, points"]
     headers = ["recipe", *(f"N={n}" for n in ns), "mean", "KL", "IOI Δ"]
     rows = [["unedited (accuracy)", *(f"{100 * row['before_accuracy']:.1f}%" for row in first), "", "0", ""]]
     for held in report.held_out:
-        by_n = {row["n_items"]: row for row in held.paired["laundry"]["by_n"]}
+        by_n = {row["n_items"]: row for row in held.paired[objective.name]["by_n"]}
         rows.append([held.label, *(_change(by_n[n]) for n in ns), f"{100 * held.mean_gain():+.1f}",
                      "-" if held.kl is None else f"{held.kl:.4f}",
                      "-" if held.ioi_change is None else f"{100 * held.ioi_change:+.1f}"])

@@ -22,6 +22,7 @@ from th_edit.bench.batching import left_padded, length_batches
 from th_edit.bench.tokens import pad_id, tokenize_prompts
 from th_edit.errors import UserError
 from th_edit.subspace.items import ItemTokens, locate_items
+from th_edit.tasks import registry
 from th_edit.tasks.prompts import TaskPrompt
 
 Head = tuple[int, int]
@@ -86,8 +87,8 @@ def laundry_items(tokenizer, prompts: Sequence[TaskPrompt], max_length: int | No
                   ) -> tuple[list[TaskPrompt], list[list[int]], list[list[int]], list[ItemTokens]]:
     """Tokenized prompts with their item positions; prompts whose tokens do not show the laundry
     shape (see locate_items) are left out with a warning."""
-    if any(p.task != "laundry" for p in prompts):
-        raise UserError("the subspace analysis needs laundry prompts")
+    if any(not registry.get(p.task).list_recall for p in prompts):
+        raise UserError("the subspace analysis needs list-recall prompts (laundry)")
     tokenized = tokenize_prompts(tokenizer, prompts, max_length=max_length)
     kept: tuple[list, list, list, list] = ([], [], [], [])
     for prompt, ids, (candidates, answer) in zip(prompts, tokenized.encoded, tokenized.targets):

@@ -1,5 +1,12 @@
-"""Benchmark prompt sets: laundry-list recall, IOI, and neutral text for side effects."""
+"""Benchmark tasks (laundry-list recall, IOI, ...) in a registry (`registry`), and neutral text for side effects.
 
-from th_edit.tasks.prompts import TASKS, TaskPrompt, read_jsonl, write_jsonl
+Each task module registers its `registry.Task` when imported; the lines below are the registration.
+"""
 
-__all__ = ["TASKS", "TaskPrompt", "read_jsonl", "write_jsonl"]
+from th_edit.tasks import ioi, laundry  # noqa: F401  (registers the tasks, in report order)
+from th_edit.tasks.prompts import TaskPrompt, read_jsonl, write_jsonl
+from th_edit.tasks.registry import Task, default_names, get, names
+
+TASKS = default_names()  # the default set: `bench --task all`, a recipe's benchmark
+
+__all__ = ["TASKS", "Task", "TaskPrompt", "default_names", "get", "names", "read_jsonl", "write_jsonl"]

@@ -12,9 +12,11 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+from th_edit import ui
 from th_edit.errors import UserError
 from th_edit.tasks.laundry import is_single_token
 from th_edit.tasks.prompts import TaskPrompt
+from th_edit.tasks.registry import Task, register
 
 ORDERS = ("ABBA", "BABA")
 
@@ -75,3 +77,24 @@ def generate_ioi(tokenizer, n_prompts: int, seed: int, templates: Sequence[int] 
         io, subject = rng.sample(names, 2)
         prompts.append(render(template, order, io, subject))
     return prompts
+
+
+# Tuning and held-out prompts of a search never share a template.
+TUNING_TEMPLATES = tuple(range(0, 7))
+HELD_OUT_TEMPLATES = tuple(range(7, len(TEMPLATES)))
+_SPLIT = {None: None, "tuning": TUNING_TEMPLATES, "held_out": HELD_OUT_TEMPLATES}
+
+
+def _announce(tokenizer, n_items: Sequence[int]) -> None:
+    ui.debug(f"ioi: {len(usable_names(tokenizer))} of {len(NAMES)} names are single tokens")
+
+
+IOI = register(Task(
+    "ioi", "indirect object identification",
+    generate=lambda tokenizer, n_items, n_prompts, seed, split: generate_ioi(tokenizer, n_prompts, seed, _SPLIT[split]),
+    list_recall=False, fixed_n_items=2, position_names=ORDERS,  # the IO mentioned first is the ABBA order
+    default=True, guard=True, announce=_announce,
+    splits={"tuning": TUNING_TEMPLATES, "held_out": HELD_OUT_TEMPLATES},
+    split_record={"tuning_ioi_templates": TUNING_TEMPLATES, "held_out_ioi_templates": HELD_OUT_TEMPLATES},
+    role_names={"inhibition": "s_inhibition", "mover": "name_mover"},
+))

@@ -11,8 +11,10 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from th_edit import ui
 from th_edit.errors import UserError
 from th_edit.tasks.prompts import TaskPrompt
+from th_edit.tasks.registry import Task, register
 
 MIN_ITEMS, MAX_ITEMS = 2, 10
 
@@ -44,6 +46,8 @@ def article(word: str) -> str:
 
 
 def _with_determiner(word: str, determiner: str) -> str:
+    if not determiner:  # names: "Mary", not "the Mary"
+        return word
     return f"{article(word) if determiner == 'a' else determiner} {word}"
 
 
@@ -155,9 +159,9 @@ def usable_items(tokenizer, frame: Frame) -> list[str]:
     return [w for w in frame.lexicon if is_single_token(tokenizer, " " + w)]
 
 
-def lexicon_survival(tokenizer) -> dict[str, tuple[int, int]]:
+def lexicon_survival(tokenizer, frames: Sequence[Frame] = FRAMES) -> dict[str, tuple[int, int]]:
     """Per frame: (usable items for this tokenizer, lexicon size)."""
-    return {f.name: (len(usable_items(tokenizer, f)), len(f.lexicon)) for f in FRAMES}
+    return {f.name: (len(usable_items(tokenizer, f)), len(f.lexicon)) for f in frames}
 
 
 def _frames_for(n: int, usable_counts: dict[str, int], frames: Sequence[Frame] = FRAMES) -> list[Frame]:
@@ -165,13 +169,13 @@ def _frames_for(n: int, usable_counts: dict[str, int], frames: Sequence[Frame] =
     return [f for f in frames if usable_counts[f.name] >= n]
 
 
-def _chosen_frames(names: Sequence[str] | None) -> list[Frame]:
+def _chosen_frames(names: Sequence[str] | None, catalog: Sequence[Frame] = FRAMES, task: str = "laundry") -> list[Frame]:
     if names is None:
-        return list(FRAMES)
-    known = {f.name: f for f in FRAMES}
+        return list(catalog)
+    known = {f.name: f for f in catalog}
     unknown = [n for n in names if n not in known]
     if unknown or not names:
-        raise UserError(f"unknown laundry frame(s) {', '.join(unknown) or '(none given)'}; frames: {', '.join(known)}")
+        raise UserError(f"unknown {task} frame(s) {', '.join(unknown) or '(none given)'}; frames: {', '.join(known)}")
     return [known[n] for n in dict.fromkeys(names)]
 
 
@@ -187,7 +191,8 @@ def frames_left_out(usable_counts: dict[str, int], n_items: Sequence[int]) -> di
 # Generation
 
 
-def render(frame: Frame, items: Sequence[str], answer_position: int, handled_order: Sequence[int]) -> TaskPrompt:
+def render(frame: Frame, items: Sequence[str], answer_position: int, handled_order: Sequence[int],
+           task: str = "laundry") -> TaskPrompt:
     """The prompt for `items` (in first-mention order) whose item `answer_position` is never handled."""
     if answer_position in handled_order:
         raise ValueError("the answer cannot be among the handled items")
@@ -195,7 +200,7 @@ def render(frame: Frame, items: Sequence[str], answer_position: int, handled_ord
     handled = join_list([_with_determiner(items[i], frame.handled_determiner) for i in handled_order])
     text = frame.text.format(first=first, handled=handled)
     candidates = tuple(" " + w for w in items)
-    return TaskPrompt("laundry", text, candidates[answer_position], candidates, len(items),
+    return TaskPrompt(task, text, candidates[answer_position], candidates, len(items),
                       answer_position, frame.name)
 
 
@@ -217,20 +222,26 @@ def generate_laundry(tokenizer, n_items: Sequence[int], n_per_n: int, seed: int,
     whether or not other N are requested alongside. A repeated N is generated once: a second
     pass would repeat the same prompts and count them twice in the statistics.
     """
-    chosen = _chosen_frames(frames)
+    return generate_lists("laundry", FRAMES, tokenizer, n_items, n_per_n, seed, frames)
+
+
+def generate_lists(task: str, catalog: Sequence[Frame], tokenizer, n_items: Sequence[int], n_per_n: int, seed: int,
+                   frames: Sequence[str] | None = None) -> list[TaskPrompt]:
+    """generate_laundry for any list-recall task: its name and its frames (`catalog`)."""
+    chosen = _chosen_frames(frames, catalog, task)
     usable = {f.name: usable_items(tokenizer, f) for f in chosen}
     counts = {name: len(items) for name, items in usable.items()}
     prompts: list[TaskPrompt] = []
     for n in dict.fromkeys(n_items):  # distinct, in the order given
         if not MIN_ITEMS <= n <= MAX_ITEMS:
-            raise UserError(f"laundry lists need {MIN_ITEMS} to {MAX_ITEMS} items, not {n}")
+            raise UserError(f"{task} lists need {MIN_ITEMS} to {MAX_ITEMS} items, not {n}")
         frames = _frames_for(n, counts, chosen)
         if not frames:
             best = max(len(items) for items in usable.values())
             raise UserError(
-                f"no laundry frame has {n} items that are single tokens for this tokenizer (the best has {best})"
+                f"no {task} frame has {n} items that are single tokens for this tokenizer (the best has {best})"
             )
-        rng = random.Random(f"laundry:{seed}:{n}")
+        rng = random.Random(f"{task}:{seed}:{n}")
         positions = balanced_positions(n, n_per_n, rng)
         frame_order = [frames[i % len(frames)] for i in range(n_per_n)]
         rng.shuffle(frame_order)
@@ -238,5 +249,62 @@ def generate_laundry(tokenizer, n_items: Sequence[int], n_per_n: int, seed: int,
             items = rng.sample(usable[frame.name], n)
             handled = [i for i in range(n) if i != position]
             rng.shuffle(handled)
-            prompts.append(render(frame, items, position, handled))
+            prompts.append(render(frame, items, position, handled, task))
     return prompts
+
+
+# ----------------------------------------------------------------------------------------------
+# Reports and registration
+
+
+def _span(values: Sequence[int]) -> str:
+    low, high = min(values), max(values)
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def lexicon_record(tokenizer, frames: Sequence[Frame] = FRAMES) -> dict[str, dict[str, int]]:
+    """Per frame, how many lexicon items are single tokens for this tokenizer (for reports)."""
+    return {frame: {"single_token_items": usable, "lexicon_items": total}
+            for frame, (usable, total) in lexicon_survival(tokenizer, frames).items()}
+
+
+def report_lexicon(task: str, title: str, frames: Sequence[Frame], tokenizer, n_items: Sequence[int]) -> None:
+    """One status line on how many lexicon items are single tokens, and a warning per frame that
+    is too small for some N (those lists silently rotate over fewer frames otherwise)."""
+    survival = lexicon_survival(tokenizer, frames)
+    usable = {name: counts[0] for name, counts in survival.items()}
+    ui.info(f"{title} lexicon: {len(survival)} frames, {_span(list(usable.values()))} single-token items "
+            f"each (of {_span([total for _, total in survival.values()])})")
+    for name, (count, total) in survival.items():
+        ui.debug(f"{task} frame '{name}': {count} of {total} items are single tokens")
+    for name, ns in frames_left_out(usable, n_items).items():
+        ui.warn(f"{task} frame '{name}' has only {usable[name]} single-token items, so it is not used for "
+                f"N={', '.join(map(str, ns))}")
+
+
+def list_task(name: str, description: str, title: str, frames: Sequence[Frame], tuning: Sequence[str],
+              held_out: Sequence[str], default: bool = False, split_keys: tuple[str, str] | None = None) -> Task:
+    """A list-recall task over `frames`, `tuning` and `held_out` (frame names) its fixed split;
+    `split_keys`: where search.json records the split (default tuning_<name>_frames, held_out_<name>_frames)."""
+    if set(tuning) & set(held_out) or set(tuning) | set(held_out) != {f.name for f in frames}:
+        raise ValueError(f"{name}: the tuning and held-out frames must split the frames")
+    split = {None: None, "tuning": tuple(tuning), "held_out": tuple(held_out)}
+    tuning_key, held_out_key = split_keys or (f"tuning_{name}_frames", f"held_out_{name}_frames")
+    return Task(
+        name, description,
+        generate=lambda tokenizer, n_items, n_prompts, seed, part: generate_lists(
+            name, frames, tokenizer, n_items, n_prompts, seed, split[part]),
+        default=default,
+        setup_record=lambda tokenizer: {f"{name}_lexicon": lexicon_record(tokenizer, frames)},
+        announce=lambda tokenizer, n_items: report_lexicon(name, title, frames, tokenizer, n_items),
+        splits={"tuning": tuple(tuning), "held_out": tuple(held_out)},
+        split_record={tuning_key: tuple(tuning), held_out_key: tuple(held_out)},
+    )
+
+
+# Tuning and held-out prompts of a search never share a frame.
+TUNING_FRAMES = ("laundry", "shopping", "packing", "cleaning")
+HELD_OUT_FRAMES = ("cooking", "gardening", "tools")
+
+LAUNDRY = register(list_task("laundry", "laundry-list recall (objects)", "laundry-list", FRAMES, TUNING_FRAMES,
+                             HELD_OUT_FRAMES, default=True, split_keys=("tuning_frames", "held_out_frames")))

@@ -16,7 +16,6 @@ from th_edit import strict_json
 from th_edit.errors import UserError
 from th_edit.readers import decode_json, read_text
 
-TASKS = ("laundry", "ioi")
 REQUIRED_KEYS = ("task", "prompt", "answer", "candidates", "n_items", "answer_position")
 OPTIONAL_KEYS = ("template",)
 
@@ -42,8 +41,11 @@ class TaskPrompt:
 
 def _consistency_problem(p: TaskPrompt) -> str | None:
     """The first rule `p` breaks, phrased for a user reading their own file; None if it is valid."""
-    if p.task not in TASKS:
-        return f"'task' must be one of {', '.join(repr(t) for t in TASKS)}, not {p.task!r}"
+    from th_edit.tasks import registry  # the task modules import this one
+
+    if p.task not in registry.names():
+        return f"'task' must be one of {', '.join(repr(t) for t in registry.names())}, not {p.task!r}"
+    fixed = registry.get(p.task).fixed_n_items
     if not p.prompt:
         return "'prompt' is empty"
     if p.prompt != p.prompt.rstrip():
@@ -57,8 +59,8 @@ def _consistency_problem(p: TaskPrompt) -> str | None:
         return "'answer' is not one of 'candidates'"
     if p.n_items < 2:
         return f"'n_items' must be at least 2, not {p.n_items}"
-    if p.task == "ioi" and p.n_items != 2:
-        return f"'n_items' must be 2 for the ioi task, not {p.n_items}"
+    if fixed is not None and p.n_items != fixed:
+        return f"'n_items' must be {fixed} for the {p.task} task, not {p.n_items}"
     if len(p.candidates) != p.n_items:
         return f"'candidates' has {len(p.candidates)} items but 'n_items' is {p.n_items}"
     if not 0 <= p.answer_position < p.n_items:
@@ -135,6 +137,7 @@ def _expect(record: dict, key: str, kind: type, description: str) -> None:
 
 
 def tasks_in(prompts: Sequence[TaskPrompt]) -> list[str]:
-    """The tasks present, in the canonical order."""
-    present = {p.task for p in prompts}
-    return [t for t in TASKS if t in present]
+    """The tasks present, in the canonical (registration) order."""
+    from th_edit.tasks import registry
+
+    return registry.in_order({p.task for p in prompts})
