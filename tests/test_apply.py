@@ -310,3 +310,21 @@ def test_near_tied_components_are_ambiguous_unless_their_whole_run_is_scaled_ali
 
     singular_values = torch.tensor([9.0, 7.0, 7.0 * (1 - 1e-4), 5.0, 3.0, 3.0, 3.0 * (1 - 1e-5), 1.0])
     assert ambiguous_components(scales, singular_values) == expected
+
+
+def test_apply_prints_a_summary_and_the_full_table_only_with_verbose(bases, tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", bases["llama"])
+    quiet = apply_cli(recipe, "--out", tmp_path / "a").stdout
+    assert "σ realized" not in quiet
+    assert "edits: 3 OV component(s) in 2 head(s), 2 QK component(s) in 2 head(s); scales 0 to 2.5" in quiet
+    assert "realized singular values: within" in quiet and "th-edit -v apply" in quiet
+    verbose = CliRunner().invoke(main, ["-v", "apply", str(recipe), "--out", str(tmp_path / "b")])
+    assert verbose.exit_code == 0, verbose.output
+    table = [line for line in verbose.stdout.splitlines() if line.strip()][:6]
+    assert "σ realized" in table[0] and len(table) == 6
+    # Right-aligned σ columns line up on the decimal point (fixed decimals).
+    points = {line.rindex(".") for line in table[1:] if not line.endswith("-")}
+    assert len(points) == 1, table
+    # The model card has every component.
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert card.count("| OV |") + card.count("| QK |") == 5

@@ -293,3 +293,40 @@ def test_a_record_cut_short_is_trimmed_from_the_journal(tmp_path, content, kept)
     journal.write_bytes(content)
     optimize.trim_partial_record(journal)
     assert journal.read_bytes() == kept
+
+
+# ----------------------------------------------------------------------------------------------
+# Refused before the model loads: --resume with no journal, another model's channels.json
+
+
+@pytest.fixture
+def no_search_model(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+    monkeypatch.setattr("th_edit.commands.search.load_session", refuse)
+
+
+def test_resume_without_a_journal_is_one_line(search_args, tmp_path, no_search_model):
+    out = tmp_path / "nothing-here" / "recipe.yaml"
+    _one_line(_search([*search_args, "--resume"], out), "--resume", "no study journal", str(out.with_suffix(".study.log")))
+    assert not (tmp_path / "nothing-here").exists()
+
+
+@pytest.mark.parametrize("sender", ["7.0", "1.9"])  # the tiny llama has 3 layers of 6 heads
+def test_another_models_channels_are_refused_before_the_model_loads(search_args, tmp_path, no_search_model, sender):
+    import json
+
+    channels = tmp_path / "other.json"
+    channels.write_text(json.dumps({"model": "some-larger-model", "channels": {"inhibition": []}, "pairs": [
+        {"sender": sender, "receiver": "9.1", "channel": "inhibition", "z": [3.0, 1.0]}]}))
+    args = [*search_args]
+    args[args.index("--channels") + 1] = str(channels)
+    _one_line(_search(args, tmp_path / "s" / "recipe.yaml"), str(channels), "is not a channel analysis of",
+              "some-larger-model")
+
+
+def test_search_writes_under_out_by_default():
+    from th_edit.commands.search import search_command
+
+    out = next(p for p in search_command.params if p.name == "out")
+    assert out.default.parts[0] == "out"

@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from th_edit import strict_json, ui
 from th_edit.arch import Adapter, adapter_for
-from th_edit.card import model_card, provenance, publishable_recipe, scrub
+from th_edit.card import dtype_hint, model_card, provenance, publishable_recipe, scrub
 from th_edit.checkpoint import CheckpointTensors, sha256_file
-from th_edit.edit import EditPlan, plan_edit
+from th_edit.edit import EDIT_COLUMNS, EditPlan, edit_rows, edit_summary, plan_edit
 from th_edit.errors import UserError
 from th_edit.export import (
     BENCHMARK_PLOT,
     CARD_FILE,
     LOCAL_RECORD,
     RECIPE_FILE,
+    check_target,
     side_file_root,
+    side_file_sources,
     side_files,
     staging_directory,
     write_weights,
@@ -189,3 +192,32 @@ def _hash_files(files: list[Path]) -> dict[str, str]:
 def report_warnings(computed: Computed) -> None:
     for message in computed.warnings:
         ui.warn(message)
+
+
+def apply_file(recipe: Path, out: Path | None = None, force: bool = False, benchmark: bool = True,
+               echo: Callable[[str], None] = print) -> Path:
+    """`th-edit apply` end to end: check the recipe and the target, compute the edit, show it,
+    benchmark it (the recipe's `benchmark:` section, unless `benchmark=False`), write the checkpoint.
+    Tables go to `echo` (stdout), status lines to th_edit.ui. Returns the directory written."""
+    prepared = prepare_file(recipe)
+    target = resolve_target(prepared, out)
+    check_target(target, force, [*prepared.base.inputs(), recipe])
+    side_file_sources(prepared.base.path, side_file_root(prepared.base.path, prepared.base.kind))  # links checked now
+    ui.info(f"editing {prepared.base.reference}: {len(prepared.recipe.edits)} edit(s)")
+    computed = compute(prepared)
+    report_warnings(computed)
+    if ui.is_verbose():
+        echo("\n".join(ui.table(EDIT_COLUMNS, edit_rows(computed.reports), left=0)))
+    else:  # the full table is in the model card, and with `th-edit -v apply`
+        echo("\n".join(edit_summary(computed.reports) + ["(every component: th-edit -v apply, or the model card)"]))
+    run = None
+    if prepared.recipe.benchmark is not None and benchmark:
+        ui.info("benchmarking before and after the edit (--no-bench skips this)")
+        run = run_benchmark(prepared, computed)
+        echo("\n" + run.text)
+    weights = write(prepared, computed, target, force, run)
+    echo(f"wrote {target}")
+    hint = dtype_hint(prepared.out_dtype_name, sum((target / name).stat().st_size for name in weights))
+    if hint:
+        ui.info(f"hint: {hint}")
+    return target

@@ -86,13 +86,39 @@ class EditResult:
 EDIT_COLUMNS = ("layer", "head", "circuit", "component", "scale", "σ before", "σ target", "σ realized")
 
 
+def _sigma(value: float) -> str:
+    # Fixed decimals, so that right-aligned σ columns line up on the decimal point.
+    return f"{value:.4f}" if value < 1e4 else f"{value:.5g}"
+
+
 def edit_rows(reports: list[HeadReport]) -> list[list[str]]:
     """One row per edited component, formatted for tables (terminal and model card)."""
     return [
-        [str(r.layer), str(r.head), r.circuit.upper(), str(c.component), f"{c.scale:g}", f"{c.original:.5g}",
-         f"{c.target:.5g}", "-" if c.realized is None else f"{c.realized:.5g}"]
+        [str(r.layer), str(r.head), r.circuit.upper(), str(c.component), f"{c.scale:g}", _sigma(c.original),
+         _sigma(c.target), "-" if c.realized is None else _sigma(c.realized)]
         for r in reports for c in r.components
     ]
+
+
+def edit_summary(reports: list[HeadReport]) -> list[str]:
+    """A few lines instead of the full table: components per circuit and head, scales, and the
+    largest gap between a realized and a target singular value (relative to σ before)."""
+    components = [(r, c) for r in reports for c in r.components]
+    if not components:
+        return []
+    per_circuit = {circuit: [r for r in reports if r.circuit == circuit] for circuit in ("ov", "qk")}
+    counts = ", ".join(f"{sum(len(r.components) for r in heads)} {circuit.upper()} component(s) in {len(heads)} head(s)"
+                       for circuit, heads in per_circuit.items() if heads)
+    scales = sorted({c.scale for _, c in components})
+    scale_text = f"scale {scales[0]:g}" if len(scales) == 1 else f"scales {scales[0]:g} to {scales[-1]:g}"
+    lines = [f"edits: {counts}; {scale_text}"]
+    measured = [(abs(c.realized - c.target) / c.original, r, c) for r, c in components
+                if c.realized is not None and c.original > 0]
+    if measured:
+        gap, r, c = max(measured, key=lambda item: item[0])
+        lines.append(f"realized singular values: within {100 * gap:.2g}% of σ before of their targets "
+                     f"(worst: layer {r.layer} head {r.head} {r.circuit.upper()} component {c.component})")
+    return lines
 
 
 def group_edits(edits: list[Edit]) -> list[HeadEdit]:

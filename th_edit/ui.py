@@ -32,6 +32,10 @@ def is_quiet() -> bool:
     return _quiet
 
 
+def is_verbose() -> bool:
+    return _verbose and not _quiet
+
+
 def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
     """A tqdm bar on stderr, silenced by --quiet."""
     return iter(tqdm(items, desc=desc, total=total, unit=unit, disable=_quiet, file=sys.stderr, leave=False))

@@ -46,7 +46,7 @@ FRESH_TOP = 5
               help="Tuning prompts per N.")
 @click.option("--held-out-prompts", type=click.IntRange(min=2, max=MAX_PROMPTS), default=200, show_default=True,
               help="Held-out prompts per N (and IOI).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("search/recipe.yaml"),
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/search/recipe.yaml"),
               show_default=True, help="The recipe; search.json, frontier.png and the study journal go beside it.")
 @click.option("--resume", is_flag=True, help="Continue the search recorded in the study journal beside --out.")
 @force_option()
@@ -61,6 +61,8 @@ def search_command(model: str, kind: str, max_heads: int, rank_by: str, channels
     journal = out.with_suffix(".study.log")
     for path in outputs:
         check_new_file(path, force)
+    if resume and not journal.exists():
+        raise UserError(f"--resume: there is no study journal at {journal} to continue (run without --resume to start)")
     if journal.exists() and not (resume or force):
         raise UserError(f"{journal} holds an earlier search: pass --resume to continue it or --force to start over")
     if journal.exists() and force and not resume:
@@ -69,6 +71,8 @@ def search_command(model: str, kind: str, max_heads: int, rank_by: str, channels
                               limits=Limits(kl_budget, max_ioi_drop / 100), tune_prompts=tune_prompts,
                               held_out_prompts=held_out_prompts, attribution=rank_by == "attribution")
     channels = read_json(channels_file) if channels_file is not None else None  # a damaged file: before the model loads
+    if channels is not None:
+        _check_channels_fit(channels, channels_file, model, kind, max_heads)
     session = load_session(model, device=device, dtype=dtype)
     candidates, draft = _channel_candidates(session, kind, channels, seed, max_heads)
     ui.info(f"candidate heads: {', '.join(c.name for c in candidates)}")
@@ -100,6 +104,26 @@ def _write_outputs(report: SearchReport, model: str, outputs: list[Path], force:
         writers[plot_path] = lambda path: plot_frontier(report, path)
     write_files(writers, force)
     return list(writers)
+
+
+def _check_channels_fit(channels: object, path: Path, model: str, kind: str, max_heads: int) -> None:
+    """A channels.json of another model (heads or components the model does not have) is refused
+    from the config alone, before the model loads; one that fits under another name is a warning."""
+    from th_edit.arch import adapter_for
+    from th_edit.models import load_config, resolve
+
+    info = adapter_for(load_config(resolve(model))).info()
+    recorded = channels.get("model") if isinstance(channels, dict) else None
+    for candidate in candidates_from_channels(channels, kind, max_heads):
+        if not (candidate.layer < info.n_layers and candidate.head < info.n_heads
+                and max(candidate.components, default=0) < info.d_head):
+            raise UserError(f"{path} is not a channel analysis of {model}"
+                            + (f" (it was made for {recorded})" if recorded else "")
+                            + f": it names head {candidate.layer}.{candidate.head} component "
+                              f"{max(candidate.components, default=0)}, but {model} has {info.n_layers} layers of "
+                              f"{info.n_heads} heads with {info.d_head} components")
+    if recorded and recorded != model:
+        ui.warn(f"{path} was made for {recorded}, not {model}; its heads fit {model}, so it is used")
 
 
 def _channel_candidates(session, kind: str, channels: object | None, seed: int, max_heads: int):
