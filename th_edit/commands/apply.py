@@ -7,13 +7,13 @@ from pathlib import Path
 import click
 
 from th_edit.apply import apply_file
-from th_edit.commands.options import force_option
+from th_edit.commands import options as opt
 
 
 @click.command("apply")
 @click.argument("recipe", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Output directory (overrides output.dir).")
-@force_option("Replace an earlier th-edit checkpoint (or an empty directory) at the output path; nothing else.")
+@opt.force_option("Replace an earlier th-edit checkpoint (or an empty directory) at the output path; nothing else.")
 @click.option("--no-bench", is_flag=True, help="Skip the recipe's before/after benchmark.")
 def apply_command(recipe: Path, out: Path | None, force: bool, no_bench: bool) -> None:
     """Apply RECIPE (YAML) and write the edited model as an ordinary checkpoint."""

@@ -8,18 +8,7 @@ import click
 
 from th_edit import bench, strict_json, ui
 from th_edit.apply import prepare_file
-from th_edit.commands.options import (
-    NItems,
-    batch_size_option,
-    device_options,
-    force_option,
-    json_option,
-    n_items_option,
-    n_prompts_option,
-    out_dir_option,
-    seed_option,
-    task_option,
-)
+from th_edit.commands import options as opt
 from th_edit.errors import UserError
 from th_edit.limits import MAX_KL_TEXTS
 from th_edit.models import DEFAULT_MODEL, context_length, load_config, load_tokenizer, resolve
@@ -63,7 +52,7 @@ def _check_destinations(export: Path | None, out: Path | None, force: bool) -> N
             check_new_file(out / name, force)
 
 
-def _load_prompts(tokenizer, tasks: tuple[str, ...], prompts_file: Path | None, n_items: NItems,
+def _load_prompts(tokenizer, tasks: tuple[str, ...], prompts_file: Path | None, n_items: opt.NItems | str,
                   n_prompts: int, seed: int) -> tuple[list[TaskPrompt], dict[str, object]]:
     """The prompt set and the setup record that describes it in the report."""
     if prompts_file is not None:
@@ -71,6 +60,7 @@ def _load_prompts(tokenizer, tasks: tuple[str, ...], prompts_file: Path | None, 
         if not prompts:
             raise UserError(f"{prompts_file} has no {' or '.join(tasks)} prompts")
         return prompts, {"tasks": list(tasks), "prompts": str(prompts_file)}
+    n_items = opt.N_ITEMS.convert(n_items, None, None)  # also "2,3" as typed
     prompts = build_prompts(tokenizer, tasks, n_items, n_prompts, seed)
     setup = {"tasks": list(tasks), "prompts": "generated", "seed": seed, "n_prompts_per_n": n_prompts,
              **setup_record(tokenizer, tasks, n_items)}
@@ -87,27 +77,27 @@ def _same_vocabulary(first, second) -> bool:
 
 @click.command("bench")
 @click.argument("model", default=DEFAULT_MODEL)
-@task_option("all", "Which task to run (all: the default set, laundry and ioi).", extra=("all",))
-@n_items_option("2-8")
-@n_prompts_option(200, "Prompts per N (and IOI prompts).")
-@seed_option("Seed of the generated prompt set.")
+@opt.task_option("all", "Which task to run (all: the default set, laundry and ioi).", extra=("all",))
+@opt.n_items_option("2-8")
+@opt.n_prompts_option(200, "Prompts per N (and IOI prompts).")
+@opt.seed_option("Seed of the generated prompt set.")
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Score the prompts in this JSONL file instead of generating them.")
 @click.option("--export-prompts", "export", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the generated prompt set to this JSONL file and exit.")
-@batch_size_option()
-@out_dir_option("Directory for bench.json and accuracy.png.")
-@json_option("Print the JSON report on stdout instead of tables.")
-@force_option("Overwrite existing output files (--out, --export-prompts).")
+@opt.batch_size_option()
+@opt.out_dir_option("Directory for bench.json and accuracy.png.")
+@opt.json_option("Print the JSON report on stdout instead of tables.")
+@opt.force_option("Overwrite existing output files (--out, --export-prompts).")
 @click.option("--compare", metavar="OTHER_MODEL|RECIPE.yaml",
               help="Paired before/after: MODEL is before; after is OTHER_MODEL (same tokenizer required) "
                    "or MODEL with a recipe's edits applied in memory.")
 @click.option("--kl-texts", type=click.IntRange(min=1, max=MAX_KL_TEXTS),
               help="With --compare: measure the KL on this many neutral texts (default: all, plain and chat-formatted).")
 @click.option("--no-kl", is_flag=True, help="With --compare: skip the neutral-text KL.")
-@device_options
+@opt.device_options
 @click.pass_context
-def bench_command(ctx: click.Context, model: str, task: str, n_items: NItems, n_prompts: int, seed: int,
+def bench_command(ctx: click.Context, model: str, task: str, n_items: opt.NItems, n_prompts: int, seed: int,
                   prompts_file: Path | None, export: Path | None, batch_size: int, out: Path | None,
                   as_json: bool, force: bool, compare: str | None, kl_texts: int | None, no_kl: bool, device: str,
                   dtype: str) -> None:

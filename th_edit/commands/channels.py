@@ -12,17 +12,7 @@ from th_edit import strict_json, ui
 from th_edit.arch import adapter_for
 from th_edit.channels.composition import parse_pair
 from th_edit.channels.find import ChannelSettings, draft_edits, find_channels
-from th_edit.commands.options import (
-    NItems,
-    device_options,
-    force_option,
-    json_option,
-    n_items_option,
-    n_prompts_option,
-    out_dir_option,
-    seed_option,
-    task_option,
-)
+from th_edit.commands import options as opt
 from th_edit.errors import UserError
 from th_edit.limits import MAX_HEADS, MAX_PROMPTS
 from th_edit.tasks import registry
@@ -37,9 +27,9 @@ OUT_FILES = ("channels.json", "components.png", "mover-map.png", "weight-vs-data
 @click.command("channels")
 @click.argument("model", default=DEFAULT_MODEL)
 @click.option("--kind", type=click.Choice(["inhibition", "duplicate-token", "all"]), default="all", show_default=True)
-@task_option(registry.objective().name, "Prompts that define the roles and the data check.")
-@n_items_option("3-5", "List lengths N of the list-recall prompts.")
-@n_prompts_option(20, "Prompts per N (list recall) or in all (IOI).", minimum=2)
+@opt.task_option(registry.objective().name, "Prompts that define the roles and the data check.")
+@opt.n_items_option("3-5", "List lengths N of the list-recall prompts.")
+@opt.n_prompts_option(20, "Prompts per N (list recall) or in all (IOI).", minimum=2)
 @click.option("--pair", "pairs", multiple=True, metavar="S:R", help="Also resolve this sender:receiver pair, e.g. 20.0:23.3.")
 @click.option("--top", type=click.IntRange(min=1, max=MAX_HEADS), default=3, show_default=True,
               help="Heads taken from each role.")
@@ -54,12 +44,12 @@ OUT_FILES = ("channels.json", "components.png", "mover-map.png", "weight-vs-data
 @click.option("--no-data-check", is_flag=True, help="Weights and roles only (no ablations).")
 @click.option("--draft-scale", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="Scale of the draft recipe's inhibition components.")
-@seed_option()
-@out_dir_option("Directory for channels.json, plots and draft-recipe.yaml.")
-@json_option("Print channels.json on stdout instead of the summary.")
-@force_option()
-@device_options
-def channels_command(model: str, kind: str, task: str, n_items: NItems, n_prompts: int, pairs: tuple[str, ...], top: int,
+@opt.seed_option()
+@opt.out_dir_option("Directory for channels.json, plots and draft-recipe.yaml.")
+@opt.json_option("Print channels.json on stdout instead of the summary.")
+@opt.force_option()
+@opt.device_options
+def channels_command(model: str, kind: str, task: str, n_items: opt.NItems, n_prompts: int, pairs: tuple[str, ...], top: int,
                      z_threshold: float, min_share: float, check_prompts: int, check_alpha: float, no_data_check: bool,
                      draft_scale: float, seed: int, out: Path | None, as_json: bool, force: bool, device: str,
                      dtype: str) -> None:

@@ -11,7 +11,7 @@ import torch
 from th_edit import strict_json, ui
 from th_edit.arch import Adapter, adapter_for
 from th_edit.checkpoint import CheckpointTensors
-from th_edit.commands.options import json_option
+from th_edit.commands import options as opt
 from th_edit.errors import UserError
 from th_edit.limits import MAX_SINGULAR_VALUES, digits_at_most, shown_number
 from th_edit.linalg import factored_svdvals, single_threaded
@@ -28,7 +28,7 @@ SVD_CONVENTION = ("effective matrices (input norm folded, QK-norm and post-atten
               help="How many singular values per matrix with --svd (0 = all).")
 @click.option("--layer", "layers", metavar="L", help="With --svd: only these layers (e.g. 20, 20-23 or 1,5,9).")
 @click.option("--head", "heads", metavar="H", help="With --svd: only these heads (e.g. 3, 0-2 or 1,4).")
-@json_option("Machine-readable output on stdout.")
+@opt.json_option("Machine-readable output on stdout.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the checkpoint's own config code to run.")
 def inspect_command(model: str, svd: bool, top: int, layers: str | None, heads: str | None, as_json: bool,
                     trust_remote_code: bool) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from th_edit import strict_json, ui
-from th_edit.commands.options import NItems, device_options, force_option, n_items_option, seed_option
+from th_edit.commands import options as opt
 from th_edit.errors import UserError
 from th_edit.limits import MAX_HEADS, MAX_PROMPTS, MAX_TRIALS
 from th_edit.models import DEFAULT_MODEL
@@ -35,13 +35,13 @@ FRESH_TOP = 5
               help="Order of each head's components: first-order effect on tuning recall, or channel weight z.")
 @click.option("--channels", "channels_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="A channels.json from `th-edit channels` (default: run the channel analysis now).")
-@n_items_option("4-8", "List lengths N to improve (range or list).")
+@opt.n_items_option("4-8", "List lengths N to improve (range or list).")
 @click.option("--kl-budget", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True,
               help="Largest mean KL on neutral text, nats/token.")
 @click.option("--max-ioi-drop", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="Largest IOI accuracy drop, points.")
 @click.option("--trials", type=click.IntRange(min=1, max=MAX_TRIALS), default=60, show_default=True)
-@seed_option("Seeds the sampler and the tuning prompts.")
+@opt.seed_option("Seeds the sampler and the tuning prompts.")
 @click.option("--tune-prompts", type=click.IntRange(min=2, max=MAX_PROMPTS), default=50, show_default=True,
               help="Tuning prompts per N.")
 @click.option("--held-out-prompts", type=click.IntRange(min=2, max=MAX_PROMPTS), default=200, show_default=True,
@@ -49,9 +49,9 @@ FRESH_TOP = 5
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/search/recipe.yaml"),
               show_default=True, help="The recipe; search.json, frontier.png and the study journal go beside it.")
 @click.option("--resume", is_flag=True, help="Continue the search recorded in the study journal beside --out.")
-@force_option()
-@device_options
-def search_command(model: str, kind: str, max_heads: int, rank_by: str, channels_file: Path | None, n_items: NItems,
+@opt.force_option()
+@opt.device_options
+def search_command(model: str, kind: str, max_heads: int, rank_by: str, channels_file: Path | None, n_items: opt.NItems,
                    kl_budget: float, max_ioi_drop: float, trials: int, seed: int, tune_prompts: int,
                    held_out_prompts: int, out: Path, resume: bool, force: bool, device: str, dtype: str) -> None:
     """Search how many of the best components of which channel heads of MODEL to rescale, and by

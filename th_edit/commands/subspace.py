@@ -8,17 +8,7 @@ import click
 
 from th_edit import strict_json, ui
 from th_edit.arch import adapter_for
-from th_edit.commands.options import (
-    NItems,
-    batch_size_option,
-    device_options,
-    force_option,
-    json_option,
-    n_items_option,
-    n_prompts_option,
-    out_dir_option,
-    seed_option,
-)
+from th_edit.commands import options as opt
 from th_edit.errors import UserError
 from th_edit.limits import MAX_DIMS, MAX_GRID, MAX_PROMPTS
 from th_edit.models import DEFAULT_MODEL, load_config, resolve
@@ -35,9 +25,9 @@ from th_edit.tasks.laundry import MAX_ITEMS, MIN_ITEMS
 @click.option("--basis", type=click.Choice(["weights", "data"]), default="weights", show_default=True,
               help="Weight basis (orthonormalized write directions) or data basis (PCA of the heads' outputs).")
 @click.option("--dims", type=click.IntRange(min=2, max=MAX_DIMS), default=3, show_default=True, help="Subspace dimensions.")
-@n_items_option("2-8", "List lengths N: a range (2-8) or a list (2,3,5).")
-@n_prompts_option(40, "Laundry prompts per N.", minimum=2)
-@seed_option("Seed of the prompts (and of the statistics).")
+@opt.n_items_option("2-8", "List lengths N: a range (2-8) or a list (2,3,5).")
+@opt.n_prompts_option(40, "Laundry prompts per N.", minimum=2)
+@opt.seed_option("Seed of the prompts (and of the statistics).")
 @click.option("--traverse-n", type=click.IntRange(min=MIN_ITEMS, max=MAX_ITEMS),
               help="N of the traversal prompts (default: the largest N).")
 @click.option("--traverse-prompts", type=click.IntRange(min=1, max=MAX_PROMPTS), default=16, show_default=True,
@@ -46,13 +36,13 @@ from th_edit.tasks.laundry import MAX_ITEMS, MIN_ITEMS
               help="Traversal grid points per axis (over the first min(dims, 3) directions).")
 @click.option("--mode", type=click.Choice(["replace", "add"]), default="replace", show_default=True,
               help="Replace the sender heads' component in the subspace by the point, or add the point to it.")
-@batch_size_option()
-@out_dir_option("Directory for subspace.json, subspace.png, traversal.png, crowding.png and subspace.html.")
-@force_option("Replace those files if --out already holds them.")
-@json_option("Print subspace.json on stdout instead of the summary.")
-@device_options
+@opt.batch_size_option()
+@opt.out_dir_option("Directory for subspace.json, subspace.png, traversal.png, crowding.png and subspace.html.")
+@opt.force_option("Replace those files if --out already holds them.")
+@opt.json_option("Print subspace.json on stdout instead of the summary.")
+@opt.device_options
 def subspace_command(model: str, components: str | None, movers: str | None, channels_file: Path | None, basis: str,
-                     dims: int, n_items: NItems, n_prompts: int, seed: int, traverse_n: int | None, traverse_prompts: int,
+                     dims: int, n_items: opt.NItems, n_prompts: int, seed: int, traverse_n: int | None, traverse_prompts: int,
                      grid: int, mode: str, batch_size: int, out: Path | None, force: bool, as_json: bool, device: str,
                      dtype: str) -> None:
     """Find, plot and traverse the subspace in which the inhibition channel of MODEL indexes
