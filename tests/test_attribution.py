@@ -5,9 +5,9 @@ import torch
 from tiny import tiny_checkpoint
 
 import th_edit
-from th_edit.bench.batching import left_padded
-from th_edit.bench.tokens import tokenize_prompts
 from th_edit.recipe import Edit
+from th_edit.runtime.batching import left_padded
+from th_edit.runtime.tokens import tokenize_prompts
 from th_edit.search.attribution import component_gradients
 from th_edit.tasks.sets import build_prompts
 

@@ -7,10 +7,10 @@ import torch
 from tiny import FAMILIES, tiny_model, word_tokenizer
 
 from th_edit.arch import adapter_for
-from th_edit.bench.tokens import encode
 from th_edit.channels.roles import copy_scores, ioi_roles, laundry_roles, repeated_roles
 from th_edit.errors import UserError
 from th_edit.params import LiveParameters
+from th_edit.runtime.tokens import encode
 from th_edit.session import Session
 from th_edit.tasks.ioi import generate_ioi
 from th_edit.tasks.laundry import generate_laundry

@@ -6,8 +6,8 @@
         after = th_edit.bench.laundry(m, n_items=[4, 5, 6], n_prompts=200)
     paired = th_edit.bench.paired(m, recipe, n_items=[4, 5, 6])           # McNemar and neutral-text KL
 
-Modules: tokens (tokenize and check prompts), batching, scoring, side_effects (KL), aggregate
-(accuracy rows, paired rows), reports (report dicts), render (terminal tables).
+Modules: scoring, side_effects (KL), aggregate (accuracy rows, paired rows), reports (report
+dicts), render (terminal tables); tokenizing and batching are th_edit.runtime's.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from th_edit.bench.aggregate import accuracy_row, compare, paired_row, summarize
-from th_edit.bench.batching import Batch, input_device, left_padded, length_batches
 from th_edit.bench.render import render_report
 from th_edit.bench.reports import Report, run_paired, run_single
 from th_edit.bench.scoring import PromptScore, score_prompts
 from th_edit.bench.side_effects import kl_sum, neutral_kl
-from th_edit.bench.tokens import Tokenized, candidate_token_ids, tokenize_prompts
 from th_edit.errors import UserError
 from th_edit.recipe import Edit, Recipe
+from th_edit.runtime.batching import Batch, input_device, left_padded, length_batches
+from th_edit.runtime.tokens import Tokenized, candidate_token_ids, tokenize_prompts
 from th_edit.session import ComputedEdit, Session, Variant, swapped_parameters
 from th_edit.tasks import TASKS, TaskPrompt, registry
 from th_edit.tasks.ioi import IOI

@@ -12,10 +12,10 @@ from th_edit.bench.aggregate import compare, summarize
 from th_edit.bench.render import render_report
 from th_edit.bench.scoring import PromptScore, score_prompts
 from th_edit.bench.side_effects import kl_sum
-from th_edit.bench.tokens import Tokenized, tokenize_prompts
+from th_edit.runtime.tokens import Tokenized, tokenize_prompts
 from th_edit.session import Variant
-from th_edit.tasks.neutral import NeutralSet, neutral_set
 from th_edit.tasks import registry
+from th_edit.tasks.neutral import NeutralSet, neutral_set
 from th_edit.tasks.prompts import TaskPrompt, tasks_in
 
 

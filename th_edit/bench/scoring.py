@@ -11,10 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from th_edit import ui
-from th_edit.bench.batching import Batch, input_device, left_padded, length_batches
-from th_edit.bench.tokens import Tokenized, tokenize_prompts
 from th_edit.errors import UserError
+from th_edit.runtime import Batch, Tokenized, batched, input_device, tokenize_prompts
 from th_edit.tasks.prompts import TaskPrompt
 
 LastLogits = Callable[[Batch], torch.Tensor]  # batch -> logits of the last position [B, V]
@@ -57,12 +55,9 @@ def score_prompts(model: torch.nn.Module, tokenizer, prompts: Sequence[TaskPromp
     if len(tokenized.encoded) != len(prompts):
         raise ValueError("`tokenized` must come from exactly `prompts`")
     forward = last_logits or model_last_logits(model)
-    device = input_device(model)
-    batches = length_batches([len(e) for e in tokenized.encoded], batch_size)
     scores: list[PromptScore | None] = [None] * len(prompts)
     with torch.inference_mode():
-        for indices in ui.progress(batches, desc=desc, unit="batch"):
-            batch = left_padded([tokenized.encoded[i] for i in indices], tokenized.pad_id, device)
+        for indices, batch in batched(tokenized.encoded, batch_size, tokenized.pad_id, input_device(model), desc=desc):
             last = forward(batch).float().cpu()
             for row, i in enumerate(indices):
                 scores[i] = score_row(last[row], *tokenized.targets[i])

@@ -6,10 +6,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from th_edit import ui
-from th_edit.bench.batching import Batch, left_padded, length_batches
-from th_edit.bench.tokens import encode, pad_id
 from th_edit.errors import UserError
+from th_edit.runtime import Batch, batched, encode, pad_id
 
 Forward = Callable[[Batch], torch.Tensor]  # batch -> logits [B, T, V]
 
@@ -46,12 +44,10 @@ def kl_sum(forward_base: Forward, forward_edited: Forward, tokenizer, texts: Seq
     if not sequences:
         raise UserError("no neutral text to measure KL on")
     max_tokens = max(max(len(e) for e in sequences), KL_MAX_BATCH_LOGITS // max(len(tokenizer), 1))
-    batches = length_batches([len(e) for e in sequences], batch_size, max_tokens)
-    padding = pad_id(tokenizer)
     total, count = 0.0, 0
     with torch.inference_mode():
-        for b, indices in enumerate(ui.progress(batches, desc="neutral-text KL", unit="batch")):
-            batch = left_padded([sequences[i] for i in indices], padding)
+        for b, (_, batch) in enumerate(batched(sequences, batch_size, pad_id(tokenizer), max_tokens=max_tokens,
+                                               desc="neutral-text KL")):
             cached = base_cache is not None and b < len(base_cache)
             base = base_cache[b] if cached else forward_base(batch)
             edited = forward_edited(batch)

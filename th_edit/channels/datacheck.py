@@ -20,11 +20,9 @@ from dataclasses import dataclass, field
 import torch
 
 from th_edit import hooks, ui
-from th_edit.bench.batching import left_padded, length_batches
-from th_edit.bench.tokens import candidate_token_ids, pad_id
 from th_edit.channels.factors import HeadId
 from th_edit.errors import UserError
-from th_edit.prefix import PrefixCache
+from th_edit.runtime import CachedBatches, candidate_token_ids, pad_id
 from th_edit.session import Session
 from th_edit.tasks.mentions import Mentions, locate_mentions
 from th_edit.tasks.prompts import TaskPrompt
@@ -73,16 +71,9 @@ class _Prompts:
         self.session = session
         self.mentions: list[Mentions] = [m for _, m in located]
         self.targets = candidate_token_ids(session.tokenizer, [prompts[i] for i, _ in located])
-        self.groups = length_batches([len(m.ids) for m in self.mentions], batch_size)
-        padding = pad_id(session.tokenizer)
-        self.batches = [left_padded([list(self.mentions[i].ids) for i in g], padding, session.device)
-                        for g in self.groups]
-        self._caches: dict[int, PrefixCache] = {}
-
-    def from_layer(self, layer: int) -> PrefixCache:
-        if layer not in self._caches:
-            self._caches[layer] = PrefixCache(self.session.model, self.session.adapter, layer, self.batches)
-        return self._caches[layer]
+        self.cached = CachedBatches(session.model, session.adapter, [m.ids for m in self.mentions], batch_size,
+                                    pad_id(session.tokenizer), session.device)
+        self.groups, self.batches, self.from_layer = self.cached.groups, self.cached.batches, self.cached.from_layer
 
 
 def _measure(session: Session, prompts: _Prompts, receivers: Sequence[HeadId], layer: int = 0

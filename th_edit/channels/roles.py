@@ -49,9 +49,8 @@ from dataclasses import dataclass, field
 import torch
 
 from th_edit import hooks, ui
-from th_edit.bench.batching import left_padded, length_batches
-from th_edit.bench.tokens import candidate_token_ids, pad_id
 from th_edit.errors import UserError
+from th_edit.runtime import batched, candidate_token_ids, pad_id
 from th_edit.session import Session
 from th_edit.stats import mean_interval
 from th_edit.tasks import registry
@@ -156,10 +155,8 @@ def record_attention(session: Session, sequences: Sequence[Sequence[int]], posit
         raise UserError(f"batch size must be at least 1, not {batch_size}")
     model, adapter = session.model, session.adapter
     pad = pad_id(_tokenizer(session))
-    batches = length_batches([len(s) for s in sequences], batch_size)
     with torch.inference_mode(), hooks.recording(model, adapter, attention=True, positions=positions) as record:
-        for indices in ui.progress(batches, desc=desc, unit="batch"):
-            batch = left_padded([list(sequences[i]) for i in indices], pad, session.device)
+        for indices, batch in batched(sequences, batch_size, pad, session.device, desc=desc):
             model(**batch, logits_to_keep=1)  # only attention is read: skip the full-vocabulary logits
             pattern = torch.stack([record.attention[layer].pop() for layer in range(adapter.n_layers)], dim=1)
             width = batch["input_ids"].shape[1]

@@ -15,11 +15,11 @@ from th_edit.channels.find import ChannelSettings, draft_edits, find_channels
 from th_edit.commands import options as opt
 from th_edit.errors import UserError
 from th_edit.limits import MAX_HEADS, MAX_PROMPTS
-from th_edit.tasks import registry
 from th_edit.models import DEFAULT_MODEL, load_config, resolve
 from th_edit.outputs import check_new_file, write_files
 from th_edit.recipe import Output, Recipe
 from th_edit.session import load as load_session
+from th_edit.tasks import registry
 
 OUT_FILES = ("channels.json", "components.png", "mover-map.png", "weight-vs-data.png", "draft-recipe.yaml")
 

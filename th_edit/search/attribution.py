@@ -21,9 +21,7 @@ from dataclasses import replace
 
 import torch
 
-from th_edit import ui
-from th_edit.bench.batching import input_device, left_padded, length_batches
-from th_edit.bench.tokens import tokenize_prompts
+from th_edit.runtime import batched, input_device, tokenize_prompts
 from th_edit.search.space import MAX_COMPONENTS, Candidate
 from th_edit.session import Session
 from th_edit.tasks.prompts import TaskPrompt
@@ -47,8 +45,8 @@ def component_gradients(session: Session, prompts: Sequence[TaskPrompt], heads: 
     tokenized = tokenize_prompts(session.tokenizer, prompts, max_length=session.max_length)
     directions = {h: tuple(t.float() for t in ov_directions(session, *h)) for h in heads}
     totals = {h: torch.zeros(directions[h][0].shape[1], dtype=torch.float64) for h in heads}
-    batches = length_batches([len(e) for e in tokenized.encoded], batch_size)
-    for indices in ui.progress(batches, desc="component attribution", unit="batch"):
+    for indices, batch in batched(tokenized.encoded, batch_size, tokenized.pad_id, input_device(model),
+                                  desc="component attribution"):
         captured: dict[int, torch.Tensor] = {}
         with ExitStack() as stack, torch.enable_grad():
             for layer in layers:
@@ -60,7 +58,6 @@ def component_gradients(session: Session, prompts: Sequence[TaskPrompt], heads: 
                     return (z, *args[1:])
                 handle = model.get_submodule(adapter.output_projection_module(layer)).register_forward_pre_hook(keep)
                 stack.callback(handle.remove)
-            batch = left_padded([tokenized.encoded[i] for i in indices], tokenized.pad_id, input_device(model))
             logits = model(**batch, logits_to_keep=1).logits[:, -1].float()
             objective = sum(torch.log_softmax(logits[row, tokenized.targets[i][0]], dim=-1)[tokenized.targets[i][1]]
                             for row, i in enumerate(indices))

@@ -18,14 +18,12 @@ from dataclasses import dataclass
 import torch
 
 from th_edit import ui
-from th_edit.bench.batching import left_padded, length_batches
 from th_edit.bench.scoring import PromptScore, score_row
-from th_edit.bench.tokens import pad_id, tokenize_prompts
 from th_edit.errors import UserError
-from th_edit.prefix import PrefixCache
+from th_edit.runtime import CachedBatches, pad_id, tokenize_prompts
 from th_edit.session import ComputedEdit, Session
-from th_edit.tasks.neutral import NeutralSet
 from th_edit.tasks import registry
+from th_edit.tasks.neutral import NeutralSet
 from th_edit.tasks.prompts import TaskPrompt
 
 # The unedited model's log-probs on the neutral texts are kept in memory (float32) up to this size.
@@ -58,10 +56,9 @@ class _PromptPart:
     def __init__(self, session: Session, prompts: Sequence[TaskPrompt], batch_size: int, layer: int):
         self.prompts = list(prompts)
         self.tokenized = tokenize_prompts(session.tokenizer, self.prompts, max_length=session.max_length)
-        self.groups = length_batches([len(e) for e in self.tokenized.encoded], batch_size)
-        padding = pad_id(session.tokenizer)
-        batches = [left_padded([self.tokenized.encoded[i] for i in g], padding, session.device) for g in self.groups]
-        self.cache = PrefixCache(session.model, session.adapter, layer, batches)
+        batches = CachedBatches(session.model, session.adapter, self.tokenized.encoded, batch_size,
+                                self.tokenized.pad_id, session.device)
+        self.groups, self.cache = batches.groups, batches.from_layer(layer)
 
     def scores(self) -> list[PromptScore]:
         scores: list[PromptScore | None] = [None] * len(self.prompts)
@@ -79,11 +76,10 @@ class _TextPart:
         vocabulary = session.model.get_output_embeddings().weight.shape[0]
         # A batch's full logits stay under 2**25 elements, as in th_edit.bench.side_effects.
         max_tokens = max(max(map(len, encoded)), 2**25 // vocabulary)
-        self.groups = length_batches([len(e) for e in encoded], batch_size, max_tokens)
-        padding = pad_id(session.tokenizer)
-        batches = [left_padded([list(encoded[i]) for i in g], padding, session.device) for g in self.groups]
-        self.cache = PrefixCache(session.model, session.adapter, layer, batches)
-        self.base = [self.log_probs(b) for b in range(len(batches))]
+        batches = CachedBatches(session.model, session.adapter, encoded, batch_size, pad_id(session.tokenizer),
+                                session.device, max_tokens)
+        self.groups, self.cache = batches.groups, batches.from_layer(layer)
+        self.base = [self.log_probs(b) for b in range(len(self.groups))]
 
     def log_probs(self, b: int) -> torch.Tensor:
         """log softmax of the current model's logits at the real (non-pad) positions of batch b."""

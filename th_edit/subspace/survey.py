@@ -18,9 +18,8 @@ import torch
 
 from th_edit import hooks, ui
 from th_edit.arch import Adapter
-from th_edit.bench.batching import left_padded, length_batches
-from th_edit.bench.tokens import pad_id, tokenize_prompts
 from th_edit.errors import UserError
+from th_edit.runtime import batched, pad_id, tokenize_prompts
 from th_edit.subspace.items import ItemTokens, locate_items
 from th_edit.tasks import registry
 from th_edit.tasks.prompts import TaskPrompt
@@ -137,8 +136,7 @@ def survey(session, prompts: Sequence[TaskPrompt], layers: Sequence[int], batch_
     logits: list[torch.Tensor | None] = [None] * n
     model, adapter = session.model, session.adapter
     with torch.inference_mode():
-        for indices in ui.progress(length_batches([len(e) for e in encoded], batch_size), desc=desc, unit="batch"):
-            batch = left_padded([encoded[i] for i in indices], pad, session.device)
+        for indices, batch in batched(encoded, batch_size, pad, session.device, desc=desc):
             width = batch["input_ids"].shape[1]
             with hooks.recording(model, adapter, layers, attention=True, z=True, positions=-1) as rec, \
                     output_scales(model, adapter, layers) as scales:

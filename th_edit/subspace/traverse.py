@@ -31,8 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from th_edit import hooks, ui
-from th_edit.bench.batching import left_padded, length_batches
-from th_edit.bench.tokens import pad_id
+from th_edit.runtime import CachedBatches, pad_id
 from th_edit.subspace.items import ItemTokens
 from th_edit.subspace.survey import Head, laundry_items
 from th_edit.tasks.prompts import TaskPrompt
@@ -188,16 +187,15 @@ def select(session, prompts: Sequence[TaskPrompt], sender_heads: Sequence[Head],
     pad, keyword = pad_id(session.tokenizer), _cache_keyword(model)
     attended = torch.zeros(len(points), len(prompts), dtype=torch.long)
     predicted = torch.zeros_like(attended)
-    batches = length_batches([len(e) for e in encoded], batch_size)
+    batches = CachedBatches(model, adapter, encoded, batch_size, pad, session.device)
     with torch.inference_mode(), intervention.installed():
-        for number, indices in enumerate(batches, start=1):
-            batch = left_padded([encoded[i] for i in indices], pad, session.device)
+        for number, (indices, batch) in enumerate(zip(batches.groups, batches.batches), start=1):
             intervention.points = None
             prefix = model(**{k: v[:, :-1] for k, v in batch.items()}, use_cache=True, logits_to_keep=1)
             cache = _returned_cache(prefix)
             per_forward = max(1, ROWS_PER_FORWARD // len(indices)) if hasattr(cache, "batch_repeat_interleave") else 1
             starts = range(0, len(points), per_forward)
-            for start in ui.progress(starts, desc=f"{desc} (prompt batch {number}/{len(batches)})", unit="pass"):
+            for start in ui.progress(starts, desc=f"{desc} (prompt batch {number}/{len(batches.groups)})", unit="pass"):
                 chunk = points[start:start + per_forward]
                 repeated = copy.deepcopy(cache)
                 if len(chunk) > 1:
