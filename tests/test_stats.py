@@ -77,3 +77,21 @@ def test_mean_interval():
     assert high - mean == pytest.approx(Z95 / math.sqrt(3))
     assert mean - low == pytest.approx(Z95 / math.sqrt(3))
     assert mean_interval([4.0]) == (4.0, 4.0, 4.0)
+
+
+def test_one_spearman_with_a_defined_answer_for_undefined_input():
+    import math
+
+    from th_edit.stats import spearman
+    from th_edit.subspace import spearman as crowding_spearman
+
+    # Pairs with a non-finite value are left out, not turned into nan for the whole correlation.
+    assert spearman([1, 2, float("nan"), 3, 4], [1, 2, 3, 4, 5]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, float("inf")], [3, 2, 1, 0]) == pytest.approx(-1.0)
+    # Undefined (a constant side, too few finite pairs): None, in channels and crowding alike;
+    # the subspace report writes it as nan, its own convention for "undefined".
+    for x, y in (([1, 1, 1], [1, 2, 3]), ([1, 2], [2, 1]), ([1, float("nan"), 3], [1, 2, 3])):
+        assert spearman(x, y) is None and math.isnan(crowding_spearman(x, y))
+    assert spearman([1, 2], [2, 1], minimum=2) == pytest.approx(-1.0) == crowding_spearman([1, 2], [2, 1], minimum=2)
+    with pytest.raises(ValueError):
+        spearman([1, 2, 3], [1, 2])

@@ -317,7 +317,7 @@ def pending_copy(entry: StoredTensor, name: str | None = None) -> PendingTensor:
     return PendingTensor(name or entry.name, entry.dtype, entry.shape, entry.nbytes, write)
 
 
-def _shard_groups(tensors: list[PendingTensor], max_shard_bytes: int | None) -> list[list[PendingTensor]]:
+def shard_groups(tensors: list[PendingTensor], max_shard_bytes: int | None) -> list[list[PendingTensor]]:
     """Greedy sharding in the given order, like transformers: a tensor bigger than the limit
     gets a shard of its own."""
     if max_shard_bytes is None:
@@ -368,8 +368,16 @@ class _HashingWriter:
         return self.digest.hexdigest()
 
 
-def _write_one_file(path: Path, tensors: list[PendingTensor], metadata: dict[str, str]) -> str:
-    """Write one safetensors file; returns its sha256."""
+class _Discard:
+    """A sink that keeps nothing: `_HashingWriter` hashes what passes through it."""
+
+    def write(self, data) -> int:
+        return len(memoryview(data))
+
+
+def stream_safetensors(sink: BinaryIO | None, tensors: list[PendingTensor], metadata: dict[str, str]) -> str:
+    """The one writer of the safetensors format: header and data of one file streamed into `sink`
+    (None: nowhere, only hashed, as verify rebuilds a checkpoint); returns the file's sha256."""
     # Larger dtypes first keeps every tensor aligned to its element size (the data buffer may
     # not have holes), the same rule the reference implementation follows.
     ordered = sorted(tensors, key=lambda t: (-SAFETENSORS_DTYPES[t.dtype].itemsize, t.name))
@@ -382,18 +390,24 @@ def _write_one_file(path: Path, tensors: list[PendingTensor], metadata: dict[str
         offset += tensor.nbytes
     encoded = strict_json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
+    out = _HashingWriter(sink if sink is not None else _Discard())  # type: ignore[arg-type]
+    try:
+        out.write(struct.pack("<Q", len(encoded)))
+        out.write(encoded)
+        for tensor in ordered:
+            before = out.tell()
+            tensor.write_to(out)  # type: ignore[arg-type]
+            if out.tell() - before != tensor.nbytes:
+                raise RuntimeError(f"wrote {out.tell() - before} bytes for {tensor.name}, expected {tensor.nbytes}")
+    finally:
+        digest = out.finish()
+    return digest
+
+
+def _write_one_file(path: Path, tensors: list[PendingTensor], metadata: dict[str, str]) -> str:
+    """Write one safetensors file; returns its sha256."""
     with open(path, "wb") as file:
-        out = _HashingWriter(file)
-        try:
-            out.write(struct.pack("<Q", len(encoded)))
-            out.write(encoded)
-            for tensor in ordered:
-                before = out.tell()
-                tensor.write_to(out)  # type: ignore[arg-type]
-                if out.tell() - before != tensor.nbytes:
-                    raise RuntimeError(f"wrote {out.tell() - before} bytes for {tensor.name}, expected {tensor.nbytes}")
-        finally:
-            digest = out.finish()
+        digest = stream_safetensors(file, tensors, metadata)
         file.flush()
         os.fsync(file.fileno())
     return digest
@@ -413,7 +427,7 @@ def write_checkpoint_weights(
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
         raise ValueError("duplicate tensor names")
-    groups = _shard_groups(tensors, max_shard_bytes)
+    groups = shard_groups(tensors, max_shard_bytes)
     metadata = {"format": "pt"}
     if len(groups) == 1:
         return {SINGLE_FILE: _write_one_file(directory / SINGLE_FILE, groups[0], metadata)}

@@ -12,3 +12,9 @@ class UserError(Exception):
 def missing_package(package: str, purpose: str, install: str | None = None) -> UserError:
     command = install or f"pip install {package}"
     return UserError(f"{purpose} needs the package '{package}', which is not installed: run `{command}`")
+
+
+def first_line(exc: BaseException) -> str:
+    """What an exception from a library says, in one line for an `error:` line (its type if it says nothing)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

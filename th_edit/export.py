@@ -14,7 +14,6 @@ import hashlib
 import os
 import re
 import shutil
-import struct
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,10 +31,10 @@ from th_edit.checkpoint import (
     CheckpointTensors,
     PendingTensor,
     StoredTensor,
-    _HashingWriter,
-    _shard_groups,
     pending_copy,
     pending_from_tensor,
+    shard_groups,
+    stream_safetensors,
     write_checkpoint_weights,
 )
 from th_edit.compat import base_json, portable_file
@@ -351,53 +350,25 @@ def write_weights(staging: Path, tensors: CheckpointTensors, replaced: dict[str,
     return write_checkpoint_weights(staging, pending, max_shard_bytes, progress=progress)
 
 
-class _Discard:
-    """A sink that keeps nothing: `_HashingWriter` hashes what passes through it."""
-
-    def write(self, data) -> int:
-        return len(memoryview(data))
-
-
 def hash_weights(tensors: CheckpointTensors, replaced: dict[str, torch.Tensor], out_dtype: torch.dtype | None,
                  max_shard_bytes: int) -> dict[str, str]:
     """{file name: sha256} of exactly what `write_weights` would write, computed from the
     streamed bytes without writing anything (verify works on read-only checkpoints and leaves
-    no scratch copy behind). Mirrors checkpoint.write_checkpoint_weights and _write_one_file;
+    no scratch copy behind). Mirrors checkpoint.write_checkpoint_weights (one safetensors writer, stream_safetensors);
     tests/test_verify_and_atomic.py checks that both give the same hashes, sharded or not."""
     pending = planned_weights(tensors, replaced, out_dtype)
-    groups = _shard_groups(pending, max_shard_bytes)
+    groups = shard_groups(pending, max_shard_bytes)
     metadata = {"format": "pt"}
     if len(groups) == 1:
-        return {SINGLE_FILE: _hash_one_file(groups[0], metadata)}
+        return {SINGLE_FILE: stream_safetensors(None, groups[0], metadata)}
     hashes, weight_map = {}, {}
     for i, group in enumerate(ui.progress(groups, desc="hashing rebuilt shards", unit="shard"), start=1):
         name = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
-        hashes[name] = _hash_one_file(group, metadata)
+        hashes[name] = stream_safetensors(None, group, metadata)
         weight_map.update({t.name: name for t in group})
     index = {"metadata": {"total_size": sum(t.nbytes for t in pending)}, "weight_map": dict(sorted(weight_map.items()))}
     hashes[INDEX_FILE] = hashlib.sha256((strict_json.dumps(index, indent=2) + "\n").encode()).hexdigest()
     return hashes
-
-
-def _hash_one_file(tensors: list[PendingTensor], metadata: dict[str, str]) -> str:
-    ordered = sorted(tensors, key=lambda t: (-SAFETENSORS_DTYPES[t.dtype].itemsize, t.name))
-    header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
-    offset = 0
-    for tensor in ordered:
-        header[tensor.name] = {"dtype": tensor.dtype, "shape": list(tensor.shape),
-                               "data_offsets": [offset, offset + tensor.nbytes]}
-        offset += tensor.nbytes
-    encoded = strict_json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)
-    out = _HashingWriter(_Discard())  # type: ignore[arg-type]
-    try:
-        out.write(struct.pack("<Q", len(encoded)))
-        out.write(encoded)
-        for tensor in ordered:
-            tensor.write_to(out)  # type: ignore[arg-type]
-    finally:
-        digest = out.finish()
-    return digest
 
 
 def side_file_root(base_dir: Path, kind: str) -> Path:

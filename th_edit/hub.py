@@ -18,7 +18,7 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError, Repository
 from huggingface_hub.utils import validate_repo_id
 
 from th_edit.checkpoint import sha256_file
-from th_edit.errors import UserError
+from th_edit.errors import UserError, first_line
 from th_edit.export import PROVENANCE_FILE, checkpoint_files, th_edit_record
 
 # Weight files of an earlier push that this one does not replace would mix two checkpoints.
@@ -47,7 +47,7 @@ def plan_push(folder: Path, repo_id: str, private: bool, revision: str | None) -
     try:
         validate_repo_id(repo_id)  # the Hub's own naming rules, checked before any network call
     except HFValidationError as exc:
-        raise UserError(f"repo id '{repo_id}' is not a valid Hub name: {_first_line(exc)}") from None
+        raise UserError(f"repo id '{repo_id}' is not a valid Hub name: {first_line(exc)}") from None
     return PushPlan(folder, repo_id, private, revision, sorted((name, (folder / name).stat().st_size) for name in names))
 
 
@@ -93,12 +93,12 @@ def push(plan: PushPlan, api: HfApi | None = None) -> str:
             raise UserError(
                 f"the Hub refused the push to '{plan.repo_id}' (HTTP {status}): check your token's write access"
             ) from None
-        raise UserError(f"the Hub refused the push to '{plan.repo_id}': {_first_line(exc)}") from None
+        raise UserError(f"the Hub refused the push to '{plan.repo_id}': {first_line(exc)}") from None
     except HFValidationError as exc:  # a value th-edit passed on from the user (a --revision name, say)
-        raise UserError(f"the Hub client refused the push to '{plan.repo_id}': {_first_line(exc)}") from None
+        raise UserError(f"the Hub client refused the push to '{plan.repo_id}': {first_line(exc)}") from None
     except Exception as exc:
         if _is_network_error(exc):
-            raise UserError(f"cannot reach the Hugging Face Hub: {_first_line(exc)}") from None
+            raise UserError(f"cannot reach the Hugging Face Hub: {first_line(exc)}") from None
         if _unreadable_reply(exc):
             raise _reply_error(exc) from None
         raise
@@ -125,15 +125,10 @@ def _unreadable_reply(exc: BaseException) -> bool:
 
 def _reply_error(exc: BaseException) -> UserError:
     if isinstance(exc, json.JSONDecodeError):  # a proxy, a captive portal or a wrong HF_ENDPOINT
-        what = f"did not answer with JSON ({_first_line(exc)})"
+        what = f"did not answer with JSON ({first_line(exc)})"
     else:
-        what = f"answered with JSON the Hub client cannot read ({type(exc).__name__}: {_first_line(exc)})"
+        what = f"answered with JSON the Hub client cannot read ({type(exc).__name__}: {first_line(exc)})"
     return UserError(f"the Hub endpoint {constants.ENDPOINT} {what}; check HF_ENDPOINT and any proxy in between")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _is_network_error(exc: BaseException) -> bool:

@@ -34,7 +34,7 @@ from th_edit.checkpoint import (
     sha256_file,
     write_checkpoint_weights,
 )
-from th_edit.errors import UserError, missing_package
+from th_edit.errors import UserError, first_line, missing_package
 from th_edit.export import check_side_files, new_staging_dir
 from th_edit.readers import read_json_object
 
@@ -291,7 +291,7 @@ def _dequantize_to(gguf_path: Path, target: Path, digest: str) -> None:
             tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     # Unsupported architectures raise ValueError; a damaged file whatever the reader trips on.
     except (ValueError, OSError, KeyError, IndexError, EOFError, UnicodeDecodeError, struct.error) as exc:
-        raise UserError(f"cannot load {gguf_path.name}: {_first_line(exc)}") from None
+        raise UserError(f"cannot load {gguf_path.name}: {first_line(exc)}") from None
 
     staging = new_staging_dir(target)  # a killed run's leftovers are removed by the next one
     try:
@@ -364,11 +364,6 @@ def _config_problem(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def check_weights_match(resolved: ResolvedModel, config) -> None:
     """The stored tensors are exactly the parameters `config` describes (names, shapes), judged by
     transformers' own loading rules (renamed and ignored keys, tied weights) on the meta device,
@@ -385,7 +380,7 @@ def check_weights_match(resolved: ResolvedModel, config) -> None:
                                                         dtype=torch.float32, output_loading_info=True,
                                                         ignore_mismatched_sizes=True, **REFERENCE_MODULES)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise UserError(f"{resolved.reference}: cannot match the weights to config.json ({_first_line(exc)})") from None
+        raise UserError(f"{resolved.reference}: cannot match the weights to config.json ({first_line(exc)})") from None
     finally:
         if bar:
             hf_logging.enable_progress_bar()
@@ -424,7 +419,7 @@ def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):
     try:
         return AutoTokenizer.from_pretrained(str(resolved.path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
-        raise UserError(f"cannot load {resolved.reference}'s tokenizer: {_first_line(exc)}") from None
+        raise UserError(f"cannot load {resolved.reference}'s tokenizer: {first_line(exc)}") from None
 
 
 def load_model(resolved: ResolvedModel, dtype: str | None = None, trust_remote_code: bool = False,
@@ -452,7 +447,7 @@ def load_model(resolved: ResolvedModel, dtype: str | None = None, trust_remote_c
     try:
         model, info = AutoModelForCausalLM.from_pretrained(str(resolved.path), **kwargs)
     except RuntimeError as exc:
-        raise UserError(f"{resolved.reference}: the weights do not match config.json ({_first_line(exc)})") from None
+        raise UserError(f"{resolved.reference}: the weights do not match config.json ({first_line(exc)})") from None
     _refuse_loading_problems(resolved, info)
     parameters = LiveParameters(model)  # offloaded parameters are read from accelerate's weights map
     for name, _ in model.named_parameters():

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from fractions import Fraction
+
+import numpy as np
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
@@ -53,29 +56,25 @@ def mean_interval(values: list[float], z: float = Z95) -> tuple[float, float, fl
     return mean, mean - half, mean + half
 
 
-def _ranks(values: list[float]) -> list[float]:
-    """Ranks 1..n, ties given their average rank."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    start = 0
-    while start < len(order):
-        stop = start
-        while stop + 1 < len(order) and values[order[stop + 1]] == values[order[start]]:
-            stop += 1
-        for position in range(start, stop + 1):
-            ranks[order[position]] = (start + stop) / 2 + 1
-        start = stop + 1
-    return ranks
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """0-based ranks, ties sharing the mean of the ranks they span ([1, 2, 2, 3] -> [0, 1.5, 1.5, 3])."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts  # rank of each distinct value's first occurrence
+    return (first + (counts - 1) / 2.0)[inverse]
 
 
-def spearman(x: list[float], y: list[float]) -> float | None:
-    """Spearman's rank correlation (Pearson on average ranks); None when undefined (n < 3 or a constant side)."""
+def spearman(x: Sequence[float], y: Sequence[float], minimum: int = 3) -> float | None:
+    """Spearman's rank correlation: Pearson's on average ranks, over the pairs where both values
+    are finite. None where it is undefined: fewer than `minimum` (at least 2) such pairs, or one
+    side constant. The one implementation (channels' agreement, subspace's crowding)."""
     if len(x) != len(y):
         raise ValueError("x and y must have the same length")
-    if len(x) < 3:
+    xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    keep = np.isfinite(xs) & np.isfinite(ys)
+    xs, ys = xs[keep], ys[keep]
+    if len(xs) < max(2, minimum):
         return None
-    rx, ry = _ranks(x), _ranks(y)
-    mx, my = math.fsum(rx) / len(rx), math.fsum(ry) / len(ry)
-    sxy = math.fsum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    sxx, syy = math.fsum((a - mx) ** 2 for a in rx), math.fsum((b - my) ** 2 for b in ry)
-    return None if sxx == 0 or syy == 0 else sxy / math.sqrt(sxx * syy)
+    rx, ry = average_ranks(xs), average_ranks(ys)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denominator = math.sqrt(float((rx ** 2).sum()) * float((ry ** 2).sum()))
+    return float((rx * ry).sum()) / denominator if denominator > 0 else None

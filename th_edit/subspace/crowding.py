@@ -26,28 +26,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from th_edit import stats
+
 N_BOOTSTRAP = 1000
 N_PERMUTATIONS = 10000
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks with ties averaged."""
-    values, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    first = np.cumsum(counts) - counts  # rank of each distinct value's first occurrence
-    return (first + (counts - 1) / 2.0)[inverse]
-
-
 def spearman(x: Sequence[float], y: Sequence[float], minimum: int = 3) -> float:
-    """Spearman's ρ (nan when either side is constant or there are fewer than `minimum` pairs)."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    keep = np.isfinite(x) & np.isfinite(y)
-    x, y = x[keep], y[keep]
-    if len(x) < max(2, minimum):
-        return float("nan")
-    rx, ry = _ranks(x), _ranks(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denominator = np.sqrt((rx ** 2).sum() * (ry ** 2).sum())
-    return float((rx * ry).sum() / denominator) if denominator > 0 else float("nan")
+    """th_edit.stats.spearman in this report's convention, where an undefined number is nan (JSON null)."""
+    rho = stats.spearman(x, y, minimum)
+    return float("nan") if rho is None else rho
 
 
 def _statistics(coordinates: np.ndarray, correct: np.ndarray, cells: list[tuple[int, int]],
@@ -145,8 +133,8 @@ def crowding(coordinates: np.ndarray, n_items: np.ndarray, answer_positions: np.
         permuted = np.zeros(n_permutations)
         for n in used_ns:
             cells = [r for r in rows if r["n_items"] == n]
-            rs = _ranks(np.array([c["separation"] for c in cells]))
-            ra = _ranks(np.array([c["accuracy"] for c in cells]))
+            rs = stats.average_ranks(np.array([c["separation"] for c in cells]))
+            ra = stats.average_ranks(np.array([c["accuracy"] for c in cells]))
             rs, ra = rs - rs.mean(), ra - ra.mean()
             order = np.argsort(rng.random((n_permutations, len(cells))), axis=1)
             permuted += (ra[order] @ rs) / np.sqrt((rs ** 2).sum() * (ra ** 2).sum())
