@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from concurrent.futures import as_completed
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 
@@ -26,25 +25,10 @@ from th_edit.arch.base import Adapter
 from th_edit.channels.parallel import worker_pool
 from th_edit.checkpoint import TensorSource
 from th_edit.errors import UserError
+from th_edit.heads import HeadId, parse_head  # noqa: F401  (re-exported: th_edit.channels API)
 from th_edit.linalg import HeadSVD, ov_svd, qk_svd
 
 
-class HeadId(NamedTuple):
-    """A query head, printed as `layer.head` (0-based, as in recipes and the CLI)."""
-
-    layer: int
-    head: int
-
-    def __str__(self) -> str:
-        return f"{self.layer}.{self.head}"
-
-
-def parse_head(text: str) -> HeadId:
-    """`"20.3"` → HeadId(20, 3); a UserError naming the text otherwise."""
-    layer, dot, head = text.strip().partition(".")
-    if not dot or not layer.isdigit() or not head.isdigit():
-        raise UserError(f"'{text}' is not a head: write layer.head, e.g. 20.3")
-    return HeadId(int(layer), int(head))
 
 
 @dataclass

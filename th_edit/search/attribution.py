@@ -21,12 +21,13 @@ from dataclasses import replace
 
 import torch
 
+from th_edit.heads import HeadId
 from th_edit.runtime import batched, input_device, tokenize_prompts
 from th_edit.search.space import MAX_COMPONENTS, Candidate
 from th_edit.session import Session
 from th_edit.tasks.prompts import TaskPrompt
 
-Head = tuple[int, int]
+Head = HeadId  # a head is a th_edit.heads.HeadId everywhere
 
 
 def ov_directions(session: Session, layer: int, head: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from th_edit.errors import UserError
+from th_edit.heads import HeadId
 from th_edit.subspace.basis import Component
 from th_edit.subspace.survey import Head, Survey
 
@@ -72,7 +73,7 @@ def _top(scores: torch.Tensor, layers: range, count: int) -> list[Head]:
     """The `count` heads of `layers` with the highest scores, best first."""
     H = scores.shape[1]
     flat = scores[layers.start:layers.stop].flatten()
-    return [(layers.start + int(i) // H, int(i) % H) for i in torch.argsort(flat, descending=True)[:count]]
+    return [HeadId(layers.start + int(i) // H, int(i) % H) for i in torch.argsort(flat, descending=True)[:count]]
 
 
 def choose(session, survey: Survey, n_components: int, n_movers: int = N_MOVERS,

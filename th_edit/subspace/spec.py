@@ -12,12 +12,12 @@ import re
 from pathlib import Path
 
 from th_edit.errors import UserError
+from th_edit.heads import HeadId, parse_head
 from th_edit.readers import read_json
 from th_edit.subspace.basis import Component
 from th_edit.subspace.survey import Head
 
-_COMPONENT = re.compile(r"(\d+)\.(\d+):(\d+)")
-_HEAD = re.compile(r"(\d+)\.(\d+)")
+_COMPONENT = re.compile(r"([0-9]+\.[0-9]+):([0-9]+)")
 
 
 def parse_components(text: str, option: str = "--components") -> list[Component]:
@@ -30,7 +30,8 @@ def parse_components(text: str, option: str = "--components") -> list[Component]
         match = _COMPONENT.fullmatch(item)
         if not match:
             raise UserError(f"{option}: '{item}' is not LAYER.HEAD:COMPONENT (e.g. 20.0:1)")
-        parsed.append(tuple(int(g) for g in match.groups()))
+        head = parse_head(match.group(1))
+        parsed.append((head.layer, head.head, int(match.group(2))))
     return list(dict.fromkeys(parsed))  # type: ignore[arg-type]
 
 
@@ -41,10 +42,10 @@ def parse_heads(text: str, option: str = "--movers") -> list[Head]:
         raise UserError(f"{option}: expected LAYER.HEAD[,...], e.g. 23.3,25.1")
     parsed = []
     for item in items:
-        match = _HEAD.fullmatch(item)
-        if not match:
-            raise UserError(f"{option}: '{item}' is not LAYER.HEAD (e.g. 23.3)")
-        parsed.append((int(match.group(1)), int(match.group(2))))
+        try:
+            parsed.append(parse_head(item))
+        except UserError:
+            raise UserError(f"{option}: '{item}' is not LAYER.HEAD (e.g. 23.3)") from None
     return list(dict.fromkeys(parsed))
 
 
@@ -76,7 +77,7 @@ def read_channels(path: Path) -> tuple[list[Component], list[Head]]:
     movers_field = roles.get("mover") if isinstance(roles, dict) else None
     if not isinstance(movers_field, list) or not movers_field:
         raise UserError(f"{path}: 'roles.mover' must be a non-empty list")
-    movers = [(_integer(e, "layer", f"{path}: roles.mover[{i}]"), _integer(e, "head", f"{path}: roles.mover[{i}]"))
+    movers = [HeadId(_integer(e, "layer", f"{path}: roles.mover[{i}]"), _integer(e, "head", f"{path}: roles.mover[{i}]"))
               for i, e in enumerate(movers_field)]
     return list(dict.fromkeys(components)), list(dict.fromkeys(movers))
 

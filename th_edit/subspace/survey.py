@@ -19,12 +19,13 @@ import torch
 from th_edit import hooks, ui
 from th_edit.arch import Adapter
 from th_edit.errors import UserError
+from th_edit.heads import HeadId
 from th_edit.runtime import batched, pad_id, tokenize_prompts
 from th_edit.subspace.items import ItemTokens, locate_items
 from th_edit.tasks import registry
 from th_edit.tasks.prompts import TaskPrompt
 
-Head = tuple[int, int]
+Head = HeadId  # a head is a th_edit.heads.HeadId everywhere
 
 
 @dataclass
