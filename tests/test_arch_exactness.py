@@ -1,4 +1,4 @@
-"""Effective per-head matrices reproduce each family's own forward pass (METHOD.md §1)."""
+"""Effective per-head matrices reproduce each family's own forward pass (docs/method.md#folding-norms)."""
 
 import pytest
 import torch
@@ -42,7 +42,7 @@ def test_gemma_post_norm_is_checked():
 
 @pytest.mark.parametrize("model_type", ["gpt2", "gpt_neox"])
 def test_layernorm_mean_removal_is_folded(model_type):
-    """METHOD.md §1: W_eff = C diag(γ) W with C = I − 11ᵀ/d. The forward check cannot see C (x̃ is
+    """docs/method.md#folding-norms: W_eff = C diag(γ) W with C = I − 11ᵀ/d. The forward check cannot see C (x̃ is
     already centred), but C changes OV, QK and their SVDs: every column must sum to zero."""
     model = tiny_model(model_type)
     adapter = adapter_for(model.config)

@@ -1,4 +1,4 @@
-"""Composition scores (METHOD.md §3) against brute-force dense d×d products on tiny models of every family."""
+"""Composition scores (docs/method.md#composition-scores) against dense d×d products on tiny models of every family."""
 
 from __future__ import annotations
 

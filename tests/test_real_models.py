@@ -1,4 +1,4 @@
-"""Exactness on the real offline models (METHOD.md §1), read straight from the checkpoint files."""
+"""Exactness on the real offline models (docs/method.md#folding-norms), read straight from the checkpoint files."""
 
 import pytest
 import torch

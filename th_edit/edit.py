@@ -1,4 +1,4 @@
-"""Exact rank-component edits written into standard weights (METHOD.md §4).
+"""Exact rank-component edits written into standard weights (docs/method.md#exact-edits).
 
 Scaling OV component k of head h by α:  OV' = OV (I + (α−1) v_k v_kᵀ), written into W_O only.
 Scaling QK component k by α:            QK' = (I + (α−1) a_k a_kᵀ) QK,  written into W_Q only.

@@ -1,4 +1,4 @@
-"""Factored linear algebra on per-head matrices (METHOD.md §2): never build a d×d matrix.
+"""Factored linear algebra on per-head matrices (docs/method.md#singular-components): never build a d×d matrix.
 
 OV_h = W_V W_O and QK_h = W_Q W_Kᵀ have rank ≤ d_head. A thin QR of the tall left factor
 (W = Q R, Q: d×dh orthonormal columns) turns the SVD of the d×d product into the SVD of a small
@@ -15,7 +15,7 @@ import torch
 
 from th_edit.arch.base import LayerWeights
 
-NEAR_TIE_RTOL = 1e-3  # METHOD.md §2: closer singular values than this have no stable order
+NEAR_TIE_RTOL = 1e-3  # docs/method.md#singular-components: closer singular values than this have no stable order
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 An adapter knows, for one model family, where each attention head's weights live in the state
 dict and how the layer's norms act on them. From that it produces the *effective* per-head
-matrices of METHOD.md §1 (row-vector convention):
+matrices of docs/method.md#conventions (row-vector convention):
 
     q = x̃ W_Q + b_Q,  k = x̃ W_K + b_K,  v = x̃ W_V + b_V,  head output written = z W_O
 

@@ -1,4 +1,4 @@
-"""Channel discovery between attention heads (METHOD.md §2, §3, §6).
+"""Channel discovery between attention heads (docs/method.md#singular-components, #composition-scores, #channels).
 
 Weight analysis, no data needed:
 

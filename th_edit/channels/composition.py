@@ -1,4 +1,4 @@
-"""Composition scores between attention heads, whole and per singular component (METHOD.md §3).
+"""Composition scores between attention heads, whole and per singular component (docs/method.md#composition-scores).
 
 For a sender head A (layer l_A) and a receiver head B in a later layer (l_B > l_A), with
 OV_A = Σ_k s_k u_k v_kᵀ:
@@ -91,7 +91,7 @@ def _normalized(singular_values: torch.Tensor) -> torch.Tensor:
 
 
 class ReadSide(NamedTuple):
-    """The receiver side of one mode (METHOD §3): its directions and singular values, per query head."""
+    """The receiver side of one mode (docs/method.md#receiver-resolution): its directions and singular values, per query head."""
 
     directions: torch.Tensor  # [L, H, d, r]: a_j (q), b_j (k), u'_j (v)
     singular_values: torch.Tensor  # [L, H, r]: σ_j (q, k), s'_j (v)
@@ -190,7 +190,7 @@ class PairScores:
     @property
     def shares(self) -> torch.Tensor:
         """[r] each sender component's share of the pair's full composition, s_k² C_k² / Σ_j s_j² C_j²
-        (they sum to 1; METHOD §3's identity). C_k alone ignores s_k: a component that barely
+        (they sum to 1: docs/method.md#composition-scores). C_k alone ignores s_k: a component that barely
         writes anything can still point where the receiver reads."""
         weighted = (self.sender_singular_values.double() * self.components.double()) ** 2
         return weighted / weighted.sum() if float(weighted.sum()) > 0 else torch.zeros_like(weighted)
@@ -380,7 +380,7 @@ def _receiver_stats(scores: torch.Tensor, rows_per_layer: int, heads: int, layer
 
 
 class ComponentLink(NamedTuple):
-    """One sender component meeting one receiver component: a single cosine (METHOD §3)."""
+    """One sender component meeting one receiver component: a single cosine (docs/method.md#receiver-resolution)."""
 
     sender: HeadId
     sender_component: int

@@ -1,4 +1,4 @@
-"""Check weight-predicted channel components against the model's behaviour (METHOD.md §6.3).
+"""Check weight-predicted channel components against the model's behaviour (docs/method.md#data-check).
 
 For a sender component k (OV component k of sender head A) and a receiver head B, scale that
 component's share of A's output by α with an activation hook (no weight changes; for a Q-composition

@@ -1,4 +1,4 @@
-"""Per-head SVD factors of every query head's effective OV and QK, for the whole model (METHOD.md §1–§2).
+"""Per-head SVD factors of every query head's effective OV and QK, for the whole model (docs/method.md#singular-components).
 
 `head_factors` reads one layer at a time through an architecture adapter and keeps only the thin
 SVD factors (d×r and r values per head; r = d_head), never a d×d matrix:

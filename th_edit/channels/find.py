@@ -1,4 +1,4 @@
-"""Channel discovery end to end (METHOD.md §6): roles from data, weight scores, outliers, data check.
+"""Channel discovery end to end (docs/method.md#channels): roles from data, weight scores, outliers, data check.
 
     report = find_channels(m, kinds=("inhibition", "duplicate_token"))  # the task: ChannelSettings(task=...)
     report.as_dict()         # what `th-edit channels` writes as channels.json
@@ -137,7 +137,7 @@ class ChannelReport:
             "th_edit_version": __version__, "model": self.model,
             "settings": {**{k: getattr(s, k) for k in s.__dataclass_fields__}, "n_items": list(s.n_items)},
             "conventions": "components 0-based (largest first) of each head's effective OV/QK; composition "
-                           "scores per METHOD.md §3 (baseline 1/sqrt(d_model), z per receiver against every "
+                           "scores per docs/method.md#composition-scores (baseline 1/sqrt(d_model), z per receiver against every "
                            "component of every earlier-layer sender)",
             "baseline": self.scores.baseline,
             "roles": {name: ranking.as_dict(top=10) for name, ranking in self.roles.items()},

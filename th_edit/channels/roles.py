@@ -1,4 +1,4 @@
-"""Head roles from data (METHOD.md §6.1): which heads do what, read off attention on generated prompts.
+"""Head roles from data (docs/method.md#roles-from-data): which heads do what, read off attention on generated prompts.
 
     m = th_edit.load("smollm2-135m")
     roles = repeated_roles(m, n_sequences=50)      # previous_token, duplicate_token, induction
@@ -25,7 +25,7 @@ window. Only the query rows needed are kept (END for the tasks), on the CPU.
 Copy score (`copy_scores`): does a head's OV write a candidate token's own logit? For each
 candidate token n (first token of each candidate, leading space included) and head h of layer l:
     x̃_n = norm_l(E[n])                  E: the token embedding; norm_l: layer l's input norm
-                                        without its weight (x̃ of METHOD §1, so Gemma's √d scale
+                                        without its weight (x̃ of docs/method.md#folding-norms, so Gemma's √d scale
                                         and the norm weight, folded into W_V^eff, are accounted for)
     y   = x̃_n W_V^eff W_O^eff           the head's effective OV (Session.weights; Gemma's
                                         post-attention norm weight is folded into W_O^eff)

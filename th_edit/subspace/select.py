@@ -6,7 +6,7 @@ On the laundry prompts of the survey (every layer recorded), at the last token:
 Sender heads are the `n_senders` best inhibition heads below a split layer L and movers the
 `n_movers` best mover heads from L on, with L chosen to maximize the sum of their scores.
 Each sender head's OV components are ranked by how strongly they feed the movers' queries,
-s_k · √(Σ_B C_Q(k→B)²) with C_Q(k→B) = ‖v_kᵀ QK_B‖ / ‖QK_B‖_F (METHOD.md §3, per component). The
+s_k · √(Σ_B C_Q(k→B)²) with C_Q(k→B) = ‖v_kᵀ QK_B‖ / ‖QK_B‖_F (docs/method.md#composition-scores, per component). The
 score compares components of one head, not of heads in different layers (Gemma's W_O^eff carries
 its post-attention norm weight, whose per-token scale differs by layer), so the sender components
 are taken round-robin over the sender heads, best inhibition head first: its best component,

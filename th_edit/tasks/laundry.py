@@ -52,7 +52,7 @@ def _with_determiner(word: str, determiner: str) -> str:
 
 
 def join_list(phrases: Sequence[str]) -> str:
-    """'x', 'x and y', 'x, y and z' (no serial comma, as in the METHOD.md example)."""
+    """'x', 'x and y', 'x, y and z' (no serial comma, as in the example of docs/method.md#tasks)."""
     if len(phrases) == 1:
         return phrases[0]
     return ", ".join(phrases[:-1]) + " and " + phrases[-1]

@@ -1,7 +1,7 @@
 """Repeated random-token sequences: a random block of tokens, then the same block again.
 
 In the second copy every token has one earlier occurrence (exactly half a block back), which is
-what previous-token, duplicate-token and induction heads are read from (METHOD.md §6.1). The
+what previous-token, duplicate-token and induction heads are read from (docs/method.md#roles-from-data). The
 special tokens the tokenizer puts before a text (a BOS, for models trained with one) come first,
 exactly as the benchmark encodes its prompts; nothing is added for a tokenizer that adds nothing.
 """
