@@ -13,7 +13,7 @@ from th_edit.arch import adapter_for
 from th_edit.channels.composition import parse_pair
 from th_edit.channels.find import ChannelSettings, draft_edits, find_channels
 from th_edit.commands.bench import parse_n_items
-from th_edit.commands.options import SEED, device_options
+from th_edit.commands.options import SEED, FiniteFloat, device_options
 from th_edit.errors import UserError
 from th_edit.limits import MAX_HEADS, MAX_PROMPTS
 from th_edit.models import DEFAULT_MODEL, load_config, resolve
@@ -35,16 +35,16 @@ OUT_FILES = ("channels.json", "components.png", "mover-map.png", "weight-vs-data
 @click.option("--pair", "pairs", multiple=True, metavar="S:R", help="Also resolve this sender:receiver pair, e.g. 20.0:23.3.")
 @click.option("--top", type=click.IntRange(min=1, max=MAX_HEADS), default=3, show_default=True,
               help="Heads taken from each role.")
-@click.option("--z-threshold", type=float, default=3.0, show_default=True, help="z-score that puts a component in a channel.")
-@click.option("--min-share", type=click.FloatRange(min=0), default=1.0, show_default=True,
+@click.option("--z-threshold", type=FiniteFloat(), default=3.0, show_default=True, help="z-score that puts a component in a channel.")
+@click.option("--min-share", type=FiniteFloat(min=0), default=1.0, show_default=True,
               help="A channel component also carries this many times an average component's share (1/rank) of "
                    "the pair's composition (0: z alone).")
 @click.option("--check-prompts", type=click.IntRange(min=2, max=MAX_PROMPTS), default=16, show_default=True,
               help="Prompts of the data check (each ablation runs them all).")
-@click.option("--check-alpha", type=click.FloatRange(min=0), default=2.0, show_default=True,
+@click.option("--check-alpha", type=FiniteFloat(min=0), default=2.0, show_default=True,
               help="Besides removing it (0), the data check scales each component by this.")
 @click.option("--no-data-check", is_flag=True, help="Weights and roles only (no ablations).")
-@click.option("--draft-scale", type=click.FloatRange(min=0), default=2.0, show_default=True,
+@click.option("--draft-scale", type=FiniteFloat(min=0), default=2.0, show_default=True,
               help="Scale of the draft recipe's inhibition components.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Directory for channels.json, plots and "

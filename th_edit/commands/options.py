@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import click
 
 from th_edit.devices import DEVICES, DTYPES
@@ -9,6 +11,22 @@ from th_edit.limits import MAX_SEED
 
 # --seed of every command: what numpy and Optuna accept (a negative seed was a traceback).
 SEED = click.IntRange(0, MAX_SEED)
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses nan and ±inf: click's FloatRange lets nan through every bound
+    (each comparison with nan is false), and a nan threshold silently selects nothing."""
+
+    name = "float"
+
+    def _describe_range(self) -> str:
+        return "finite" if self.min is None and self.max is None else super()._describe_range()
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def device_options(command):
