@@ -140,6 +140,19 @@ def test_channels_command_one_line_errors(checkpoint):
         assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize("option", ["--z-threshold", "--min-share", "--check-alpha", "--draft-scale"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_channels_refuses_non_finite_numbers(checkpoint, tmp_path, option, value):
+    """A nan threshold compared false with every score and silently found no channel."""
+    result = CliRunner().invoke(main, ["channels", str(checkpoint), "--no-data-check", option, value,
+                                       "--out", str(tmp_path / "ch")])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"Invalid value for '{option}'" in lines[0], result.stderr
+    assert "is not a finite number" in lines[0] or "x>=0" in lines[0]  # -inf is below a bound of 0 anyway
+    assert not (tmp_path / "ch").exists()
+
+
 def test_spearman():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)

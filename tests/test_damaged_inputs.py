@@ -94,6 +94,80 @@ def test_header_offsets_that_do_not_fit_the_shape(tmp_path, llama):
     one_line_error(run("inspect", model), "tensor w's byte range 0..8 does not fit its shape [4, 4]")
 
 
+def shift_tensors_from(directory: Path, index: int, shift: int) -> str:
+    """Move the stored tensors from the `index`-th (in offset order) on by `shift` bytes: +4 leaves a
+    4-byte gap before it, -4 makes it overlap the previous tensor's last 4 bytes. The file stays
+    exactly as long as its last tensor (only the layout is wrong). Returns the moved tensor's name."""
+    path = directory / "model.safetensors"
+    data = path.read_bytes()
+    (header_len,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + header_len])
+    names = sorted((n for n in header if n != "__metadata__"), key=lambda n: header[n]["data_offsets"])
+    cut = header[names[index]]["data_offsets"][0]
+    for name in names[index:]:
+        header[name]["data_offsets"] = [o + shift for o in header[name]["data_offsets"]]
+    body = data[8 + header_len:]
+    body = body[:cut] + bytes(shift) + body[cut:] if shift > 0 else body[:cut + shift] + body[cut:]
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + body)
+    return names[index]
+
+
+def _verify_against(base: Path, tmp_path: Path):
+    """verify --base with a damaged base: the checkpoint was written from a clean copy first."""
+    clean = tmp_path / "clean"
+    shutil.copytree(base, clean)
+    shutil.copy(clean / "model.safetensors.orig", clean / "model.safetensors")
+    recipe = write_recipe(tmp_path / "v.yaml", clean, edits=EDIT)
+    assert run("apply", recipe, "--out", tmp_path / "checked").exit_code == 0
+    return run("verify", tmp_path / "checked", "--base", base)
+
+
+LAYOUT_COMMANDS = {
+    "inspect": lambda model, tmp_path: run("inspect", model),
+    "inspect --svd": lambda model, tmp_path: run("inspect", model, "--svd"),
+    "apply": lambda model, tmp_path: run("apply", write_recipe(tmp_path / "r.yaml", model, edits=EDIT), "--out",
+                                         tmp_path / "out"),
+    "bench": lambda model, tmp_path: run("bench", model, "--n-items", "3", "--n-prompts", "2", "--out",
+                                         tmp_path / "out"),
+    "verify --base": _verify_against,
+}
+
+
+@pytest.mark.parametrize("command", sorted(LAYOUT_COMMANDS))
+@pytest.mark.parametrize("shift, fragment", [(4, "a gap of 4 bytes after tensor"),
+                                             (-4, "an overlap of 4 bytes after tensor")])
+def test_tensors_with_a_gap_or_an_overlap_between_them(copy, tmp_path, command, shift, fragment):
+    """Every command reads the headers first: a hole or shared bytes between two tensors' data is
+    one line naming the file and the tensor, before any work and with nothing written."""
+    model = copy()
+    shutil.copy(model / "model.safetensors", model / "model.safetensors.orig")
+    moved = shift_tensors_from(model, 3, shift)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    one_line_error(LAYOUT_COMMANDS[command](model, tmp_path), f"{model / 'model.safetensors'} is damaged", fragment,
+                   f"(tensor {moved} starts at data byte")
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert "out" not in written and set(written) - set(before) <= {"r.yaml", "v.yaml", "clean", "checked"}
+
+
+def test_bytes_after_the_last_tensor(copy):
+    model = copy()
+    with open(model / "model.safetensors", "ab") as f:
+        f.write(bytes(12))
+    one_line_error(run("inspect", model), "is damaged: 12 bytes after the last tensor's data")
+
+
+def test_a_clean_header_reads_as_the_safetensors_library_reads_it(llama):
+    """The layout checks accept what safetensors itself writes (tensors of every size, zero included)."""
+    from safetensors.torch import save_file
+
+    entries, _ = read_header(llama / "model.safetensors")
+    assert entries
+    path = llama.parent / "with-empty.safetensors"
+    save_file({"a": torch.zeros(0), "b": torch.ones(3), "c": torch.zeros(0, 4), "d": torch.ones(2, 2)}, path)
+    assert sorted(read_header(path)[0]) == ["a", "b", "c", "d"]
+
+
 # ---- NaN / Inf in the base weights --------------------------------------------------------------
 
 
@@ -288,6 +362,22 @@ def test_a_deeply_nested_recipe(tmp_path, text):
     recipe = tmp_path / "deep.yaml"
     recipe.write_text(text + "\n")
     one_line_error(run("apply", recipe, "--out", tmp_path / "out"), f"{recipe}: malformed YAML: nested too deeply")
+
+
+@pytest.mark.parametrize("old, new", [("layer: 1", "layer: " + "9" * 5000), ("seed: 0", "seed: " + "1" * 5000)])
+def test_an_integer_of_5000_digits_in_a_recipe(llama, tmp_path, old, new):
+    """Python refuses to convert integers of more than 4300 digits: that was a ValueError traceback."""
+    recipe = write_recipe(tmp_path / "r.yaml", llama, edits=EDIT)
+    recipe.write_text(recipe.read_text().replace(old, new, 1))
+    line = one_line_error(run("apply", recipe, "--out", tmp_path / "out"), f"{recipe}: malformed YAML", "5000 digits")
+    assert "set_int_max_str_digits" not in line and not (tmp_path / "out").exists()
+
+
+def test_a_long_integer_in_a_recipe_is_shown_cut_short(llama, tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", llama, edits=EDIT)
+    recipe.write_text(recipe.read_text().replace("scale: 2.0", "scale: " + "9" * 4000, 1))
+    line = one_line_error(run("apply", recipe, "--out", tmp_path / "out"), "edits[0].scale", "9" * 20 + "…")
+    assert len(line) < 300 and not (tmp_path / "out").exists()
 
 
 def test_a_yaml_alias_that_contains_itself_is_infinitely_deep(tmp_path):

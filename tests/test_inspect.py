@@ -116,3 +116,24 @@ def test_tied_embeddings_says_what_transformers_loads(tmp_path, stored, expected
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert (loaded.lm_head.weight is loaded.model.embed_tokens.weight) == (expected == "yes")
     assert _tied_line(tmp_path) == expected
+
+
+# ---- the parameter count is printed once ------------------------------------------------------
+
+
+def test_parameter_count_is_printed_once(gemma, tmp_path):
+    """One dtype: the count appears on the `parameters` line only; several: each dtype's share too."""
+    from safetensors.torch import load_file, save_file
+
+    result = run(gemma)
+    assert result.exit_code == 0, result.output
+    total = f"{json.loads(run(gemma, '--json').stdout)['parameters']:,}"
+    assert result.stdout.count(total) == 1, result.stdout
+    mixed = tmp_path / "mixed"
+    tiny_model("llama").save_pretrained(mixed)
+    state = load_file(mixed / "model.safetensors")
+    state["lm_head.weight"] = state["lm_head.weight"].half()
+    save_file(state, mixed / "model.safetensors", metadata={"format": "pt"})
+    lines = run(mixed).stdout.splitlines()
+    dtype_line = next(line for line in lines if line.startswith("dtype"))
+    assert "f16 (" in dtype_line and "f32 (" in dtype_line and " params)" in dtype_line

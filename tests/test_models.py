@@ -190,6 +190,76 @@ def test_damaged_gguf_files(tmp_path, monkeypatch):
     assert not list((tmp_path / "cache" / "dequantized").iterdir())  # nothing half-written in the cache
 
 
+def test_a_full_cache_while_dequantizing_is_one_line(tmp_path, monkeypatch):
+    """The GGUF reads fine, but the cache's disk fills up while the float32 copy is written: one line
+    naming the cache (not an OSError traceback), and no cache entry or staging directory is left."""
+    import errno
+
+    import transformers
+    from tiny import word_tokenizer
+
+    monkeypatch.setenv("TH_EDIT_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "small.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: tiny_model("llama"))
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: word_tokenizer())
+
+    def full_disk(directory, pending, *args, **kwargs):
+        (directory / "model.safetensors").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(models, "write_checkpoint_weights", full_disk)
+    result = run_cli("--quiet", "inspect", str(gguf))
+    assert_user_error(result, "cannot cache the dequantized weights of small.gguf", "no space left on device",
+                      "TH_EDIT_CACHE")
+    assert list((tmp_path / "cache" / "dequantized").iterdir()) == []
+
+
+def _serving(body: bytes, content_type: str):
+    """A local HTTP server answering every request with `body` (status 200); returns (server, url)."""
+    import http.server
+    import threading
+
+    class Reply(http.server.BaseHTTPRequestHandler):
+        def reply(self):
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_HEAD = reply
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Reply)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}"
+
+
+@pytest.mark.parametrize("body, content_type, fragment", [
+    (b"<html><body>Bad gateway</body></html>", "text/html", "did not answer with JSON"),
+    (b"[1,2,3]", "application/json", "answered with JSON the Hub client cannot read"),
+    (b"{}", "application/json", "answered with JSON the Hub client cannot read"),
+])
+def test_a_hub_endpoint_answering_no_json_to_a_download(tmp_path, body, content_type, fragment):
+    """A proxy or a wrong HF_ENDPOINT in front of a hub download: one line, not a JSONDecodeError
+    (or KeyError, AttributeError) traceback from inside huggingface_hub."""
+    server, url = _serving(body, content_type)
+    try:
+        env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": url, "TH_EDIT_CACHE": str(tmp_path / "c")}
+        env.pop("HF_HUB_OFFLINE", None)
+        out = subprocess.run([sys.executable, "-m", "th_edit", "inspect", "someorg/tiny"], capture_output=True, text=True,
+                             env=env, timeout=120)
+    finally:
+        server.shutdown()
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: hub download of 'someorg/tiny' failed: ") and fragment in lines[0]
+    assert "check HF_ENDPOINT" in lines[0]
+
+
 def test_bad_config_json(tiny_dir, tmp_path):
     import shutil
 

@@ -136,6 +136,45 @@ def test_invalid_repo_ids_are_refused_before_any_call(monkeypatch, out_dir, repo
         assert len(result.output.strip().splitlines()) == 1 and api.calls == []
 
 
+BAD_BRANCHES = ["../../x", "a..b", "a b", "x.lock", "dir/.hidden", ".x", "x/", "/x", "x.", "a@{b", "a//b", "a:b",
+                "a~1", "a^", "a?", "a*", "a[b", "a\\b", "tab\there", "", "-x", "@", "HEAD"]
+GOOD_BRANCHES = ["main", "v1.0", "feature/x", "ok-name_1", "r@1", "déjà"]
+
+
+@pytest.mark.parametrize("revision", BAD_BRANCHES)
+def test_an_invalid_revision_is_refused_before_any_call(monkeypatch, out_dir, revision):
+    """`--revision ../../x` reached the Hub client, which quoted it into a URL."""
+    api = FakeApi()
+    for extra in ([], ["--dry-run"]):
+        result = run_push(monkeypatch, api, out_dir, "me/edited", "--revision", revision, *extra)
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and "is not a valid branch name" in lines[0] and api.calls == [], result.output
+
+
+@pytest.mark.parametrize("revision", GOOD_BRANCHES)
+def test_a_valid_revision_is_pushed_to(monkeypatch, out_dir, revision):
+    api = FakeApi()
+    result = run_push(monkeypatch, api, out_dir, "me/edited", "--revision", revision)
+    assert result.exit_code == 0, result.output
+    assert ("create_branch", "me/edited", {"branch": revision, "exist_ok": True, "repo_type": "model"}) in api.calls
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_branch_rules_agree_with_git():
+    """The same verdict as `git check-ref-format --branch` for every name above."""
+    for name in BAD_BRANCHES + GOOD_BRANCHES:
+        if not name or "\t" in name or name == "@":
+            continue  # git's command line reads these otherwise ("@" is HEAD's branch to it); all refused above
+        proc = subprocess.run(["git", "check-ref-format", "--branch", name], capture_output=True, cwd="/")
+        ours = True
+        try:
+            hub.check_branch_name(name)
+        except Exception:
+            ours = False
+        assert ours == (proc.returncode == 0), name
+
+
 @pytest.fixture()
 def cluttered(out_dir, tmp_path):
     """The checkpoint, plus what a folder collects after apply: secrets, notes, an old shard."""
@@ -248,11 +287,11 @@ def test_a_bug_in_how_th_edit_calls_the_hub_client_is_not_called_a_bad_reply():
 
     with pytest.raises(TypeError) as wrong_call:
         HfApi().create_repo("me/x", not_an_argument=True)
-    assert not hub._unreadable_reply(wrong_call.value)
+    assert not hub.unreadable_reply(wrong_call.value)
     try:
         {}["url"]
     except KeyError as own:
-        assert not hub._unreadable_reply(own)
+        assert not hub.unreadable_reply(own)
 
 
 def test_a_bad_reply_in_the_stand_in_api_keeps_its_traceback(monkeypatch, out_dir):

@@ -1,5 +1,6 @@
 """Recipe validation: every mistake is one line naming the field, exit code 2, nothing written."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,11 @@ def test_shipped_hub_recipes_parse_and_fit_their_models_shape(name):
     recipe, _ = load_recipe(path)
     check_against_model(recipe, adapter_for(HUB_RECIPE_SHAPES[name]()), name)
     assert recipe.edits and "NOT RUN HERE" in path.read_text()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_recipes_name_no_local_path(path):
+    """A shipped recipe is read by others: its comments name no scratch directory of the machine it came from."""
+    text = path.read_text()
+    assert not re.search(r"(?<![\w.])(/tmp/|/work/|/home/|/root/|~/)", text), path.name

@@ -382,6 +382,17 @@ def test_a_full_disk_leaves_no_output_nor_the_directory_made_for_them(planted, t
     assert list(tmp_path.iterdir()) == []
 
 
+def test_crowding_plot_has_whole_list_lengths_on_its_n_axis(planted):
+    """N counts items: the per-N panel ticks exactly the N that were run, no 2.5 or 3.5."""
+    from th_edit.subspace import plots
+
+    record = planted[2].to_dict()
+    figure = plots.crowding_figure(record)
+    ticks = figure.axes[1].get_xticks().tolist()
+    plots.plt.close(figure)
+    assert ticks == [row["n_items"] for row in record["crowding"]["by_n"]] == [2, 3, 4, 5]
+
+
 def test_summary_states_the_numbers(planted):
     _, _, result = planted
     text = subspace.summary(result.to_dict())

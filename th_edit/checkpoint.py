@@ -113,7 +113,27 @@ def read_header(path: Path) -> tuple[dict[str, StoredTensor], dict[str, str]]:
             raise UserError(f"{path} is cut short: tensor {name} ends at byte {entry.start + entry.nbytes} "
                             f"but the file has {file_size} bytes")
         entries[name] = entry
+    _check_contiguous(path, entries, data_start, file_size)
     return entries, metadata
+
+
+def _check_contiguous(path: Path, entries: dict[str, StoredTensor], data_start: int, file_size: int) -> None:
+    """The format's rule that the tensors tile the data buffer exactly, in offset order. A gap, an
+    overlap (two tensors sharing bytes: an edit of one would change the other) or bytes after the
+    last tensor mean a damaged or doctored file, which the safetensors library (transformers'
+    loader) refuses with a traceback; checked here, where every command reads headers."""
+    end, previous = data_start, None
+    for entry in sorted(entries.values(), key=lambda e: (e.start, e.nbytes)):
+        if entry.start != end:
+            what = "a gap of" if entry.start > end else "an overlap of"
+            after = f"after tensor {previous}" if previous else "before the first tensor"
+            raise UserError(f"{path} is damaged: {what} {abs(entry.start - end)} bytes {after} (tensor {entry.name} "
+                            f"starts at data byte {entry.start - data_start}, expected {end - data_start}); "
+                            "a safetensors file's tensors tile its data without holes or overlaps")
+        end, previous = entry.start + entry.nbytes, entry.name
+    if end != file_size:
+        raise UserError(f"{path} is damaged: {file_size - end} bytes after the last tensor's data "
+                        "(a safetensors file ends with its last tensor)")
 
 
 def check_finite(tensor: torch.Tensor, name: str, where: object) -> None:

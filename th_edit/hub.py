@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import json
+import re
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 
+from th_edit import strict_json
 from th_edit.checkpoint import sha256_file
 from th_edit.errors import UserError, first_line
 from th_edit.export import PROVENANCE_FILE, checkpoint_files, th_edit_record
@@ -48,7 +50,32 @@ def plan_push(folder: Path, repo_id: str, private: bool, revision: str | None) -
         validate_repo_id(repo_id)  # the Hub's own naming rules, checked before any network call
     except HFValidationError as exc:
         raise UserError(f"repo id '{repo_id}' is not a valid Hub name: {first_line(exc)}") from None
+    if revision is not None:
+        check_branch_name(revision)
     return PushPlan(folder, repo_id, private, revision, sorted((name, (folder / name).stat().st_size) for name in names))
+
+
+_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//")
+
+
+def check_branch_name(name: str) -> None:
+    """--revision names the branch to create and push to: refuse, before any call, what git's
+    check-ref-format and `git branch` refuse (the Hub's branches are git refs). `../../x` would
+    otherwise reach the Hub client, which only quotes it into a URL."""
+    forbidden = _REF_FORBIDDEN.search(name)
+    parts = name.split("/")
+    problem = (
+        "it is empty" if not name else
+        f"it contains {forbidden.group()!r}" if forbidden else
+        "it starts or ends with '/'" if name.startswith("/") or name.endswith("/") else
+        "it ends with '.'" if name.endswith(".") else
+        "a part between slashes starts with '.'" if any(part.startswith(".") for part in parts) else
+        "a part between slashes ends with '.lock'" if any(part.endswith(".lock") for part in parts) else
+        "it starts with '-'" if name.startswith("-") else
+        f"{name!r} is reserved by git" if name in ("@", "HEAD") else None
+    )
+    if problem:
+        raise UserError(f"--revision {strict_json.shown(name)} is not a valid branch name: {problem}")
 
 
 def written_by_apply(folder: Path) -> list[str]:
@@ -99,8 +126,8 @@ def push(plan: PushPlan, api: HfApi | None = None) -> str:
     except Exception as exc:
         if _is_network_error(exc):
             raise UserError(f"cannot reach the Hugging Face Hub: {first_line(exc)}") from None
-        if _unreadable_reply(exc):
-            raise _reply_error(exc) from None
+        if unreadable_reply(exc):
+            raise reply_error(exc) from None
         raise
     return str(getattr(commit, "commit_url", commit))
 
@@ -112,7 +139,7 @@ _HUB_CLIENT = Path(huggingface_hub.__file__).parent
 _TH_EDIT = Path(__file__).parent
 
 
-def _unreadable_reply(exc: BaseException) -> bool:
+def unreadable_reply(exc: BaseException) -> bool:
     """`exc` came from huggingface_hub reading a reply, not from a bug of th-edit: the innermost
     frame of either package that it passed is huggingface_hub's, outside its argument checks
     (where a wrong call from th-edit, such as an unknown keyword, would fail)."""
@@ -123,7 +150,7 @@ def _unreadable_reply(exc: BaseException) -> bool:
     return bool(files) and files[-1].is_relative_to(_HUB_CLIENT) and files[-1].name != "_validators.py"
 
 
-def _reply_error(exc: BaseException) -> UserError:
+def reply_error(exc: BaseException, prefix: str = "") -> UserError:
     if isinstance(exc, json.JSONDecodeError):  # a proxy, a captive portal or a wrong HF_ENDPOINT
         what = f"did not answer with JSON ({first_line(exc)})"
     else:

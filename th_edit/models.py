@@ -36,6 +36,7 @@ from th_edit.checkpoint import (
 )
 from th_edit.errors import UserError, first_line, missing_package
 from th_edit.export import check_side_files, new_staging_dir
+from th_edit.outputs import write_reason
 from th_edit.readers import read_json_object
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -239,6 +240,12 @@ def _resolve_hub(repo_id: str, revision: str | None, reference: str) -> Resolved
     except (HfHubHTTPError, OSError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"hub download of '{repo_id}' failed: {first_line}") from None
+    except Exception as exc:
+        from th_edit.hub import reply_error, unreadable_reply
+
+        if unreadable_reply(exc):  # an endpoint (a proxy, a wrong HF_ENDPOINT) answering HTML or odd JSON
+            raise reply_error(exc, f"hub download of '{repo_id}' failed: ") from None
+        raise
     _check_checkpoint_dir(local, reference)
     # snapshot folders are named by commit sha: that is the exact revision we used.
     return ResolvedModel(reference, "hub", local, hub_id=repo_id, revision=local.name)
@@ -319,6 +326,10 @@ def _dequantize_to(gguf_path: Path, target: Path, digest: str) -> None:
         except OSError:  # another process finished first: its copy is as good as ours
             if not (target / "config.json").is_file():
                 raise
+    except OSError as exc:  # a full disk most of all: the cache holds a float32 copy of the whole model
+        raise UserError(f"cannot cache the dequantized weights of {gguf_path.name} in {target.parent}: "
+                        f"{write_reason(exc)} (nothing was cached; free space there or set TH_EDIT_CACHE to "
+                        "another directory)") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

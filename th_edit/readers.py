@@ -92,6 +92,8 @@ def parse_yaml(text: str, source: object, loader: type[yaml.SafeLoader]) -> obje
         raise UserError(f"{source}{where}: malformed YAML: {problem}") from None
     except RecursionError:
         raise UserError(f"{source}: malformed YAML: nested too deeply") from None
+    except ValueError as exc:  # a scalar the constructors cannot convert: an integer of more than 4300 digits, say
+        raise UserError(f"{source}: malformed YAML: {_value_problem(exc)}") from None
     if _deeper_than(value, MAX_NESTING):
         raise UserError(f"{source}: malformed YAML: nested too deeply")
     return value
@@ -119,6 +121,12 @@ def _deeper_than(value: object, limit: int) -> bool:
                     deeper.append(child)
         level, seen = deeper, set()
     return False
+
+
+def _value_problem(exc: ValueError) -> str:
+    """The first sentence of a converter's complaint, without its advice to the programmer
+    (Python's int() suggests sys.set_int_max_str_digits())."""
+    return str(exc).splitlines()[0].split(";")[0] if str(exc).strip() else type(exc).__name__
 
 
 def _not_utf8(exc: UnicodeDecodeError) -> str:

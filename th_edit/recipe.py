@@ -24,7 +24,7 @@ from th_edit import strict_json
 from th_edit.arch import Adapter
 from th_edit.checkpoint import parse_size
 from th_edit.errors import UserError
-from th_edit.limits import MAX_BATCH_SIZE, MAX_KL_TEXTS, MAX_PROMPTS, MAX_SEED
+from th_edit.limits import MAX_BATCH_SIZE, MAX_KL_TEXTS, MAX_PROMPTS, MAX_SEED, shown_number
 from th_edit.readers import parse_yaml, read_text
 from th_edit.tasks import registry
 
@@ -203,7 +203,9 @@ def _describe(error: dict) -> str:
         return "must not be empty"
     message = message.removeprefix("Value error, ").replace("Input should be", "must be")
     got = error.get("input")
-    if isinstance(got, (str, int, float, bool)) or got is None:
+    if isinstance(got, int) and not isinstance(got, bool):
+        message += f" (got {shown_number(str(got))})"  # a 4000-digit number would fill the screen
+    elif isinstance(got, (str, float, bool)) or got is None:
         message += f" (got {got!r})"
     return message
 

@@ -33,16 +33,16 @@ OUT_FILES = ("channels.json", "components.png", "mover-map.png", "weight-vs-data
 @click.option("--pair", "pairs", multiple=True, metavar="S:R", help="Also resolve this sender:receiver pair, e.g. 20.0:23.3.")
 @click.option("--top", type=click.IntRange(min=1, max=MAX_HEADS), default=3, show_default=True,
               help="Heads taken from each role.")
-@click.option("--z-threshold", type=float, default=3.0, show_default=True, help="z-score that puts a component in a channel.")
-@click.option("--min-share", type=click.FloatRange(min=0), default=1.0, show_default=True,
+@click.option("--z-threshold", type=opt.FiniteFloat(), default=3.0, show_default=True, help="z-score that puts a component in a channel.")
+@click.option("--min-share", type=opt.FiniteFloat(min=0), default=1.0, show_default=True,
               help="A channel component also carries this many times an average component's share (1/rank) of "
                    "the pair's composition (0: z alone).")
 @click.option("--check-prompts", type=click.IntRange(min=2, max=MAX_PROMPTS), default=16, show_default=True,
               help="Prompts of the data check (each ablation runs them all).")
-@click.option("--check-alpha", type=click.FloatRange(min=0), default=2.0, show_default=True,
+@click.option("--check-alpha", type=opt.FiniteFloat(min=0), default=2.0, show_default=True,
               help="Besides removing it (0), the data check scales each component by this.")
 @click.option("--no-data-check", is_flag=True, help="Weights and roles only (no ablations).")
-@click.option("--draft-scale", type=click.FloatRange(min=0), default=2.0, show_default=True,
+@click.option("--draft-scale", type=opt.FiniteFloat(min=0), default=2.0, show_default=True,
               help="Scale of the draft recipe's inhibition components.")
 @opt.seed_option()
 @opt.out_dir_option("Directory for channels.json, plots and draft-recipe.yaml.")

@@ -134,7 +134,8 @@ def _print_summary(summary: dict) -> None:
         ("parallel residual", yes(arch["parallel_residual"])),
         ("tied embeddings", yes(arch["tied_embeddings"])),
         ("vocab", arch["vocab_size"]),
-        ("dtype", ", ".join(f"{k} ({v:,} params)" for k, v in summary["dtype"].items())),
+        # The count per dtype only when there are several (with one it would repeat the total below).
+        ("dtype", ", ".join(f"{k} ({v:,} params)" if len(summary["dtype"]) > 1 else k for k, v in summary["dtype"].items())),
         ("parameters", f"{summary['parameters']:,}"),
     ]
     width = max(len(k) for k, _ in lines)

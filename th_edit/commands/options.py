@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -96,6 +97,20 @@ def task_option(default: str | None, help: str, extra: tuple[str, ...] = ()):
     """--task: one of the registered tasks (th_edit.tasks.registry), plus `extra` choices ("all")."""
     return click.option("--task", type=click.Choice([*registry.names(), *extra]), default=default, show_default=True,
                         help=help)
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses nan and ±inf: click's FloatRange lets nan through every bound
+    (each comparison with nan is false), and a nan threshold silently selects nothing."""
+
+    name = "float"
+
+    def _describe_range(self) -> str:
+        return "finite" if self.min is None and self.max is None else super()._describe_range()
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def device_options(command):

@@ -183,6 +183,7 @@ def crowding_figure(record: Mapping) -> Figure:
                    f"ρ = {crowd['within_n_spearman']:.2f}, p = {crowd['within_n_p']:.2g}", fontsize=8)
     by_n = crowd["by_n"]
     right.plot([r["n_items"] for r in by_n], [r["mean_separation"] for r in by_n], marker="o", color="C0")
+    right.set_xticks(sorted({r["n_items"] for r in by_n}))  # N is a count: no fractional ticks
     right.set_xlabel("N (items in the list)")
     right.set_ylabel("mean separation of adjacent positions", color="C0")
     twin = right.twinx()
