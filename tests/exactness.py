@@ -29,39 +29,76 @@ def rel_err_up_to_scale(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return rel_err(a * scale, e)
 
 
-def _module_qkv(model, adapter: Adapter, layer: int, captured: dict) -> tuple[torch.Tensor, ...]:
+# How transformers' own attention modules compute q, k, v, per model_type: written here from
+# transformers' modeling code, not read from th_edit's adapters, so that a wrong adapter cannot be
+# mirrored. A fused projection's name and the layout of its output axis, or None for separate
+# q_proj/k_proj/v_proj (read after q_norm/k_norm where the module has them). A model_type missing
+# here fails the check: a new family needs its layout written down.
+FUSED_QKV: dict[str, tuple[str, str] | None] = {
+    "gpt2": ("c_attn", "blocks"),  # [Q | K | V]
+    "gpt_neox": ("query_key_value", "per_head"),  # view(B, T, H, 3·dh): [h: q k v]
+    "llama": None, "mistral": None, "qwen2": None, "qwen3": None, "gemma3_text": None,
+}
+
+
+# Where a norm follows the attention before the residual (the same name is Llama's pre-MLP norm).
+POST_ATTENTION_NORM = {"gemma3_text": "post_attention_layernorm"}
+# Sequential blocks: the module whose input is the residual stream after the attention sublayer,
+# so that what the heads add to the residual (multipliers included) is checked, not only the
+# attention module's output.
+RESIDUAL_AFTER_ATTENTION = {
+    "llama": "post_attention_layernorm", "mistral": "post_attention_layernorm", "qwen2": "post_attention_layernorm",
+    "qwen3": "post_attention_layernorm", "gemma3_text": "pre_feedforward_layernorm",
+}
+# QK-norms over all heads at once: one per-token scale shared by every head of the layer.
+SHARED_QK_NORM: set[str] = set()
+
+
+def _split_fused(fused: torch.Tensor, layout: str, H: int, KV: int, dh: int) -> tuple[torch.Tensor, ...]:
+    B, T = fused.shape[:2]
+    if layout == "blocks":
+        q, k, v = fused.split([H * dh, KV * dh, KV * dh], dim=-1)
+        return q.view(B, T, H, dh), k.view(B, T, KV, dh), v.view(B, T, KV, dh)
+    if layout == "per_head":
+        return fused.view(B, T, H, 3 * dh).chunk(3, dim=-1)
+    if layout == "grouped":  # [g: q·(H/KV) k v]
+        grouped = fused.view(B, T, KV, H // KV + 2, dh)
+        return grouped[:, :, :, :-2].flatten(2, 3), grouped[:, :, :, -2], grouped[:, :, :, -1]
+    raise ValueError(layout)
+
+
+def _per_head(t: torch.Tensor, T: int, heads: int, dh: int) -> torch.Tensor:
+    """[B, T, heads, dh] from a module output [B, T, heads·dh], [B, T, heads, dh] or [B, heads, T, dh]."""
+    if t.dim() == 4:
+        return t if t.shape[1] == T else t.transpose(1, 2)
+    return t.unflatten(-1, (heads, dh))
+
+
+def _module_qkv(model, adapter: Adapter, captured: dict) -> tuple[torch.Tensor, ...]:
     """The module's own pre-rotary q, k, v as [B, T, heads, dh] (k, v per KV head)."""
-    family = adapter.family
-    B, T = captured["x"].shape[:2]
-    H, KV, dh, d = adapter.n_heads, adapter.n_kv_heads, adapter.d_head, adapter.d_model
-    if family == "gpt2":
-        q, k, v = captured["c_attn"].split(d, dim=-1)
-        return q.view(B, T, H, dh), k.view(B, T, H, dh), v.view(B, T, H, dh)
-    if family == "gpt_neox":
-        qkv = captured["query_key_value"].view(B, T, H, 3 * dh)
-        return qkv.chunk(3, dim=-1)
-    v = captured["v_proj"].view(B, T, KV, dh)
-    if "q_norm" in captured:  # after the per-head norm: [B, heads, T, dh] (Gemma) or [B, T, heads, dh] (Qwen3)
-        q, k = captured["q_norm"], captured["k_norm"]
-        if q.shape[1] != T:
-            q, k = q.transpose(1, 2), k.transpose(1, 2)
-        return q, k, v
-    return captured["q_proj"].view(B, T, H, dh), captured["k_proj"].view(B, T, KV, dh), v
+    T = captured["x"].shape[1]
+    H, KV, dh = adapter.n_heads, adapter.n_kv_heads, adapter.d_head
+    fused = FUSED_QKV[model.config.model_type]
+    if fused is not None:
+        return _split_fused(captured[fused[0]], fused[1], H, KV, dh)
+    q = captured["q_norm"] if "q_norm" in captured else captured["q_proj"]
+    k = captured["k_norm"] if "k_norm" in captured else captured["k_proj"]
+    return _per_head(q, T, H, dh), _per_head(k, T, KV, dh), _per_head(captured["v_proj"], T, KV, dh)
 
 
 def _hook_targets(model, adapter: Adapter, layer: int) -> dict[str, str]:
     attn = adapter.attention_module(layer)
     targets = {"x": adapter.input_norm_module(layer), "attn": attn, "z": adapter.output_projection_module(layer)}
     names = dict(model.named_modules())
-    for sub in ("c_attn", "query_key_value", "q_proj", "k_proj", "v_proj", "q_norm", "k_norm"):
+    fused = FUSED_QKV[model.config.model_type]
+    for sub in (fused[0],) if fused else ("q_proj", "k_proj", "v_proj", "q_norm", "k_norm"):
         if f"{attn}.{sub}" in names:
             targets[sub] = f"{attn}.{sub}"
-    block = adapter.input_norm_module(layer).rsplit(".", 1)[0]
-    # Gemma's post_attention_layernorm really follows attention (it also has a separate
-    # pre_feedforward_layernorm); Llama's same-named module is the pre-MLP norm. Decided from the
-    # module layout, not from the adapter, so an adapter that forgets the post-norm is caught.
-    if f"{block}.pre_feedforward_layernorm" in names:
-        targets["post_norm"] = f"{block}.post_attention_layernorm"
+    block = adapter.decoder_layer_module(layer)
+    if model.config.model_type in POST_ATTENTION_NORM:
+        targets["post_norm"] = f"{block}.{POST_ATTENTION_NORM[model.config.model_type]}"
+    if model.config.model_type in RESIDUAL_AFTER_ATTENTION:
+        targets["residual_after"] = f"{block}.{RESIDUAL_AFTER_ATTENTION[model.config.model_type]}"
     return targets
 
 
@@ -74,7 +111,7 @@ def check_layer(model, adapter: Adapter, input_ids: torch.Tensor, layer: int,
     handles = []
     for key, name in _hook_targets(model, adapter, layer).items():
         def hook(module, args, output, key=key):
-            if key in ("x", "z"):
+            if key in ("x", "z", "residual_after"):
                 captured[key] = args[0].detach()
             else:
                 captured[key] = (output[0] if isinstance(output, tuple) else output).detach()
@@ -92,7 +129,7 @@ def check_layer(model, adapter: Adapter, input_ids: torch.Tensor, layer: int,
     q = torch.einsum("btd,hde->bthe", x_tilde, w.W_Q) + w.b_Q
     k = torch.einsum("btd,hde->bthe", x_tilde, w.W_K) + w.b_K
     v = torch.einsum("btd,hde->bthe", x_tilde, w.W_V) + w.b_V
-    mq, mk, mv = _module_qkv(model, adapter, layer, captured)
+    mq, mk, mv = _module_qkv(model, adapter, captured)
     groups = torch.tensor([adapter.kv_group(h) for h in range(adapter.n_heads)])
     mk, mv = mk[:, :, groups], mv[:, :, groups]  # expand KV heads to query heads
     compare = rel_err_up_to_scale if adapter.qk_norm(layer) else rel_err
@@ -103,7 +140,20 @@ def check_layer(model, adapter: Adapter, input_ids: torch.Tensor, layer: int,
     raw = written / w.out_gain if w.out_gain is not None else written
     errors["z"] = rel_err(z.flatten(2), captured["z"])
     errors["attn_out"] = rel_err(raw + w.b_O, captured["attn"])
+    gain = w.out_gain if w.out_gain is not None else 1.0  # an adapter without the fold fails here
     if "post_norm" in captured:
-        gain = w.out_gain if w.out_gain is not None else 1.0  # an adapter without the fold fails here
         errors["post_norm"] = rel_err_up_to_scale(written + w.b_O * gain, captured["post_norm"])
+    if "residual_after" in captured:  # what the layer's heads add to the residual stream
+        compare = rel_err_up_to_scale if "post_norm" in captured else rel_err
+        errors["residual"] = compare(written + w.b_O * gain, captured["residual_after"] - captured["x"])
+    if model.config.model_type in SHARED_QK_NORM:  # the per-token scale is one for all heads
+        errors["q_scale_shared"] = _scale_spread(q, mq)
+        errors["k_scale_shared"] = _scale_spread(k, mk)
     return errors
+
+
+def _scale_spread(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max over tokens of the relative spread across heads of the best per-(token, head) scale."""
+    a, e = actual.double(), expected.double()
+    scale = (a * e).sum(-1) / (a * a).sum(-1)  # [B, T, H]
+    return ((scale.amax(-1) - scale.amin(-1)) / scale.abs().amax(-1)).max().item()

@@ -1,15 +1,14 @@
-"""Architecture adapters: all per-family knowledge of th-edit lives in this package."""
+"""Architecture adapters: all per-family knowledge of th-edit lives in this package.
+
+Families are data (families.py: one FamilySpec each, spec.py) read by one adapter class
+(family.py); code exists only where a family's math differs."""
 
 from __future__ import annotations
 
 from th_edit.arch.base import Adapter, ArchInfo, LayerWeights, NormSpec, Slot
-from th_edit.arch.gemma3 import Gemma3Adapter
-from th_edit.arch.gpt2 import GPT2Adapter
-from th_edit.arch.gpt_neox import GPTNeoXAdapter
-from th_edit.arch.llama import LlamaAdapter
+from th_edit.arch.families import ADAPTERS
 from th_edit.errors import UserError
 
-ADAPTERS: tuple[type[Adapter], ...] = (GPT2Adapter, GPTNeoXAdapter, LlamaAdapter, Gemma3Adapter)
 SUPPORTED_MODEL_TYPES = tuple(t for adapter in ADAPTERS for t in adapter.model_types)
 
 

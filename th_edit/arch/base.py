@@ -52,17 +52,23 @@ class Slot:
 
 @dataclass(frozen=True)
 class NormSpec:
-    kind: str  # "layernorm" | "rmsnorm"
-    weight: str
+    kind: str  # "layernorm" | "rmsnorm" | "none" (OLMo-2 reads the residual stream as it is)
+    weight: str | None  # None: no learned weight (OLMo's LayerNorm), the gain is ones of `size`
     bias: str | None
     eps: float
     offset: float  # Gemma stores γ and multiplies by (1 + γ)
+    size: int = 0  # the normalized width, for a norm without weight
 
     def gain(self, source: TensorSource, dtype: torch.dtype) -> torch.Tensor:
-        return source.get(self.weight).to(dtype) + self.offset
+        if self.weight is None:
+            return torch.ones(self.size, dtype=dtype)
+        # A per-head norm may store its weight as [heads, dh] (Cohere): flat, head-major.
+        return source.get(self.weight).to(dtype).flatten() + self.offset
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """x̃: x normalized over its last axis as this norm does, before its weight and bias."""
+        if self.kind == "none":
+            return x
         if self.kind == "layernorm":
             centered = x - x.mean(-1, keepdim=True)
             return centered * torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -336,9 +342,9 @@ class Adapter(ABC):
             W_Q, b_Q = fold(self.q_slot(layer, head).read(source), bq)
             W_K, b_K = fold(self.k_slot(layer, group).read(source), bk)
             W_V, b_V = fold(self.v_slot(layer, group).read(source), bv)
-            if q_gain is not None:
-                W_Q, b_Q = W_Q * q_gain, b_Q * q_gain
-                W_K, b_K = W_K * k_gain, b_K * k_gain
+            if qk_norms is not None:
+                W_Q, b_Q = _fold_qk_norm(qk_norms[0], q_gain, head, W_Q, b_Q)
+                W_K, b_K = _fold_qk_norm(qk_norms[1], k_gain, group, W_K, b_K)
             W_O = self.o_slot(layer, head).read(source).to(torch.float64)
             if out_gain is not None:
                 W_O = W_O * out_gain
@@ -351,6 +357,23 @@ class Adapter(ABC):
             layer=layer, b_O=b_O.to(dtype), in_gain=gain.to(dtype),
             out_gain=None if out_gain is None else out_gain.to(dtype), **stacked,
         )
+
+
+def _fold_qk_norm(norm: NormSpec, gain: torch.Tensor, head: int, W: torch.Tensor,
+                  b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold a QK-norm into one head's W and b (on the right: it acts on the head's q or k).
+
+    A per-head norm (gain of d_head: Qwen3, Gemma; or one gain per head, Cohere) is exact up to its
+    positive per-token scale, one per head. A norm over all heads at once (gain of heads·d_head:
+    OLMo-2, OLMoE) has the same per-head weight fold, and one per-token scale shared by every head
+    of the layer (the RMS of all heads' q together). A LayerNorm also removes each head's mean
+    over d_head (Cohere): W (I − 11ᵀ/dh)."""
+    dh = W.shape[1]
+    if gain.numel() != dh:
+        gain = gain[head * dh:(head + 1) * dh]
+    if norm.kind == "layernorm":
+        W, b = W - W.mean(1, keepdim=True), b - b.mean()
+    return W * gain, b * gain
 
 
 class _Memo:
