@@ -397,10 +397,11 @@ def test_verify_checks_the_recorded_benchmark_setup_against_the_recipe(word_chec
 # One edit computation (th_edit.edit.plan_edit) for apply and the API
 
 
-def _tied_session() -> tuple[Session, float]:
+def _tied_session(tokenizer=None) -> tuple[Session, float]:
     """A llama session whose layer 1 head 0 OV has components 0 and 1 tied: component 0 was scaled
     onto component 1's singular value for good."""
-    session = Session(tiny_model("llama"))
+    vocab = {} if tokenizer is None else {"vocab_size": len(tokenizer)}
+    session = Session(tiny_model("llama", **vocab), tokenizer)
     s = session.svd(1, 0, "ov").S
     session.apply([Edit(layer=1, head=0, circuit="ov", components=[0], scale=float(s[1] / s[0]))])
     return session, float(s[1])
@@ -418,6 +419,23 @@ def test_the_api_warns_about_near_tied_components_as_apply_does(measure, capsys)
     # Scaling the whole tied run alike is the same edit in any basis: no warning.
     alike = session.compute([Edit(layer=1, head=0, circuit="ov", components=[0, 1], scale=2.0)], measure=measure)
     assert not [w for w in alike.warnings if "not stable" in w]
+
+
+def test_bench_compare_and_search_warn_about_near_tied_components(capsys):
+    from tiny import word_tokenizer
+
+    from th_edit import ui
+
+    session, _ = _tied_session(word_tokenizer())
+    capsys.readouterr()
+    tied = [Edit(layer=1, head=0, circuit="ov", components=[0], scale=2.0)]
+    th_edit.bench.paired(session, tied, tasks=["ioi"], n_prompts=2, kl=False)  # what `bench --compare` runs
+    assert capsys.readouterr().err.count("not stable") == 1
+    # A search computes without measuring and shows each distinct warning once over its trials.
+    shown: set[str] = set()
+    for _ in range(3):
+        ui.warn_new(session.compute(tied, measure=False).warnings, shown)
+    assert capsys.readouterr().err.count("not stable") == 1
 
 
 def test_apply_and_the_api_share_one_edit_computation(tmp_path):

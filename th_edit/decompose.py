@@ -13,18 +13,8 @@ import torch
 
 from th_edit.arch import Adapter, LayerWeights
 from th_edit.checkpoint import TensorSource
-from th_edit.linalg import HeadSVD, factored_svd
-
-CIRCUITS = ("ov", "qk")
-
-
-def _factors(weights: LayerWeights, circuit: str, heads: slice | int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(left, right) factors of OV = W_V W_O or QK = W_Q W_Kᵀ for the selected heads."""
-    if circuit == "ov":
-        return weights.W_V[heads], weights.W_O[heads]
-    if circuit == "qk":
-        return weights.W_Q[heads], weights.W_K[heads].transpose(-1, -2)
-    raise ValueError(f"circuit must be 'ov' or 'qk', not {circuit!r}")
+from th_edit.linalg import HeadSVD
+from th_edit.linalg import circuit as circuit_of
 
 
 class Decompositions:
@@ -55,14 +45,14 @@ class Decompositions:
         self.adapter.check_head(layer, head)
         key = (layer, head, circuit)
         if key not in self._heads:
-            self._heads[key] = factored_svd(*_factors(self.layer(layer), circuit, head))
+            self._heads[key] = circuit_of(self.layer(layer), circuit)[head].svd()
         return self._heads[key]
 
     def layer_svd(self, layer: int, circuit: str) -> HeadSVD:
         """Every head of a layer at once (batched), stacked on a leading head dimension."""
         missing = [h for h in range(self.adapter.n_heads) if (layer, h, circuit) not in self._heads]
         if missing:
-            batched = factored_svd(*_factors(self.layer(layer), circuit, slice(None)))
+            batched = circuit_of(self.layer(layer), circuit).svd()
             for h in missing:
                 self._heads[(layer, h, circuit)] = HeadSVD(batched.U[h], batched.S[h], batched.V[h])
         heads = [self._heads[(layer, h, circuit)] for h in range(self.adapter.n_heads)]

@@ -26,7 +26,7 @@ from th_edit.arch import Adapter, Slot
 from th_edit.checkpoint import TensorSource
 from th_edit.decompose import Decompositions
 from th_edit.errors import UserError
-from th_edit.linalg import HeadSVD, near_ties
+from th_edit.linalg import HeadSVD, circuit, near_ties
 from th_edit.recipe import Edit
 
 ALIGNED = 0.99  # |cos| above which a re-SVD direction is "the same component"
@@ -250,10 +250,9 @@ def untouched_warnings(result: EditResult) -> list[str]:
             for r in result.reports if r.max_untouched_change is not None and r.max_untouched_change > UNTOUCHED_LIMIT]
 
 
-def _gain_along(weights, circuit: str, head: int, v: torch.Tensor) -> float:
-    if circuit == "ov":  # ‖OV' v‖ with OV' = W_V W_O
-        return float((weights.W_V[head] @ (weights.W_O[head] @ v)).norm())
-    return float((weights.W_Q[head] @ (weights.W_K[head].T @ v)).norm())
+def _gain_along(weights, name: str, head: int, v: torch.Tensor) -> float:
+    """‖M' v‖ for the edited OV' = W_V W_O or QK' = W_Q W_Kᵀ of one head."""
+    return float((circuit(weights, name)[head] @ v).norm())
 
 
 def ambiguity_warnings(result: EditResult) -> list[str]:

@@ -67,14 +67,53 @@ def factored_svdvals(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         return torch.linalg.svdvals(R_left @ R_right.transpose(-1, -2))
 
 
+@dataclass(frozen=True)
+class FactoredMatrix:
+    """M = left @ right, never formed (the idea of TransformerLens' FactoredMatrix, with only what
+    th-edit needs): left [..., d, r], right [..., r, d], batched over leading (head) dims."""
+
+    left: torch.Tensor
+    right: torch.Tensor
+
+    def __getitem__(self, heads: int | slice) -> FactoredMatrix:
+        return FactoredMatrix(self.left[heads], self.right[heads])
+
+    def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
+        """M x, as left (right x): two thin products."""
+        return self.left @ (self.right @ x)
+
+    def svd(self) -> HeadSVD:
+        return factored_svd(self.left, self.right)
+
+    def svdvals(self) -> torch.Tensor:
+        return factored_svdvals(self.left, self.right)
+
+    def norm(self) -> torch.Tensor:
+        """Frobenius norm (per head): the root of the squared singular values' sum."""
+        return self.svdvals().norm(dim=-1)
+
+
+CIRCUITS = ("ov", "qk")
+
+
+def circuit(weights: LayerWeights, name: str) -> FactoredMatrix:
+    """A layer's effective OV_h = W_V^eff W_O or QK_h = W_Q^eff (W_K^eff)ᵀ (unrotated, bias-free form)
+    for every query head: the one place the pairing of factors is written."""
+    if name == "ov":
+        return FactoredMatrix(weights.W_V, weights.W_O)
+    if name == "qk":
+        return FactoredMatrix(weights.W_Q, weights.W_K.transpose(-1, -2))
+    raise ValueError(f"circuit must be 'ov' or 'qk', not {name!r}")
+
+
 def ov_svd(weights: LayerWeights) -> HeadSVD:
     """OV_h = W_V^eff W_O for every query head of a layer."""
-    return factored_svd(weights.W_V, weights.W_O)
+    return circuit(weights, "ov").svd()
 
 
 def qk_svd(weights: LayerWeights) -> HeadSVD:
     """QK_h = W_Q^eff (W_K^eff)ᵀ for every query head of a layer (unrotated, bias-free form)."""
-    return factored_svd(weights.W_Q, weights.W_K.transpose(-1, -2))
+    return circuit(weights, "qk").svd()
 
 
 def near_ties(singular_values: torch.Tensor, rtol: float = NEAR_TIE_RTOL) -> list[int]:

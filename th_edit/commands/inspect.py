@@ -14,7 +14,7 @@ from th_edit.checkpoint import CheckpointTensors
 from th_edit.commands import options as opt
 from th_edit.errors import UserError
 from th_edit.limits import MAX_SINGULAR_VALUES, digits_at_most, shown_number
-from th_edit.linalg import factored_svdvals, single_threaded
+from th_edit.linalg import circuit, single_threaded
 from th_edit.models import DEFAULT_MODEL, load_config, resolve
 
 SVD_CONVENTION = ("effective matrices (input norm folded, QK-norm and post-attention norm weights folded); "
@@ -99,8 +99,7 @@ def svd_rows(adapter: Adapter, tensors: CheckpointTensors, layers: list[int], he
     with single_threaded():
         for layer in ui.progress(layers, desc="SVD", unit="layer"):
             weights = adapter.layer_weights(tensors, layer, dtype=torch.float64)
-            ov = factored_svdvals(weights.W_V[index], weights.W_O[index])
-            qk = factored_svdvals(weights.W_Q[index], weights.W_K[index].transpose(-1, -2))
+            ov, qk = (circuit(weights, name)[index].svdvals() for name in ("ov", "qk"))
             for i, head in enumerate(heads):
                 rows.append({
                     "layer": layer, "head": head, "kv_group": adapter.kv_group(head),

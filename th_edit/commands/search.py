@@ -8,16 +8,17 @@ from pathlib import Path
 import click
 
 from th_edit import strict_json, ui
+from th_edit.arch import adapter_for
 from th_edit.commands import options as opt
 from th_edit.errors import UserError
 from th_edit.limits import MAX_HEADS, MAX_PROMPTS, MAX_TRIALS
-from th_edit.models import DEFAULT_MODEL
+from th_edit.models import DEFAULT_MODEL, load_config, resolve
 from th_edit.outputs import check_new_file, resumable_file, write_files
 from th_edit.readers import read_json
 from th_edit.search.optimize import Limits, finished_trials, trim_partial_record
 from th_edit.search.pipeline import SearchReport, SearchSettings, evidence_header, recipe_of, search
 from th_edit.search.report import held_out_table, plot_frontier
-from th_edit.search.space import candidates_from_channels
+from th_edit.search.space import candidates_from_channels, check_channels_fit
 from th_edit.session import load as load_session
 
 # Heads per role of the channel analysis a search runs itself (without --channels): at least this
@@ -71,8 +72,8 @@ def search_command(model: str, kind: str, max_heads: int, rank_by: str, channels
                               limits=Limits(kl_budget, max_ioi_drop / 100), tune_prompts=tune_prompts,
                               held_out_prompts=held_out_prompts, attribution=rank_by == "attribution")
     channels = read_json(channels_file) if channels_file is not None else None  # a damaged file: before the model loads
-    if channels is not None:
-        _check_channels_fit(channels, channels_file, model, kind, max_heads)
+    if channels is not None:  # another model's channels: refused from the config, before the model loads
+        check_channels_fit(channels, channels_file, model, adapter_for(load_config(resolve(model))).info(), kind, max_heads)
     session = load_session(model, device=device, dtype=dtype)
     candidates, draft = _channel_candidates(session, kind, channels, seed, max_heads)
     ui.info(f"candidate heads: {', '.join(c.name for c in candidates)}")
@@ -104,26 +105,6 @@ def _write_outputs(report: SearchReport, model: str, outputs: list[Path], force:
         writers[plot_path] = lambda path: plot_frontier(report, path)
     write_files(writers, force)
     return list(writers)
-
-
-def _check_channels_fit(channels: object, path: Path, model: str, kind: str, max_heads: int) -> None:
-    """A channels.json of another model (heads or components the model does not have) is refused
-    from the config alone, before the model loads; one that fits under another name is a warning."""
-    from th_edit.arch import adapter_for
-    from th_edit.models import load_config, resolve
-
-    info = adapter_for(load_config(resolve(model))).info()
-    recorded = channels.get("model") if isinstance(channels, dict) else None
-    for candidate in candidates_from_channels(channels, kind, max_heads):
-        if not (candidate.layer < info.n_layers and candidate.head < info.n_heads
-                and max(candidate.components, default=0) < info.d_head):
-            raise UserError(f"{path} is not a channel analysis of {model}"
-                            + (f" (it was made for {recorded})" if recorded else "")
-                            + f": it names head {candidate.layer}.{candidate.head} component "
-                              f"{max(candidate.components, default=0)}, but {model} has {info.n_layers} layers of "
-                              f"{info.n_heads} heads with {info.d_head} components")
-    if recorded and recorded != model:
-        ui.warn(f"{path} was made for {recorded}, not {model}; its heads fit {model}, so it is used")
 
 
 def _channel_candidates(session, kind: str, channels: object | None, seed: int, max_heads: int):

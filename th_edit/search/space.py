@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from th_edit import ui
 from th_edit.errors import UserError
 from th_edit.recipe import Edit
 
@@ -32,6 +33,22 @@ class Candidate:
     def k_choices(self) -> list[int]:
         n = len(self.components)
         return [0, *sorted({k for k in TOP_K if k < n} | {n})] if n else [0]
+
+
+def check_channels_fit(record: object, source: object, model: str, info, kind: str = "inhibition",
+                       limit: int = 8) -> None:
+    """Refuse a channels.json of another model: a candidate head or component that `info` (the
+    model's ArchInfo) does not have. One that fits but was recorded for another name is a warning."""
+    recorded = record.get("model") if isinstance(record, Mapping) else None
+    for candidate in candidates_from_channels(record, kind, limit):  # type: ignore[arg-type]
+        component = max(candidate.components, default=0)
+        if not (candidate.layer < info.n_layers and candidate.head < info.n_heads and component < info.d_head):
+            raise UserError(f"{source} is not a channel analysis of {model}"
+                            + (f" (it was made for {recorded})" if recorded else "")
+                            + f": it names head {candidate.layer}.{candidate.head} component {component}, but {model} "
+                              f"has {info.n_layers} layers of {info.n_heads} heads with {info.d_head} components")
+    if recorded and recorded != model:
+        ui.warn(f"{source} was made for {recorded}, not {model}; its heads fit {model}, so it is used")
 
 
 def candidates_from_channels(record: Mapping, kind: str = "inhibition", limit: int = 8) -> list[Candidate]:

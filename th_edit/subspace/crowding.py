@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from th_edit import stats
+from th_edit import stats as statistics  # `stats` names the bootstrap statistics below
 
 N_BOOTSTRAP = 1000
 N_PERMUTATIONS = 10000
@@ -34,7 +34,7 @@ N_PERMUTATIONS = 10000
 
 def spearman(x: Sequence[float], y: Sequence[float], minimum: int = 3) -> float:
     """th_edit.stats.spearman in this report's convention, where an undefined number is nan (JSON null)."""
-    rho = stats.spearman(x, y, minimum)
+    rho = statistics.spearman(x, y, minimum)
     return float("nan") if rho is None else rho
 
 
@@ -133,8 +133,8 @@ def crowding(coordinates: np.ndarray, n_items: np.ndarray, answer_positions: np.
         permuted = np.zeros(n_permutations)
         for n in used_ns:
             cells = [r for r in rows if r["n_items"] == n]
-            rs = stats.average_ranks(np.array([c["separation"] for c in cells]))
-            ra = stats.average_ranks(np.array([c["accuracy"] for c in cells]))
+            rs = statistics.average_ranks(np.array([c["separation"] for c in cells]))
+            ra = statistics.average_ranks(np.array([c["accuracy"] for c in cells]))
             rs, ra = rs - rs.mean(), ra - ra.mean()
             order = np.argsort(rng.random((n_permutations, len(cells))), axis=1)
             permuted += (ra[order] @ rs) / np.sqrt((rs ** 2).sum() * (ra ** 2).sum())
