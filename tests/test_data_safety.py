@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import one_line_error, run_cli
 from click.testing import CliRunner
 from test_apply import EDITS, write_recipe
 from tiny import tiny_model
@@ -26,16 +27,7 @@ def base(tmp_path_factory):
     return path
 
 
-def run(*args):
-    return CliRunner().invoke(main, ["--quiet", *map(str, args)])
-
-
-def one_line_error(result, fragment):
-    """Exit 2 and one line on stderr (stdout may hold the edit table printed before writing)."""
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.output
-    return lines[0]
+run = run_cli  # `th-edit --quiet ARGS`; one_line_error checks stderr only (stdout may hold the edit table)
 
 
 def recipe_with_scale(tmp_path, base, scale, name="r.yaml"):
