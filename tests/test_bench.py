@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from cli_helpers import one_line_error
 from click.testing import CliRunner
 from tiny import VOCAB, tiny_model
 
@@ -108,6 +109,7 @@ def test_left_padding_layout():
     assert batch["position_ids"].tolist() == [[0, 1, 2], [0, 0, 0]]
 
 
+@pytest.mark.pipeline
 @pytest.mark.parametrize("family, attention", [
     ("llama", "eager"), ("llama", "sdpa"), ("gemma3_text", "eager"), ("gemma3_text", "sdpa"), ("gpt2", "sdpa"),
 ])
@@ -170,6 +172,7 @@ def test_swapped_parameters_are_restored():
     assert torch.equal(model.get_parameter(name), original)
 
 
+@pytest.mark.pipeline
 def test_kl_of_a_model_with_itself_is_zero_and_positive_after_a_change():
     model, tokenizer = tiny_model("llama"), WordTokenizer()
     texts = [p.prompt for p in random_prompts(9)]
@@ -302,6 +305,7 @@ def _plotted_x(figure) -> dict[str, list[float]]:
     return {container.get_label(): list(container.lines[0].get_xdata()) for container in figure.axes[0].containers}
 
 
+@pytest.mark.pipeline
 @pytest.mark.parametrize("paired", [False, True])
 def test_ioi_has_its_own_column_in_the_accuracy_plot(paired, tmp_path):
     from th_edit.plots import accuracy_figure, plot_accuracy
@@ -396,6 +400,7 @@ def cli():
     return lambda *args: runner.invoke(main, ["--quiet", "bench", *args])
 
 
+@pytest.mark.cli
 def test_cli_export_prompts(cli, tmp_path):
     path = tmp_path / "p.jsonl"
     result = cli("smollm2-135m", "--task", "laundry", "--n-items", "2,4", "--n-prompts", "5", "--export-prompts", str(path))
@@ -404,17 +409,11 @@ def test_cli_export_prompts(cli, tmp_path):
     assert len(lines) == 10 and {json.loads(line)["n_items"] for line in lines} == {2, 4}
 
 
-def _one_line_error(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ")
-    return lines[0]
-
-
+@pytest.mark.cli
 def test_cli_bad_prompt_file_is_one_line(cli, tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"task": "laundry"}\n')
-    assert "bad.jsonl line 1: missing key" in _one_line_error(cli("--prompts", str(path)))
+    assert "bad.jsonl line 1: missing key" in one_line_error(cli("--prompts", str(path)))
 
 
 @pytest.fixture
@@ -429,16 +428,18 @@ GOOD_LINE = json.dumps({"task": "laundry", "prompt": "I washed the", "answer": "
                         "candidates": [" sock", " shirt"], "n_items": 2, "answer_position": 0})
 
 
+@pytest.mark.cli
 def test_cli_indistinguishable_candidates_name_the_file_line(cli, tmp_path, no_model):
     ioi = json.dumps({"task": "ioi", "prompt": "When Mary and John left, John waved to", "answer": " Mary",
                       "candidates": [" Mary", " John"], "n_items": 2, "answer_position": 0})
     bad = json.dumps({**json.loads(GOOD_LINE), "candidates": [" sock", " sockpuppet"]})  # both start with " sock"
     path = tmp_path / "p.jsonl"
     path.write_text("\n".join([ioi, "", GOOD_LINE, bad]) + "\n")
-    line = _one_line_error(cli("--prompts", str(path), "--task", "laundry"))
+    line = one_line_error(cli("--prompts", str(path), "--task", "laundry"))
     assert line.startswith(f"error: {path} line 4: two candidates start with the same token")
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("compare", [False, True])
 def test_cli_a_prompt_longer_than_either_models_context_names_the_file_line(cli, tmp_path, no_model, compare):
     """The shortest context of the models compared counts (the second model's used to be ignored:
@@ -451,10 +452,11 @@ def test_cli_a_prompt_longer_than_either_models_context_names_the_file_line(cli,
     prompt = "I washed the sock and the shirt and the towel and the hat and the scarf and the coat. " * 2 + "I dried the"
     path.write_text(GOOD_LINE + "\n" + json.dumps({**json.loads(GOOD_LINE), "prompt": prompt}) + "\n")
     first, other = (long_context, short_context) if compare else (short_context, long_context)
-    line = _one_line_error(cli(str(first), "--prompts", str(path), *(["--compare", str(other)] if compare else [])))
+    line = one_line_error(cli(str(first), "--prompts", str(path), *(["--compare", str(other)] if compare else [])))
     assert line.startswith(f"error: {path} line 2: the prompt is") and "context of 24" in line
 
 
+@pytest.mark.cli
 def test_cli_export_prompts_creates_missing_directories(cli, tmp_path):
     path = tmp_path / "new" / "dir" / "p.jsonl"
     result = cli("--task", "ioi", "--n-prompts", "3", "--export-prompts", str(path))
@@ -467,13 +469,14 @@ def test_cli_export_prompts_creates_missing_directories(cli, tmp_path):
     ("--out", "afile/sub", "{afile} is not a directory"),
     ("--out", "afile", "'{afile}' is a file"),  # click's own check of the option
 ])
+@pytest.mark.cli
 def test_cli_unwritable_destinations_are_refused_up_front(cli, tmp_path, no_model, option, target, message):
     afile = tmp_path / "afile"
     afile.write_text("")
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(GOOD_LINE + "\n")
     source = ["--prompts", str(prompts)] if option == "--out" else ["--task", "ioi", "--n-prompts", "3"]
-    line = _one_line_error(cli(*source, option, str(tmp_path / target)))
+    line = one_line_error(cli(*source, option, str(tmp_path / target)))
     assert message.format(afile=afile) in line
 
 
@@ -497,8 +500,9 @@ def test_generated_setup_records_the_lexicon_survival(smollm2_tokenizer):
     (["--prompts", "p.jsonl", "--seed", "3"], "cannot be combined with --prompts"),
     (["--export-prompts", "p.jsonl", "--json"], "cannot be combined with --json"),
 ])
+@pytest.mark.cli
 def test_cli_option_errors(cli, args, message):
-    assert message in _one_line_error(cli(*args))
+    assert message in one_line_error(cli(*args))
 
 
 @pytest.mark.real

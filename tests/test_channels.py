@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 import yaml
+from cli_helpers import one_line_error, run_cli
 from click.testing import CliRunner
 from tiny import tiny_checkpoint
 
@@ -56,6 +57,7 @@ def test_data_check_removal_at_every_position_equals_the_weight_edit(session):
     assert check.logit_diff_change[0.0] == pytest.approx(float((edited_ld - base_ld).mean()), abs=1e-5)
 
 
+@pytest.mark.pipeline
 def test_channel_report_schema_and_draft(session):
     report = find_channels(session, settings=SETTINGS, pairs=[(HeadId(0, 1), HeadId(3, 2))])
     record = json.loads(json.dumps(report.as_dict(), allow_nan=False))  # strict JSON
@@ -98,6 +100,7 @@ def test_channel_components_carry_their_share_of_the_composition(session):
         assert entry["sender"]["share"] >= 1 / rank
 
 
+@pytest.mark.pipeline
 def test_agreement_ranks_by_the_score_and_by_what_the_component_carries(session):
     report = find_channels(session, settings=SETTINGS)
     rows = [(p, a) for p in report.pairs if (a := p.agreement()) is not None]
@@ -113,6 +116,7 @@ def test_agreement_ranks_by_the_score_and_by_what_the_component_carries(session)
     assert overall["top1_agreement_weighted"] == sum(a["top1_agrees_weighted"] for _, a in rows) / len(rows)
 
 
+@pytest.mark.cli
 def test_channels_command_writes_everything_and_apply_accepts_the_draft(checkpoint, tmp_path):
     out = tmp_path / "ch"
     args = ["--quiet", "channels", str(checkpoint), "--n-items", "3", "--n-prompts", "6", "--top", "2",
@@ -132,12 +136,11 @@ def test_channels_command_writes_everything_and_apply_accepts_the_draft(checkpoi
     assert again.exit_code == 2 and "already exists" in again.stderr
 
 
+@pytest.mark.cli
 def test_channels_command_one_line_errors(checkpoint):
     for args, message in ((["--pair", "20.0-23.0"], "sender:receiver"), (["--pair", "3.0:1.0"], "below the receiver"),
                           (["--pair", "1.0:99.0"], "does not exist")):
-        result = CliRunner().invoke(main, ["channels", str(checkpoint), "--no-data-check", *args])
-        assert result.exit_code == 2, result.output
-        assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
+        one_line_error(run_cli("channels", checkpoint, "--no-data-check", *args, quiet=False), message)
 
 
 @pytest.mark.parametrize("option", ["--z-threshold", "--min-share", "--check-alpha", "--draft-scale"])

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import one_line_error, run_cli
 from click.testing import CliRunner
 from test_apply import write_recipe
 from tiny import tiny_model
@@ -28,19 +29,8 @@ ATTENTION = "model.layers.1.self_attn.v_proj.weight"  # read by inspect --svd an
 UNTOUCHED = "model.layers.2.mlp.up_proj.weight"  # only copied by apply
 
 
-def run(*args):
-    return CliRunner().invoke(main, ["--quiet", *map(str, args)])
-
-
-def one_line_error(result, *fragments) -> str:
-    """Exit 2 and one `error:` line on stderr (stdout may hold what was computed before: apply's
-    edit table comes before the untouched tensors are read, which happens while they are copied)."""
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
+run = run_cli  # `th-edit --quiet ARGS`; errors are held to one line on stderr (stdout may hold what was computed
+# before: apply's edit table comes before the untouched tensors are read, which happens while they are copied)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import one_line_error, run_cli
 from click.testing import CliRunner
 from test_apply import EDITS, write_recipe
 from tiny import tiny_model
@@ -26,16 +27,7 @@ def base(tmp_path_factory):
     return path
 
 
-def run(*args):
-    return CliRunner().invoke(main, ["--quiet", *map(str, args)])
-
-
-def one_line_error(result, fragment):
-    """Exit 2 and one line on stderr (stdout may hold the edit table printed before writing)."""
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.output
-    return lines[0]
+run = run_cli  # `th-edit --quiet ARGS`; one_line_error checks stderr only (stdout may hold the edit table)
 
 
 def recipe_with_scale(tmp_path, base, scale, name="r.yaml"):
@@ -349,9 +341,8 @@ def test_a_non_utf8_output_name_fails_before_any_work(base, tmp_path):
     recipe = recipe_with_scale(tmp_path, base, 2.0)
     proc = subprocess.run([sys.executable, "-m", "th_edit", "apply", str(recipe), "--out", os.fsencode(tmp_path) + b"/out-\xff"],
                           capture_output=True, text=True)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "not valid UTF-8" in lines[0] and "σ" not in proc.stdout  # before the edit
+    one_line_error(proc, "not valid UTF-8")
+    assert "σ" not in proc.stdout  # before the edit
     assert sorted(os.listdir(tmp_path)) == ["r.yaml"]
 
 

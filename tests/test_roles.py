@@ -318,6 +318,7 @@ def _assert_ranking_equals(ranking, slow: torch.Tensor) -> None:
     assert means == sorted(means, reverse=True)
 
 
+@pytest.mark.pipeline
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_ioi_roles_equal_one_at_a_time(family):
     session = Session(tiny_model(family, vocab_size=len(WORDS)), WORDS)

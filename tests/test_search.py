@@ -31,6 +31,7 @@ def session(tmp_path_factory):
     return th_edit.load(str(tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "m", "llama", seed=2)))
 
 
+@pytest.mark.pipeline
 def test_evaluator_equals_a_plain_forward_pass(session):
     prompts = build_prompts(session.tokenizer, ("laundry", "ioi"), [2, 3], 7, 0)
     neutral = neutral_set(session.tokenizer, 12)
@@ -61,6 +62,7 @@ def _run(session, tmp_path=None, **kwargs):
                   **kwargs)
 
 
+@pytest.mark.pipeline
 def test_search_is_deterministic_and_ignores_held_out_prompts(session):
     first = _run(session)
     assert len(first.result.trials) == SETTINGS.trials
@@ -81,6 +83,7 @@ def test_search_is_deterministic_and_ignores_held_out_prompts(session):
         assert kinds[0] == "search" and kinds.count("whole-head") == 2 and kinds[-1] == "draft"
 
 
+@pytest.mark.pipeline
 def test_ctrl_c_keeps_the_trials_so_far_and_resume_continues(session, tmp_path, monkeypatch):
     journal = tmp_path / "study.log"
     real = optimize.choices_of
@@ -110,6 +113,7 @@ def test_edits_for_takes_the_first_k_components_of_each_head():
     assert Candidate(1, 0, "ov", (4, 2, 7)).k_choices() == [0, 1, 2, 3]
 
 
+@pytest.mark.pipeline
 def test_attribution_orders_each_heads_components_by_their_gain(session):
     """Components are re-ranked by the hooked gradient on the prompts given; only helpful ones stay."""
     from th_edit.search.attribution import component_gradients, ranked_by_attribution
@@ -161,6 +165,7 @@ def test_candidates_from_channels_json():
         candidates_from_channels({"channels": {"inhibition": [{"sender": {}}]}})
 
 
+@pytest.mark.pipeline
 def test_a_search_without_channels_json_offers_as_many_heads_as_heads_asks_for(session):
     """The search's own channel analysis examines max(5, --heads) heads per role: `--heads 8` used
     to be capped at the 5 senders of a 5-heads-per-role analysis."""
@@ -171,6 +176,7 @@ def test_a_search_without_channels_json_offers_as_many_heads_as_heads_asks_for(s
         assert len(candidates) == heads
 
 
+@pytest.mark.cli
 def test_search_command_writes_a_recipe_that_apply_accepts(tmp_path):
     """The CLI end to end on a tiny model: recipe, report, frontier plot; the recipe applies."""
     import json
@@ -250,6 +256,7 @@ def _full_journal(monkeypatch, when):
     monkeypatch.setattr(JournalFileBackend, "append_logs", append_logs)
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("when", ["creating the study", "telling a trial"])
 def test_a_full_disk_under_the_journal_is_one_line_and_leaves_nothing(search_args, tmp_path, monkeypatch, when):
     """Optuna hides a failed write of a trial's result behind an AssertionError: still one line."""
@@ -260,6 +267,7 @@ def test_a_full_disk_under_the_journal_is_one_line_and_leaves_nothing(search_arg
     assert list(tmp_path.iterdir()) == []  # no journal stub (it would block the next run), no directory
 
 
+@pytest.mark.cli
 def test_finished_trials_survive_a_failure_and_the_error_says_how_to_resume(search_args, tmp_path, monkeypatch):
     from pathlib import Path
 

@@ -54,6 +54,7 @@ def ulps(a: torch.Tensor, b: torch.Tensor) -> int:
 # In-memory edit == exported checkpoint
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("family", ["llama", "gemma3_text", "gpt2"])
 def test_edit_model_then_save_pretrained_equals_apply(family, dtype, tmp_path):
@@ -139,6 +140,7 @@ def test_many_edits_share_one_decomposition_per_head(monkeypatch):
     assert len(calls) == 2
 
 
+@pytest.mark.cli
 def test_edited_model_equals_apply_on_logits(tmp_path):
     """`with session.edited(recipe)` runs exactly the model that `th-edit apply` writes."""
     base = tmp_path / "base"
@@ -232,6 +234,7 @@ def test_residual_added_moves_the_last_position_only():
 # Devices: offload
 
 
+@pytest.mark.pipeline
 def test_offloaded_model_scores_and_edits_like_the_plain_one(tmp_path):
     base = tiny_checkpoint(tmp_path / "base", "llama")
     plain = th_edit.load(str(base))
@@ -289,6 +292,7 @@ def readme_api_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.pipeline
 def test_readme_api_example_runs_on_a_tiny_model(tmp_path, monkeypatch):
     """The example exactly as written, with the model reference pointed at a tiny checkpoint of the
     same shape family (24 layers so that the example's layer 20 exists)."""
@@ -328,6 +332,7 @@ def word_checkpoint(tmp_path_factory):
 PAIRED = dict(tasks=("laundry",), n_items=[3, 4], n_prompts=6, kl_texts=12, batch_size=4)
 
 
+@pytest.mark.pipeline
 def test_many_paired_runs_on_one_session_score_the_unedited_model_once(word_checkpoint):
     recipes = [[Edit(layer=1, head=1, circuit="ov", components=[0, 1], scale=s)] for s in (0.0, 2.0, 3.0)]
     fresh = [th_edit.bench.paired(th_edit.load(str(word_checkpoint)), r, **PAIRED) for r in recipes]
@@ -344,6 +349,7 @@ def test_many_paired_runs_on_one_session_score_the_unedited_model_once(word_chec
         assert _paired_numbers(mine) == _paired_numbers(theirs)  # bit for bit, KL included
 
 
+@pytest.mark.pipeline
 def test_unedited_results_are_not_taken_from_an_edit_or_kept_after_apply(word_checkpoint):
     first = [Edit(layer=1, head=1, circuit="ov", components=[0], scale=0.0)]
     second = [Edit(layer=2, head=0, circuit="qk", components=[0], scale=3.0)]
@@ -357,6 +363,7 @@ def test_unedited_results_are_not_taken_from_an_edit_or_kept_after_apply(word_ch
     assert _paired_numbers(th_edit.bench.paired(m, second, **PAIRED)) == _paired_numbers(inside)
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("setting, expected", [("kl: false", None), ("kl_texts: 5", 5)])
 def test_apply_benchmark_sizes_or_skips_the_neutral_text_kl(word_checkpoint, tmp_path, setting, expected):
     recipe = tmp_path / "r.yaml"
@@ -370,6 +377,7 @@ def test_apply_benchmark_sizes_or_skips_the_neutral_text_kl(word_checkpoint, tmp
     assert CliRunner().invoke(main, ["--quiet", "verify", str(tmp_path / "out")]).stdout.strip() == "ok"
 
 
+@pytest.mark.cli
 def test_verify_checks_the_recorded_benchmark_setup_against_the_recipe(word_checkpoint, tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"base_model: {word_checkpoint}\nedits:\n  - {{layer: 1, head: 1, circuit: ov, components: [0], "

@@ -177,6 +177,7 @@ def test_inhibited_position_is_the_planted_item(planted):
 # Traversal
 
 
+@pytest.mark.pipeline
 def test_traversal_to_a_planted_code_selects_its_item(planted):
     session, write, result = planted
     basis = result.used.vectors
@@ -199,6 +200,7 @@ def test_traversal_map_has_a_region_for_every_item(planted):
         assert centroid["attended"][centroid["inhibited_position"]] == 1.0
 
 
+@pytest.mark.pipeline
 @pytest.mark.parametrize("family", ["llama", "gemma3_text"])
 def test_cached_traversal_equals_full_forward_passes(family):
     """The last-token passes on the key/value cache (many points per pass, prompts of different
@@ -322,6 +324,7 @@ def test_spearman_and_regions():
 # Outputs
 
 
+@pytest.mark.pipeline
 def test_outputs_are_complete_self_contained_and_never_overwritten(planted, tmp_path):
     _, _, result = planted
     record = result.to_dict()
@@ -353,6 +356,7 @@ def _strict(text: str):
     return json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in JSON"))
 
 
+@pytest.mark.pipeline
 def test_outputs_are_strict_json_with_null_for_a_non_finite_number(planted, tmp_path):
     """A statistic that cannot be computed (a NaN separation, say) is null in subspace.json."""
     _, _, result = planted
@@ -362,6 +366,7 @@ def test_outputs_are_strict_json_with_null_for_a_non_finite_number(planted, tmp_
     assert _strict((tmp_path / "out" / "subspace.json").read_text())["crowding"]["within_n_p"] is None
 
 
+@pytest.mark.pipeline
 def test_a_full_disk_leaves_no_output_nor_the_directory_made_for_them(planted, tmp_path, monkeypatch):
     _, _, result = planted
     from th_edit.subspace import plots
@@ -468,6 +473,7 @@ def checkpoint(tmp_path_factory):
     return tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "model", "llama")
 
 
+@pytest.mark.cli
 def test_subspace_command(checkpoint, tmp_path):
     out = tmp_path / "out"
     args = ["--quiet", "subspace", str(checkpoint), "--n-items", "2-3", "--n-prompts", "4", "--grid", "2",
@@ -483,6 +489,7 @@ def test_subspace_command(checkpoint, tmp_path):
     assert json.loads(as_json.output)["basis_used"] == "data"
 
 
+@pytest.mark.cli
 def test_subspace_json_on_stdout_is_strict(checkpoint, monkeypatch):
     from types import SimpleNamespace
 
@@ -503,6 +510,7 @@ def test_subspace_json_on_stdout_is_strict(checkpoint, monkeypatch):
     (["--channels", "missing.json"], "missing.json: no such file"),
     (["--traverse-n", "5"], "--traverse-n 5 is not one of --n-items"),
 ])
+@pytest.mark.cli
 def test_subspace_command_user_errors(checkpoint, tmp_path, extra, message):
     result = CliRunner().invoke(main, ["--quiet", "subspace", str(checkpoint), "--n-items", "2-3", "--n-prompts", "2",
                                        "--out", str(tmp_path / "o"), *extra])
@@ -512,6 +520,7 @@ def test_subspace_command_user_errors(checkpoint, tmp_path, extra, message):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.pipeline
 def test_readme_python_example_runs_on_a_tiny_model(tmp_path, monkeypatch):
     """The README's snippet as written (fewer prompts and grid points), on a tiny checkpoint with the same heads."""
     readme = (Path(__file__).parent.parent / "README.md").read_text()
