@@ -401,6 +401,31 @@ def test_summary_states_the_numbers(planted):
     assert "crowding" in text
 
 
+def test_summary_orders_state_their_sign_for_answer_and_inhibited_positions(planted):
+    """"order along direction 1" names which positions and which way: the answer positions'
+    ρ is crowding's, the inhibited positions' is read off their centroids, each +1 when position 0
+    is lowest along the first direction (SmolLM2's README run: +1 and −1)."""
+    record = planted[2].to_dict()
+    text = subspace.summary(record)
+    assert "+1: position 0 lowest, the last highest; -1: the reverse" in text
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["N", "accuracy"])
+    assert lines[header].split()[-4:] == ["answer", "order", "inhibited", "order"]
+    centroids = record["centroids"]["by_inhibited_position"]
+    for row, line in zip(record["crowding"]["by_n"], lines[header + 1:]):
+        cells = line.split()
+        n = row["n_items"]
+        mine = [c for c in centroids if c["n_items"] == n]
+        expected = spearman([c["position"] for c in mine], [c["coordinates"][0] for c in mine], minimum=2)
+        assert int(cells[0]) == n and float(cells[-2]) == pytest.approx(row["order_along_first_direction"], abs=0.005)
+        assert float(cells[-1]) == pytest.approx(expected, abs=0.005) or (math.isnan(expected) and cells[-1] == "nan")
+    flipped = {**record, "centroids": {**record["centroids"], "by_inhibited_position": [
+        {**c, "coordinates": [-c["coordinates"][0], *c["coordinates"][1:]]} for c in centroids]}}
+    last = subspace.summary(flipped).splitlines()[header + 1].split()[-1]
+    first = lines[header + 1].split()[-1]
+    assert first == "nan" or float(last) == pytest.approx(-float(first), abs=0.005)  # the sign follows the direction
+
+
 # ----------------------------------------------------------------------------------------------
 # Channel specification and fallback
 
