@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def _check_pairs(model: str, wanted) -> None:
             raise UserError(f"--pair {sender}:{receiver}: the sender's layer must be below the receiver's")
 
 
-def _draft(record: dict, model: str, scale: float) -> str | None:
+def _draft(record: dict, model: str, scale: float, out: Path) -> str | None:
     edits = draft_edits(record, scale)
     if not edits:
         return None
@@ -103,14 +104,16 @@ def _draft(record: dict, model: str, scale: float) -> str | None:
                     f"components amplified by {scale:g}.", edits=edits, output=Output())
     header = "\n".join([f"Draft recipe written by `th-edit channels` (inhibition channel, scale {scale:g}).",
                         "Evidence (sender OV component -> receiver component it meets best):", *evidence,
-                        "Check it with `th-edit bench MODEL --compare draft-recipe.yaml`; `th-edit search` tunes it."])
+                        f"Check it with `th-edit bench {shlex.quote(model)} --compare {shlex.quote(str(out / 'draft-recipe.yaml'))}`;",
+                        f"`th-edit search {shlex.quote(model)} --channels {shlex.quote(str(out / 'channels.json'))}` tunes it "
+                        "(both from the directory `th-edit channels` ran in)."])
     return recipe.to_yaml(header=header)
 
 
 def _write(report, record: dict, model: str, scale: float, out: Path, force: bool) -> None:
     from th_edit.channels.plots import PLOTS
 
-    draft = _draft(record, model, scale)
+    draft = _draft(record, model, scale, out)
     writers: dict[Path, Callable[[Path], object]] = {
         out / "channels.json": lambda path: path.write_text(strict_json.dumps(record, indent=2) + "\n"),
         **{out / name: functools.partial(plot, report) for name, plot in PLOTS.items()},
