@@ -96,8 +96,8 @@ def plot_mover_map(report: ChannelReport, path: Path) -> None:
         axes.text(0.5, 0.5, "no inhibition heads or movers were found", ha="center", va="center",
                   transform=axes.transAxes)
         axes.set_axis_off()
-    axes.set_title(f"Which movers each inhibition head feeds (baseline {report.scores.baseline:.3f}; "
-                   "● n = n channel components; – = mover not in a later layer)", fontsize=9)
+    axes.set_title(f"Which movers each inhibition head feeds (Q-composition, baseline {report.scores.baseline:.3f})\n"
+                   "● n: n channel components; –: the mover is not in a later layer", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
