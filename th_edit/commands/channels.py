@@ -36,7 +36,8 @@ OUT_FILES = ("channels.json", "components.png", "mover-map.png", "weight-vs-data
 @click.option("--pair", "pairs", multiple=True, metavar="S:R", help="Also resolve this sender:receiver pair, e.g. 20.0:23.3.")
 @click.option("--top", type=click.IntRange(min=1, max=MAX_HEADS), default=3, show_default=True,
               help="Heads taken from each role.")
-@click.option("--z-threshold", type=FiniteFloat(), default=3.0, show_default=True, help="z-score that puts a component in a channel.")
+@click.option("--z-threshold", type=FiniteFloat(), default=3.0, show_default=True,
+              help="z-score that puts a component in a channel.")
 @click.option("--min-share", type=FiniteFloat(min=0), default=1.0, show_default=True,
               help="A channel component also carries this many times an average component's share (1/rank) of "
                    "the pair's composition (0: z alone).")
@@ -102,10 +103,13 @@ def _draft(record: dict, model: str, scale: float, out: Path) -> str | None:
                 for e in record["channels"].get("inhibition", [])]
     recipe = Recipe(base_model=model, description=f"Draft from th-edit channels: the inhibition channel's sender "
                     f"components amplified by {scale:g}.", edits=edits, output=Output())
+    # The commands as they run from where `channels` ran: the model and --out exactly as given.
+    model_arg, draft_path, channels_path = (shlex.quote(str(x)) for x in (model, out / "draft-recipe.yaml",
+                                                                          out / "channels.json"))
     header = "\n".join([f"Draft recipe written by `th-edit channels` (inhibition channel, scale {scale:g}).",
                         "Evidence (sender OV component -> receiver component it meets best):", *evidence,
-                        f"Check it with `th-edit bench {shlex.quote(model)} --compare {shlex.quote(str(out / 'draft-recipe.yaml'))}`;",
-                        f"`th-edit search {shlex.quote(model)} --channels {shlex.quote(str(out / 'channels.json'))}` tunes it "
+                        f"Check it with `th-edit bench {model_arg} --compare {draft_path}`;",
+                        f"`th-edit search {model_arg} --channels {channels_path}` tunes it "
                         "(both from the directory `th-edit channels` ran in)."])
     return recipe.to_yaml(header=header)
 
