@@ -253,7 +253,7 @@ def model_card(name: str, recipe: Recipe, recipe_text: str, base: ResolvedModel,
     ]
     if not benchmark:
         parts += ["## Before / after", _not_benchmarked(recipe, base)]
-    if benchmark:
+    else:
         report, text = benchmark
         parts += [
             "## Before / after",
