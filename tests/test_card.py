@@ -100,7 +100,9 @@ def test_plurals_are_words(tmp_path):
 def test_a_card_without_benchmark_says_so(tmp_path, section, reason):
     card = card_for(local(tmp_path), RECIPE + section)
     assert "**Not benchmarked**" in card and reason in card
-    assert f"`th-edit bench {tmp_path.name} --compare recipe.yaml`" in card
+    assert f"`th-edit bench BASE --compare recipe.yaml`, BASE being the path of `{tmp_path.name}`" in card
+    hub = card_for(ResolvedModel("org/base", "hub", tmp_path, hub_id="org/base"), RECIPE + section)
+    assert "From this directory, `th-edit bench org/base --compare recipe.yaml` compares" in hub
 
 
 def test_apply_no_bench_card_says_not_benchmarked_and_its_generate_example_runs(tmp_path):

@@ -197,9 +197,12 @@ def _plural(count: int, one: str, many: str) -> str:
 def _not_benchmarked(recipe: Recipe, base: ResolvedModel) -> str:
     why = ("`th-edit apply --no-bench` skipped the recipe's `benchmark:` section" if recipe.benchmark is not None
            else "the recipe has no `benchmark:` section")
+    if base.kind in ("local", "gguf"):  # its path stays private: the card names the file or directory only
+        command = f"`th-edit bench BASE --compare recipe.yaml`, BASE being the path of `{public_reference(base)}`,"
+    else:
+        command = f"`th-edit bench {public_reference(base)} --compare recipe.yaml`"
     return (f"**Not benchmarked**: {why}, so nothing here measures what the edit does. From this directory, "
-            f"`th-edit bench {public_reference(base)} --compare recipe.yaml` compares the base with and without "
-            "the edit on identical prompts.")
+            f"{command} compares the base with and without the edit on identical prompts.")
 
 
 def model_card(name: str, recipe: Recipe, recipe_text: str, base: ResolvedModel, reports: list[HeadReport],
