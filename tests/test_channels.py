@@ -1,6 +1,9 @@
 """`th-edit channels`: the data check, the channel report and its schema, the draft recipe, the command."""
 
 import json
+import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -154,6 +157,136 @@ def test_channels_refuses_non_finite_numbers(checkpoint, tmp_path, option, value
     assert len(lines) == 1 and f"Invalid value for '{option}'" in lines[0], result.stderr
     assert "is not a finite number" in lines[0] or "x>=0" in lines[0]  # -inf is below a bound of 0 anyway
     assert not (tmp_path / "ch").exists()
+
+
+# ---- outputs: plots, table, draft hint -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def unchecked(session):
+    """A report without a data check, with a low bar so that pairs have channel components."""
+    return find_channels(session, settings=ChannelSettings(n_items=(3,), n_prompts=6, n_sequences=6, top=3,
+                                                           z_threshold=0.0, min_share=0.0, data_check=False))
+
+
+def _figure_of(plot, report, tmp_path, monkeypatch):
+    """Run a PLOTS function and keep its figure (it closes it after saving)."""
+    from th_edit.channels import plots
+
+    kept = []
+    monkeypatch.setattr(plots.plt, "close", lambda figure=None: kept.append(figure))
+    plot(report, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 1000
+    return kept[-1]
+
+
+def _texts(figure) -> str:
+    return "\n".join(t.get_text() for axes in figure.axes for t in [*axes.texts, axes.title])
+
+
+def test_weight_vs_data_without_a_data_check_says_so(unchecked, tmp_path, monkeypatch):
+    from th_edit.channels.plots import plot_weight_vs_data
+
+    figure = _figure_of(plot_weight_vs_data, unchecked, tmp_path, monkeypatch)
+    assert "--no-data-check" in _texts(figure) and "No data scores to plot" in _texts(figure)
+    assert not any(axes.collections for axes in figure.axes)  # no empty scatter axes
+
+
+def test_components_map_marks_channel_components_beyond_the_first_columns(unchecked, tmp_path, monkeypatch):
+    """Every ● of the shown pairs is drawn, also for components past the first HEATMAP_COMPONENTS
+    (here 2, so that the tiny model's d_head has components beyond them)."""
+    from th_edit.channels import plots
+
+    monkeypatch.setattr(plots, "HEATMAP_COMPONENTS", 2)
+    pairs = sorted((p for p in unchecked.pairs if p.channel), key=lambda p: -float(p.scores.z.max()))[:plots.HEATMAP_PAIRS]
+    beyond = sorted({k for p in pairs for k in p.reported if k >= 2})
+    assert beyond  # the premise
+    figure = _figure_of(plots.plot_component_heatmap, unchecked, tmp_path, monkeypatch)
+    axes = figure.axes[0]
+    labels = [t.get_text() for t in axes.get_xticklabels()]
+    assert labels == [str(k) for k in [0, 1, *beyond]]
+    marks = [t for t in axes.texts if t.get_text() == "●"]
+    assert len(marks) == sum(len(p.reported) for p in pairs)
+    for p_row, pair in enumerate(pairs):
+        drawn = sorted(int(labels[round(t.get_position()[0])]) for t in marks if round(t.get_position()[1]) == p_row)
+        assert drawn == sorted(pair.reported)
+
+
+def test_mover_map_shows_which_movers_each_inhibition_head_feeds(unchecked, tmp_path, monkeypatch):
+    """Rows: the top inhibition heads; columns: the top movers; cells: the full Q-composition from
+    the row's head into the column's mover (the inhibition channel, README "channels")."""
+    from th_edit.channels.plots import MAP_HEADS, mover_map, plot_mover_map
+
+    senders, movers, values, channel = mover_map(unchecked)
+    count = max(MAP_HEADS, unchecked.settings.top)
+    assert [(h.layer, h.head) for h in senders] == [(h.layer, h.head) for h in unchecked.roles["inhibition"].top(count)]
+    assert [(h.layer, h.head) for h in movers] == [(h.layer, h.head) for h in unchecked.roles["mover"].top(count)]
+    full = unchecked.scores.full_scores("q")
+    for i, sender in enumerate(senders):
+        for j, mover in enumerate(movers):
+            if sender.layer < mover.layer:
+                assert float(values[i, j]) == pytest.approx(float(full[sender.layer, sender.head, mover.layer, mover.head]))
+            else:
+                assert math.isnan(float(values[i, j]))
+    assert channel == {(p.sender, p.receiver): len(p.reported) for p in unchecked.pairs
+                       if p.channel == "inhibition" and p.reported}
+    figure = _figure_of(plot_mover_map, unchecked, tmp_path, monkeypatch)
+    axes = figure.axes[0]
+    assert "Which movers each inhibition head feeds" in axes.get_title()
+    assert [t.get_text() for t in axes.get_yticklabels()] == [str(s) for s in senders]
+    assert [t.get_text() for t in axes.get_xticklabels()] == [str(m) for m in movers]
+
+
+def test_channel_tables_line_up_for_one_and_two_digit_layers():
+    """Heads 9.3 and 20.0 in one table: the fields of every row start in the same columns."""
+    from types import SimpleNamespace
+
+    from th_edit.channels.render import render_channels
+    from th_edit.channels.roles import HeadScore
+
+    def heads(*names):
+        return SimpleNamespace(top=lambda k: [HeadScore(int(n.split(".")[0]), int(n.split(".")[1]), 0.25, 0.2, 0.3, 8)
+                                              for n in names[:k]])
+
+    def entry(sender, component, receiver, circuit, receiver_component):
+        (sl, sh), (rl, rh) = (map(int, sender.split(".")), map(int, receiver.split(".")))
+        return {"sender": {"layer": sl, "head": sh, "component": component, "share": 0.5},
+                "receiver": {"layer": rl, "head": rh, "circuit": circuit, "component": receiver_component, "cosine": 0.5},
+                "mode": "q", "weight_score": 0.1, "z": 4.0, "data": None}
+
+    entries = [entry("9.3", 0, "22.7", "qk", 0), entry("20.0", 12, "23.1", "qk", 5), entry("9.3", 5, "9.4", "qk", 17)]
+    report = SimpleNamespace(
+        model="m", settings=ChannelSettings(), scores=SimpleNamespace(baseline=0.05),
+        roles={"inhibition": heads("9.3", "20.0", "17.5"), "mover": heads("23.1", "9.7"),
+               "negative_mover": heads("10.2", "8.1", "22.11")},
+        pairs=[SimpleNamespace(channel="inhibition")], channel=lambda kind: entries if kind == "inhibition" else [],
+        agreement=lambda: {"pairs_checked": 0})
+    lines = render_channels(report).splitlines()
+    rows = [line for line in lines if " OV " in line]
+    assert len(rows) == 3
+    for token in (" OV ", " QK "):
+        assert len({row.index(token) for row in rows}) == 1, rows
+    roles = [line for line in lines if line.split() and line.split()[0] in ("inhibition", "mover", "negative_mover")
+             and "channel" not in line]
+    assert len(roles) == 3
+    assert len({row.index("(") for row in roles}) == 1, roles
+    starts = [[m.start() for m in re.finditer(r"\(", row)] for row in roles]
+    assert all(s[:2] == starts[0][:2] for s in starts), roles
+
+
+def test_draft_recipe_hint_names_the_model_and_the_path_as_written(checkpoint, tmp_path, monkeypatch):
+    """The hint in the draft's header is a command that works as written, from where channels ran."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["--quiet", "channels", str(checkpoint), "--n-items", "3", "--n-prompts", "6",
+                                       "--top", "2", "--z-threshold", "0", "--min-share", "0", "--no-data-check",
+                                       "--out", "ch"])
+    assert result.exit_code == 0, result.output
+    header = Path("ch/draft-recipe.yaml").read_text()
+    hint = f"th-edit bench {checkpoint} --compare ch/draft-recipe.yaml"
+    assert f"`{hint}`" in header and "MODEL" not in header
+    assert f"`th-edit search {checkpoint} --channels ch/channels.json`" in header
+    bench = CliRunner().invoke(main, ["--quiet", *hint.split()[1:], "--n-items", "3", "--n-prompts", "2", "--no-kl"])
+    assert bench.exit_code == 0, bench.output
 
 
 def test_spearman():

@@ -16,7 +16,10 @@ fixed directions, and the mover's choice of item is a function of those directio
 
 import json
 import math
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +32,7 @@ from th_edit import hooks, subspace
 from th_edit.cli import main
 from th_edit.errors import UserError
 from th_edit.session import Session
-from th_edit.subspace import crowding, regions, spearman
+from th_edit.subspace import crowding, plots, regions, spearman
 from th_edit.subspace.traverse import SubspaceIntervention, select
 from th_edit.tasks.laundry import FRAMES, generate_laundry
 
@@ -356,6 +359,75 @@ def _strict(text: str):
     return json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in JSON"))
 
 
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--proxy-server=127.0.0.1:9",  # every network request fails: the page must not need one
+                  "--virtual-time-budget=15000"]  # run the page's scripts to completion before dumping
+
+
+def _chromium() -> str:
+    """Debian's chromium; in CI (the CI variable set) its absence is a failure, locally a skip."""
+    path = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed: .ci/run installs it (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium); CI requires it")
+    return path
+
+
+def _browse(page: Path, tmp_path: Path, width: int, action: list[str]) -> subprocess.CompletedProcess:
+    profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
+    return subprocess.run([_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},1200",
+                           *action, page.as_uri()], capture_output=True, text=True, timeout=240)
+
+
+def test_html_renders_offline_in_a_real_browser_and_fits_a_small_screen(planted, tmp_path):
+    """subspace.html in headless chromium with every network request failing: plotly draws its
+    SVG and WebGL layers, the plot takes the window's width (not a fixed 1600 px), the legend
+    (below the panels) starts inside the window and names both traversal views, and a screenshot
+    is a picture, not a blank page."""
+    import matplotlib.image
+
+    _chromium()
+    record = planted[2].to_dict()
+    page = tmp_path / "subspace.html"
+    plots.write_html(record, page)
+    width = 800
+    dom = _browse(page, tmp_path, width, ["--dump-dom"])
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    html = dom.stdout
+    svg = re.search(r'<svg class="main-svg"[^>]*\bwidth="(\d+)"', html)
+    assert svg, "plotly drew nothing"
+    assert 300 < int(svg.group(1)) <= width
+    assert "<canvas" in html and 'class="gl-container"' in html  # the 3D scenes (WebGL)
+    legend = re.search(r'<g class="legend"[^>]*transform="translate\(([\d.]+),([\d.]+)\)"', html)
+    assert legend and float(legend.group(1)) < width
+    for text in ("movers attend: item", "model predicts: item", "inhibited 0", "answer 0"):
+        assert text in html, text
+    shot = tmp_path / "shot.png"
+    result = _browse(page, tmp_path, width, [f"--screenshot={shot}"])
+    assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]
+    pixels = matplotlib.image.imread(shot)[..., :3].reshape(-1, 3)
+    colours = np.unique((pixels * 255).astype(np.uint8), axis=0)
+    assert pixels.std() > 0.05 and len(colours) > 100  # drawn points, axes and text, not a blank page
+
+
+def test_html_axes_are_named_after_the_basis_directions(planted):
+    record = planted[2].to_dict()
+    figure = plots.html_figure(record)
+    labels = plots._axis_labels(record)
+    scenes = [figure.layout[name] for name in ("scene", "scene2", "scene3", "scene4")]
+    for scene in scenes:
+        assert [scene.xaxis.title.text, scene.yaxis.title.text, scene.zaxis.title.text] == labels[:3]
+    assert labels[0].startswith(f"{record['basis_used']} 1 (")
+    assert [a.text for a in figure.layout.annotations] == list(plots.HTML_PANELS)
+    assert figure.layout.width is None and figure.layout.autosize  # the width follows the window
+    predicted = [t for t in figure.data if t.legendgroup == "traversal predicted"]
+    grid = record["traversal"]["grid"]
+    assert sum(len(t.x) for t in predicted) == len(grid)
+    assert {t.name for t in predicted} == {f"model predicts: item {g['predicted_mode']}" for g in grid}
+
+
 @pytest.mark.pipeline
 def test_outputs_are_strict_json_with_null_for_a_non_finite_number(planted, tmp_path):
     """A statistic that cannot be computed (a NaN separation, say) is null in subspace.json."""
@@ -369,7 +441,6 @@ def test_outputs_are_strict_json_with_null_for_a_non_finite_number(planted, tmp_
 @pytest.mark.pipeline
 def test_a_full_disk_leaves_no_output_nor_the_directory_made_for_them(planted, tmp_path, monkeypatch):
     _, _, result = planted
-    from th_edit.subspace import plots
 
     real = plots.save_figure
 
@@ -389,8 +460,6 @@ def test_a_full_disk_leaves_no_output_nor_the_directory_made_for_them(planted, t
 
 def test_crowding_plot_has_whole_list_lengths_on_its_n_axis(planted):
     """N counts items: the per-N panel ticks exactly the N that were run, no 2.5 or 3.5."""
-    from th_edit.subspace import plots
-
     record = planted[2].to_dict()
     figure = plots.crowding_figure(record)
     ticks = figure.axes[1].get_xticks().tolist()
@@ -404,6 +473,31 @@ def test_summary_states_the_numbers(planted):
     assert "principal angles, weights vs data" in text
     assert "movers attend: 4 items" in text
     assert "crowding" in text
+
+
+def test_summary_orders_state_their_sign_for_answer_and_inhibited_positions(planted):
+    """"order along direction 1" names which positions and which way: the answer positions'
+    ρ is crowding's, the inhibited positions' is read off their centroids, each +1 when position 0
+    is lowest along the first direction (SmolLM2's README run: +1 and −1)."""
+    record = planted[2].to_dict()
+    text = subspace.summary(record)
+    assert "+1: position 0 lowest, the last highest; -1: the reverse" in text
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["N", "accuracy"])
+    assert lines[header].split()[-4:] == ["answer", "order", "inhibited", "order"]
+    centroids = record["centroids"]["by_inhibited_position"]
+    for row, line in zip(record["crowding"]["by_n"], lines[header + 1:]):
+        cells = line.split()
+        n = row["n_items"]
+        mine = [c for c in centroids if c["n_items"] == n]
+        expected = spearman([c["position"] for c in mine], [c["coordinates"][0] for c in mine], minimum=2)
+        assert int(cells[0]) == n and float(cells[-2]) == pytest.approx(row["order_along_first_direction"], abs=0.005)
+        assert float(cells[-1]) == pytest.approx(expected, abs=0.005) or (math.isnan(expected) and cells[-1] == "nan")
+    flipped = {**record, "centroids": {**record["centroids"], "by_inhibited_position": [
+        {**c, "coordinates": [-c["coordinates"][0], *c["coordinates"][1:]]} for c in centroids]}}
+    last = subspace.summary(flipped).splitlines()[header + 1].split()[-1]
+    first = lines[header + 1].split()[-1]
+    assert first == "nan" or float(last) == pytest.approx(-float(first), abs=0.005)  # the sign follows the direction
 
 
 # ----------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import platform
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TypeVar
@@ -12,10 +13,14 @@ import yaml
 
 from th_edit import __version__, strict_json
 from th_edit.edit import EDIT_COLUMNS, HeadReport, edit_rows
+from th_edit.gguf_metadata import read_gguf_metadata
 from th_edit.models import ResolvedModel
 from th_edit.recipe import Recipe, replace_values
 
 T = TypeVar("T")
+# The card's `generate` example: a list-recall question of the kind the edits are about.
+GENERATE_PROMPT = ("I had a shirt, a scarf and a towel to wash. I washed the shirt and the towel. "
+                   "The one I have not washed yet is the")
 LIBRARIES = ("torch", "transformers", "safetensors", "huggingface_hub", "numpy", "gguf", "pydantic")
 CONVENTIONS = (
     "Singular components of each query head's effective OV = W_V W_O and QK = W_Q W_K^T (input norm folded; "
@@ -141,6 +146,65 @@ def dtype_hint(out_dtype: str, weights_bytes: int) -> str | None:
             f"halves that (≈ {weights_bytes / 2e6:.0f} MB), rounding every weight to bfloat16")
 
 
+@dataclass(frozen=True)
+class BaseLicense:
+    """What the base says about its license and languages, and where that was read (None: nowhere)."""
+
+    license: str | None = None
+    languages: tuple[str, ...] = ()
+    source: str | None = None
+
+
+def base_license(base: ResolvedModel) -> BaseLicense:
+    """The base's `license` and `language` from its README front matter (a local or hub checkpoint)
+    or its GGUF header (`general.license`, `general.languages`); an edited checkpoint is a
+    derivative of the base, so the base's license is the one its card states. Best effort."""
+    front = _front_matter(base.path / "README.md")
+    license_, languages = front.get("license"), front.get("language")
+    source = "the base's README front matter" if license_ else None
+    if base.gguf_path is not None and (not license_ or not languages):
+        header = read_gguf_metadata(base.gguf_path, ("general.license", "general.languages"))
+        if not license_ and header.get("general.license"):
+            license_, source = header["general.license"], "the base's GGUF metadata, `general.license`"
+        languages = languages or header.get("general.languages")
+    if isinstance(languages, str):
+        languages = [languages]
+    languages = tuple(x for x in languages if isinstance(x, str) and x) if isinstance(languages, list) else ()
+    return BaseLicense(license_ if isinstance(license_, str) and license_.strip() else None, languages,
+                       source if isinstance(license_, str) and license_.strip() else None)
+
+
+def _front_matter(readme: Path) -> dict:
+    """The YAML block between the first two `---` lines of a model card, or {}."""
+    try:
+        text = readme.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return {}
+    if not text.startswith("---"):
+        return {}
+    block = text[3:].split("\n---", 1)[0]
+    try:
+        value = yaml.safe_load(block)
+    except yaml.YAMLError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
+def _not_benchmarked(recipe: Recipe, base: ResolvedModel) -> str:
+    why = ("`th-edit apply --no-bench` skipped the recipe's `benchmark:` section" if recipe.benchmark is not None
+           else "the recipe has no `benchmark:` section")
+    if base.kind in ("local", "gguf"):  # its path stays private: the card names the file or directory only
+        command = f"`th-edit bench BASE --compare recipe.yaml`, BASE being the path of `{public_reference(base)}`,"
+    else:
+        command = f"`th-edit bench {public_reference(base)} --compare recipe.yaml`"
+    return (f"**Not benchmarked**: {why}, so nothing here measures what the edit does. From this directory, "
+            f"{command} compares the base with and without the edit on identical prompts.")
+
+
 def model_card(name: str, recipe: Recipe, recipe_text: str, base: ResolvedModel, reports: list[HeadReport],
                out_dtype: str, benchmark: tuple[dict, str] | None = None, benchmark_plot: str | None = None,
                weights_bytes: int | None = None) -> str:
@@ -149,7 +213,13 @@ def model_card(name: str, recipe: Recipe, recipe_text: str, base: ResolvedModel,
     front: dict[str, object] = {}
     if base.hub_id:  # a local path means nothing to the Hub
         front["base_model"] = base.hub_id
+    inherited = base_license(base)
+    if inherited.license:
+        front["license"] = inherited.license
+    if inherited.languages:
+        front["language"] = list(inherited.languages)
     front["library_name"] = "transformers"
+    front["pipeline_tag"] = "text-generation"
     front["tags"] = ["th-edit", "model-editing"]
     n_components = sum(len(r.components) for r in reports)
     base_line = f"`{public_reference(base)}`"
@@ -162,10 +232,17 @@ def model_card(name: str, recipe: Recipe, recipe_text: str, base: ResolvedModel,
     parts = [
         "---\n" + yaml.safe_dump(front, sort_keys=False) + "---",
         f"# {name}",
-        f"{base_line} with {n_components} singular component(s) of {len(reports)} attention head matrix(es) "
-        f"rescaled by th-edit {__version__}. "
+        f"{base_line} with {_plural(n_components, 'singular component', 'singular components')} of "
+        f"{_plural(len(reports), 'attention head matrix', 'attention head matrices')} rescaled by th-edit {__version__}. "
         "It is an ordinary checkpoint of the same architecture: plain `transformers` loads it, th-edit is not needed.",
     ]
+    if inherited.license:
+        parts.append(f"**License:** `{inherited.license}`, the base's (read from {inherited.source}): this checkpoint "
+                     "is a derivative of the base, whose license terms apply to it.")
+    else:
+        parts.append("**License:** not stated. The base's license could not be read (no `license` in its README "
+                     "front matter or GGUF metadata), so this card names none; this checkpoint is a derivative of "
+                     "the base, whose license terms apply to it: add them before publishing.")
     if recipe.description:
         parts.append(recipe.description.strip())
     if base.notes:
@@ -177,7 +254,9 @@ def model_card(name: str, recipe: Recipe, recipe_text: str, base: ResolvedModel,
         _edit_table(reports),
         CONVENTIONS,
     ]
-    if benchmark:
+    if not benchmark:
+        parts += ["## Before / after", _not_benchmarked(recipe, base)]
+    else:
         report, text = benchmark
         parts += [
             "## Before / after",
@@ -196,7 +275,10 @@ def model_card(name: str, recipe: Recipe, recipe_text: str, base: ResolvedModel,
         f"Load it from this directory (`{name}`) or, once pushed, from its Hub repo id:",
         "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
         f"model = AutoModelForCausalLM.from_pretrained({strict_json.dumps(name, ensure_ascii=False)})\n"
-        f"tokenizer = AutoTokenizer.from_pretrained({strict_json.dumps(name, ensure_ascii=False)})\n```",
+        f"tokenizer = AutoTokenizer.from_pretrained({strict_json.dumps(name, ensure_ascii=False)})\n\n"
+        f"inputs = tokenizer({strict_json.dumps(GENERATE_PROMPT)}, return_tensors=\"pt\")\n"
+        "output = model.generate(**inputs, max_new_tokens=8, do_sample=False)\n"
+        "print(tokenizer.decode(output[0][inputs[\"input_ids\"].shape[1]:], skip_special_tokens=True))\n```",
     ]
     hint = dtype_hint(out_dtype, weights_bytes) if weights_bytes else None
     if hint:

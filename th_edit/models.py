@@ -46,8 +46,9 @@ GGUF_MAGIC = b"GGUF"
 # code at run time and replace module forwards (and refuse the meta device of the weights check).
 REFERENCE_MODULES = {"use_kernels": False}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-# What a checkpoint needs besides weights; everything else in a hub repo is left alone.
-HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "tokenizer*"]
+# What a checkpoint needs besides weights, and its card (the edited model's card states the base's
+# license from it); everything else in a hub repo is left alone.
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "tokenizer*", "README.md"]
 
 
 def cache_dir() -> Path:

@@ -11,9 +11,10 @@ ROLES_SHOWN = ("inhibition", "mover", "negative_mover", "duplicate_token", "indu
 def render_channels(report: ChannelReport, top: int = 5) -> str:
     lines = [f"channels of {report.model} ({report.settings.task} prompts, seed {report.settings.seed}); "
              f"random-direction baseline {report.scores.baseline:.4f}", "", "roles (attention from END, mean over prompts)"]
-    rows = [[role, "  ".join(f"{h.name} ({h.mean:.2f})" for h in report.roles[role].top(top))]
-            for role in ROLES_SHOWN if role in report.roles]
-    lines += ui.table(["role", "top heads (score)"], rows)
+    shown = [role for role in ROLES_SHOWN if role in report.roles]
+    heads = _aligned([[f"{h.name} ({h.mean:.2f})" for h in report.roles[role].top(top)] for role in shown])
+    lines += ui.table(["role", "top heads (score)"], [[role, "  ".join(cells)] for role, cells in zip(shown, heads)],
+                      left=2)
     for kind in KINDS:
         entries = report.channel(kind)
         if not any(p.channel == kind for p in report.pairs):
@@ -24,10 +25,13 @@ def render_channels(report: ChannelReport, top: int = 5) -> str:
             lines.append("  no component stands out for any examined pair")
             continue
         rows = []
-        for e in entries:
+        senders = _fields([[f"{e['sender']['layer']}.{e['sender']['head']}", "OV", str(e["sender"]["component"])]
+                           for e in entries])
+        receivers = _fields([[f"{e['receiver']['layer']}.{e['receiver']['head']}", e["receiver"]["circuit"].upper(),
+                              str(e["receiver"]["component"])] for e in entries])
+        for e, sender, receiver in zip(entries, senders, receivers):
             s, r, data = e["sender"], e["receiver"], e["data"]
-            rows.append([f"{s['layer']}.{s['head']} OV {s['component']}",
-                         f"{r['layer']}.{r['head']} {r['circuit'].upper()} {r['component']}", e["mode"].upper(),
+            rows.append([sender, receiver, e["mode"].upper(),
                          f"{e['weight_score']:.3f}", f"{e['z']:+.1f}", f"{s['share']:.1%}", f"{r['cosine']:.2f}",
                          "-" if data is None else f"{data['data_score']:.3f}",
                          "-" if data is None else f"{next(iter(data['logit_diff_change'].values())):+.2f}"])
@@ -47,3 +51,17 @@ def render_channels(report: ChannelReport, top: int = 5) -> str:
         lines.append(f"pair {pair.sender}:{pair.receiver} {pair.mode.upper()}: full {pair.scores.full:.4f} "
                      f"(z {pair.scores.full_z:+.1f}); strongest components {links}")
     return "\n".join(lines)
+
+
+def _fields(rows: list[list[str]]) -> list[str]:
+    """Cells made of several fields ("9.3 OV 0", "20.0 OV 12"), each field right-aligned to its
+    widest value, so the fields line up from row to row whatever the number of digits."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
+    return [" ".join(field.rjust(width) for field, width in zip(row, widths)) for row in rows]
+
+
+def _aligned(lists: list[list[str]]) -> list[list[str]]:
+    """Lists of head entries ("9.3 (0.25)", "20.0 (0.30)"), each padded to the widest entry, so
+    the n-th head of every row starts in the same column."""
+    width = max((len(cell) for cells in lists for cell in cells), default=0)
+    return [[cell.rjust(width) for cell in cells] for cells in lists]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,7 +34,8 @@ OUT_FILES = ("channels.json", "components.png", "mover-map.png", "weight-vs-data
 @click.option("--pair", "pairs", multiple=True, metavar="S:R", help="Also resolve this sender:receiver pair, e.g. 20.0:23.3.")
 @click.option("--top", type=click.IntRange(min=1, max=MAX_HEADS), default=3, show_default=True,
               help="Heads taken from each role.")
-@click.option("--z-threshold", type=opt.FiniteFloat(), default=3.0, show_default=True, help="z-score that puts a component in a channel.")
+@click.option("--z-threshold", type=opt.FiniteFloat(), default=3.0, show_default=True,
+              help="z-score that puts a component in a channel.")
 @click.option("--min-share", type=opt.FiniteFloat(min=0), default=1.0, show_default=True,
               help="A channel component also carries this many times an average component's share (1/rank) of "
                    "the pair's composition (0: z alone).")
@@ -87,7 +89,7 @@ def _check_pairs(model: str, wanted) -> None:
             raise UserError(f"--pair {sender}:{receiver}: the sender's layer must be below the receiver's")
 
 
-def _draft(record: dict, model: str, scale: float) -> str | None:
+def _draft(record: dict, model: str, scale: float, out: Path) -> str | None:
     edits = draft_edits(record, scale)
     if not edits:
         return None
@@ -98,16 +100,21 @@ def _draft(record: dict, model: str, scale: float) -> str | None:
                 for e in record["channels"].get("inhibition", [])]
     recipe = Recipe(base_model=model, description=f"Draft from th-edit channels: the inhibition channel's sender "
                     f"components amplified by {scale:g}.", edits=edits, output=Output())
+    # The commands as they run from where `channels` ran: the model and --out exactly as given.
+    model_arg, draft_path, channels_path = (shlex.quote(str(x)) for x in (model, out / "draft-recipe.yaml",
+                                                                          out / "channels.json"))
     header = "\n".join([f"Draft recipe written by `th-edit channels` (inhibition channel, scale {scale:g}).",
                         "Evidence (sender OV component -> receiver component it meets best):", *evidence,
-                        "Check it with `th-edit bench MODEL --compare draft-recipe.yaml`; `th-edit search` tunes it."])
+                        f"Check it with `th-edit bench {model_arg} --compare {draft_path}`;",
+                        f"`th-edit search {model_arg} --channels {channels_path}` tunes it "
+                        "(both from the directory `th-edit channels` ran in)."])
     return recipe.to_yaml(header=header)
 
 
 def _write(report, record: dict, model: str, scale: float, out: Path, force: bool) -> None:
     from th_edit.channels.plots import PLOTS
 
-    draft = _draft(record, model, scale)
+    draft = _draft(record, model, scale, out)
     writers: dict[Path, Callable[[Path], object]] = {
         out / "channels.json": lambda path: path.write_text(strict_json.dumps(record, indent=2) + "\n"),
         **{out / name: functools.partial(plot, report) for name, plot in PLOTS.items()},

@@ -205,8 +205,16 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = 110) -> None:
 # Interactive HTML
 
 
+HTML_PANELS = ("by inhibited position", "by answer position", "traversal: the item the movers attend to most",
+               "traversal: the item the model predicts")
+HTML_HEIGHT = 1100  # pixels; the width follows the window (the page is responsive)
+
+
 def html_figure(record: Mapping):
-    """A plotly figure: the points by inhibited and by answer position, and the traversal grid."""
+    """A plotly figure, 2 × 2: the points by inhibited and by answer position; the traversal grid
+    coloured by what the movers attend to and by what the model predicts. Axes carry the basis
+    directions' names; the width is left to the page (responsive) and the legend sits below the
+    panels, so a narrow window shrinks the panels instead of pushing the legend out of view."""
     try:
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
@@ -215,16 +223,16 @@ def html_figure(record: Mapping):
     coordinates, colours, ns = _points(record)
     three_d = coordinates.shape[1] >= 3
     kind = "scene" if three_d else "xy"
-    figure = make_subplots(rows=1, cols=3, specs=[[{"type": kind}] * 3], horizontal_spacing=0.02,
-                           subplot_titles=("by inhibited position", "by answer position", "traversal: movers attend"))
+    figure = make_subplots(rows=2, cols=2, specs=[[{"type": kind}] * 2] * 2, horizontal_spacing=0.03,
+                           vertical_spacing=0.06, subplot_titles=HTML_PANELS)
     hover = [f"N={p['n_items']} answer={p['answer_position']} inhibited={p['inhibited_position']} "
              f"{'correct' if p['candidate_correct'] else 'wrong'}" for p in record["points"]]
     hover = np.array(hover)
 
-    def trace(xyz: np.ndarray, name: str, colour, group: str, text=None, size=3, symbol="circle"):
+    def trace(xyz: np.ndarray, name: str, colour, group: str, title: str, text=None, size=3, symbol="circle"):
         rgb = f"rgb({int(255 * colour[0])},{int(255 * colour[1])},{int(255 * colour[2])})"
-        common = dict(mode="markers", name=name, legendgroup=group, text=text, hoverinfo="text+name",
-                      marker=dict(size=size, color=rgb, symbol=symbol, opacity=0.75))
+        common = dict(mode="markers", name=name, legendgroup=group, legendgrouptitle_text=title, text=text,
+                      hoverinfo="text+name", marker=dict(size=size, color=rgb, symbol=symbol, opacity=0.75))
         if three_d:
             return go.Scatter3d(x=xyz[:, 0], y=xyz[:, 1], z=xyz[:, 2], **common)
         return go.Scatter(x=xyz[:, 0], y=xyz[:, 1], **common)
@@ -233,24 +241,44 @@ def html_figure(record: Mapping):
         for position in sorted(set(colours[which].tolist())):
             mask = colours[which] == position
             figure.add_trace(trace(coordinates[mask], f"{which} {position}", POSITION_COLORS[position % 10], which,
-                                   hover[mask].tolist()), row=1, col=column)
+                                   f"{which} position", hover[mask].tolist()), row=1, col=column)
     traversal = record["traversal"]
     grid = traversal["grid"]
     points = np.array([g["coordinates"] for g in grid], dtype=np.float64)
     wanted = 3 if three_d else 2
     if points.shape[1] < wanted:  # fewer traversed axes than plotted ones: the rest drawn at 0
         points = np.pad(points, ((0, 0), (0, wanted - points.shape[1])))
-    chosen = np.array([g["attended_mode"] for g in grid])
-    share = np.array([f"{100 * max(g['attended']):.0f}% of prompts" for g in grid])
-    for item in sorted(set(chosen.tolist())):
-        mask = chosen == item
-        figure.add_trace(trace(points[mask], f"selects item {item}", POSITION_COLORS[item % 10], "traversal",
-                               share[mask].tolist(), size=4, symbol="square"), row=1, col=3)
-    figure.update_layout(title=f"{record['model']}: the positional subspace ({record['basis_used']} basis, N = {_ns(record)})",
-                         height=620, width=1600, legend=dict(font=dict(size=10)))
+    for column, (which, verb) in enumerate((("attended", "movers attend"), ("predicted", "model predicts")), start=1):
+        chosen = np.array([g[f"{which}_mode"] for g in grid])
+        share = np.array([f"{verb} item {g[f'{which}_mode']} in {100 * max(g[which]):.0f}% of prompts" for g in grid])
+        for item in sorted(set(chosen.tolist())):
+            mask = chosen == item
+            figure.add_trace(trace(points[mask], f"{verb}: item {item}", POSITION_COLORS[item % 10], f"traversal {which}",
+                                   f"traversal: {verb}", share[mask].tolist(), size=4, symbol="square"), row=2, col=column)
+    labels = _axis_labels(record)
+    if traversal["mode"] == "add":  # the grid is of offsets added to the signal, not of positions
+        grid_labels = [f"offset along {label}" for label in labels]
+    else:
+        grid_labels = labels
+    for index in range(4):
+        names = labels if index < 2 else grid_labels
+        if three_d:
+            figure.update_layout({f"scene{'' if index == 0 else index + 1}": dict(
+                xaxis_title=names[0], yaxis_title=names[1], zaxis_title=names[2],
+                camera=dict(eye=dict(x=1.6, y=1.6, z=1.1)))})  # a step back: the axis titles stay in view
+        else:
+            figure.update_xaxes(title_text=names[0], row=index // 2 + 1, col=index % 2 + 1)
+            figure.update_yaxes(title_text=names[1], row=index // 2 + 1, col=index % 2 + 1)
+    figure.update_layout(
+        title=dict(text=f"{record['model']}: the positional subspace<br><sub>{record['basis_used']} basis, N = {_ns(record)}; "
+                        f"traversal: {traversal['mode']}, N = {traversal['n_items']}, {traversal['n_prompts']} prompts</sub>",
+                   font=dict(size=15)),
+        autosize=True, height=HTML_HEIGHT, margin=dict(l=10, r=10, t=70, b=10),
+        legend=dict(orientation="h", x=0, y=-0.02, yanchor="top", font=dict(size=10), groupclick="toggleitem"))
     return figure
 
 
 def write_html(record: Mapping, path: str | Path) -> None:
     """A self-contained page: plotly's JavaScript is embedded, so it opens offline."""
-    html_figure(record).write_html(str(path), include_plotlyjs=True, full_html=True)
+    html_figure(record).write_html(str(path), include_plotlyjs=True, full_html=True, default_width="100%",
+                                   default_height=f"{HTML_HEIGHT}px", config={"responsive": True})

@@ -8,6 +8,7 @@ from pathlib import Path
 from th_edit import strict_json
 from th_edit.errors import UserError
 from th_edit.outputs import check_creatable, write_files
+from th_edit.subspace.crowding import spearman
 
 OUTPUT_FILES = ("subspace.json", "subspace.png", "traversal.png", "crowding.png", "subspace.html")
 
@@ -68,14 +69,26 @@ def summary(record: Mapping) -> str:
     lines += [
         f"crowding ({crowd['grouping']}s): pooled Spearman rho(separation, accuracy) = {crowd['pooled_spearman']:.2f} "
         f"[{low:.2f}, {high:.2f}]; within N: rho = {crowd['within_n_spearman']:.2f}, permutation p = {crowd['within_n_p']:.3g}",
-        "  N  accuracy  mean separation  mean adjacent distance  centroid span  order along direction 1",
+        "  order along direction 1: Spearman rho of position against the centroids' first coordinate "
+        "(+1: position 0 lowest, the last highest; -1: the reverse)",
+        "  N  accuracy  mean separation  mean adjacent distance  centroid span  answer order  inhibited order",
     ]
+    inhibited = _inhibited_order(record)
     for row in crowd["by_n"]:
         lines.append(f"  {row['n_items']:<2} {100 * row['accuracy']:7.0f}%  {row['mean_separation']:15.2f}  "
                      f"{row['mean_adjacent_distance']:22.3g}  {row['centroid_span']:13.3g}  "
-                     f"{row['order_along_first_direction']:23.2f}")
+                     f"{row['order_along_first_direction']:12.2f}  {inhibited.get(row['n_items'], float('nan')):15.2f}")
     lines += [f"note: {note}" for note in record.get("notes", [])]
     return "\n".join(lines)
+
+
+def _inhibited_order(record: Mapping) -> dict[int, float]:
+    """Per N, the order of the inhibited positions' centroids along the first direction (the
+    answer positions' is crowding's `order_along_first_direction`): the two can run opposite ways."""
+    rows = record["centroids"]["by_inhibited_position"]
+    return {n: spearman([r["position"] for r in rows if r["n_items"] == n],
+                        [r["coordinates"][0] for r in rows if r["n_items"] == n], minimum=2)
+            for n in sorted({r["n_items"] for r in rows})}
 
 
 def check_outputs(out: Path, force: bool) -> None:
