@@ -3,7 +3,7 @@
 import pytest
 import torch
 from exactness import TOL, check_layer
-from tiny import FAMILIES, VOCAB, tiny_model
+from tiny import FAMILIES, VOCAB, tiny_config, tiny_model
 
 from th_edit.arch import SUPPORTED_MODEL_TYPES, adapter_for
 from th_edit.checkpoint import ModelTensors
@@ -75,3 +75,29 @@ def test_unsupported_architecture_names_supported_types():
         adapter_for(BertConfig())
     message = str(excinfo.value)
     assert "bert" in message and all(t in message for t in SUPPORTED_MODEL_TYPES)
+
+
+# Options of a supported family that th-edit cannot decompose exactly: refused, naming why.
+REFUSED = [
+    ("olmoe", {"clip_qkv": 8.0}, "clip_qkv=8.0 is not supported: clamping q, k and v is not linear"),
+]
+
+
+@pytest.mark.parametrize("model_type, option, message", REFUSED)
+def test_unsupported_options_are_refused(model_type, option, message):
+    with pytest.raises(UserError, match=message):
+        adapter_for(tiny_config(model_type, **option))
+
+
+def test_an_unsupported_option_is_one_error_line(tmp_path):
+    from click.testing import CliRunner
+
+    from th_edit.cli import main
+
+    model_type, option, message = REFUSED[0]
+    tiny_model(model_type).save_pretrained(tmp_path / "m")
+    config = tmp_path / "m" / "config.json"
+    config.write_text(config.read_text().replace('"clip_qkv": null', f'"clip_qkv": {option["clip_qkv"]}'))
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "m")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith("error: ") and message in result.output

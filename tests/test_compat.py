@@ -24,6 +24,10 @@ ROPE = {
     "mistral": {"rope_type": "default", "rope_theta": 23456.0},
     "qwen2": {"rope_type": "linear", "factor": 3.0, "rope_theta": 34567.0},
     "qwen3": {"rope_type": "default", "rope_theta": 45678.0},
+    "mixtral": {"rope_type": "default", "rope_theta": 56789.0},
+    "qwen2_moe": {"rope_type": "linear", "factor": 2.0, "rope_theta": 67890.0},
+    "qwen3_moe": {"rope_type": "default", "rope_theta": 78901.0},
+    "olmoe": {"rope_type": "linear", "factor": 2.0, "rope_theta": 89012.0},
     "gemma3_text": {"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 55555.0},
                     "sliding_attention": {"rope_type": "default", "rope_theta": 777.0}},
 }

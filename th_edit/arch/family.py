@@ -140,6 +140,14 @@ class FamilyAdapter(Adapter):
     def final_norm(self) -> NormSpec:
         return self._norm(self.spec.final_norm)
 
+    @classmethod
+    def legacy_config_keys(cls, config: dict) -> dict[str, object]:
+        keys = super().legacy_config_keys(config)
+        for new, old in cls.spec.legacy_renames:
+            if new in config and old not in config:
+                keys[old] = config[new]
+        return keys
+
     # ---- description ----------------------------------------------------------------------------
 
     def _rotary(self) -> str:
