@@ -101,3 +101,39 @@ def test_an_unsupported_option_is_one_error_line(tmp_path):
     result = CliRunner().invoke(main, ["inspect", str(tmp_path / "m")])
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
     assert result.output.startswith("error: ") and message in result.output
+
+
+def _first_layer_errors(model_type: str, break_adapter) -> dict[str, float]:
+    model = tiny_model(model_type)
+    adapter = adapter_for(model.config)
+    break_adapter(adapter)
+    input_ids = torch.randint(0, VOCAB, (1, 6), generator=torch.Generator().manual_seed(2))
+    return check_layer(model, adapter, input_ids, 0)
+
+
+def test_granite_residual_multiplier_is_checked():
+    """What the heads add to the residual stream is read from the model: leaving Granite's
+    residual_multiplier out of W_O fails, though the attention module's own output still matches."""
+    errors = _first_layer_errors("granite", lambda a: setattr(a, "out_gain", lambda source, layer, dtype=None: None))
+    assert errors["residual"] > 1e-2 and errors["attn_out"] < TOL
+
+
+def test_per_head_qk_layernorm_mean_removal_is_checked():
+    """Cohere's QK-norm is a LayerNorm: folding it as an RMSNorm (no mean removal) fails."""
+    from dataclasses import replace
+
+    def as_rms(adapter):
+        norms = adapter.qk_norm(0)
+        adapter.qk_norm = lambda layer: tuple(replace(n, kind="rmsnorm") for n in norms)
+    assert _first_layer_errors("cohere", as_rms)["q"] > 1e-2
+
+
+def test_olmo2_post_norm_is_checked():
+    assert _first_layer_errors("olmo2", lambda a: setattr(a, "output_norm", lambda layer: None))["post_norm"] > 1e-2
+
+
+def test_shared_qk_norm_scale_is_one_per_token():
+    """OLMo-2 / OLMoE: the fitted per-(token, head) scale of q and k is the same for every head."""
+    for model_type in ("olmo2", "olmoe"):
+        errors = _first_layer_errors(model_type, lambda a: None)
+        assert errors["q_scale_shared"] < TOL and errors["k_scale_shared"] < TOL

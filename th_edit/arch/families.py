@@ -78,9 +78,9 @@ GEMMA2 = replace(GEMMA3, family="gemma2", model_types=("gemma2",), qk_norm=None,
 # OLMo: LayerNorm without weight or bias (fixed eps 1e-5); OLMo-2: no input norm, RMSNorm on the
 # attention output, q and k normed over all heads at once.
 OLMO = replace(LLAMA, family="olmo", model_types=("olmo",), norm="layernorm", norm_weight=False, eps_key=1e-5,
-               refused_options=(CLIP_QKV,))
+               refused_options=(CLIP_QKV,), legacy_rope_type_key="type")
 OLMO2 = replace(LLAMA, family="olmo2", model_types=("olmo2",), input_norm=None, qk_norm=("q_norm", "k_norm"),
-                post_attention_norm="post_attention_layernorm")
+                post_attention_norm="post_attention_layernorm", legacy_rope_type_key="type")
 
 # Cohere: one LayerNorm without bias feeds attention and MLP in parallel; optional per-head QK
 # LayerNorm (weight [heads, d_head]); logit_scale multiplies the logits by a constant.

@@ -178,4 +178,5 @@ def adapter_type(spec: FamilySpec, base: type[FamilyAdapter] = FamilyAdapter) ->
     return type(name, (base,), {
         "spec": spec, "family": spec.family, "model_types": spec.model_types, "config_ints": spec.config_ints,
         "legacy_theta_key": spec.legacy_theta_key, "legacy_partial_rotary_key": spec.legacy_partial_rotary_key,
+        "legacy_rope_type_key": spec.legacy_rope_type_key,
     })
