@@ -310,3 +310,13 @@ def test_near_tied_components_are_ambiguous_unless_their_whole_run_is_scaled_ali
 
     singular_values = torch.tensor([9.0, 7.0, 7.0 * (1 - 1e-4), 5.0, 3.0, 3.0, 3.0 * (1 - 1e-5), 1.0])
     assert ambiguous_components(scales, singular_values) == expected
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if "moe" in f or f == "mixtral"])
+def test_moe_experts_pass_through_bit_identical(family, bases, applied):
+    """Mixture-of-experts: every expert tensor is in the export, bit for bit (and reloads: see above)."""
+    base, out = CheckpointTensors(bases[family]), CheckpointTensors(applied[family])
+    experts = [name for name in base.entries if ".experts." in name]
+    assert len(experts) >= 4 * 3 * 3  # 4 experts × 3 matrices × 3 layers
+    for name in experts:
+        assert torch.equal(base.get(name), out.get(name)), name

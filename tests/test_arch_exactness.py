@@ -137,3 +137,32 @@ def test_shared_qk_norm_scale_is_one_per_token():
     for model_type in ("olmo2", "olmoe"):
         errors = _first_layer_errors(model_type, lambda a: None)
         assert errors["q_scale_shared"] < TOL and errors["k_scale_shared"] < TOL
+
+
+@pytest.mark.parametrize("layout, kv_heads", [("blocks", 2), ("blocks", 1), ("per_head", 6), ("grouped", 2), ("grouped", 1)])
+def test_fused_qkv_layouts_match_the_tests_own_split(layout, kv_heads):
+    """Every fused layout a spec can name (GPT-2/Phi-3 blocks, Falcon multi-query, GPT-NeoX per head,
+    Falcon's grouped new_decoder_architecture) puts each head's q, k, v where the test-side split of
+    the fused output (exactness._split_fused, written from transformers' code) finds them."""
+    from dataclasses import replace
+
+    from exactness import _split_fused
+    from transformers import LlamaConfig
+
+    from th_edit.arch.families import LLAMA
+    from th_edit.arch.family import adapter_type
+
+    H, dh = 6, 8
+    spec = replace(LLAMA, model_types=("test",), qkv="qkv", qkv_layout=layout, qkv_bias=True)
+    adapter = adapter_type(spec)(LlamaConfig(hidden_size=H * dh, num_attention_heads=H, num_key_value_heads=kv_heads,
+                                             num_hidden_layers=1, intermediate_size=8, vocab_size=8))
+    width = (H + 2 * kv_heads) * dh
+    positions = torch.arange(width, dtype=torch.float64).view(1, 1, width)  # each output index, as a value
+    q, k, v = _split_fused(positions, layout, H, kv_heads, dh)
+    source = {"model.layers.0.self_attn.qkv.bias": positions[0, 0]}
+    for head in range(H):
+        q_bias, k_bias, v_bias = (slot.read(source) for slot in adapter.bias_slots(0, head))
+        group = adapter.kv_group(head)
+        assert torch.equal(q_bias, q[0, 0, head]) and torch.equal(k_bias, k[0, 0, group]), (layout, head)
+        assert torch.equal(v_bias, v[0, 0, group]), (layout, head)
+        assert adapter.q_slot(0, head).index[0] == slice(int(q[0, 0, head, 0]), int(q[0, 0, head, -1]) + 1)
