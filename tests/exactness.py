@@ -38,20 +38,28 @@ FUSED_QKV: dict[str, tuple[str, str] | None] = {
     "gpt2": ("c_attn", "blocks"),  # [Q | K | V]
     "gpt_neox": ("query_key_value", "per_head"),  # view(B, T, H, 3·dh): [h: q k v]
     "llama": None, "mistral": None, "qwen2": None, "qwen3": None, "gemma3_text": None,
+    "mixtral": None, "qwen2_moe": None, "qwen3_moe": None, "olmoe": None, "smollm3": None, "granite": None,
+    "phi3": ("qkv_proj", "blocks"),  # q, k, v = qkv[..., :H·dh], the next KV·dh, the rest
+    "gemma2": None, "olmo": None, "olmo2": None, "cohere": None, "cohere2": None,
 }
 
 
 # Where a norm follows the attention before the residual (the same name is Llama's pre-MLP norm).
-POST_ATTENTION_NORM = {"gemma3_text": "post_attention_layernorm"}
+POST_ATTENTION_NORM = {"gemma3_text": "post_attention_layernorm", "gemma2": "post_attention_layernorm",
+                       "olmo2": "post_attention_layernorm"}
 # Sequential blocks: the module whose input is the residual stream after the attention sublayer,
 # so that what the heads add to the residual (multipliers included) is checked, not only the
 # attention module's output.
 RESIDUAL_AFTER_ATTENTION = {
     "llama": "post_attention_layernorm", "mistral": "post_attention_layernorm", "qwen2": "post_attention_layernorm",
     "qwen3": "post_attention_layernorm", "gemma3_text": "pre_feedforward_layernorm",
+    "mixtral": "post_attention_layernorm", "qwen2_moe": "post_attention_layernorm",
+    "qwen3_moe": "post_attention_layernorm", "olmoe": "post_attention_layernorm",
+    "smollm3": "post_attention_layernorm", "granite": "post_attention_layernorm", "phi3": "post_attention_layernorm",
+    "gemma2": "pre_feedforward_layernorm", "olmo": "post_attention_layernorm", "olmo2": "mlp",
 }
 # QK-norms over all heads at once: one per-token scale shared by every head of the layer.
-SHARED_QK_NORM: set[str] = set()
+SHARED_QK_NORM = {"olmoe", "olmo2"}
 
 
 def _split_fused(fused: torch.Tensor, layout: str, H: int, KV: int, dh: int) -> tuple[torch.Tensor, ...]:

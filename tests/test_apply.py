@@ -328,3 +328,13 @@ def test_apply_prints_a_summary_and_the_full_table_only_with_verbose(bases, tmp_
     # The model card has every component.
     card = (tmp_path / "a" / "README.md").read_text()
     assert card.count("| OV |") + card.count("| QK |") == 5
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if "moe" in f or f == "mixtral"])
+def test_moe_experts_pass_through_bit_identical(family, bases, applied):
+    """Mixture-of-experts: every expert tensor is in the export, bit for bit (and reloads: see above)."""
+    base, out = CheckpointTensors(bases[family]), CheckpointTensors(applied[family])
+    experts = [name for name in base.entries if ".experts." in name]
+    assert len(experts) >= 4 * 3 * 3  # 4 experts × 3 matrices × 3 layers
+    for name in experts:
+        assert torch.equal(base.get(name), out.get(name)), name

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from exactness import TOL, check_layer
-from tiny import FAMILIES, VOCAB, tiny_model
+from tiny import FAMILIES, VOCAB, tiny_config, tiny_model
 
 from th_edit.arch import SUPPORTED_MODEL_TYPES, adapter_for
 from th_edit.checkpoint import ModelTensors
@@ -75,3 +75,94 @@ def test_unsupported_architecture_names_supported_types():
         adapter_for(BertConfig())
     message = str(excinfo.value)
     assert "bert" in message and all(t in message for t in SUPPORTED_MODEL_TYPES)
+
+
+# Options of a supported family that th-edit cannot decompose exactly: refused, naming why.
+REFUSED = [
+    ("olmoe", {"clip_qkv": 8.0}, "clip_qkv=8.0 is not supported: clamping q, k and v is not linear"),
+]
+
+
+@pytest.mark.parametrize("model_type, option, message", REFUSED)
+def test_unsupported_options_are_refused(model_type, option, message):
+    with pytest.raises(UserError, match=message):
+        adapter_for(tiny_config(model_type, **option))
+
+
+def test_an_unsupported_option_is_one_error_line(tmp_path):
+    from click.testing import CliRunner
+
+    from th_edit.cli import main
+
+    model_type, option, message = REFUSED[0]
+    tiny_model(model_type).save_pretrained(tmp_path / "m")
+    config = tmp_path / "m" / "config.json"
+    config.write_text(config.read_text().replace('"clip_qkv": null', f'"clip_qkv": {option["clip_qkv"]}'))
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "m")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith("error: ") and message in result.output
+
+
+def _first_layer_errors(model_type: str, break_adapter) -> dict[str, float]:
+    model = tiny_model(model_type)
+    adapter = adapter_for(model.config)
+    break_adapter(adapter)
+    input_ids = torch.randint(0, VOCAB, (1, 6), generator=torch.Generator().manual_seed(2))
+    return check_layer(model, adapter, input_ids, 0)
+
+
+def test_granite_residual_multiplier_is_checked():
+    """What the heads add to the residual stream is read from the model: leaving Granite's
+    residual_multiplier out of W_O fails, though the attention module's own output still matches."""
+    errors = _first_layer_errors("granite", lambda a: setattr(a, "out_gain", lambda source, layer, dtype=None: None))
+    assert errors["residual"] > 1e-2 and errors["attn_out"] < TOL
+
+
+def test_per_head_qk_layernorm_mean_removal_is_checked():
+    """Cohere's QK-norm is a LayerNorm: folding it as an RMSNorm (no mean removal) fails."""
+    from dataclasses import replace
+
+    def as_rms(adapter):
+        norms = adapter.qk_norm(0)
+        adapter.qk_norm = lambda layer: tuple(replace(n, kind="rmsnorm") for n in norms)
+    assert _first_layer_errors("cohere", as_rms)["q"] > 1e-2
+
+
+def test_olmo2_post_norm_is_checked():
+    assert _first_layer_errors("olmo2", lambda a: setattr(a, "output_norm", lambda layer: None))["post_norm"] > 1e-2
+
+
+def test_shared_qk_norm_scale_is_one_per_token():
+    """OLMo-2 / OLMoE: the fitted per-(token, head) scale of q and k is the same for every head."""
+    for model_type in ("olmo2", "olmoe"):
+        errors = _first_layer_errors(model_type, lambda a: None)
+        assert errors["q_scale_shared"] < TOL and errors["k_scale_shared"] < TOL
+
+
+@pytest.mark.parametrize("layout, kv_heads", [("blocks", 2), ("blocks", 1), ("per_head", 6), ("grouped", 2), ("grouped", 1)])
+def test_fused_qkv_layouts_match_the_tests_own_split(layout, kv_heads):
+    """Every fused layout a spec can name (GPT-2/Phi-3 blocks, Falcon multi-query, GPT-NeoX per head,
+    Falcon's grouped new_decoder_architecture) puts each head's q, k, v where the test-side split of
+    the fused output (exactness._split_fused, written from transformers' code) finds them."""
+    from dataclasses import replace
+
+    from exactness import _split_fused
+    from transformers import LlamaConfig
+
+    from th_edit.arch.families import LLAMA
+    from th_edit.arch.family import adapter_type
+
+    H, dh = 6, 8
+    spec = replace(LLAMA, model_types=("test",), qkv="qkv", qkv_layout=layout, qkv_bias=True)
+    adapter = adapter_type(spec)(LlamaConfig(hidden_size=H * dh, num_attention_heads=H, num_key_value_heads=kv_heads,
+                                             num_hidden_layers=1, intermediate_size=8, vocab_size=8))
+    width = (H + 2 * kv_heads) * dh
+    positions = torch.arange(width, dtype=torch.float64).view(1, 1, width)  # each output index, as a value
+    q, k, v = _split_fused(positions, layout, H, kv_heads, dh)
+    source = {"model.layers.0.self_attn.qkv.bias": positions[0, 0]}
+    for head in range(H):
+        q_bias, k_bias, v_bias = (slot.read(source) for slot in adapter.bias_slots(0, head))
+        group = adapter.kv_group(head)
+        assert torch.equal(q_bias, q[0, 0, head]) and torch.equal(k_bias, k[0, 0, group]), (layout, head)
+        assert torch.equal(v_bias, v[0, 0, group]), (layout, head)
+        assert adapter.q_slot(0, head).index[0] == slice(int(q[0, 0, head, 0]), int(q[0, 0, head, -1]) + 1)

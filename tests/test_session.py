@@ -55,8 +55,8 @@ def ulps(a: torch.Tensor, b: torch.Tensor) -> int:
 
 
 @pytest.mark.cli
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("family", ["llama", "gemma3_text", "gpt2"])
+@pytest.mark.parametrize("family, dtype", [(family, torch.float32) for family in FAMILIES] + [
+    (family, dtype) for family in ("llama", "gemma3_text", "gpt2") for dtype in (torch.bfloat16, torch.float16)])
 def test_edit_model_then_save_pretrained_equals_apply(family, dtype, tmp_path):
     base = tmp_path / "base"
     tiny_model(family).to(dtype).save_pretrained(base)

@@ -19,7 +19,9 @@ TRICKY = ["  Hello  world\n\ttabs", "café naïve 日本語 🤖", "<|im_start|>
 
 
 def probe(path: str, spec: dict) -> dict:
-    model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True)
+    # Eager attention on both sides: 4.x's SDPA path silently drops Gemma 2's score soft-capping (a
+    # 4.x kernel difference, not a config one; this probe compares what the two read from the files).
+    model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, attn_implementation="eager")
     model.eval()
     record = {"version": transformers.__version__, "loading_info": {k: [str(x) for x in v] for k, v in info.items()},
               "logits": [], "generated": [], "ids": []}

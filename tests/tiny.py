@@ -9,11 +9,23 @@ from __future__ import annotations
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    Cohere2Config,
+    CohereConfig,
+    Gemma2Config,
+    GraniteConfig,
+    Olmo2Config,
+    OlmoConfig,
+    Phi3Config,
+    SmolLM3Config,
     Gemma3TextConfig,
     GPT2Config,
     GPTNeoXConfig,
     LlamaConfig,
     MistralConfig,
+    MixtralConfig,
+    OlmoeConfig,
+    Qwen2MoeConfig,
+    Qwen3MoeConfig,
     Qwen2Config,
     Qwen3Config,
 )
@@ -37,6 +49,30 @@ def _configs() -> dict[str, object]:
             hidden_size=48, num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=4,
             query_pre_attn_scalar=16, **common,
         ),
+        # mixture-of-experts: 4 experts, 2 per token (the experts are random like everything else)
+        "mixtral": MixtralConfig(hidden_size=48, num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+                                 num_experts_per_tok=2, **common),
+        "qwen2_moe": Qwen2MoeConfig(hidden_size=48, num_attention_heads=4, num_key_value_heads=2, num_experts=4,
+                                    num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=40,
+                                    **common),
+        "qwen3_moe": Qwen3MoeConfig(hidden_size=48, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                    num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, **common),
+        "olmoe": OlmoeConfig(hidden_size=48, num_attention_heads=4, num_key_value_heads=2, num_experts=4,
+                             num_experts_per_tok=2, **common),
+        "smollm3": SmolLM3Config(hidden_size=48, num_attention_heads=4, num_key_value_heads=2,
+                                 no_rope_layers=[1, 1, 0], pad_token_id=0, **common),
+        "granite": GraniteConfig(hidden_size=48, num_attention_heads=4, num_key_value_heads=2, attention_multiplier=0.3,
+                                 residual_multiplier=0.7, embedding_multiplier=3.0, logits_scaling=2.0, **common),
+        "phi3": Phi3Config(hidden_size=48, num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, **common),
+        "gemma2": Gemma2Config(hidden_size=48, num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=4,
+                               query_pre_attn_scalar=24, attn_logit_softcapping=2.0, final_logit_softcapping=5.0,
+                               **common),
+        "olmo": OlmoConfig(hidden_size=48, num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, **common),
+        "olmo2": Olmo2Config(hidden_size=48, num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, **common),
+        "cohere": CohereConfig(hidden_size=48, num_attention_heads=4, num_key_value_heads=2, use_qk_norm=True,
+                               logit_scale=0.5, pad_token_id=0, **common),
+        "cohere2": Cohere2Config(hidden_size=48, num_attention_heads=4, num_key_value_heads=2, sliding_window=4,
+                                 logit_scale=0.5, pad_token_id=0, **common),
     }
 
 
@@ -60,7 +96,7 @@ def tiny_model(model_type: str, seed: int = 0, attn_implementation: str = "eager
             if "norm" in name or name.split(".")[-2].startswith("ln"):
                 if name.endswith("weight"):
                     # Gemma stores γ and uses (1 + γ); others use γ directly.
-                    centre = 0.0 if model_type == "gemma3_text" else 1.0
+                    centre = 0.0 if model_type.startswith("gemma") else 1.0
                     param.copy_(centre + 0.5 * (torch.rand(param.shape, generator=generator) - 0.5) * 2)
                 else:
                     param.copy_(0.3 * torch.randn(param.shape, generator=generator))

@@ -233,11 +233,14 @@ def measure_realized(adapter: Adapter, edited: TensorSource, result: EditResult)
         targeted = {c.component for c in report.components}
         changes = [
             abs(float(new.S[int(match[k].argmax())]) - float(old.S[k])) / float(old.S[k])
-            for k in range(old.S.shape[0]) if k not in targeted and float(old.S[k]) > 0.0
+            # a numerically zero σ (a per-head LayerNorm's mean removal leaves QK rank d_head − 1) has no
+            # relative change to speak of
+            for k in range(old.S.shape[0]) if k not in targeted and float(old.S[k]) > NULL_SIGMA * float(old.S[0])
         ]
         report.max_untouched_change = max(changes, default=0.0)
 
 
+NULL_SIGMA = 1e-10  # a singular value below this fraction of the largest is zero up to rounding
 UNTOUCHED_LIMIT = 0.01  # relative change of a component no edit names, above which the user is warned
 
 

@@ -249,6 +249,9 @@ class Adapter(ABC):
         partial_rotary_factor at the top level (a family with other names sets the two class
         attributes below)."""
         theta, partial, scaling = split_rope(rope_parameters)
+        if scaling is not None and cls.legacy_rope_type_key != "rope_type" and "rope_type" in scaling:
+            scaling = {cls.legacy_rope_type_key: scaling["rope_type"],
+                       **{k: v for k, v in scaling.items() if k != "rope_type"}}
         keys: dict[str, object] = {"rope_scaling": scaling}
         if theta is not None:
             keys[cls.legacy_theta_key] = theta
@@ -258,6 +261,7 @@ class Adapter(ABC):
 
     legacy_theta_key = "rope_theta"
     legacy_partial_rotary_key = "partial_rotary_factor"
+    legacy_rope_type_key = "rope_type"  # the scaling type's key inside 4.x's rope_scaling ("type" for some)
 
     # ---- shared ------------------------------------------------------------------------------
 

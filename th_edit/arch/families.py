@@ -8,6 +8,7 @@ from dataclasses import replace
 from th_edit.arch.base import MAX_CONFIG_COUNT, MAX_CONFIG_SIZE, Adapter, ConfigInt
 from th_edit.arch.family import adapter_type
 from th_edit.arch.gemma import GemmaAdapter
+from th_edit.arch.scaled import GraniteAdapter, Phi3Adapter
 from th_edit.arch.spec import BLOCKS, CORE_CONFIG_INTS, GQA_CONFIG_INTS, PER_HEAD, ConfigFlag, FamilySpec
 
 # GPT-2: fused c_attn (Conv1D, in×out: [d, 3d] = [Q | K | V]), c_proj Conv1D, pre-attention
@@ -53,7 +54,44 @@ GEMMA3 = replace(
     config_ints=(*GQA_CONFIG_INTS, ConfigInt(("sliding_window_pattern",), MAX_CONFIG_COUNT, nullable=True)),
 )
 
+# Mixture-of-experts models with ordinary attention: only the attention is read or edited, and
+# the experts (whatever their storage) pass through load, edit and export untouched.
+MIXTRAL = replace(LLAMA, family="mixtral", model_types=("mixtral",))
+QWEN2_MOE = replace(LLAMA, family="qwen2_moe", model_types=("qwen2_moe",), qkv_bias=ConfigFlag("qkv_bias", True),
+                    o_bias=False)
+QWEN3_MOE = replace(QWEN3, family="qwen3_moe", model_types=("qwen3_moe",),
+                    legacy_renames=(("num_local_experts", "num_experts"),))  # 4.x: 128 experts by default
+# OLMoE: RMSNorm on q and on k over all heads at once (one per-token scale shared by the heads).
+CLIP_QKV = ("clip_qkv", "clamping q, k and v is not linear: no per-head matrix reproduces it")
+OLMOE = replace(LLAMA, family="olmoe", model_types=("olmoe",), qk_norm=("q_norm", "k_norm"), refused_options=(CLIP_QKV,))
+
+# Llama-shaped families that differ only in what the attention is fed (RoPE scaling, NoPE layers,
+# sliding windows: all outside the per-head matrices).
+SMOLLM3 = replace(LLAMA, family="smollm3", model_types=("smollm3",))
+GRANITE = replace(LLAMA, family="granite", model_types=("granite",))  # multipliers: GraniteAdapter
+PHI3 = replace(LLAMA, family="phi3", model_types=("phi3",), qkv="qkv_proj", qkv_layout=BLOCKS, qkv_bias=False,
+               o_bias=False)  # fused [Q | K | V] with GQA; 4.x rope spelling: Phi3Adapter
+
+# Gemma 2: Gemma 3's norms without QK-norm; soft-capping acts on the score after QK.
+GEMMA2 = replace(GEMMA3, family="gemma2", model_types=("gemma2",), qk_norm=None, config_ints=GQA_CONFIG_INTS)
+
+# OLMo: LayerNorm without weight or bias (fixed eps 1e-5); OLMo-2: no input norm, RMSNorm on the
+# attention output, q and k normed over all heads at once.
+OLMO = replace(LLAMA, family="olmo", model_types=("olmo",), norm="layernorm", norm_weight=False, eps_key=1e-5,
+               refused_options=(CLIP_QKV,), legacy_rope_type_key="type")
+OLMO2 = replace(LLAMA, family="olmo2", model_types=("olmo2",), input_norm=None, qk_norm=("q_norm", "k_norm"),
+                post_attention_norm="post_attention_layernorm", legacy_rope_type_key="type")
+
+# Cohere: one LayerNorm without bias feeds attention and MLP in parallel; optional per-head QK
+# LayerNorm (weight [heads, d_head]); logit_scale multiplies the logits by a constant.
+COHERE = replace(LLAMA, family="cohere", model_types=("cohere",), norm="layernorm", eps_key="layer_norm_eps",
+                 qk_norm=("q_norm", "k_norm"), qk_norm_flag=ConfigFlag("use_qk_norm", False), parallel_residual=True,
+                 tied_default=True)
+COHERE2 = replace(COHERE, family="cohere2", model_types=("cohere2",), qk_norm=None)
+
 ADAPTERS: tuple[type[Adapter], ...] = (
     adapter_type(GPT2), adapter_type(GPT_NEOX), adapter_type(LLAMA), adapter_type(QWEN2), adapter_type(QWEN3),
-    adapter_type(GEMMA3, GemmaAdapter),
+    adapter_type(GEMMA3, GemmaAdapter), adapter_type(MIXTRAL), adapter_type(QWEN2_MOE), adapter_type(QWEN3_MOE),
+    adapter_type(OLMOE), adapter_type(SMOLLM3), adapter_type(GRANITE, GraniteAdapter), adapter_type(PHI3, Phi3Adapter),
+    adapter_type(GEMMA2), adapter_type(OLMO), adapter_type(OLMO2), adapter_type(COHERE), adapter_type(COHERE2),
 )

@@ -140,6 +140,14 @@ class FamilyAdapter(Adapter):
     def final_norm(self) -> NormSpec:
         return self._norm(self.spec.final_norm)
 
+    @classmethod
+    def legacy_config_keys(cls, config: dict) -> dict[str, object]:
+        keys = super().legacy_config_keys(config)
+        for new, old in cls.spec.legacy_renames:
+            if new in config and old not in config:
+                keys[old] = config[new]
+        return keys
+
     # ---- description ----------------------------------------------------------------------------
 
     def _rotary(self) -> str:
@@ -170,4 +178,5 @@ def adapter_type(spec: FamilySpec, base: type[FamilyAdapter] = FamilyAdapter) ->
     return type(name, (base,), {
         "spec": spec, "family": spec.family, "model_types": spec.model_types, "config_ints": spec.config_ints,
         "legacy_theta_key": spec.legacy_theta_key, "legacy_partial_rotary_key": spec.legacy_partial_rotary_key,
+        "legacy_rope_type_key": spec.legacy_rope_type_key,
     })

@@ -95,6 +95,9 @@ class FamilySpec:
     config_ints: tuple[ConfigInt, ...] = GQA_CONFIG_INTS
     legacy_theta_key: str = "rope_theta"  # 4.x's name for rope_parameters' rope_theta
     legacy_partial_rotary_key: str = "partial_rotary_factor"
+    legacy_rope_type_key: str = "rope_type"  # "type": 4.x validates rope_scaling["type"] (OLMo, OLMo-2)
+    # config keys that 5.x writes under a new name and 4.x reads under its old one: (new, old)
+    legacy_renames: tuple[tuple[str, str], ...] = ()
     # options th-edit cannot decompose exactly: (config key, why), refused when the key is set
     refused_options: tuple[tuple[str, str], ...] = ()
 
