@@ -58,8 +58,12 @@ class NormSpec:
     eps: float
     offset: float  # Gemma stores γ and multiplies by (1 + γ)
     size: int = 0  # the normalized width, for a norm without weight
+    # per-head norms kept as separate modules (StableLM): their weights, head-major, replace `weight`
+    weights: tuple[str, ...] = ()
 
     def gain(self, source: TensorSource, dtype: torch.dtype) -> torch.Tensor:
+        if self.weights:
+            return torch.cat([source.get(name).to(dtype).flatten() for name in self.weights]) + self.offset
         if self.weight is None:
             return torch.ones(self.size, dtype=dtype)
         # A per-head norm may store its weight as [heads, dh] (Cohere): flat, head-major.
