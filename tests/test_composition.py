@@ -154,7 +154,10 @@ def test_receiver_resolution_cosines_and_identity(model_type, mode):
         write = torch.linalg.svd(dense_ov(weights, sender)).Vh[:rank]
         receiver_dense = torch.linalg.svd(dense_ov(weights, receiver) if mode == "v" else dense_qk(weights, receiver))
         read = {"q": receiver_dense.U[:, :rank], "k": receiver_dense.Vh[:rank].T, "v": receiver_dense.U[:, :rank]}[mode]
-        assert torch.allclose(resolution.cosines, (write @ read).abs(), atol=1e-10)
+        # A zero singular value's direction is arbitrary (StableLM's QK LayerNorm removes each head's
+        # mean: W_Q, W_K have rank d_head − 1): compare the directions that carry something.
+        carried = receiver_dense.S[:rank] > 1e-9 * receiver_dense.S[0]
+        assert torch.allclose(resolution.cosines[:, carried], (write @ read).abs()[:, carried], atol=1e-10)
         assert torch.allclose(resolution.receiver_singular_values, receiver_dense.S[:rank], rtol=1e-10)
         expected = scores.pair(sender, receiver, mode).components
         assert torch.allclose(resolution.component_scores(), expected, atol=1e-12)

@@ -391,3 +391,17 @@ def test_verify_checks_the_recorded_benchmark_setup_against_the_recipe(word_chec
     (out / "provenance.json").write_text(json.dumps(record))
     result = CliRunner().invoke(main, ["--quiet", "verify", str(out)])
     assert result.exit_code == 1 and "neutral_kl is missing, but the recipe asks for it" in result.stderr
+
+
+# ---- Phi-1/2, StableLM, GPT-J, Falcon, OPT: the same proofs in float32 (kept apart for the merge)
+PHI_TO_OPT = ["phi", "stablelm", "gptj", "falcon", "opt"]
+
+
+@pytest.mark.parametrize("family", PHI_TO_OPT)
+def test_edit_model_then_save_pretrained_equals_apply_phi_to_opt(family, tmp_path):
+    test_edit_model_then_save_pretrained_equals_apply(family, torch.float32, tmp_path)
+
+
+@pytest.mark.parametrize("family", PHI_TO_OPT)
+def test_recording_reads_the_modules_own_patterns_and_outputs_phi_to_opt(family):
+    test_recording_reads_the_modules_own_patterns_and_outputs(family)
