@@ -293,3 +293,9 @@ def test_a_record_cut_short_is_trimmed_from_the_journal(tmp_path, content, kept)
     journal.write_bytes(content)
     optimize.trim_partial_record(journal)
     assert journal.read_bytes() == kept
+
+
+@pytest.mark.parametrize("family", ["phi", "stablelm", "gptj", "falcon", "opt"])
+def test_evaluator_equals_a_plain_forward_pass_phi_to_opt(family, tmp_path):
+    """The cached-prefix evaluator on other layer conventions (Falcon's layers return a tuple)."""
+    test_evaluator_equals_a_plain_forward_pass(th_edit.load(str(tiny_checkpoint(tmp_path / "m", family, seed=2))))

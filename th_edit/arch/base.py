@@ -168,6 +168,10 @@ class Adapter(ABC):
             raise UserError(f"config.json: num_attention_heads {self.n_heads} does not split into "
                             f"num_key_value_heads {self.n_kv_heads} KV groups")
 
+    # Whether a decoder layer's forward returns a tuple (hidden states first: Falcon) rather than the
+    # hidden states themselves; a module standing in for a layer must answer the same way.
+    decoder_layer_returns_tuple: ClassVar[bool] = False
+
     # ---- family-specific layout -------------------------------------------------------------
 
     @abstractmethod

@@ -20,6 +20,8 @@ from th_edit.errors import UserError
 
 
 class FalconAdapter(FamilyAdapter):
+    decoder_layer_returns_tuple = True  # FalconDecoderLayer returns (hidden states, attention weights)
+
     def __init__(self, config):
         super().__init__(config)
         if self.new_decoder and not self._flag("parallel_attn", True):
