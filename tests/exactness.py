@@ -61,6 +61,26 @@ RESIDUAL_AFTER_ATTENTION = {
 # QK-norms over all heads at once: one per-token scale shared by every head of the layer.
 SHARED_QK_NORM = {"olmoe", "olmo2"}
 
+# ---- Phi-1/2, StableLM, GPT-J, Falcon, OPT (from transformers' modeling_<family>.py)
+FUSED_QKV |= {"phi": None, "stablelm": None, "gptj": None, "opt": None}
+# Falcon's config picks its split of query_key_value: [g: q·(H/G) k v] for new_decoder_architecture,
+# [Q | K | V] (one KV head) for multi_query, else view(..., H, 3, dh): [h: q k v].
+FUSED_QKV_BY_CONFIG = {
+    "falcon": lambda c: ("query_key_value", "grouped" if c.new_decoder_architecture else "blocks" if c.multi_query
+                         else "per_head"),
+}
+QK_NORM_MODULES = {"stablelm": ("q_layernorm", "k_layernorm")}  # StableLmLayerNormPerHead: [B, H, T, dh]
+# Sequential blocks only: the module is absent from a parallel one (StableLM use_parallel_residual,
+# Falcon parallel_attn), which the check then skips.
+RESIDUAL_AFTER_ATTENTION |= {"stablelm": "post_attention_layernorm", "falcon": "post_attention_layernorm",
+                             "opt": "final_layer_norm"}
+
+
+def _fused(config) -> tuple[str, str] | None:
+    if config.model_type in FUSED_QKV_BY_CONFIG:
+        return FUSED_QKV_BY_CONFIG[config.model_type](config)
+    return FUSED_QKV[config.model_type]
+
 
 def _split_fused(fused: torch.Tensor, layout: str, H: int, KV: int, dh: int) -> tuple[torch.Tensor, ...]:
     B, T = fused.shape[:2]
@@ -86,7 +106,7 @@ def _module_qkv(model, adapter: Adapter, captured: dict) -> tuple[torch.Tensor, 
     """The module's own pre-rotary q, k, v as [B, T, heads, dh] (k, v per KV head)."""
     T = captured["x"].shape[1]
     H, KV, dh = adapter.n_heads, adapter.n_kv_heads, adapter.d_head
-    fused = FUSED_QKV[model.config.model_type]
+    fused = _fused(model.config)
     if fused is not None:
         return _split_fused(captured[fused[0]], fused[1], H, KV, dh)
     q = captured["q_norm"] if "q_norm" in captured else captured["q_proj"]
@@ -98,14 +118,17 @@ def _hook_targets(model, adapter: Adapter, layer: int) -> dict[str, str]:
     attn = adapter.attention_module(layer)
     targets = {"x": adapter.input_norm_module(layer), "attn": attn, "z": adapter.output_projection_module(layer)}
     names = dict(model.named_modules())
-    fused = FUSED_QKV[model.config.model_type]
+    fused = _fused(model.config)
     for sub in (fused[0],) if fused else ("q_proj", "k_proj", "v_proj", "q_norm", "k_norm"):
         if f"{attn}.{sub}" in names:
             targets[sub] = f"{attn}.{sub}"
+    for key, sub in zip(("q_norm", "k_norm"), QK_NORM_MODULES.get(model.config.model_type, ())):
+        if f"{attn}.{sub}" in names:
+            targets[key] = f"{attn}.{sub}"
     block = adapter.decoder_layer_module(layer)
     if model.config.model_type in POST_ATTENTION_NORM:
         targets["post_norm"] = f"{block}.{POST_ATTENTION_NORM[model.config.model_type]}"
-    if model.config.model_type in RESIDUAL_AFTER_ATTENTION:
+    if f"{block}.{RESIDUAL_AFTER_ATTENTION.get(model.config.model_type)}" in names:
         targets["residual_after"] = f"{block}.{RESIDUAL_AFTER_ATTENTION[model.config.model_type]}"
     return targets
 
@@ -153,7 +176,7 @@ def check_layer(model, adapter: Adapter, input_ids: torch.Tensor, layer: int,
         errors["post_norm"] = rel_err_up_to_scale(written + w.b_O * gain, captured["post_norm"])
     if "residual_after" in captured:  # what the layer's heads add to the residual stream
         compare = rel_err_up_to_scale if "post_norm" in captured else rel_err
-        errors["residual"] = compare(written + w.b_O * gain, captured["residual_after"] - captured["x"])
+        errors["residual"] = compare(written + w.b_O * gain, captured["residual_after"].view_as(captured["x"]) - captured["x"])
     if model.config.model_type in SHARED_QK_NORM:  # the per-token scale is one for all heads
         errors["q_scale_shared"] = _scale_spread(q, mq)
         errors["k_scale_shared"] = _scale_spread(k, mk)

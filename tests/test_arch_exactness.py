@@ -166,3 +166,67 @@ def test_fused_qkv_layouts_match_the_tests_own_split(layout, kv_heads):
         assert torch.equal(q_bias, q[0, 0, head]) and torch.equal(k_bias, k[0, 0, group]), (layout, head)
         assert torch.equal(v_bias, v[0, 0, group]), (layout, head)
         assert adapter.q_slot(0, head).index[0] == slice(int(q[0, 0, head, 0]), int(q[0, 0, head, -1]) + 1)
+
+
+# ---- Phi-1/2, StableLM, GPT-J, Falcon, OPT: the layouts tiny.py's configs leave off
+
+LAYOUT_VARIANTS = [
+    ("falcon", {"new_decoder_architecture": False, "multi_query": True}),  # Falcon-7B: [Q | K | V], one KV head
+    ("falcon", {"new_decoder_architecture": False, "multi_query": False, "num_kv_heads": 4,  # Falcon-RW: [h: q k v],
+                "num_key_value_heads": 4, "parallel_attn": False}),  # sequential block (setattr skips post_init)
+    ("falcon", {"new_decoder_architecture": False, "multi_query": True, "alibi": True}),  # ALiBi score bias
+    ("falcon", {"num_ln_in_parallel_attn": 1}),  # new_decoder_architecture with one shared input_layernorm
+    ("stablelm", {"use_parallel_residual": True, "qk_layernorm": False, "use_qkv_bias": False}),
+    ("gptj", {"rotary_dim": 12}),  # RoPE on every dim
+    ("opt", {"enable_bias": False}),
+]
+
+
+@pytest.mark.parametrize("model_type, overrides", LAYOUT_VARIANTS)
+def test_layout_variants_reproduce_forward(model_type, overrides):
+    model = tiny_model(model_type, **overrides)
+    adapter = adapter_for(model.config)
+    input_ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(1))
+    for layer in range(adapter.n_layers):
+        errors = check_layer(model, adapter, input_ids, layer)
+        assert max(errors.values()) < TOL, (layer, errors)
+    if overrides.get("parallel_attn") is False:  # the sequential block's residual check ran
+        assert "residual" in errors
+
+
+def test_falcon_layouts_are_described():
+    assert adapter_for(tiny_model("falcon", alibi=True).config).info().rotary.startswith("none (ALiBi")
+    info = adapter_for(tiny_model("falcon", new_decoder_architecture=False, multi_query=True).config).info()
+    assert (info.n_kv_heads, info.parallel_residual) == (1, True)
+    info = adapter_for(tiny_model("gptj").config).info()
+    assert info.rotary == "partial RoPE (6 of 12 dims, interleaved pairs)" and info.parallel_residual
+
+
+def test_stablelm_qk_layernorm_removes_each_heads_mean():
+    """StableLM's per-head QK LayerNorm: W_Q, W_K fold W (I − 11ᵀ/dh) diag(γ_h) — the forward check
+    sees it only up to the per-token scale, so check the mean removal directly: with γ_h = 1 every
+    column block sums to zero over the head's dims."""
+    model = tiny_model("stablelm")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "q_layernorm" in name or "k_layernorm" in name:
+                param.fill_(1.0)
+    w = adapter_for(model.config).layer_weights(ModelTensors(model), 0, dtype=torch.float64)
+    for matrix in (w.W_Q, w.W_K):
+        assert matrix.sum(-1).abs().max() < 1e-10 * matrix.abs().max()
+    assert w.b_Q.sum(-1).abs().max() < 1e-10 and w.b_K.sum(-1).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("model_type, overrides, fragment", [
+    ("phi", {"qk_layernorm": True}, "phi with qk_layernorm=True is not supported"),
+    ("opt", {"do_layer_norm_before": False}, "opt with do_layer_norm_before=False is not supported: each head's output"),
+    ("opt", {"word_embed_proj_dim": 32}, "opt with word_embed_proj_dim=32 (hidden_size 48) is not supported"),
+    ("opt", {"layer_norm_elementwise_affine": False}, "opt with layer_norm_elementwise_affine=False is not supported"),
+    ("falcon", {"parallel_attn": False}, "falcon with new_decoder_architecture and parallel_attn=false is not supported"),
+])
+def test_unsupported_options_are_one_error_line(tmp_path, model_type, overrides, fragment):
+    from test_damaged_inputs import edit_config, one_line_error, run
+
+    tiny_model(model_type).save_pretrained(tmp_path)
+    edit_config(tmp_path, **overrides)
+    one_line_error(run("inspect", tmp_path), fragment)

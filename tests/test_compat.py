@@ -41,6 +41,12 @@ ROPE = {
     "gemma3_text": {"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 55555.0},
                     "sliding_attention": {"rope_type": "default", "rope_theta": 777.0}},
 }
+# Phi-1/2, StableLM, Falcon (GPT-J's rotary_dim and OPT's learned positions are no rope_parameters)
+ROPE |= {
+    "phi": {"rope_type": "linear", "factor": 2.0, "rope_theta": 12345.0, "partial_rotary_factor": 0.5},
+    "stablelm": {"rope_type": "default", "rope_theta": 23456.0, "partial_rotary_factor": 0.5},
+    "falcon": {"rope_type": "linear", "factor": 3.0, "rope_theta": 34567.0},
+}
 OVERRIDES = {family: {"rope_parameters": rope} for family, rope in ROPE.items()}
 OVERRIDES["gemma3_text"]["layer_types"] = ["sliding_attention", "full_attention", "sliding_attention"]
 IDS = [[1, 5, 9, 33, 2, 7, 8, 40, 50, 60, 70, 80, 90, 3, 4], [17, 3, 99, 42]]

@@ -338,3 +338,9 @@ def test_search_writes_under_out_by_default():
 
     out = next(p for p in search_command.params if p.name == "out")
     assert out.default.parts[0] == "out"
+
+
+@pytest.mark.parametrize("family", ["phi", "stablelm", "gptj", "falcon", "opt"])
+def test_evaluator_equals_a_plain_forward_pass_phi_to_opt(family, tmp_path):
+    """The cached-prefix evaluator on other layer conventions (Falcon's layers return a tuple)."""
+    test_evaluator_equals_a_plain_forward_pass(th_edit.load(str(tiny_checkpoint(tmp_path / "m", family, seed=2))))

@@ -73,6 +73,31 @@ def _configs() -> dict[str, object]:
                                logit_scale=0.5, pad_token_id=0, **common),
         "cohere2": Cohere2Config(hidden_size=48, num_attention_heads=4, num_key_value_heads=2, sliding_window=4,
                                  logit_scale=0.5, pad_token_id=0, **common),
+    } | _configs_phi_to_opt(common)
+
+
+# ---- Phi-1/2, StableLM, GPT-J, Falcon, OPT: each with its options that change the layout turned on
+# (biases, GQA, per-head QK LayerNorms, Falcon's grouped fused q/k/v); tests/test_arch_exactness.py
+# covers the other layouts of each.
+
+
+def _configs_phi_to_opt(common: dict) -> dict[str, object]:
+    from transformers import FalconConfig, GPTJConfig, OPTConfig, PhiConfig, StableLmConfig
+
+    def rope(fraction: float) -> dict:
+        return {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": fraction}
+
+    sizes = dict(vocab_size=VOCAB, num_hidden_layers=3, hidden_size=48, num_attention_heads=4, max_position_embeddings=128)
+    return {
+        "phi": PhiConfig(hidden_size=48, num_attention_heads=4, num_key_value_heads=2, rope_parameters=rope(0.5), **common),
+        "stablelm": StableLmConfig(
+            hidden_size=48, num_attention_heads=4, num_key_value_heads=2, use_qkv_bias=True, qk_layernorm=True,
+            use_parallel_residual=False, rope_parameters=rope(0.5), **common,
+        ),
+        "gptj": GPTJConfig(n_embd=48, n_layer=3, n_head=4, rotary_dim=6, vocab_size=VOCAB, n_positions=128,
+                           bos_token_id=None, eos_token_id=None),
+        "falcon": FalconConfig(new_decoder_architecture=True, num_kv_heads=2, bias=True, ffn_hidden_size=96, **sizes),
+        "opt": OPTConfig(ffn_dim=96, word_embed_proj_dim=48, enable_bias=True, **sizes),
     }
 
 
@@ -142,3 +167,4 @@ def tiny_checkpoint(path, model_type: str = "llama", seed: int = 0, dtype=torch.
     model.to(dtype).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+

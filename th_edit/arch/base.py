@@ -58,8 +58,12 @@ class NormSpec:
     eps: float
     offset: float  # Gemma stores γ and multiplies by (1 + γ)
     size: int = 0  # the normalized width, for a norm without weight
+    # per-head norms kept as separate modules (StableLM): their weights, head-major, replace `weight`
+    weights: tuple[str, ...] = ()
 
     def gain(self, source: TensorSource, dtype: torch.dtype) -> torch.Tensor:
+        if self.weights:
+            return torch.cat([source.get(name).to(dtype).flatten() for name in self.weights]) + self.offset
         if self.weight is None:
             return torch.ones(self.size, dtype=dtype)
         # A per-head norm may store its weight as [heads, dh] (Cohere): flat, head-major.
@@ -163,6 +167,10 @@ class Adapter(ABC):
         if self.n_heads % self.n_kv_heads:
             raise UserError(f"config.json: num_attention_heads {self.n_heads} does not split into "
                             f"num_key_value_heads {self.n_kv_heads} KV groups")
+
+    # Whether a decoder layer's forward returns a tuple (hidden states first: Falcon) rather than the
+    # hidden states themselves; a module standing in for a layer must answer the same way.
+    decoder_layer_returns_tuple: ClassVar[bool] = False
 
     # ---- family-specific layout -------------------------------------------------------------
 

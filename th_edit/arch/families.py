@@ -6,9 +6,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 from th_edit.arch.base import MAX_CONFIG_COUNT, MAX_CONFIG_SIZE, Adapter, ConfigInt
+from th_edit.arch.falcon import FalconAdapter
 from th_edit.arch.family import adapter_type
 from th_edit.arch.gemma import GemmaAdapter
 from th_edit.arch.scaled import GraniteAdapter, Phi3Adapter
+from th_edit.arch.opt import OptAdapter
 from th_edit.arch.spec import BLOCKS, CORE_CONFIG_INTS, GQA_CONFIG_INTS, PER_HEAD, ConfigFlag, FamilySpec
 
 # GPT-2: fused c_attn (Conv1D, in×out: [d, 3d] = [Q | K | V]), c_proj Conv1D, pre-attention
@@ -94,4 +96,87 @@ ADAPTERS: tuple[type[Adapter], ...] = (
     adapter_type(GEMMA3, GemmaAdapter), adapter_type(MIXTRAL), adapter_type(QWEN2_MOE), adapter_type(QWEN3_MOE),
     adapter_type(OLMOE), adapter_type(SMOLLM3), adapter_type(GRANITE, GraniteAdapter), adapter_type(PHI3, Phi3Adapter),
     adapter_type(GEMMA2), adapter_type(OLMO), adapter_type(OLMO2), adapter_type(COHERE), adapter_type(COHERE2),
+)
+
+
+# ---- Phi-1/2, StableLM, GPT-J, Falcon, OPT ------------------------------------------------------
+
+# Phi-1/2: separate q/k/v with biases, `dense` output with bias, one LayerNorm read by the attention
+# and the MLP in parallel, partial RoPE. Its optional QK LayerNorm has a bias, added after the
+# per-token scale: q·k is then no fixed bilinear form up to a positive scale.
+PHI = FamilySpec(
+    "phi", ("phi",), qkv_bias=True, o="dense", o_bias=True, norm="layernorm", norm_bias=True, eps_key="layer_norm_eps",
+    parallel_residual=True, final_norm="model.final_layernorm",
+    refused_options=(("qk_layernorm", "its QK LayerNorms add a bias after normalizing, so the attention score is "
+                      "not one bilinear form of the residual stream (up to a per-token scale)"),),
+)
+
+# StableLM: Llama's layout with LayerNorms (bias), partial RoPE, optional q/k/v biases, an optional
+# per-head QK LayerNorm without bias (one module per head: its mean removal W(I − 11ᵀ/dh) and weight
+# fold into W_Q/W_K, its per-token scale is positive) and an optional parallel residual.
+STABLELM = FamilySpec(
+    "stablelm", ("stablelm",), qkv_bias=ConfigFlag("use_qkv_bias", False), norm="layernorm", norm_bias=True,
+    eps_key="layer_norm_eps", qk_norm=("q_layernorm", "k_layernorm"), qk_norm_flag=ConfigFlag("qk_layernorm", False),
+    qk_norm_per_head_modules=True, parallel_residual=ConfigFlag("use_parallel_residual", False),
+)
+
+# GPT-J: separate q/k/v/out_proj without biases, one LayerNorm (ln_1) shared by the parallel
+# attention and MLP, RoPE on the first rotary_dim dims of each head with interleaved pairs (the QK
+# form is the unrotated one either way). GPT-2's config names; lm_head has a bias (constant per token).
+GPTJ = FamilySpec(
+    "gptj", ("gptj",), layer="transformer.h.{layer}", attention="attn", o="out_proj", input_norm="ln_1", norm="layernorm",
+    norm_bias=True, eps_key="layer_norm_epsilon", parallel_residual=True, embedding="transformer.wte.weight",
+    final_norm="transformer.ln_f", rotary_dim_key="rotary_dim", rotary_interleaved=True,
+    config_ints=(
+        ConfigInt(("n_layer", "num_hidden_layers"), MAX_CONFIG_COUNT),
+        ConfigInt(("n_head", "num_attention_heads"), MAX_CONFIG_COUNT),
+        ConfigInt(("n_embd", "hidden_size"), MAX_CONFIG_SIZE),
+        ConfigInt(("n_positions", "max_position_embeddings"), MAX_CONFIG_SIZE),
+        ConfigInt(("n_inner",), MAX_CONFIG_SIZE, nullable=True),  # null: 4 * n_embd
+        ConfigInt(("rotary_dim",), MAX_CONFIG_SIZE, nullable=True),  # null: RoPE on every dim
+        ConfigInt(("vocab_size",), MAX_CONFIG_SIZE),
+    ),
+)
+
+# Falcon: fused query_key_value whose layout, KV head count and input norm(s) its config picks
+# (falcon.py), FalconLinear (out×in), LayerNorms with bias, biases only with `bias`, RoPE or ALiBi.
+FALCON = FamilySpec(
+    "falcon", ("falcon",), layer="transformer.h.{layer}", attention="self_attention", qkv="query_key_value", o="dense",
+    qkv_bias=ConfigFlag("bias", False), o_bias=ConfigFlag("bias", False), norm="layernorm", norm_bias=True,
+    eps_key="layer_norm_epsilon", embedding="transformer.word_embeddings.weight", final_norm="transformer.ln_f",
+    tied_default=True,
+    config_ints=(
+        ConfigInt(("num_hidden_layers",), MAX_CONFIG_COUNT),
+        ConfigInt(("num_attention_heads",), MAX_CONFIG_COUNT),
+        ConfigInt(("num_kv_heads",), MAX_CONFIG_COUNT, nullable=True),  # null: num_attention_heads
+        ConfigInt(("hidden_size",), MAX_CONFIG_SIZE),
+        ConfigInt(("ffn_hidden_size",), MAX_CONFIG_SIZE, nullable=True),  # null: 4 * hidden_size
+        ConfigInt(("vocab_size",), MAX_CONFIG_SIZE),
+    ),
+)
+
+# OPT: separate q/k/v/out_proj with biases (enable_bias), pre-attention LayerNorm, learned absolute
+# positions (their table starts 2 rows in: a weight th-edit never edits). Post-LN OPT (OPT-350m)
+# normalizes each head's output together with the residual stream it joins: refused.
+_POST_LN = "each head's output is normalized together with the residual stream (post-LN), so no head writes a fixed map"
+OPT = FamilySpec(
+    "opt", ("opt",), layer="model.decoder.layers.{layer}", o="out_proj", qkv_bias=ConfigFlag("enable_bias", True),
+    o_bias=ConfigFlag("enable_bias", True), input_norm="self_attn_layer_norm", norm="layernorm", norm_bias=True,
+    eps_key=1e-5, positions="learned", embedding="model.decoder.embed_tokens.weight",
+    final_norm="model.decoder.final_layer_norm", tied_default=True,
+    config_ints=(
+        *CORE_CONFIG_INTS[:3], ConfigInt(("ffn_dim",), MAX_CONFIG_SIZE), ConfigInt(("vocab_size",), MAX_CONFIG_SIZE),
+        ConfigInt(("max_position_embeddings",), MAX_CONFIG_SIZE),  # learned positions: a weight
+        ConfigInt(("word_embed_proj_dim",), MAX_CONFIG_SIZE, nullable=True),
+    ),
+    required_options=(
+        ("do_layer_norm_before", True, _POST_LN),
+        ("layer_norm_elementwise_affine", True, "its LayerNorms without weight and bias are not implemented"),
+    ),
+    refused_options=(("_remove_final_layer_norm", "the model then has no final norm before its unembedding"),),
+)
+
+ADAPTERS = (
+    *ADAPTERS, adapter_type(PHI), adapter_type(STABLELM), adapter_type(GPTJ), adapter_type(FALCON, FalconAdapter),
+    adapter_type(OPT, OptAdapter),
 )

@@ -6,6 +6,7 @@ A family whose math differs (a multiplier, a shared norm, a different config spe
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import ClassVar
 
 from th_edit.arch.base import Adapter, ArchInfo, NormSpec, Slot, linear_cols, linear_rows, vector_range
@@ -22,7 +23,10 @@ class FamilyAdapter(Adapter):
         for key, why in self.spec.refused_options:
             if getattr(config, key, None) not in (None, False, 0):
                 raise UserError(f"{config.model_type} with {key}={getattr(config, key)!r} is not supported: {why}")
-        if self.spec.qkv and self.spec.qkv_layout == PER_HEAD and self.n_kv_heads != self.n_heads:
+        for key, required, why in self.spec.required_options:
+            if getattr(config, key, required) not in (None, required):
+                raise UserError(f"{config.model_type} with {key}={getattr(config, key)!r} is not supported: {why}")
+        if self.spec.qkv and self.qkv_layout() == PER_HEAD and self.n_kv_heads != self.n_heads:
             raise AssertionError(f"{self.family}: a per-head fused q/k/v layout has one KV head per query head")
 
     # ---- paths ----------------------------------------------------------------------------------
@@ -60,18 +64,22 @@ class FamilyAdapter(Adapter):
 
     # ---- q/k/v/o slices -------------------------------------------------------------------------
 
+    def qkv_layout(self) -> str:
+        """The fused projection's layout (spec.py); Falcon's depends on its config."""
+        return self.spec.qkv_layout
+
     def _qkv_range(self, which: int, head: int) -> tuple[str, int, int]:
         """(projection, start, stop) of q (which=0, query head), k or v (1, 2: KV head) on the
         projection's output axis."""
         spec, dh = self.spec, self.d_head
         if spec.qkv is None:
             return (spec.q, spec.k, spec.v)[which], head * dh, (head + 1) * dh
-        H, G = self.n_heads, self.n_kv_heads
-        if spec.qkv_layout == BLOCKS:
+        H, G, layout = self.n_heads, self.n_kv_heads, self.qkv_layout()
+        if layout == BLOCKS:
             start = (0, H * dh, (H + G) * dh)[which] + head * dh
-        elif spec.qkv_layout == PER_HEAD:
+        elif layout == PER_HEAD:
             start = head * 3 * dh + which * dh
-        elif spec.qkv_layout == GROUPED:
+        elif layout == GROUPED:
             per_group = H // G
             group, member = (head // per_group, head % per_group) if which == 0 else (head, per_group + which - 1)
             start = group * (per_group + 2) * dh + member * dh
@@ -128,8 +136,14 @@ class FamilyAdapter(Adapter):
     def qk_norm(self, layer: int) -> tuple[NormSpec, NormSpec] | None:
         if self.spec.qk_norm is None or not flag(self.spec.qk_norm_flag, self.config):
             return None
-        q_norm, k_norm = self.spec.qk_norm
-        return self._norm(f"{self._attn(layer)}.{q_norm}"), self._norm(f"{self._attn(layer)}.{k_norm}")
+        q_path, k_path = (f"{self._attn(layer)}.{path}" for path in self.spec.qk_norm)
+        if self.spec.qk_norm_per_head_modules:  # one norm module per head (no bias): weights head-major
+            return self._per_head_norms(q_path, self.n_heads), self._per_head_norms(k_path, self.n_kv_heads)
+        return self._norm(q_path), self._norm(k_path)
+
+    def _per_head_norms(self, path: str, heads: int) -> NormSpec:
+        weights = tuple(f"{path}.norms.{h}.weight" for h in range(heads))
+        return replace(self._norm(path), weight=None, bias=None, weights=weights)
 
     def output_norm(self, layer: int) -> NormSpec | None:
         # What a head writes reaches the residual stream through this norm: its weight is part
@@ -153,6 +167,10 @@ class FamilyAdapter(Adapter):
     def _rotary(self) -> str:
         if self.spec.positions == "learned":
             return "none (learned absolute positions)"
+        if self.spec.rotary_dim_key is not None:
+            dims = getattr(self.config, self.spec.rotary_dim_key, None) or self.d_head
+            pairs = ", interleaved pairs" if self.spec.rotary_interleaved else ""
+            return f"RoPE{pairs}" if dims >= self.d_head else f"partial RoPE ({dims} of {self.d_head} dims{pairs})"
         rope = getattr(self.config, "rope_parameters", None) or {}
         fraction = float(rope.get("partial_rotary_factor", getattr(self.config, "partial_rotary_factor", None) or 1.0))
         return "RoPE" if fraction == 1.0 else f"partial RoPE ({int(self.d_head * fraction)} of {self.d_head} dims)"

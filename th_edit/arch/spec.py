@@ -100,6 +100,15 @@ class FamilySpec:
     legacy_renames: tuple[tuple[str, str], ...] = ()
     # options th-edit cannot decompose exactly: (config key, why), refused when the key is set
     refused_options: tuple[tuple[str, str], ...] = ()
+    # ---- added for Phi-1/2, StableLM, GPT-J, Falcon and OPT (optional; defaults keep the families above)
+    # options a model must keep at a value th-edit decomposes exactly: (config key, value, why), refused
+    # when the config sets the key to anything else (absent: the config class's default, which is that value)
+    required_options: tuple[tuple[str, object, str], ...] = ()
+    # QK-norms kept as one module per head, `{path}.norms.{h}` (StableLM's LayerNormPerHead)
+    qk_norm_per_head_modules: bool = False
+    # RoPE on the first `config.<rotary_dim_key>` dims of each head (GPT-J) instead of a fraction
+    rotary_dim_key: str | None = None
+    rotary_interleaved: bool = False  # rotated pairs are adjacent dims (GPT-J), not the two halves
 
     def __post_init__(self):
         if self.qkv_layout not in QKV_LAYOUTS:

@@ -21,14 +21,17 @@ Batch = dict[str, torch.Tensor]
 
 
 class _Handover(torch.nn.Module):
-    """Stands in for a skipped decoder layer: returns `value` if set, else its input unchanged."""
+    """Stands in for a skipped decoder layer: returns `value` if set, else its input unchanged
+    (as a tuple where the family's layers return one: the model reads the hidden states from it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, returns_tuple: bool = False) -> None:
         super().__init__()
         self.value: torch.Tensor | None = None
+        self.returns_tuple = returns_tuple
 
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return hidden_states if self.value is None else self.value
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor | tuple[torch.Tensor, None]:
+        hidden = hidden_states if self.value is None else self.value
+        return (hidden, None) if self.returns_tuple else hidden
 
 
 class PrefixCache:
@@ -81,7 +84,7 @@ def _replaced_layers(model: torch.nn.Module, adapter: Adapter, layers: Sequence[
         parent_name, _, index = adapter.decoder_layer_module(layer).rpartition(".")
         holders.append((model.get_submodule(parent_name), int(index)))
     originals = [parent[index] for parent, index in holders]
-    stand_ins = [_Handover() for _ in layers]
+    stand_ins = [_Handover(adapter.decoder_layer_returns_tuple) for _ in layers]
     try:
         for (parent, index), stand_in in zip(holders, stand_ins):
             parent[index] = stand_in
