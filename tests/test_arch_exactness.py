@@ -166,3 +166,13 @@ def test_fused_qkv_layouts_match_the_tests_own_split(layout, kv_heads):
         assert torch.equal(q_bias, q[0, 0, head]) and torch.equal(k_bias, k[0, 0, group]), (layout, head)
         assert torch.equal(v_bias, v[0, 0, group]), (layout, head)
         assert adapter.q_slot(0, head).index[0] == slice(int(q[0, 0, head, 0]), int(q[0, 0, head, -1]) + 1)
+
+
+@pytest.mark.parametrize("model_type, key", [("mixtral", "num_local_experts"), ("qwen2_moe", "num_experts"),
+                                             ("qwen3_moe", "moe_intermediate_size"), ("olmoe", "num_experts_per_tok")])
+def test_expert_counts_are_checked_before_transformers_reads_them(model_type, key):
+    from th_edit.arch import adapter_class
+
+    with pytest.raises(UserError, match=f"{key} must be at most"):
+        adapter_class(model_type).check_config({key: 10**12}, "config.json")
+    adapter_class(model_type).check_config(tiny_config(model_type).to_dict(), "config.json")  # the tiny one passes
