@@ -230,3 +230,11 @@ def test_unsupported_options_are_one_error_line(tmp_path, model_type, overrides,
     tiny_model(model_type).save_pretrained(tmp_path)
     edit_config(tmp_path, **overrides)
     one_line_error(run("inspect", tmp_path), fragment)
+@pytest.mark.parametrize("model_type, key", [("mixtral", "num_local_experts"), ("qwen2_moe", "num_experts"),
+                                             ("qwen3_moe", "moe_intermediate_size"), ("olmoe", "num_experts_per_tok")])
+def test_expert_counts_are_checked_before_transformers_reads_them(model_type, key):
+    from th_edit.arch import adapter_class
+
+    with pytest.raises(UserError, match=f"{key} must be at most"):
+        adapter_class(model_type).check_config({key: 10**12}, "config.json")
+    adapter_class(model_type).check_config(tiny_config(model_type).to_dict(), "config.json")  # the tiny one passes

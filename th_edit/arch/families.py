@@ -58,14 +58,22 @@ GEMMA3 = replace(
 
 # Mixture-of-experts models with ordinary attention: only the attention is read or edited, and
 # the experts (whatever their storage) pass through load, edit and export untouched.
-MIXTRAL = replace(LLAMA, family="mixtral", model_types=("mixtral",))
+# Expert counts and widths size the model transformers builds, like the layer count does.
+MOE_CONFIG_INTS = (
+    *GQA_CONFIG_INTS,
+    ConfigInt(("num_local_experts",), MAX_CONFIG_COUNT), ConfigInt(("num_experts",), MAX_CONFIG_COUNT),
+    ConfigInt(("num_experts_per_tok",), MAX_CONFIG_COUNT), ConfigInt(("moe_intermediate_size",), MAX_CONFIG_SIZE),
+    ConfigInt(("shared_expert_intermediate_size",), MAX_CONFIG_SIZE),
+)
+MIXTRAL = replace(LLAMA, family="mixtral", model_types=("mixtral",), config_ints=MOE_CONFIG_INTS)
 QWEN2_MOE = replace(LLAMA, family="qwen2_moe", model_types=("qwen2_moe",), qkv_bias=ConfigFlag("qkv_bias", True),
-                    o_bias=False)
-QWEN3_MOE = replace(QWEN3, family="qwen3_moe", model_types=("qwen3_moe",),
+                    o_bias=False, config_ints=MOE_CONFIG_INTS)
+QWEN3_MOE = replace(QWEN3, family="qwen3_moe", model_types=("qwen3_moe",), config_ints=MOE_CONFIG_INTS,
                     legacy_renames=(("num_local_experts", "num_experts"),))  # 4.x: 128 experts by default
 # OLMoE: RMSNorm on q and on k over all heads at once (one per-token scale shared by the heads).
 CLIP_QKV = ("clip_qkv", "clamping q, k and v is not linear: no per-head matrix reproduces it")
-OLMOE = replace(LLAMA, family="olmoe", model_types=("olmoe",), qk_norm=("q_norm", "k_norm"), refused_options=(CLIP_QKV,))
+OLMOE = replace(LLAMA, family="olmoe", model_types=("olmoe",), qk_norm=("q_norm", "k_norm"), refused_options=(CLIP_QKV,),
+                config_ints=MOE_CONFIG_INTS)
 
 # Llama-shaped families that differ only in what the attention is fed (RoPE scaling, NoPE layers,
 # sliding windows: all outside the per-head matrices).
