@@ -89,6 +89,7 @@ def test_unsupported_options_are_refused(model_type, option, message):
         adapter_for(tiny_config(model_type, **option))
 
 
+@pytest.mark.cli
 def test_an_unsupported_option_is_one_error_line(tmp_path):
     from click.testing import CliRunner
 
@@ -224,6 +225,7 @@ def test_stablelm_qk_layernorm_removes_each_heads_mean():
     ("opt", {"layer_norm_elementwise_affine": False}, "opt with layer_norm_elementwise_affine=False is not supported"),
     ("falcon", {"parallel_attn": False}, "falcon with new_decoder_architecture and parallel_attn=false is not supported"),
 ])
+@pytest.mark.cli
 def test_unsupported_options_are_one_error_line(tmp_path, model_type, overrides, fragment):
     from test_damaged_inputs import edit_config, one_line_error, run
 

@@ -148,6 +148,7 @@ def test_channels_command_one_line_errors(checkpoint):
 
 @pytest.mark.parametrize("option", ["--z-threshold", "--min-share", "--check-alpha", "--draft-scale"])
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.cli
 def test_channels_refuses_non_finite_numbers(checkpoint, tmp_path, option, value):
     """A nan threshold compared false with every score and silently found no channel."""
     result = CliRunner().invoke(main, ["channels", str(checkpoint), "--no-data-check", option, value,
@@ -274,6 +275,7 @@ def test_channel_tables_line_up_for_one_and_two_digit_layers():
     assert all(s[:2] == starts[0][:2] for s in starts), roles
 
 
+@pytest.mark.cli
 def test_draft_recipe_hint_names_the_model_and_the_path_as_written(checkpoint, tmp_path, monkeypatch):
     """The hint in the draft's header is a command that works as written, from where channels ran."""
     monkeypatch.chdir(tmp_path)

@@ -314,6 +314,7 @@ def no_search_model(monkeypatch):
     monkeypatch.setattr("th_edit.commands.search.load_session", refuse)
 
 
+@pytest.mark.cli
 def test_resume_without_a_journal_is_one_line(search_args, tmp_path, no_search_model):
     out = tmp_path / "nothing-here" / "recipe.yaml"
     _one_line(_search([*search_args, "--resume"], out), "--resume", "no study journal", str(out.with_suffix(".study.log")))
@@ -321,6 +322,7 @@ def test_resume_without_a_journal_is_one_line(search_args, tmp_path, no_search_m
 
 
 @pytest.mark.parametrize("sender", ["7.0", "1.9"])  # the tiny llama has 3 layers of 6 heads
+@pytest.mark.cli
 def test_another_models_channels_are_refused_before_the_model_loads(search_args, tmp_path, no_search_model, sender):
     import json
 

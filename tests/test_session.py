@@ -122,6 +122,7 @@ def test_edits_do_not_nest():
             pass
 
 
+@pytest.mark.cli
 def test_many_edits_share_one_decomposition_per_head(monkeypatch):
     """No reload, no re-SVD: each head is decomposed once however many edits use it, and a head no
     edit touches is never decomposed."""
@@ -491,6 +492,7 @@ PHI_TO_OPT = ["phi", "stablelm", "gptj", "falcon", "opt"]
 
 
 @pytest.mark.parametrize("family", PHI_TO_OPT)
+@pytest.mark.cli
 def test_edit_model_then_save_pretrained_equals_apply_phi_to_opt(family, tmp_path):
     test_edit_model_then_save_pretrained_equals_apply(family, torch.float32, tmp_path)
 

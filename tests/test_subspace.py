@@ -381,6 +381,7 @@ def _browse(page: Path, tmp_path: Path, width: int, action: list[str]) -> subpro
                            *action, page.as_uri()], capture_output=True, text=True, timeout=240)
 
 
+@pytest.mark.cli
 def test_html_renders_offline_in_a_real_browser_and_fits_a_small_screen(planted, tmp_path):
     """subspace.html in headless chromium with every network request failing: plotly draws its
     SVG and WebGL layers, the plot takes the window's width (not a fixed 1600 px), the legend
