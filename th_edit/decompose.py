@@ -13,8 +13,13 @@ import torch
 
 from th_edit.arch import Adapter, LayerWeights
 from th_edit.checkpoint import TensorSource
-from th_edit.linalg import HeadSVD
+from th_edit.linalg import FactoredMatrix, HeadSVD, factored_svd
 from th_edit.linalg import circuit as circuit_of
+
+
+def _svd(matrix: FactoredMatrix) -> HeadSVD:
+    # Through this module's `factored_svd`: every decomposition a session makes passes here once.
+    return factored_svd(matrix.left, matrix.right)
 
 
 class Decompositions:
@@ -45,14 +50,14 @@ class Decompositions:
         self.adapter.check_head(layer, head)
         key = (layer, head, circuit)
         if key not in self._heads:
-            self._heads[key] = circuit_of(self.layer(layer), circuit)[head].svd()
+            self._heads[key] = _svd(circuit_of(self.layer(layer), circuit)[head])
         return self._heads[key]
 
     def layer_svd(self, layer: int, circuit: str) -> HeadSVD:
         """Every head of a layer at once (batched), stacked on a leading head dimension."""
         missing = [h for h in range(self.adapter.n_heads) if (layer, h, circuit) not in self._heads]
         if missing:
-            batched = circuit_of(self.layer(layer), circuit).svd()
+            batched = _svd(circuit_of(self.layer(layer), circuit))
             for h in missing:
                 self._heads[(layer, h, circuit)] = HeadSVD(batched.U[h], batched.S[h], batched.V[h])
         heads = [self._heads[(layer, h, circuit)] for h in range(self.adapter.n_heads)]
