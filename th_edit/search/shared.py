@@ -2,7 +2,7 @@
 
 Optuna's own engines do the distribution: the storage (a database for many processes) hands each
 trial a number, heartbeats let the next process that looks fail a trial whose worker died, and
-`RetryFailedTrialCallback` queues it again with the same parameters. What is added here is the cap,
+`RetryFailedTrialCallback` (`RetryHeartbeatStaleTrialCallback` since Optuna 4.9) queues it again with the same parameters. What is added here is the cap,
 exact where Optuna's `MaxTrialsCallback` may overshoot (it stops a process after its trial, when
 others may already have started theirs):
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterator
 
 from th_edit.search.study import CAP_ATTR
@@ -53,7 +54,9 @@ class RetryWithinCap:
     def __init__(self, max_retry: int = MAX_RETRIES):
         import optuna
 
-        self._retry = optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)
+        # Renamed in Optuna 4.9; the old name warns there.
+        retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+        self._retry = retry(max_retry=max_retry)
 
     def __call__(self, study, trial) -> None:
         import optuna
@@ -82,7 +85,9 @@ def run_trials(study, run_one: Callable[[], None], worker: bool, poll_seconds: f
     seen = None
     while True:
         if heartbeat:
-            fail_stale_trials(study)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False)
         count = {s: sum(t.state == s for t in trials) for s in (state.COMPLETE, state.RUNNING, state.WAITING)}
         if seen is not None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,8 +117,9 @@ class StudyStore:
             names = inspect.signature(optuna.storages.RDBStorage).parameters
             key = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in names else "failed_trial_callback"
             heartbeat[key] = stale_trial_callback
-        with self.redacting(f"opening the study storage {self.shown}"):
-            return optuna.storages.RDBStorage(self.url, engine_kwargs=engine, **heartbeat)
+        with self.redacting(f"opening the study storage {self.shown}"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are, since Optuna 2.9
+            return _rdb_storage(self.url, engine, heartbeat)
 
     def study_names(self) -> list[str]:
         import optuna
@@ -149,6 +152,21 @@ class StudyStore:
             if self.password and self.password in str(exc):
                 raise UserError(self.redact(f"{doing or 'the study storage'} failed: {exc}")) from None
             raise
+
+
+def _rdb_storage(url: str, engine: dict, heartbeat: dict, attempts: int = 5):
+    """Optuna's RDBStorage. Processes that start together on an empty database race to create its
+    tables: the losers' inserts fail on a unique key, and the tables are there once they look again."""
+    import optuna
+    from sqlalchemy.exc import IntegrityError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, **heartbeat)
+        except IntegrityError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def redact_url(text: str) -> str:
