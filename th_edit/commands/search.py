@@ -17,7 +17,9 @@ from th_edit.outputs import check_new_file, resumable_file, write_files
 from th_edit.readers import read_json
 from th_edit.search.optimize import POLL_SECONDS, Limits, finished_trials, make_sampler, trim_partial_record
 from th_edit.search.pipeline import SearchReport, SearchSettings, evidence_header, ranked_candidates, recipe_of, search
+from th_edit.search.report import held_out_table, plot_frontier
 from th_edit.search.shared import cap_of
+from th_edit.search.space import candidates_from_channels
 from th_edit.search.storage import DEFAULT_STUDY, GRACE_FACTOR, StudyStore
 from th_edit.search.study import (
     channels_fingerprint,
@@ -32,8 +34,6 @@ from th_edit.search.study import (
     with_candidates,
     with_model,
 )
-from th_edit.search.report import held_out_table, plot_frontier
-from th_edit.search.space import candidates_from_channels
 from th_edit.session import load as load_session
 
 # Heads per role of the channel analysis a search runs itself (without --channels): at least this
@@ -128,10 +128,12 @@ def _existing_study(store: StudyStore, resume: bool, force: bool, mine: dict) ->
     """The record of the study this run continues (checked against `mine` before the model loads),
     None when it starts a new one (after --force removed an old one)."""
     if not store.exists():
-        if store.journal is not None and store.journal.exists() and not (resume or force):  # a journal without a study
-            raise UserError(f"{store.journal} holds an earlier search: pass --resume to continue it or --force to start over")
-        if store.journal is not None and store.journal.exists():
-            store.journal.unlink()
+        if store.journal is not None and store.journal.exists():  # a journal without this study (or any)
+            if not (resume or force):
+                raise UserError(f"{store.journal} holds an earlier search: pass --resume to continue it or --force to "
+                                "start over")
+            if force and not resume:
+                store.journal.unlink()
         return None
     if resume:
         recorded = recorded_settings(store)
@@ -166,7 +168,7 @@ def _kept_if_worth_it(store: StudyStore):
     """resumable_file for the journal; for a database, a failed run that created the study and
     finished no trial deletes it (it would block the next run), else the error line says how to resume."""
     if store.journal is not None:
-        with resumable_file(store.journal, _resumable_trials):
+        with resumable_file(store.journal, lambda journal: _resumable_trials(journal, store.name)):
             yield
         return
     existed = store.exists()
@@ -183,12 +185,12 @@ def _kept_if_worth_it(store: StudyStore):
         raise
 
 
-def _resumable_trials(journal: Path) -> str | None:
+def _resumable_trials(journal: Path, study_name: str) -> str | None:
     """After a failure: what the journal holds for --resume, None when nothing. A record cut short
     by the failure is removed first, so that a resumed run appends to a readable journal."""
     with contextlib.suppress(OSError):  # cannot trim: the count below reads past the half record anyway
         trim_partial_record(journal)
-    done = finished_trials(journal)
+    done = finished_trials(journal, study_name)
     return f"{journal} keeps {done} finished trial(s): run again with --resume to use them" if done else None
 
 

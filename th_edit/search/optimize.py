@@ -21,9 +21,9 @@ from th_edit import ui
 from th_edit.recipe import Edit
 from th_edit.search.evaluate import TrialEvaluator, TrialScores
 from th_edit.search.shared import SurplusTrial, cap_of, claim_slot, run_trials
-from th_edit.search.study import CAP_ATTR
 from th_edit.search.space import Candidate, edits_for
 from th_edit.search.storage import DEFAULT_STUDY
+from th_edit.search.study import CAP_ATTR
 from th_edit.session import Session
 
 # α of a chosen head's components, sampled log-uniformly. Components are ranked by the gain of

@@ -2,7 +2,8 @@
 
 Optuna's own engines do the distribution: the storage (a database for many processes) hands each
 trial a number, heartbeats let the next process that looks fail a trial whose worker died, and
-`RetryFailedTrialCallback` (`RetryHeartbeatStaleTrialCallback` since Optuna 4.9) queues it again with the same parameters. What is added here is the cap,
+`RetryFailedTrialCallback` (`RetryHeartbeatStaleTrialCallback` since Optuna 4.9) queues it again
+with the same parameters. What is added here is the cap,
 exact where Optuna's `MaxTrialsCallback` may overshoot (it stops a process after its trial, when
 others may already have started theirs):
 
@@ -56,7 +57,9 @@ class RetryWithinCap:
 
         # Renamed in Optuna 4.9; the old name warns there.
         retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
-        self._retry = retry(max_retry=max_retry)
+        with warnings.catch_warnings():  # "experimental" since Optuna 2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._retry = retry(max_retry=max_retry)
 
     def __call__(self, study, trial) -> None:
         import optuna

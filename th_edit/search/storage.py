@@ -146,9 +146,9 @@ class StudyStore:
             from sqlalchemy.exc import SQLAlchemyError
 
             if isinstance(exc, SQLAlchemyError):
-                reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-                raise UserError(self.redact(f"{doing or 'the study storage'} failed: {reason[0] if reason else type(exc).__name__}")
-                                ) from None
+                lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+                reason = lines[0] if lines else type(exc).__name__
+                raise UserError(self.redact(f"{doing or 'the study storage'} failed: {reason}")) from None
             if self.password and self.password in str(exc):
                 raise UserError(self.redact(f"{doing or 'the study storage'} failed: {exc}")) from None
             raise
