@@ -103,6 +103,7 @@ class StudyStore:
         is failed by the next process that looks, and handed to `stale_trial_callback`."""
         import optuna
 
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in ..." on stderr
         if not self.shared:
             from optuna.storages.journal import JournalFileBackend
 
