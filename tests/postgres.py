@@ -68,7 +68,9 @@ def _as_owner() -> list[str]:
 
 
 def _run(*command, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([*_as_owner(), *map(str, command)], check=check, capture_output=True, text=True, timeout=120)
+    # cwd: the postgres user may not enter the test's working directory
+    return subprocess.run([*_as_owner(), *map(str, command)], check=check, capture_output=True, text=True, timeout=120,
+                          cwd="/tmp")
 
 
 def start() -> Server:
