@@ -77,7 +77,8 @@ def main(argv: list[str]) -> int:
     gpu_scores = timed("composition", gpu_t, lambda: composition_scores(head_factors(gpu.adapter, gpu.parameters)))
     pair_cpu = cpu_scores.pair(HeadId(20, 0), HeadId(23, 0), "q")
     pair_gpu = gpu_scores.pair(HeadId(20, 0), HeadId(23, 0), "q")
-    worst = max(abs(x - y) for x, y in zip([pair_cpu.full, *pair_cpu.components], [pair_gpu.full, *pair_gpu.components]))
+    worst = max(abs(float(x) - float(y)) for x, y in zip([pair_cpu.full, *pair_cpu.components],
+                                                          [pair_gpu.full, *pair_gpu.components]))
     check(worst <= COMPOSITION_TOLERANCE, f"20.0 -> 23.0 (q): largest difference {worst:.2e}")
     top_cpu = [str(c) for c in cpu_scores.top_components(HeadId(23, 0), "q", n=5)]
     top_gpu = [str(c) for c in gpu_scores.top_components(HeadId(23, 0), "q", n=5)]
