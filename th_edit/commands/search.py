@@ -15,15 +15,31 @@ from th_edit.limits import MAX_HEADS, MAX_PROMPTS, MAX_TRIALS
 from th_edit.models import DEFAULT_MODEL, load_config, resolve
 from th_edit.outputs import check_new_file, resumable_file, write_files
 from th_edit.readers import read_json
-from th_edit.search.optimize import Limits, finished_trials, trim_partial_record
-from th_edit.search.pipeline import SearchReport, SearchSettings, evidence_header, recipe_of, search
+from th_edit.search.optimize import POLL_SECONDS, Limits, finished_trials, make_sampler, trim_partial_record
+from th_edit.search.pipeline import SearchReport, SearchSettings, evidence_header, ranked_candidates, recipe_of, search
 from th_edit.search.report import held_out_table, plot_frontier
+from th_edit.search.shared import cap_of
 from th_edit.search.space import candidates_from_channels, check_channels_fit
+from th_edit.search.storage import DEFAULT_STUDY, GRACE_FACTOR, StudyStore
+from th_edit.search.study import (
+    channels_fingerprint,
+    check_same,
+    delete_study,
+    finished_in,
+    open_study,
+    recorded_candidates,
+    recorded_settings,
+    settings_record,
+    wait_for_study,
+    with_candidates,
+    with_model,
+)
 from th_edit.session import load as load_session
 
 # Heads per role of the channel analysis a search runs itself (without --channels): at least this
 # many, more when --heads asks for more candidates.
 FRESH_TOP = 5
+STORAGE_ENV = "TH_EDIT_STORAGE"  # --storage from the environment: a URL with a password stays out of `ps` and shell history
 
 
 @click.command("search")
@@ -37,9 +53,9 @@ FRESH_TOP = 5
 @click.option("--channels", "channels_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="A channels.json from `th-edit channels` (default: run the channel analysis now).")
 @opt.n_items_option("4-8", "List lengths N to improve (range or list).")
-@click.option("--kl-budget", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True,
+@click.option("--kl-budget", type=opt.FiniteFloat(min=0, min_open=True), default=0.02, show_default=True,
               help="Largest mean KL on neutral text, nats/token.")
-@click.option("--max-ioi-drop", type=click.FloatRange(min=0), default=2.0, show_default=True,
+@click.option("--max-ioi-drop", type=opt.FiniteFloat(min=0), default=2.0, show_default=True,
               help="Largest IOI accuracy drop, points.")
 @click.option("--trials", type=click.IntRange(min=1, max=MAX_TRIALS), default=60, show_default=True)
 @opt.seed_option("Seeds the sampler and the tuning prompts.")
@@ -49,49 +65,138 @@ FRESH_TOP = 5
               help="Held-out prompts per N (and IOI).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/search/recipe.yaml"),
               show_default=True, help="The recipe; search.json, frontier.png and the study journal go beside it.")
-@click.option("--resume", is_flag=True, help="Continue the search recorded in the study journal beside --out.")
-@opt.force_option()
+@click.option("--resume", is_flag=True, help="Continue the search recorded in the study (same settings).")
+@opt.force_option("Replace existing output files (and start the study over).")
+@click.option("--storage", envvar=STORAGE_ENV, metavar="URL",
+              help="The study's database, shared by --worker processes: postgresql://user@host/db, mysql://..., "
+                   f"sqlite:///file.db (also ${STORAGE_ENV}; default: a journal file beside --out, one process).")
+@click.option("--study", "study_name", default=DEFAULT_STUDY, show_default=True, help="The study's name in --storage.")
+@click.option("--worker", is_flag=True,
+              help="Only run trials of the study that a search process (same options, no --worker) created; "
+                   "it alone judges the result and writes the outputs.")
+@click.option("--heartbeat", type=click.IntRange(min=1, max=3600), default=60, show_default=True, metavar="SECONDS",
+              help=f"With --storage: a trial silent for {GRACE_FACTOR}x this long (its worker died) is failed and run again.")
 @opt.device_options
 def search_command(model: str, kind: str, max_heads: int, rank_by: str, channels_file: Path | None, n_items: opt.NItems,
                    kl_budget: float, max_ioi_drop: float, trials: int, seed: int, tune_prompts: int,
-                   held_out_prompts: int, out: Path, resume: bool, force: bool, device: str, dtype: str) -> None:
+                   held_out_prompts: int, out: Path, resume: bool, force: bool, storage: str | None, study_name: str,
+                   worker: bool, heartbeat: int, device: str, dtype: str) -> None:
     """Search how many of the best components of which channel heads of MODEL to rescale, and by
     how much, to improve list recall (laundry N items) under a KL budget; report the result and
     baselines on held-out prompts."""
     outputs = [out, out.with_suffix(".search.json"), out.with_suffix(".frontier.png")]
-    journal = out.with_suffix(".study.log")
-    for path in outputs:
-        check_new_file(path, force)
-    if resume and not journal.exists():
-        raise UserError(f"--resume: there is no study journal at {journal} to continue (run without --resume to start)")
-    if journal.exists() and not (resume or force):
-        raise UserError(f"{journal} holds an earlier search: pass --resume to continue it or --force to start over")
-    if journal.exists() and force and not resume:
-        journal.unlink()
+    store = StudyStore.parse(storage, out.with_suffix(".study.log"), study_name, heartbeat)
     settings = SearchSettings(n_items=tuple(n_items), trials=trials, seed=seed,
                               limits=Limits(kl_budget, max_ioi_drop / 100), tune_prompts=tune_prompts,
                               held_out_prompts=held_out_prompts, attribution=rank_by == "attribution")
-    channels = read_json(channels_file) if channels_file is not None else None  # a damaged file: before the model loads
-    if channels is not None:  # another model's channels: refused from the config, before the model loads
-        check_channels_fit(channels, channels_file, model, adapter_for(load_config(resolve(model))).info(), kind, max_heads)
-    session = load_session(model, device=device, dtype=dtype)
-    candidates, draft = _channel_candidates(session, kind, channels, seed, max_heads)
-    ui.info(f"candidate heads: {', '.join(c.name for c in candidates)}")
-    # Until the outputs are written, a failure removes a journal this run began, unless it holds
-    # finished trials (then the error line says how to resume them).
-    with resumable_file(journal, _resumable_trials):
-        report = search(session, candidates, settings, draft=draft, storage=journal)
-        click.echo(held_out_table(report))
-        written = _write_outputs(report, model, outputs, force)
+    mine = settings_record(settings, {"kind": kind, "heads": max_heads, "rank_by": rank_by,
+                                      "channels_sha256": channels_fingerprint(channels_file)})
+    with store.redacting():
+        if worker:
+            _work(store, mine, settings, model, device, dtype)
+            return
+        for path in outputs:
+            check_new_file(path, force)
+        recorded = _existing_study(store, resume, force, mine)
+        channels = read_json(channels_file) if channels_file is not None else None  # a damaged file: before the model loads
+        if channels is not None:  # another model's channels: refused from the config, before the model loads
+            check_channels_fit(channels, channels_file, model, adapter_for(load_config(resolve(model))).info(), kind,
+                               max_heads)
+        session = load_session(model, device=device, dtype=dtype)
+        mine = with_model(mine, session)
+        if recorded is not None:
+            check_same(recorded, mine, _label(store))
+        candidates, draft = _channel_candidates(session, kind, channels, seed, max_heads)
+        # Until the outputs are written, a failure removes a study this run began, unless it holds
+        # finished trials (then the error line says how to resume them).
+        with _kept_if_worth_it(store):
+            if recorded is None:
+                candidates = ranked_candidates(session, candidates, settings)
+                study = open_study(store, make_sampler(seed, trials), new_record=with_candidates(mine, candidates), cap=trials)
+            else:
+                candidates = recorded_candidates(recorded)
+                study = open_study(store, make_sampler(seed, trials), cap=trials)
+            ui.info(f"candidate heads: {', '.join(c.name for c in candidates)}")
+            report = search(session, candidates, settings, draft=draft, study=study, ranked=True)
+            click.echo(held_out_table(report))
+            written = _write_outputs(report, model, outputs, force)
     click.echo(f"wrote {', '.join(map(str, written))}")
 
 
-def _resumable_trials(journal: Path) -> str | None:
+def _label(store: StudyStore) -> str:
+    return f"study '{store.name}' in {store.shown}"
+
+
+def _existing_study(store: StudyStore, resume: bool, force: bool, mine: dict) -> dict | None:
+    """The record of the study this run continues (checked against `mine` before the model loads),
+    None when it starts a new one (after --force removed an old one)."""
+    if not store.exists():
+        if resume:
+            where = f"study journal at {store.journal}" if store.journal is not None else _label(store)
+            raise UserError(f"--resume: there is no {where} to continue (run without --resume to start)")
+        if store.journal is not None and store.journal.exists():  # a journal without this study (or any)
+            if not (resume or force):
+                raise UserError(f"{store.journal} holds an earlier search: pass --resume to continue it or --force to "
+                                "start over")
+            if force and not resume:
+                store.journal.unlink()
+        return None
+    if resume:
+        recorded = recorded_settings(store)
+        check_same(recorded, mine, _label(store))
+        return recorded
+    if not force:
+        what = f"{store.journal} holds an earlier search" if store.journal else f"{_label(store)} exists"
+        raise UserError(f"{what}: pass --resume to continue it or --force to start over")
+    if store.journal is not None:
+        store.journal.unlink()
+    else:
+        delete_study(store)
+    return None
+
+
+def _work(store: StudyStore, mine: dict, settings: SearchSettings, model: str, device: str, dtype: str) -> None:
+    """--worker: join the study, check it runs this search, run trials until the study has enough."""
+    if not store.shared:
+        raise UserError("--worker needs --storage with a database URL (postgresql://, mysql:// or sqlite:///) "
+                        "that the search process uses too")
+    recorded = wait_for_study(store, POLL_SECONDS)
+    check_same(recorded, mine, _label(store))  # before the model loads
+    session = load_session(model, device=device, dtype=dtype)
+    check_same(recorded, with_model(mine, session), _label(store))  # nothing is written to the study before this
+    study = open_study(store, make_sampler(None, settings.trials))  # workers sample independently of each other
+    report = search(session, recorded_candidates(recorded), settings, study=study, worker=True, ranked=True)
+    ui.info(f"{_label(store)}: {len(report.result.trials)} of {cap_of(study)} trials finished")
+
+
+@contextlib.contextmanager
+def _kept_if_worth_it(store: StudyStore):
+    """resumable_file for the journal; for a database, a failed run that created the study and
+    finished no trial deletes it (it would block the next run), else the error line says how to resume."""
+    if store.journal is not None:
+        with resumable_file(store.journal, lambda journal: _resumable_trials(journal, store.name)):
+            yield
+        return
+    existed = store.exists()
+    try:
+        yield
+    except BaseException as exc:
+        done = finished_in(store)
+        if not existed and not done:
+            with contextlib.suppress(Exception):
+                delete_study(store)
+        if isinstance(exc, UserError) and done:
+            raise UserError(f"{exc}; {_label(store)} keeps {done} finished trial(s): run again with --resume to use them"
+                            ) from None
+        raise
+
+
+def _resumable_trials(journal: Path, study_name: str) -> str | None:
     """After a failure: what the journal holds for --resume, None when nothing. A record cut short
     by the failure is removed first, so that a resumed run appends to a readable journal."""
     with contextlib.suppress(OSError):  # cannot trim: the count below reads past the half record anyway
         trim_partial_record(journal)
-    done = finished_trials(journal)
+    done = finished_trials(journal, study_name)
     return f"{journal} keeps {done} finished trial(s): run again with --resume to use them" if done else None
 
 

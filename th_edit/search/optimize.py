@@ -20,13 +20,17 @@ from pathlib import Path
 from th_edit import ui
 from th_edit.recipe import Edit
 from th_edit.search.evaluate import TrialEvaluator, TrialScores
+from th_edit.search.shared import SurplusTrial, cap_of, claim_slot, run_trials
 from th_edit.search.space import Candidate, edits_for
+from th_edit.search.storage import DEFAULT_STUDY
+from th_edit.search.study import CAP_ATTR
 from th_edit.session import Session
 
 # α of a chosen head's components, sampled log-uniformly. Components are ranked by the gain of
 # amplifying them, so the range starts just below 1 (mild damping stays possible) and ends at 4.
 SCALE_RANGE = (0.8, 4.0)
-STUDY_NAME = "th-edit-search"
+STUDY_NAME = DEFAULT_STUDY
+POLL_SECONDS = 1.0  # how often a process waiting for other processes' last trials looks again
 
 
 @dataclass(frozen=True)
@@ -78,10 +82,22 @@ def choices_of(trial, candidates: Sequence[Candidate]) -> dict[Candidate, tuple[
     return chosen
 
 
+def make_sampler(seed: int | None, trials: int):
+    import optuna
+
+    with warnings.catch_warnings():  # `group` (conditional search spaces) is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                          n_startup_trials=min(10, max(1, trials // 4)))
+
+
 def run_search(session: Session, evaluator: TrialEvaluator, candidates: Sequence[Candidate], trials: int, seed: int,
                limits: Limits, storage: Path | None = None, study_name: str = STUDY_NAME,
-               on_trial: Callable[[Trial], None] | None = None) -> SearchResult:
-    """Run (or resume, from `storage`) the search; Ctrl-C stops it and keeps what was found."""
+               on_trial: Callable[[Trial], None] | None = None, study=None, worker: bool = False) -> SearchResult:
+    """Run (or resume, from `storage`) the search; Ctrl-C stops it and keeps what was found.
+
+    `study`: an opened study (`search.study.open_study`), maybe shared with other processes; its
+    cap then decides how many trials finish. `worker`: run trials only, until the cap is reached."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -90,6 +106,7 @@ def run_search(session: Session, evaluator: TrialEvaluator, candidates: Sequence
     warned: set[str] = set()  # a warning about an edit (a near-tied component, say) is shown once per search
 
     def objective(trial) -> float:
+        claim_slot(trial)
         edits = edits_for(choices_of(trial, candidates))
         if not edits:
             scores, stage = base, "full"
@@ -105,28 +122,27 @@ def run_search(session: Session, evaluator: TrialEvaluator, candidates: Sequence
             trial.set_constraint(name, value)
         record = Trial(trial.number, edits, scores, stage, all(v <= 0 for v in violations))
         trial.set_user_attr("record", record.as_dict())
-        result.trials.append(record)
         if on_trial:
             on_trial(record)
         return scores.mean_laundry
 
-    with warnings.catch_warnings():  # `group` (conditional search spaces) is marked experimental
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                             n_startup_trials=min(10, max(1, trials // 4)))
-    study = optuna.create_study(study_name=study_name, direction="maximize", sampler=sampler,
-                                storage=_journal(storage) if storage else None, load_if_exists=True)
-    done = len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE])
-    result.trials += [_restored(t) for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if done:
-        ui.info(f"resuming: {done} trial(s) already in {storage}")
-    bar = ui.progress(range(max(0, trials - done)), desc="search", unit="trial")
+    if study is None:
+        study = optuna.create_study(study_name=study_name, direction="maximize", sampler=make_sampler(seed, trials),
+                                    storage=_journal(storage) if storage else None, load_if_exists=True)
+        study.set_user_attr(CAP_ATTR, trials)
+    complete = (optuna.trial.TrialState.COMPLETE,)
+    done = len(study.get_trials(deepcopy=False, states=complete))
+    if done and not worker:
+        ui.info(f"resuming: {done} trial(s) already in the study")
+    ticks = run_trials(study, lambda: _optimize_one(study, objective), worker, poll_seconds=POLL_SECONDS)
     try:
-        for _ in bar:
-            _optimize_one(study, objective)
+        for _ in ui.progress(ticks, desc="search", total=max(0, cap_of(study) - done), unit="trial"):
+            pass
     except KeyboardInterrupt:
         result.interrupted = True
         ui.warn("interrupted: keeping the best recipe found so far")
+    # Every finished trial, whichever process ran it, in trial order.
+    result.trials = [_restored(t) for t in study.get_trials(deepcopy=False, states=complete)]
     return result
 
 
@@ -135,7 +151,7 @@ def _optimize_one(study, objective: Callable) -> None:
     the journal) behind `assert False, "Should not reach."`: the OSError is raised instead, so
     that it can be reported as what it is."""
     try:
-        study.optimize(objective, n_trials=1, gc_after_trial=False)
+        study.optimize(objective, n_trials=1, gc_after_trial=False, catch=(SurplusTrial,))
     except AssertionError as exc:
         cause = exc.__context__
         if not isinstance(cause, OSError):

@@ -103,27 +103,42 @@ def _generated(session: Session, n_items: Sequence[int], n_prompts: int, seed: i
             for prompt in registry.get(name).prompts(session.tokenizer, n_items, n_prompts, seed, split)]
 
 
+def ranked_candidates(session: Session, candidates: Sequence[Candidate], settings: SearchSettings) -> list[Candidate]:
+    """The candidates as the search samples them: with --rank-by attribution, each head's components
+    re-ranked on the tuning prompts (heads with no helpful component dropped)."""
+    if settings.attribution:
+        prompts = tuning_prompts(session, settings)
+        candidates = ranked_by_attribution(session, [p for p in prompts if p.task == registry.objective().name], candidates)
+    if not candidates:
+        raise UserError("no candidate head has a component whose amplification helps list recall on the tuning prompts")
+    return list(candidates)
+
+
 def search(session: Session, candidates: Sequence[Candidate], settings: SearchSettings = SearchSettings(),
-           draft: Sequence[Edit] | None = None, storage: Path | None = None, held_out=held_out_prompts) -> SearchReport:
+           draft: Sequence[Edit] | None = None, storage: Path | None = None, held_out=held_out_prompts,
+           study=None, worker: bool = False, ranked: bool = False) -> SearchReport:
     """Search on tuning prompts, then evaluate the chosen recipe and the baselines on held-out prompts.
 
     `held_out` makes the held-out prompt set (replaceable for tests); it is called only after the
-    search has chosen, so it cannot influence the choice.
+    search has chosen, so it cannot influence the choice. `study`: an opened (maybe shared) study
+    instead of `storage`; `worker`: run trials only, no held-out evaluation; `ranked`: the
+    candidates are `ranked_candidates` already (the ones a shared study records).
     """
     started = time.perf_counter()
     tune_neutral, held_neutral = split_neutral(neutral_set(session.tokenizer))
     tune_neutral = tune_neutral.limited(settings.tune_kl_texts)
     prompts = tuning_prompts(session, settings)
-    if settings.attribution:
-        candidates = ranked_by_attribution(session, [p for p in prompts if p.task == registry.objective().name], candidates)
-    if not candidates:
-        raise UserError("no candidate head has a component whose amplification helps list recall on the tuning prompts")
+    if not ranked:
+        candidates = ranked_candidates(session, candidates, settings)
     lowest = min(c.layer for c in candidates)
     tuning = TrialEvaluator(session, prompts, tune_neutral, lowest, settings.batch_size, settings.quick_prompts)
     base, quick_base = tuning.base, tuning.quick_base
     result = run_search(session, tuning, candidates, settings.trials, settings.seed, settings.limits, storage,
-                        on_trial=lambda t: ui.debug(summary_line(t, quick_base if t.stage == "quick" else base)))
+                        on_trial=lambda t: ui.debug(summary_line(t, quick_base if t.stage == "quick" else base)),
+                        study=study, worker=worker)
     report = SearchReport(settings, list(candidates), base, result)
+    if worker:  # the search process judges the study, once
+        return report
     del tuning  # its cached states and log-probs: the held-out evaluator needs the memory
     best = result.best
     recipes: list[tuple[str, str, list[Edit]]] = []
