@@ -231,17 +231,18 @@ def measure_realized(adapter: Adapter, edited: TensorSource, result: EditResult)
                                             old.V[:, comp.component])
             comp.alignment = alignment
         targeted = {c.component for c in report.components}
+        # A singular value that is zero up to rounding has no relative change to speak of (a
+        # per-head QK LayerNorm removes each head's mean: its QK has rank d_head − 1).
+        floor = NULL_SINGULAR_VALUE * float(old.S.max())
         changes = [
             abs(float(new.S[int(match[k].argmax())]) - float(old.S[k])) / float(old.S[k])
-            # a numerically zero σ (a per-head LayerNorm's mean removal leaves QK rank d_head − 1) has no
-            # relative change to speak of
-            for k in range(old.S.shape[0]) if k not in targeted and float(old.S[k]) > NULL_SIGMA * float(old.S[0])
+            for k in range(old.S.shape[0]) if k not in targeted and float(old.S[k]) > floor
         ]
         report.max_untouched_change = max(changes, default=0.0)
 
 
-NULL_SIGMA = 1e-10  # a singular value below this fraction of the largest is zero up to rounding
 UNTOUCHED_LIMIT = 0.01  # relative change of a component no edit names, above which the user is warned
+NULL_SINGULAR_VALUE = 1e-6  # relative to the head's largest: below it a singular value counts as zero
 
 
 def untouched_warnings(result: EditResult) -> list[str]:
