@@ -193,9 +193,9 @@ def adapter_card(adapter: LoraAdapter, base_name: str | None, hub_id: str | None
     parts = [
         "---\n" + yaml.safe_dump(front, sort_keys=False) + "---",
         "# th-edit LoRA adapter",
-        f"The rank-component edit of the recipe in the parent directory (`../recipe.yaml`), written by th-edit "
-        f"{__version__} as a PEFT LoRA adapter of the base `{base_name or 'named in ../recipe.yaml'}`: base + adapter "
-        "computes what the edited checkpoint in the parent directory computes, and the edit can be switched on and off "
+        f"The rank-component edit of a th-edit recipe (`../recipe.yaml` when written by `th-edit apply --format lora`) "
+        f"as a PEFT LoRA adapter of the base `{base_name or 'named in the recipe'}`, written by th-edit {__version__}: "
+        "base + adapter computes what the edited checkpoint computes, and the edit can be switched on and off "
         "per request. Every scaling is 1 (lora_alpha = rank); the factors come from the edited singular directions, "
         "not from a fit.",
     ]
