@@ -18,7 +18,6 @@ from th_edit.apply import Prepared, compute, prepare, resolve_base
 from th_edit.card import PROVENANCE_FIELDS, base_record
 from th_edit.checkpoint import INDEX_FILE, sha256_file
 from th_edit.errors import UserError
-from th_edit.lora import ADAPTER_DIR, checkpoint_adapter
 from th_edit.export import (
     LOCAL_RECORD,
     OWN_FILES,
@@ -29,6 +28,7 @@ from th_edit.export import (
     side_file_root,
     side_files,
 )
+from th_edit.lora import ADAPTER_DIR, checkpoint_adapter
 from th_edit.models import ResolvedModel
 from th_edit.readers import decode_json, read_json, read_text
 from th_edit.recipe import Recipe, parse_recipe
