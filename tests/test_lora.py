@@ -154,3 +154,33 @@ def test_write_adapter_api(outputs, tmp_path):
     target = write_adapter(write_recipe(tmp_path / "r.yaml", base_dir), tmp_path / "adapter-only")
     assert sorted(p.name for p in target.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     assert (target / "adapter_model.safetensors").read_bytes() == (out / ADAPTER_DIR / "adapter_model.safetensors").read_bytes()
+
+
+def test_push_uploads_the_adapter_files(outputs):
+    from th_edit.hub import plan_push
+
+    _, out = outputs["qwen3"]
+    names = [name for name, _ in plan_push(out, "someone/edited", private=False, revision=None).files]
+    assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/README.md"} <= set(names)
+
+
+def test_force_refuses_a_file_added_to_the_adapter_directory(outputs, tmp_path):
+    base_dir, out = outputs["mistral"]
+    copy = tmp_path / "mine"
+    shutil.copytree(out, copy)
+    (copy / ADAPTER_DIR / "notes.txt").write_text("mine")
+    result = run("apply", write_recipe(tmp_path / "r.yaml", base_dir), "--out", copy, "--force")
+    assert result.exit_code == 2 and "adapter/notes.txt" in result.output
+    assert (copy / ADAPTER_DIR / "notes.txt").read_text() == "mine"
+
+
+def test_push_refuses_an_adapter_directory_that_is_a_link(outputs, tmp_path):
+    from th_edit.hub import plan_push
+
+    _, out = outputs["qwen2"]
+    copy = tmp_path / "linked"
+    shutil.copytree(out, copy)
+    shutil.move(copy / ADAPTER_DIR, tmp_path / "elsewhere")
+    (copy / ADAPTER_DIR).symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match="symbolic link"):
+        plan_push(copy, "someone/edited", private=False, revision=None)

@@ -145,6 +145,8 @@ def checkpoint_files(directory: Path, record: dict) -> dict[str, str]:
         for name, digest in sorted(listed.items()):
             if name not in allowed or not isinstance(digest, str):
                 raise UserError(f"{provenance}: '{name}' is not a file name apply writes")
+    if any(name.startswith(f"{ADAPTER_DIR}/") for name in files) and (directory / ADAPTER_DIR).is_symlink():
+        raise UserError(f"{directory / ADAPTER_DIR} is a symbolic link; apply writes a directory there")
     return {**files, **weights}
 
 
