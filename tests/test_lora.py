@@ -184,3 +184,17 @@ def test_push_refuses_an_adapter_directory_that_is_a_link(outputs, tmp_path):
     (copy / ADAPTER_DIR).symlink_to(tmp_path / "elsewhere")
     with pytest.raises(UserError, match="symbolic link"):
         plan_push(copy, "someone/edited", private=False, revision=None)
+
+
+def test_a_rounded_checkpoint_is_said_in_the_card(outputs, tmp_path):
+    base_dir, _ = outputs["llama"]
+    recipe = tmp_path / "bf16.yaml"
+    recipe.write_text(yaml.safe_dump({"base_model": str(base_dir), "seed": 0, "edits": EDITS,
+                                      "output": {"dtype": "bfloat16"}}, sort_keys=False))
+    out = tmp_path / "bf16"
+    result = run("apply", recipe, "--out", out, "--format", "safetensors", "--format", "lora")
+    assert result.exit_code == 0, result.output
+    assert "written in bfloat16" in (out / ADAPTER_DIR / "README.md").read_text()
+    record = json.loads((out / "provenance.json").read_text())["adapter"]
+    assert record["relative_error_vs_edit"] < 1e-12 < 1e-4 < record["relative_error_vs_written_weights"]
+    assert verify(out) == []

@@ -269,4 +269,9 @@ def base_names(base) -> tuple[str, str | None, str | None]:
 def checkpoint_adapter(prepared, computed: EditPlan) -> tuple[LoraAdapter, dict[str, bytes]]:
     """The adapter of an `apply` run (th_edit.apply.Prepared) and its files under ADAPTER_DIR."""
     adapter = build_adapter(computed, prepared.adapter.config, prepared.tensors.get)
-    return adapter, adapter_files(adapter, *base_names(prepared.base))
+    base_name, hub_id, note = base_names(prepared.base)
+    if prepared.recipe.output.dtype != "keep":
+        rounding = (f"the edited checkpoint was written in {prepared.recipe.output.dtype}: base + adapter equals it up to "
+                    "that rounding of every weight.")
+        note = f"{note} Also, {rounding}" if note else rounding[0].upper() + rounding[1:]
+    return adapter, adapter_files(adapter, base_name, hub_id, note)
