@@ -170,13 +170,15 @@ def extra_outputs(prepared: Prepared, computed: Computed, formats: tuple[str, ..
 
 
 def write(prepared: Prepared, computed: Computed, target: Path, force: bool,
-          benchmark: BenchmarkRun | None = None, extra: tuple[dict[str, bytes], dict] = ({}, {})) -> dict[str, str]:
+          benchmark: BenchmarkRun | None = None, extra: tuple[dict[str, bytes], dict] | None = None) -> dict[str, str]:
     """Write the complete checkpoint atomically; returns {weight file: sha256}.
 
+    `extra`: the other formats' files and provenance records (`extra_outputs`).
     Nothing written names the base's location on this machine (card.scrub): a local base is
     named by its directory name and hashes. Where it is goes into LOCAL_RECORD, which push
     never uploads and verify reads."""
     base = prepared.base
+    extra_files, extra_records = extra or ({}, {})
     recipe_text = publishable_recipe(prepared.recipe_text, prepared.recipe, base)
     report = scrub(benchmark.report, base) if benchmark else None
     with staging_directory(target, force) as staging, ThreadPoolExecutor(max_workers=1) as pool:
@@ -198,14 +200,14 @@ def write(prepared: Prepared, computed: Computed, target: Path, force: bool,
             target.name, prepared.recipe, recipe_text, base, computed.result.reports, prepared.out_dtype_name,
             (report, scrub(benchmark.text, base)) if benchmark else None, BENCHMARK_PLOT if benchmark else None,
             weights_bytes).encode()
-        files.update(extra[0])
+        files.update(extra_files)
         for name, data in files.items():
             (staging / name).parent.mkdir(exist_ok=True)
             (staging / name).write_bytes(data)
         record = provenance(
             prepared.recipe, hashlib.sha256(files[RECIPE_FILE]).hexdigest(), base, base_weights,
             computed.result.reports, weights, {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
-            prepared.out_dtype_name, report, extra[1],
+            prepared.out_dtype_name, report, extra_records,
         )
         (staging / "provenance.json").write_text(strict_json.dumps(record, indent=2) + "\n")
         if base.kind in ("local", "gguf"):
