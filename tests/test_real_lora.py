@@ -42,4 +42,6 @@ def test_shipped_recipe_adapter_matches_the_edited_checkpoint(tmp_path):
         print(f"smollm2-135m recall recipe: max |adapter - checkpoint| / max |logit| = {gap:.2e}, "
               f"edit changes logits by {float((old - new).abs().max()) / scale:.2e}")
         assert gap <= 1e-5
+    sizes = {name: (out / name).stat().st_size for name in ("model.safetensors", f"{ADAPTER_DIR}/adapter_model.safetensors")}
+    print(f"sizes: {sizes}")
     assert CliRunner().invoke(main, ["--quiet", "verify", str(out)]).exit_code == 0
