@@ -309,6 +309,7 @@ def _compare_side_files(recorded: dict[str, str], derived: dict[str, bytes]) -> 
         elif name not in listed:
             problems.append(f"{name}: the base gives it, but provenance.json does not list it")
         elif listed[name] != rebuilt[name]:
-            problems.append(f"{name}: differs from what the base gives (sha256 {rebuilt[name][:12]}…, "
+            source = "the recipe and the base give" if name.startswith(f"{ADAPTER_DIR}/") else "the base gives"
+            problems.append(f"{name}: differs from what {source} (sha256 {rebuilt[name][:12]}…, "
                             f"recorded {listed[name][:12]}…)")
     return problems
