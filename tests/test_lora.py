@@ -18,8 +18,6 @@ from th_edit.errors import UserError
 from th_edit.lora import ADAPTER_DIR, module_kinds
 from th_edit.verify import verify
 
-peft = pytest.importorskip("peft")
-
 # An OV and a QK edit in the same layer (different modules), two heads of one o_proj (ranks stack).
 EDITS = [
     {"layer": 1, "head": 1, "circuit": "ov", "components": [0, 2], "scale": 2.5},
