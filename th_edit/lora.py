@@ -19,14 +19,13 @@ of the adapter, and that measure, from the recipe and the base.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from th_edit import __version__
+from th_edit import __version__, strict_json
 from th_edit.edit import EditPlan
 from th_edit.errors import UserError
 
@@ -187,7 +186,7 @@ def adapter_card(adapter: LoraAdapter, base_name: str | None, hub_id: str | None
         front["base_model"] = hub_id
         front["base_model_relation"] = "adapter"
     front.update({"library_name": "peft", "pipeline_tag": "text-generation", "tags": ["th-edit", "model-editing", "lora"]})
-    base = json.dumps(base_name or "BASE_MODEL")
+    base = strict_json.dumps(base_name or "BASE_MODEL")
     rows = "\n".join(f"| `{m.name}` | {m.rank} |" for m in adapter.modules)
     total = sum(m.rank for m in adapter.modules)
     parts = [
@@ -231,7 +230,7 @@ def adapter_files(adapter: LoraAdapter, base_name: str | None, hub_id: str | Non
     same bytes (verify recomputes them)."""
     from safetensors.torch import save
 
-    config = json.dumps(adapter_config(adapter, base_name), indent=2, sort_keys=True) + "\n"
+    config = strict_json.dumps(adapter_config(adapter, base_name), indent=2, sort_keys=True) + "\n"
     weights = save(adapter_tensors(adapter), metadata={"format": "pt"})
     card = adapter_card(adapter, base_name, hub_id, base_note)
     return {ADAPTER_FILES[0]: config.encode(), ADAPTER_FILES[1]: weights, ADAPTER_FILES[2]: card.encode()}
