@@ -48,6 +48,7 @@ def outputs(tmp_path_factory):
         result = run("apply", write_recipe(root / f"{family}.yaml", base), "--out", out,
                      "--format", "safetensors", "--format", "lora")
         assert result.exit_code == 0, result.output
+        assert f"wrote {out / ADAPTER_DIR}: PEFT LoRA adapter of 3 module(s), rank 1 to 3" in result.output
         made[family] = (base, out)
     return made
 

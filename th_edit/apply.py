@@ -251,6 +251,10 @@ def apply_file(recipe: Path, out: Path | None = None, force: bool = False, bench
         echo("\n" + run.text)
     weights = write(prepared, computed, target, force, run, extra)
     echo(f"wrote {target}")
+    if "adapter" in extra[1]:
+        modules = extra[1]["adapter"]["modules"]
+        echo(f"wrote {target / extra[1]['adapter']['dir']}: PEFT LoRA adapter of {len(modules)} module(s), "
+             f"rank {min(modules.values())} to {max(modules.values())}")
     hint = dtype_hint(prepared.out_dtype_name, sum((target / name).stat().st_size for name in weights))
     if hint:
         ui.info(f"hint: {hint}")
