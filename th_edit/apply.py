@@ -142,14 +142,43 @@ def resolve_target(prepared: Prepared, out: Path | None) -> Path:
     return Path("out") / Path(prepared.source).stem
 
 
+FORMATS = ("safetensors", "lora")  # `apply --format`; the checkpoint (safetensors) is always written
+
+
+def check_formats(formats: tuple[str, ...]) -> None:
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise UserError(f"unknown output format '{unknown[0]}'; choose from {', '.join(FORMATS)}")
+    if "safetensors" not in formats:
+        raise UserError("--format lora writes the adapter beside the edited checkpoint (into its adapter/ directory): "
+                        "add --format safetensors")
+
+
+def extra_outputs(prepared: Prepared, computed: Computed, formats: tuple[str, ...]) -> tuple[dict[str, bytes], dict]:
+    """The files of the formats other than the checkpoint itself ({path in the output directory: bytes})
+    and their provenance records ({field: record}), computed before anything is written: a format
+    the base cannot give is refused here."""
+    files: dict[str, bytes] = {}
+    records: dict[str, object] = {}
+    if "lora" in formats:
+        from th_edit.lora import checkpoint_adapter
+
+        adapter, adapter_files = checkpoint_adapter(prepared, computed)
+        files.update(adapter_files)
+        records["adapter"] = adapter.record()
+    return files, records
+
+
 def write(prepared: Prepared, computed: Computed, target: Path, force: bool,
-          benchmark: BenchmarkRun | None = None) -> dict[str, str]:
+          benchmark: BenchmarkRun | None = None, extra: tuple[dict[str, bytes], dict] | None = None) -> dict[str, str]:
     """Write the complete checkpoint atomically; returns {weight file: sha256}.
 
+    `extra`: the other formats' files and provenance records (`extra_outputs`).
     Nothing written names the base's location on this machine (card.scrub): a local base is
     named by its directory name and hashes. Where it is goes into LOCAL_RECORD, which push
     never uploads and verify reads."""
     base = prepared.base
+    extra_files, extra_records = extra or ({}, {})
     recipe_text = publishable_recipe(prepared.recipe_text, prepared.recipe, base)
     report = scrub(benchmark.report, base) if benchmark else None
     with staging_directory(target, force) as staging, ThreadPoolExecutor(max_workers=1) as pool:
@@ -171,12 +200,14 @@ def write(prepared: Prepared, computed: Computed, target: Path, force: bool,
             target.name, prepared.recipe, recipe_text, base, computed.result.reports, prepared.out_dtype_name,
             (report, scrub(benchmark.text, base)) if benchmark else None, BENCHMARK_PLOT if benchmark else None,
             weights_bytes).encode()
+        files.update(extra_files)
         for name, data in files.items():
+            (staging / name).parent.mkdir(exist_ok=True)
             (staging / name).write_bytes(data)
         record = provenance(
             prepared.recipe, hashlib.sha256(files[RECIPE_FILE]).hexdigest(), base, base_weights,
             computed.result.reports, weights, {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
-            prepared.out_dtype_name, report,
+            prepared.out_dtype_name, report, extra_records,
         )
         (staging / "provenance.json").write_text(strict_json.dumps(record, indent=2) + "\n")
         if base.kind in ("local", "gguf"):
@@ -195,10 +226,12 @@ def report_warnings(computed: Computed) -> None:
 
 
 def apply_file(recipe: Path, out: Path | None = None, force: bool = False, benchmark: bool = True,
-               echo: Callable[[str], None] = print) -> Path:
+               echo: Callable[[str], None] = print, formats: tuple[str, ...] = ("safetensors",)) -> Path:
     """`th-edit apply` end to end: check the recipe and the target, compute the edit, show it,
-    benchmark it (the recipe's `benchmark:` section, unless `benchmark=False`), write the checkpoint.
-    Tables go to `echo` (stdout), status lines to th_edit.ui. Returns the directory written."""
+    benchmark it (the recipe's `benchmark:` section, unless `benchmark=False`), write the checkpoint
+    and the other `formats` (FORMATS). Tables go to `echo` (stdout), status lines to th_edit.ui.
+    Returns the directory written."""
+    check_formats(formats)
     prepared = prepare_file(recipe)
     target = resolve_target(prepared, out)
     check_target(target, force, [*prepared.base.inputs(), recipe])
@@ -206,6 +239,7 @@ def apply_file(recipe: Path, out: Path | None = None, force: bool = False, bench
     ui.info(f"editing {prepared.base.reference}: {len(prepared.recipe.edits)} edit(s)")
     computed = compute(prepared)
     report_warnings(computed)
+    extra = extra_outputs(prepared, computed, formats)
     if ui.is_verbose():
         echo("\n".join(ui.table(EDIT_COLUMNS, edit_rows(computed.reports), left=0)))
     else:  # the full table is in the model card, and with `th-edit -v apply`
@@ -215,8 +249,12 @@ def apply_file(recipe: Path, out: Path | None = None, force: bool = False, bench
         ui.info("benchmarking before and after the edit (--no-bench skips this)")
         run = run_benchmark(prepared, computed)
         echo("\n" + run.text)
-    weights = write(prepared, computed, target, force, run)
+    weights = write(prepared, computed, target, force, run, extra)
     echo(f"wrote {target}")
+    if "adapter" in extra[1]:
+        modules = extra[1]["adapter"]["modules"]
+        echo(f"wrote {target / extra[1]['adapter']['dir']}: PEFT LoRA adapter of {len(modules)} module(s), "
+             f"rank {min(modules.values())} to {max(modules.values())}")
     hint = dtype_hint(prepared.out_dtype_name, sum((target / name).stat().st_size for name in weights))
     if hint:
         ui.info(f"hint: {hint}")

@@ -107,15 +107,15 @@ def base_record(base: ResolvedModel, base_weights: dict[str, str] | None) -> dic
 
 # The top-level fields of provenance.json, as `provenance` writes them (verify flags any other).
 PROVENANCE_FIELDS = ("tool", "th_edit_version", "created_at", "base", "recipe", "output", "libraries", "conventions",
-                     "edits", "weights_sha256", "files_sha256", "benchmark")
+                     "edits", "weights_sha256", "files_sha256", "benchmark", "adapter")
 
 
 def provenance(recipe: Recipe, recipe_sha256: str, base: ResolvedModel, base_weights: dict[str, str] | None,
                reports: list[HeadReport], weights: dict[str, str], files: dict[str, str], out_dtype: str,
-               benchmark: dict | None = None) -> dict[str, object]:
+               benchmark: dict | None = None, outputs: dict[str, object] | None = None) -> dict[str, object]:
     """`weights` and `files` are {name: sha256} of the weight files and of every other file
     written beside them (provenance.json itself excepted: every claim in it is recomputed by
-    `th-edit verify` instead)."""
+    `th-edit verify` instead). `outputs`: the records of the other output formats ({"adapter": ...})."""
     return scrub({
         "tool": "th-edit",
         "th_edit_version": __version__,
@@ -129,6 +129,7 @@ def provenance(recipe: Recipe, recipe_sha256: str, base: ResolvedModel, base_wei
         "weights_sha256": weights,
         "files_sha256": files,
         "benchmark": benchmark,
+        **(outputs or {}),
     }, base)
 
 
@@ -213,6 +214,7 @@ def model_card(name: str, recipe: Recipe, recipe_text: str, base: ResolvedModel,
     front: dict[str, object] = {}
     if base.hub_id:  # a local path means nothing to the Hub
         front["base_model"] = base.hub_id
+        front["base_model_relation"] = "finetune"  # the Hub's word for changed weights of the same architecture
     inherited = base_license(base)
     if inherited.license:
         front["license"] = inherited.license

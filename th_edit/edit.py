@@ -81,6 +81,9 @@ class EditResult:
     intended_deltas: dict[str, torch.Tensor]  # parameter -> new − old (float64), for cast-loss checks
     originals: dict[tuple[int, int, str], HeadSVD]  # (layer, head, circuit) -> SVD before the edit
     written: list[tuple[HeadEdit, Slot]]  # which slice each head edit was written into
+    # Per entry of `written`: the exact low-rank change of its block, (P, Q) with new − old = P @ Q in
+    # math orientation (in×out), P: in×r, Q: r×out, r = the head's edited components (th_edit.lora).
+    factors: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
 
 EDIT_COLUMNS = ("layer", "head", "circuit", "component", "scale", "σ before", "σ target", "σ realized")
@@ -162,6 +165,7 @@ def compute_edits(adapter: Adapter, source: TensorSource, edits: list[Edit],
     reports: list[HeadReport] = []
     originals: dict[tuple[int, int, str], HeadSVD] = {}
     written: list[tuple[HeadEdit, Slot]] = []
+    factors: list[tuple[torch.Tensor, torch.Tensor]] = []
     for head_edit in group_edits(edits):
         layer, h, circuit = head_edit.layer, head_edit.head, head_edit.circuit
         svd = decompositions.head(layer, h, circuit)
@@ -186,26 +190,29 @@ def compute_edits(adapter: Adapter, source: TensorSource, edits: list[Edit],
         if slot.param not in new:
             new[slot.param] = source.get(slot.param).to(torch.float64).clone()
         block = slot.read(new)  # current (possibly already edited) block, math orientation
-        slot.write(new[slot.param], _updated_block(block, directions, coeffs, gain, circuit))
+        P, Q = update_factors(block, directions, coeffs, gain, circuit)
+        slot.write(new[slot.param], block + P @ Q)
         written.append((head_edit, slot))
+        factors.append((P, Q))
 
     deltas = {name: tensor - source.get(name).to(torch.float64) for name, tensor in new.items()}
     # Computed head by head in (layer, head, circuit) order; reported in the recipe's order, so that
     # `edit.reports[i]` is about the recipe's i-th head (the head of its first edit).
     order = {(e.layer, e.head, e.circuit): e.edit_indices[0] for e in group_edits(edits)}
     reports.sort(key=lambda r: order[(r.layer, r.head, r.circuit)])
-    return EditResult(new, reports, deltas, originals, written)
+    return EditResult(new, reports, deltas, originals, written, factors)
 
 
-def _updated_block(block: torch.Tensor, X: torch.Tensor, coeffs: torch.Tensor, gain: torch.Tensor | None,
-                   circuit: str) -> torch.Tensor:
-    """Apply M = I + X diag(c) Xᵀ, conjugated by the folded gain, as a low-rank update."""
+def update_factors(block: torch.Tensor, X: torch.Tensor, coeffs: torch.Tensor, gain: torch.Tensor | None,
+                   circuit: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """M = I + X diag(c) Xᵀ, conjugated by the folded gain, applied to `block` as a low-rank update:
+    (P, Q) with the new block = block + P @ Q, of rank len(c) (the edited components)."""
     ones = torch.ones(X.shape[0], dtype=torch.float64)
     g = gain if gain is not None else ones
     if circuit == "ov":  # W_O (dh×d) ← W_O diag(g) M diag(g)⁻¹
-        return block + ((block * g) @ X) * coeffs @ (X.T / g)
+        return ((block * g) @ X) * coeffs, X.T / g
     # W_Q (d×dh) ← diag(g)⁻¹ M diag(g) W_Q
-    return block + (X / g[:, None]) * coeffs @ (X.T @ (g[:, None] * block))
+    return (X / g[:, None]) * coeffs, X.T @ (g[:, None] * block)
 
 
 def measure_realized(adapter: Adapter, edited: TensorSource, result: EditResult) -> None:

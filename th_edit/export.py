@@ -39,6 +39,7 @@ from th_edit.checkpoint import (
 )
 from th_edit.compat import base_json, portable_file
 from th_edit.errors import UserError
+from th_edit.lora import ADAPTER_DIR, ADAPTER_FILES
 from th_edit.outputs import (
     PARTIAL_MARK,
     check_creatable,
@@ -139,10 +140,13 @@ def checkpoint_files(directory: Path, record: dict) -> dict[str, str]:
         if not isinstance(record.get(key), dict):
             raise UserError(f"{provenance}: field '{key}' is missing (written by an older th-edit: apply the recipe again)")
     weights, files = record["weights_sha256"], record["files_sha256"]
-    for listed, allowed in ((files, {*SIDE_FILES, *OWN_FILES}), (weights, weight_names(directory, provenance, set(weights)))):
+    for listed, allowed in ((files, {*SIDE_FILES, *OWN_FILES, *ADAPTER_FILES}),
+                            (weights, weight_names(directory, provenance, set(weights)))):
         for name, digest in sorted(listed.items()):
             if name not in allowed or not isinstance(digest, str):
                 raise UserError(f"{provenance}: '{name}' is not a file name apply writes")
+    if any(name.startswith(f"{ADAPTER_DIR}/") for name in files) and (directory / ADAPTER_DIR).is_symlink():
+        raise UserError(f"{directory / ADAPTER_DIR} is a symbolic link; apply writes a directory there")
     return {**files, **weights}
 
 
@@ -185,7 +189,7 @@ def check_replaceable(target: Path) -> None:
     if record is None or not (target / RECIPE_FILE).is_file():
         raise UserError(f"--force refuses to replace {target}: it is not a th-edit checkpoint (no provenance.json "
                         "from th-edit beside a recipe.yaml) nor an empty directory")
-    subdirectories = sorted(p.name for p in entries if p.is_dir() and not p.is_symlink())
+    subdirectories = sorted(p.name for p in entries if p.is_dir() and not p.is_symlink() and p.name != ADAPTER_DIR)
     if subdirectories:
         raise UserError(f"--force refuses to replace {target}: it contains the directory '{subdirectories[0]}', "
                         "which th-edit never writes; move it away first")
@@ -193,10 +197,22 @@ def check_replaceable(target: Path) -> None:
         ours = {*checkpoint_files(target, record), PROVENANCE_FILE, LOCAL_RECORD}
     except UserError as exc:
         raise UserError(f"--force refuses to replace {target}: {exc}") from None
-    others = sorted(p.name for p in entries if p.name not in ours)
+    others = sorted(name for name in output_names(target) if name not in ours)
     if others:
         raise UserError(f"--force refuses to replace {target}: it holds '{others[0]}', which th-edit did not write "
                         "(not listed in its provenance.json); move it away first")
+
+
+def output_names(directory: Path) -> list[str]:
+    """The entries of an output directory as provenance.json names them: the files of its adapter/
+    directory (the only subdirectory apply writes) as adapter/<name>, and every other entry by its name."""
+    names = []
+    for entry in sorted(directory.iterdir()):
+        if entry.name == ADAPTER_DIR and entry.is_dir() and not entry.is_symlink():
+            names += [f"{ADAPTER_DIR}/{inner.name}" for inner in sorted(entry.iterdir())]
+        else:
+            names.append(entry.name)
+    return names
 
 
 def recover_interrupted(target: Path) -> None:

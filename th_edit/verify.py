@@ -18,7 +18,17 @@ from th_edit.apply import Prepared, compute, prepare, resolve_base
 from th_edit.card import PROVENANCE_FIELDS, base_record
 from th_edit.checkpoint import INDEX_FILE, sha256_file
 from th_edit.errors import UserError
-from th_edit.export import LOCAL_RECORD, OWN_FILES, PROVENANCE_FILE, RECIPE_FILE, hash_weights, side_file_root, side_files
+from th_edit.export import (
+    LOCAL_RECORD,
+    OWN_FILES,
+    PROVENANCE_FILE,
+    RECIPE_FILE,
+    hash_weights,
+    output_names,
+    side_file_root,
+    side_files,
+)
+from th_edit.lora import ADAPTER_DIR, checkpoint_adapter
 from th_edit.models import ResolvedModel
 from th_edit.readers import decode_json, read_json, read_text
 from th_edit.recipe import Recipe, parse_recipe
@@ -79,11 +89,39 @@ def verify(out_dir: Path, base: str | None = None) -> list[str]:
     if rebuilt != recorded:
         changed = sorted(n for n in set(rebuilt) | set(recorded) if rebuilt.get(n) != recorded.get(n))
         problems.append(f"recomputing the edit from recipe.yaml and the base gives different weights in: {', '.join(changed)}")
+    problems += _compare_adapter(record, prepared, computed, derived)
     problems += _compare_side_files(record["files_sha256"], derived)
     problems += _compare_benchmark_setup(record.get("benchmark"), recipe)
     unknown = sorted(set(record) - set(PROVENANCE_FIELDS))
     problems += [f"provenance.json: field '{key}' is not one th-edit writes" for key in unknown]
     return problems
+
+
+def _compare_adapter(record: dict, prepared: Prepared, computed, derived: dict[str, bytes]) -> list[str]:
+    """The LoRA adapter (`apply --format lora`), when there is one, rebuilt from the recipe and the base:
+    its files byte for byte (added to `derived`, which `_compare_side_files` compares) and its
+    recorded modules, ranks and reconstruction errors (the equivalence claim)."""
+    listed = any(name.startswith(f"{ADAPTER_DIR}/") for name in record["files_sha256"])
+    if "adapter" not in record and not listed:
+        return []
+    if not isinstance(record.get("adapter"), dict):
+        return ["provenance.json: adapter files are listed, but the adapter record is missing"]
+    adapter, files = checkpoint_adapter(prepared, computed)
+    derived.update(files)
+    now, then = adapter.record(), record["adapter"]
+    problems = [f"provenance.json: adapter.{key} is {then.get(key)!r}, but recomputing the adapter gives {value!r}"
+                for key, value in now.items() if not _same_value(then.get(key), value)]
+    problems += [f"provenance.json: adapter.{key} is not a field th-edit writes" for key in sorted(set(then) - set(now))]
+    return problems
+
+
+def _same_value(recorded: object, now: object) -> bool:
+    if isinstance(now, dict) and isinstance(recorded, dict):
+        return recorded.keys() == now.keys() and all(_same_value(recorded[k], now[k]) for k in now)
+    if isinstance(now, float) and isinstance(recorded, (int, float)) and not isinstance(recorded, bool):
+        # errors near zero (1e-16) differ by rounding between machines; the claim is that they are small
+        return math.isclose(now, recorded, rel_tol=1e-6, abs_tol=1e-12)
+    return _same(recorded, now)
 
 
 def _compare_benchmark_setup(recorded: object, recipe: Recipe) -> list[str]:
@@ -128,7 +166,7 @@ def _check_files(out_dir: Path, record: dict, recipe_text: str, derived: dict[st
     if hashlib.sha256(recipe_text.encode()).hexdigest() != record["recipe"]["sha256"]:
         problems.append("recipe.yaml: sha256 differs from provenance.json (the recipe was changed after apply)")
     recorded = {**record["files_sha256"], **record["weights_sha256"]}
-    present = {p.name for p in out_dir.iterdir() if not p.name.startswith(".")} - {PROVENANCE_FILE}
+    present = {name for name in output_names(out_dir) if not name.startswith(".")} - {PROVENANCE_FILE}
     for name in sorted(set(recorded) - present):
         problems.append(f"{name}: listed in provenance.json but missing")
     for name in sorted(present - set(recorded)):
@@ -271,6 +309,7 @@ def _compare_side_files(recorded: dict[str, str], derived: dict[str, bytes]) -> 
         elif name not in listed:
             problems.append(f"{name}: the base gives it, but provenance.json does not list it")
         elif listed[name] != rebuilt[name]:
-            problems.append(f"{name}: differs from what the base gives (sha256 {rebuilt[name][:12]}…, "
+            source = "the recipe and the base give" if name.startswith(f"{ADAPTER_DIR}/") else "the base gives"
+            problems.append(f"{name}: differs from what {source} (sha256 {rebuilt[name][:12]}…, "
                             f"recorded {listed[name][:12]}…)")
     return problems
