@@ -33,8 +33,10 @@ def test_commands_run_end_to_end(family, tmp_path):
     channels = tmp_path / "pairs.json"
     channels.write_text(json.dumps({"channels": {"inhibition": []}, "pairs": [
         {"sender": "1.0", "receiver": "2.1", "channel": "inhibition", "z": [3.0, 1.0, 0.5]}]}))
+    found = tmp_path / "search" / "recipe.yaml"
     run("search", base, "--channels", channels, "--n-items", "2-3", "--trials", "2", "--tune-prompts", "4",
-        "--held-out-prompts", "4", "--kl-budget", "1", "--max-ioi-drop", "100", "--out", tmp_path / "search")
+        "--held-out-prompts", "4", "--kl-budget", "1", "--max-ioi-drop", "100", "--out", found)
+    assert len(json.loads(found.with_suffix(".search.json").read_text())["trials"]) == 2
 
     run("subspace", base, "--n-items", "2-3", "--n-prompts", "4", "--grid", "2", "--traverse-prompts", "2",
         "--components", "1.0:0,1.1:0,1.2:1", "--movers", "2.3", "--out", tmp_path / "sub")
@@ -46,3 +48,5 @@ def test_commands_run_end_to_end(family, tmp_path):
     result = run("bench", base, "--compare", recipe, "--n-items", "2", "--n-prompts", "3", "--kl-texts", "2", "--json")
     report = json.loads(result.stdout)
     assert report["side_effects"]["neutral_kl"]["mean_nats_per_token"] > 0  # the edit changed the model
+    if found.exists():  # the search chose an edit: it applies as a recipe
+        run("apply", found, "--no-bench", "--out", tmp_path / "edited")

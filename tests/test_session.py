@@ -204,7 +204,7 @@ def test_hook_positions_limit_the_change():
     assert torch.equal(hooked[:, :-1], base[:, :-1]) and not torch.equal(hooked[:, -1], base[:, -1])
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma3_text"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma3_text", "phi", "stablelm", "gptj", "falcon", "opt"])
 def test_recording_reads_the_modules_own_patterns_and_outputs(family):
     model = tiny_model(family, attn_implementation="sdpa")
     session = Session(model)
@@ -485,18 +485,3 @@ def test_a_bad_edit_built_in_python_is_a_one_line_user_error(scale):
     with pytest.raises(th_edit.UserError) as caught:
         Edit(layer=0, head=0, circuit="ov", components=[0], scale=scale)
     assert "\n" not in str(caught.value) and str(caught.value).startswith("Edit: scale ")
-
-
-# ---- Phi-1/2, StableLM, GPT-J, Falcon, OPT: the same proofs in float32 (kept apart for the merge)
-PHI_TO_OPT = ["phi", "stablelm", "gptj", "falcon", "opt"]
-
-
-@pytest.mark.parametrize("family", PHI_TO_OPT)
-@pytest.mark.cli
-def test_edit_model_then_save_pretrained_equals_apply_phi_to_opt(family, tmp_path):
-    test_edit_model_then_save_pretrained_equals_apply(family, torch.float32, tmp_path)
-
-
-@pytest.mark.parametrize("family", PHI_TO_OPT)
-def test_recording_reads_the_modules_own_patterns_and_outputs_phi_to_opt(family):
-    test_recording_reads_the_modules_own_patterns_and_outputs(family)
