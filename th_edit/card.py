@@ -107,7 +107,7 @@ PROVENANCE_FIELDS = ("tool", "th_edit_version", "created_at", "base", "recipe", 
 
 def provenance(recipe: Recipe, recipe_sha256: str, base: ResolvedModel, base_weights: dict[str, str] | None,
                reports: list[HeadReport], weights: dict[str, str], files: dict[str, str], out_dtype: str,
-               benchmark: dict | None = None) -> dict[str, object]:
+               benchmark: dict | None = None, formats: tuple[str, ...] = ("safetensors",)) -> dict[str, object]:
     """`weights` and `files` are {name: sha256} of the weight files and of every other file
     written beside them (provenance.json itself excepted: every claim in it is recomputed by
     `th-edit verify` instead)."""
@@ -117,7 +117,7 @@ def provenance(recipe: Recipe, recipe_sha256: str, base: ResolvedModel, base_wei
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "base": base_record(base, base_weights),
         "recipe": {"file": "recipe.yaml", "sha256": recipe_sha256},
-        "output": {"dtype": out_dtype, "max_shard_size": recipe.output.max_shard_size},
+        "output": {"dtype": out_dtype, "max_shard_size": recipe.output.max_shard_size, "formats": list(formats)},
         "libraries": library_versions(),
         "conventions": CONVENTIONS,
         "edits": [report.as_dict() for report in reports],
@@ -143,14 +143,18 @@ def dtype_hint(out_dtype: str, weights_bytes: int) -> str | None:
 
 def model_card(name: str, recipe: Recipe, recipe_text: str, base: ResolvedModel, reports: list[HeadReport],
                out_dtype: str, benchmark: tuple[dict, str] | None = None, benchmark_plot: str | None = None,
-               weights_bytes: int | None = None) -> str:
+               weights_bytes: int | None = None, formats: tuple[str, ...] = ("safetensors",),
+               sections: list[str] | None = None) -> str:
     """The README.md of an edited checkpoint named `name` (its directory); `benchmark` is
     (paired report, rendered table). A local base is named by its directory name only."""
     front: dict[str, object] = {}
     if base.hub_id:  # a local path means nothing to the Hub
         front["base_model"] = base.hub_id
-    front["library_name"] = "transformers"
-    front["tags"] = ["th-edit", "model-editing"]
+        front["base_model_relation"] = "finetune"  # the Hub's word for changed weights of the same model
+    # A repo of only a GGUF file is a GGUF repo to the Hub; otherwise transformers loads it.
+    front["library_name"] = "transformers" if "safetensors" in formats else "gguf"
+    front["tags"] = ["th-edit", "model-editing", *(["gguf"] if "gguf" in formats else [])]
+    front["pipeline_tag"] = "text-generation"
     n_components = sum(len(r.components) for r in reports)
     base_line = f"`{public_reference(base)}`"
     if base.kind == "local":
@@ -189,6 +193,7 @@ def model_card(name: str, recipe: Recipe, recipe_text: str, base: ResolvedModel,
         ]
         if benchmark_plot:
             parts.append(f"![candidate accuracy before and after the edit]({benchmark_plot})")
+    parts += list(sections or ())
     parts += [
         "## Recipe",
         "```yaml\n" + recipe_text.rstrip() + "\n```",

@@ -18,7 +18,16 @@ from th_edit.apply import Prepared, compute, prepare, resolve_base
 from th_edit.card import PROVENANCE_FIELDS, base_record
 from th_edit.checkpoint import INDEX_FILE, sha256_file
 from th_edit.errors import UserError
-from th_edit.export import LOCAL_RECORD, OWN_FILES, PROVENANCE_FILE, RECIPE_FILE, hash_weights, side_file_root, side_files
+from th_edit.export import (
+    LOCAL_RECORD,
+    OWN_FILES,
+    PROVENANCE_FILE,
+    RECIPE_FILE,
+    hash_weights,
+    is_gguf_output,
+    side_file_root,
+    side_files,
+)
 from th_edit.models import ResolvedModel
 from th_edit.readers import decode_json, read_json, read_text
 from th_edit.recipe import Recipe, parse_recipe
@@ -74,7 +83,10 @@ def verify(out_dir: Path, base: str | None = None) -> list[str]:
     problems += _compare_edits(record["edits"], [r.as_dict() for r in computed.result.reports])
     problems += _compare_output(record.get("output"), prepared)
 
-    rebuilt = hash_weights(prepared.tensors, computed.cast, prepared.out_dtype, prepared.recipe.output.max_shard_bytes)
+    output = record.get("output") if isinstance(record.get("output"), dict) else {}
+    formats = output.get("formats", ["safetensors"])
+    rebuilt = hash_weights(prepared.tensors, computed.cast, prepared.out_dtype, prepared.recipe.output.max_shard_bytes) \
+        if "safetensors" in formats else {}
     recorded = record["weights_sha256"]
     if rebuilt != recorded:
         changed = sorted(n for n in set(rebuilt) | set(recorded) if rebuilt.get(n) != recorded.get(n))
@@ -263,7 +275,7 @@ def _compare_side_files(recorded: dict[str, str], derived: dict[str, bytes]) -> 
     changed together with its hash in provenance.json is still caught."""
     rebuilt = {name: hashlib.sha256(data).hexdigest() for name, data in derived.items()}
     # OWN_FILES come from the recipe and the run, not from the base: hash-checked only.
-    listed = {name: digest for name, digest in recorded.items() if name not in OWN_FILES}
+    listed = {name: digest for name, digest in recorded.items() if name not in OWN_FILES and not is_gguf_output(name)}
     problems = []
     for name in sorted(listed.keys() | rebuilt.keys()):
         if name not in rebuilt:
