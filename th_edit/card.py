@@ -168,7 +168,8 @@ def model_card(name: str, recipe: Recipe, recipe_text: str, base: ResolvedModel,
         f"# {name}",
         f"{base_line} with {n_components} singular component(s) of {len(reports)} attention head matrix(es) "
         f"rescaled by th-edit {__version__}. "
-        "It is an ordinary checkpoint of the same architecture: plain `transformers` loads it, th-edit is not needed.",
+        + ("It is an ordinary checkpoint of the same architecture: plain `transformers` loads it, th-edit is not needed."
+           if "safetensors" in formats else "It is a GGUF file of the same architecture as the base (see GGUF below)."),
     ]
     if recipe.description:
         parts.append(recipe.description.strip())
@@ -194,15 +195,15 @@ def model_card(name: str, recipe: Recipe, recipe_text: str, base: ResolvedModel,
         if benchmark_plot:
             parts.append(f"![candidate accuracy before and after the edit]({benchmark_plot})")
     parts += list(sections or ())
-    parts += [
-        "## Recipe",
-        "```yaml\n" + recipe_text.rstrip() + "\n```",
-        "## Usage",
-        f"Load it from this directory (`{name}`) or, once pushed, from its Hub repo id:",
-        "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-        f"model = AutoModelForCausalLM.from_pretrained({strict_json.dumps(name, ensure_ascii=False)})\n"
-        f"tokenizer = AutoTokenizer.from_pretrained({strict_json.dumps(name, ensure_ascii=False)})\n```",
-    ]
+    parts += ["## Recipe", "```yaml\n" + recipe_text.rstrip() + "\n```"]
+    if "safetensors" in formats:
+        parts += [
+            "## Usage",
+            f"Load it from this directory (`{name}`) or, once pushed, from its Hub repo id:",
+            "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f"model = AutoModelForCausalLM.from_pretrained({strict_json.dumps(name, ensure_ascii=False)})\n"
+            f"tokenizer = AutoTokenizer.from_pretrained({strict_json.dumps(name, ensure_ascii=False)})\n```",
+        ]
     hint = dtype_hint(out_dtype, weights_bytes) if weights_bytes else None
     if hint:
         parts.append(f"Size: {hint[0].upper()}{hint[1:]}.")
