@@ -173,3 +173,18 @@ def test_bad_inputs_are_one_line_and_write_nothing(tmp_path, cache):
     assert_user_error(run_cli("apply", _recipe(tmp_path, base, "output: {formats: []}\n"), "--out", str(out)),
                       "output.formats must not be empty")
     assert not out.exists()
+
+
+def test_verify_rebuilds_the_gguf_and_names_a_changed_tensor(tmp_path, cache):
+    _, out, written, _ = _apply(tmp_path, "llama")
+    assert run_cli("verify", str(out)).exit_code == 0
+    reader = gguf.GGUFReader(written)
+    norm = next(t for t in reader.tensors if t.name == "blk.1.ffn_norm.weight")
+    data = bytearray(written.read_bytes())
+    data[norm.data_offset] ^= 0x01  # one bit of an untouched tensor
+    written.write_bytes(bytes(data))
+    record = json.loads((out / "provenance.json").read_text())
+    record["files_sha256"][written.name] = hashlib.sha256(bytes(data)).hexdigest()  # the record changed with it
+    (out / "provenance.json").write_text(json.dumps(record, indent=2))
+    result = run_cli("verify", str(out))
+    assert result.exit_code != 0 and "blk.1.ffn_norm.weight" in result.output, result.output

@@ -244,7 +244,8 @@ def write(prepared: Prepared, computed: Computed, target: Path, force: bool,
             for note in out.notes or ():
                 ui.info(note)
         record = provenance(prepared.recipe, recipe_sha256, base, base_weights, computed.result.reports, weights,
-                            dict(sorted(hashes.items())), prepared.out_dtype_name, report, formats=prepared.formats)
+                            dict(sorted(hashes.items())), prepared.out_dtype_name, report, formats=prepared.formats,
+                            gguf_fallback=prepared.gguf_fallback)
         (staging / "provenance.json").write_text(strict_json.dumps(record, indent=2) + "\n")
         if base.kind in ("local", "gguf"):
             local = {"base": str(base.gguf_path or base.path)}

@@ -107,7 +107,8 @@ PROVENANCE_FIELDS = ("tool", "th_edit_version", "created_at", "base", "recipe", 
 
 def provenance(recipe: Recipe, recipe_sha256: str, base: ResolvedModel, base_weights: dict[str, str] | None,
                reports: list[HeadReport], weights: dict[str, str], files: dict[str, str], out_dtype: str,
-               benchmark: dict | None = None, formats: tuple[str, ...] = ("safetensors",)) -> dict[str, object]:
+               benchmark: dict | None = None, formats: tuple[str, ...] = ("safetensors",),
+               gguf_fallback: str | None = None) -> dict[str, object]:
     """`weights` and `files` are {name: sha256} of the weight files and of every other file
     written beside them (provenance.json itself excepted: every claim in it is recomputed by
     `th-edit verify` instead)."""
@@ -117,7 +118,8 @@ def provenance(recipe: Recipe, recipe_sha256: str, base: ResolvedModel, base_wei
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "base": base_record(base, base_weights),
         "recipe": {"file": "recipe.yaml", "sha256": recipe_sha256},
-        "output": {"dtype": out_dtype, "max_shard_size": recipe.output.max_shard_size, "formats": list(formats)},
+        "output": {"dtype": out_dtype, "max_shard_size": recipe.output.max_shard_size, "formats": list(formats),
+                   **({"gguf_fallback": gguf_fallback} if "gguf" in formats and gguf_fallback else {})},
         "libraries": library_versions(),
         "conventions": CONVENTIONS,
         "edits": [report.as_dict() for report in reports],

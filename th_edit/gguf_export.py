@@ -157,9 +157,10 @@ def quantize(weight: np.ndarray, original, fallback: str):
 
 
 def write_gguf(path: Path, base: ResolvedModel, adapter: Adapter, source: TensorSource, result: EditResult,
-               recipe_sha256: str, fallback: str = DEFAULT_FALLBACK) -> GGUFOutput:
+               recipe_sha256: str, fallback: str = DEFAULT_FALLBACK, version: str = __version__) -> GGUFOutput:
     """Write the patched copy of the base's GGUF file to `path` and measure the edit as written.
-    `source` is the float32 dequantized base (what the edit was computed from)."""
+    `source` is the float32 dequantized base (what the edit was computed from); `version` is the
+    th-edit version recorded in the file (verify rebuilds an older file with the version it names)."""
     import gguf
 
     arch = check_gguf_base(base, fallback)
@@ -190,7 +191,7 @@ def write_gguf(path: Path, base: ResolvedModel, adapter: Adapter, source: Tensor
             continue
         types = value.types
         writer.add_key_value(name, value.contents(), types[0], types[1] if len(types) > 1 else None)
-    writer.add_key_value(VERSION_KEY, __version__, gguf.GGUFValueType.STRING)
+    writer.add_key_value(VERSION_KEY, version, gguf.GGUFValueType.STRING)
     writer.add_key_value(RECIPE_KEY, recipe_sha256, gguf.GGUFValueType.STRING)
     for tensor in reader.tensors:
         data, qtype = replaced.get(tensor.name, (tensor.data, tensor.tensor_type))
@@ -290,3 +291,19 @@ def card_section(output: GGUFOutput, fallback: str, name: str) -> str:
         f"llm = Llama(model_path=\"{output.file}\")\nprint(llm(\"The capital of France is\", max_tokens=16)[\"choices\"][0][\"text\"])\n```",
     ]
     return "\n\n".join(parts)
+
+
+def differing_tensors(one: Path, other: Path) -> list[str]:
+    """Names of the tensors whose type or bytes differ between two GGUF files (metadata: '(metadata)')."""
+    import gguf
+
+    a, b = gguf.GGUFReader(one), gguf.GGUFReader(other)
+    names = [] if [(k, f.contents()) for k, f in a.fields.items()] == [(k, f.contents()) for k, f in b.fields.items()] \
+        else ["(metadata)"]
+    theirs = {t.name: t for t in b.tensors}
+    for tensor in a.tensors:
+        other_tensor = theirs.pop(tensor.name, None)
+        if other_tensor is None or other_tensor.tensor_type != tensor.tensor_type or \
+                bytes(other_tensor.data) != bytes(tensor.data):
+            names.append(tensor.name)
+    return names + sorted(theirs)

@@ -91,11 +91,36 @@ def verify(out_dir: Path, base: str | None = None) -> list[str]:
     if rebuilt != recorded:
         changed = sorted(n for n in set(rebuilt) | set(recorded) if rebuilt.get(n) != recorded.get(n))
         problems.append(f"recomputing the edit from recipe.yaml and the base gives different weights in: {', '.join(changed)}")
+    if "gguf" in formats:
+        problems += _check_gguf(out_dir, record, prepared, computed, output.get("gguf_fallback", "q8_0"))
     problems += _compare_side_files(record["files_sha256"], derived)
     problems += _compare_benchmark_setup(record.get("benchmark"), recipe)
     unknown = sorted(set(record) - set(PROVENANCE_FIELDS))
     problems += [f"provenance.json: field '{key}' is not one th-edit writes" for key in unknown]
     return problems
+
+
+def _check_gguf(out_dir: Path, record: dict, prepared: Prepared, computed, fallback: object) -> list[str]:
+    """The GGUF file rebuilt from the recipe and the base GGUF (in a scratch directory, removed
+    after) has the recorded sha256; otherwise the tensors that differ are named."""
+    import tempfile
+
+    from th_edit.gguf_export import differing_tensors, write_gguf
+
+    names = [name for name in record["files_sha256"] if name.endswith(".gguf")]
+    if len(names) != 1 or prepared.base.gguf_path is None or not isinstance(fallback, str):
+        return ["provenance.json: output.formats has gguf, but the record does not name one GGUF file of a GGUF base"]
+    name = names[0]
+    with tempfile.TemporaryDirectory(prefix="th-edit-verify-") as scratch:
+        rebuilt = Path(scratch) / name
+        write_gguf(rebuilt, prepared.base, prepared.adapter, prepared.tensors, computed.result, record["recipe"]["sha256"],
+                   fallback, str(record.get("th_edit_version")))
+        if sha256_file(rebuilt) == record["files_sha256"][name]:
+            return []
+        written = out_dir / name
+        changed = differing_tensors(rebuilt, written) if written.is_file() else []
+        return [f"{name}: recomputing the GGUF from recipe.yaml and the base gives different bytes"
+                + (f" (in {', '.join(changed[:5])}{' …' if len(changed) > 5 else ''})" if changed else "")]
 
 
 def _compare_benchmark_setup(recorded: object, recipe: Recipe) -> list[str]:
