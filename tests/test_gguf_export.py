@@ -188,3 +188,37 @@ def test_verify_rebuilds_the_gguf_and_names_a_changed_tensor(tmp_path, cache):
     (out / "provenance.json").write_text(json.dumps(record, indent=2))
     result = run_cli("verify", str(out))
     assert result.exit_code != 0 and "blk.1.ffn_norm.weight" in result.output, result.output
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_llama_cpp_runs_the_patched_file_like_its_dequantized_weights(tmp_path, cache, arch):
+    """llama.cpp itself (llama-cpp-python) loads the patched tiny file and generates; its next-token
+    log-probabilities match transformers' float32 run of the same file's dequantized weights as closely
+    as on the base file, and differ from the base file's by more (the edit is what llama.cpp runs)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    base_path, out, written, _ = _apply(tmp_path, arch)
+    prompts = [[int(t) for t in np.random.default_rng(i).integers(3, 256, size=12)] for i in range(8)]
+
+    def llama(path):
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_threads=1, logits_all=True, verbose=False)
+        rows = []
+        for ids in prompts:
+            llm.reset()
+            llm.eval(ids)
+            rows.append(torch.log_softmax(torch.tensor(np.asarray(llm.scores[llm.n_tokens - 1]), dtype=torch.float64), -1))
+        # Generation runs in an instance without logits_all (llama-cpp-python 0.3.36 fails to sample with it).
+        generator = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_threads=1, verbose=False)
+        assert generator("hello world", max_tokens=3, temperature=0.0)["usage"]["completion_tokens"] > 0
+        return torch.stack(rows)
+
+    def transformers_float(path):
+        model = models.load_model(models.resolve(str(path)), dtype="float32")
+        with torch.no_grad():
+            return torch.stack([torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].double(), -1) for ids in prompts])
+
+    base_gap = (llama(base_path) - transformers_float(base_path)).abs().max()
+    patched_gap = (llama(written) - transformers_float(written)).abs().max()
+    edit_effect = (transformers_float(written) - transformers_float(base_path)).abs().max()
+    print(f"{arch}: llama.cpp vs float32 max |Δ log p|: base {base_gap:.2e}, patched {patched_gap:.2e}; edit {edit_effect:.2e}")
+    assert patched_gap < 3 * base_gap + 1e-3
+    assert edit_effect > 3 * patched_gap

@@ -38,14 +38,16 @@ def _prompts() -> list[str]:
 
 
 def _llama_logprobs(path: Path, prompts: list[list[int]]) -> np.ndarray:
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, n_threads=2, logits_all=False, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, n_threads=2, logits_all=True, verbose=False)
     rows = []
     for ids in prompts:
         llm.reset()
         llm.eval(ids)
         logits = np.asarray(llm.scores[llm.n_tokens - 1], dtype=np.float64)
         rows.append(logits - np.logaddexp.reduce(logits))
-    text = llm("The capital of France is", max_tokens=6, temperature=0.0)["choices"][0]["text"]
+    # Generation runs in an instance without logits_all (llama-cpp-python 0.3.36 fails to sample with it).
+    generator = llama_cpp.Llama(model_path=str(path), n_ctx=128, n_threads=2, verbose=False)
+    text = generator("The capital of France is", max_tokens=6, temperature=0.0)["choices"][0]["text"]
     assert text.strip(), "llama.cpp generated nothing"
     return np.stack(rows)
 

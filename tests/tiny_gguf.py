@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-VOCAB = 256  # the byte alphabet of a GPT-2 style byte-level tokenizer, no merges
+VOCAB = 257  # the byte alphabet of a GPT-2 style byte-level tokenizer, and one merge ("a b" -> "ab")
 LAYERS = 2
 
 
 def _bytes_alphabet() -> list[str]:
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    return [bytes_to_unicode()[b] for b in range(256)]
+    return [bytes_to_unicode()[b] for b in range(256)] + ["ab"]
 
 
 def _random_q4_k(rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
@@ -53,7 +53,7 @@ def write_tiny_gguf(path: Path, arch: str, seed: int = 0) -> Path:
     Q = gguf.GGMLQuantizationType
     rng = np.random.default_rng(seed)
     hidden, n_head, n_kv, ff = 64, 4, 2, 64
-    head_dim = 16 if arch == "llama" else 64
+    head_dim = 16 if arch == "llama" else 256  # Gemma: 256 = transformers' default query_pre_attn_scalar, llama.cpp's 1/sqrt(head_dim)
     types = ({"attn_q": Q.Q8_0, "attn_k": Q.Q5_1, "attn_v": Q.Q8_0, "attn_output": Q.Q4_1, "ffn": Q.Q4_0}
              if arch == "llama" else
              {"attn_q": Q.Q5_0, "attn_k": Q.Q4_0, "attn_v": Q.Q8_0, "attn_output": Q.Q4_K, "ffn": Q.Q8_0})
@@ -73,14 +73,14 @@ def write_tiny_gguf(path: Path, arch: str, seed: int = 0) -> Path:
     else:
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
-        writer.add_sliding_window(4)
+        writer.add_sliding_window(64)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(_bytes_alphabet())
     writer.add_token_types([gguf.TokenType.NORMAL] * VOCAB)
     writer.add_token_scores([0.0] * VOCAB)
-    writer.add_token_merges([])
+    writer.add_token_merges(["a b"])  # llama.cpp refuses a BPE vocabulary without merges
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     writer.add_chat_template("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}")
