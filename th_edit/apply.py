@@ -29,7 +29,15 @@ from th_edit.export import (
     write_weights,
 )
 from th_edit.models import ResolvedModel, load_config, resolve
-from th_edit.recipe import Recipe, check_against_model, index_problems, problems_error, read_recipe
+from th_edit.recipe import (
+    DEFAULT_FORMATS,
+    OUTPUT_FORMATS,
+    Recipe,
+    check_against_model,
+    index_problems,
+    problems_error,
+    read_recipe,
+)
 
 
 @dataclass
@@ -42,6 +50,8 @@ class Prepared:
     base: ResolvedModel
     adapter: Adapter
     tensors: CheckpointTensors
+    formats: tuple[str, ...] = DEFAULT_FORMATS  # what `write` writes (output.formats, or apply --format)
+    gguf_fallback: str = "q8_0"  # type of edited GGUF tensors the gguf package cannot re-quantize
 
     @property
     def out_dtype(self) -> torch.dtype | None:
@@ -93,6 +103,58 @@ def prepare_file(path: Path) -> Prepared:
     return Prepared(validated.recipe, text, source, base, adapter, base.tensors())
 
 
+def choose_formats(prepared: Prepared, formats: tuple[str, ...] | None, gguf_fallback: str | None) -> None:
+    """--format (repeatable) over the recipe's output.formats; every format checked against the
+    base before any work (a GGUF output needs a GGUF base)."""
+    chosen = tuple(dict.fromkeys(formats or prepared.recipe.output.formats or DEFAULT_FORMATS))
+    unknown = [f for f in chosen if f not in OUTPUT_FORMATS]
+    if unknown:
+        raise UserError(f"--format: unknown format '{unknown[0]}'; choose from {', '.join(OUTPUT_FORMATS)}")
+    prepared.formats = chosen
+    prepared.gguf_fallback = gguf_fallback or prepared.gguf_fallback
+    if "gguf" in chosen or gguf_fallback is not None:
+        from th_edit.gguf_export import FALLBACK_TYPES, check_gguf_base
+
+        if "gguf" in chosen:
+            check_gguf_base(prepared.base, prepared.gguf_fallback)
+        elif prepared.gguf_fallback not in FALLBACK_TYPES:
+            raise UserError(f"--gguf-fallback: unknown type '{prepared.gguf_fallback}'; choose one of "
+                            f"{', '.join(FALLBACK_TYPES)}")
+    if "lora" in chosen and "safetensors" not in chosen:
+        raise UserError("--format lora writes the adapter beside the edited checkpoint (into its adapter/ directory): "
+                        "add --format safetensors")
+
+
+@dataclass
+class FormatOutput:
+    """What one extra format wrote into the staging directory."""
+
+    files: dict[str, str]  # file name -> sha256
+    card_section: str | None = None  # appended to the model card
+    notes: list[str] | None = None  # status lines for the user
+
+
+def _write_gguf(staging: Path, name: str, prepared: Prepared, computed: Computed, recipe_sha256: str) -> FormatOutput:
+    """<name>.<quantization>.gguf and its ollama Modelfile (th_edit.gguf_export)."""
+    from th_edit.gguf_export import MODELFILE, card_section, fallback_line, gguf_file_name, modelfile, write_gguf
+
+    assert prepared.base.gguf_path is not None
+    file = gguf_file_name(name, prepared.base.gguf_path)
+    output = write_gguf(staging / file, prepared.base, prepared.adapter, prepared.tensors, computed.result, recipe_sha256,
+                        prepared.gguf_fallback)
+    (staging / MODELFILE).write_text(modelfile(file, prepared.base.gguf_path))
+    for message in output.warnings:
+        ui.warn(message)
+    notes = [line for line in [fallback_line(output, prepared.gguf_fallback)] if line]
+    return FormatOutput({n: sha256_file(staging / n) for n in (file, MODELFILE)},
+                        card_section(output, prepared.gguf_fallback, name), notes)
+
+
+# The formats written beside the checkpoint's side files (safetensors is `write_weights`):
+# format -> writer(staging directory, output directory name, prepared, computed, recipe sha256).
+FORMAT_WRITERS: dict[str, Callable[[Path, str, Prepared, Computed, str], FormatOutput]] = {"gguf": _write_gguf}
+
+
 def compute(prepared: Prepared) -> EditPlan:
     """The recipe's edit of the stored weights, cast to the output dtype, measured, with its warnings."""
     tensors = prepared.tensors
@@ -142,18 +204,6 @@ def resolve_target(prepared: Prepared, out: Path | None) -> Path:
     return Path("out") / Path(prepared.source).stem
 
 
-FORMATS = ("safetensors", "lora")  # `apply --format`; the checkpoint (safetensors) is always written
-
-
-def check_formats(formats: tuple[str, ...]) -> None:
-    unknown = sorted(set(formats) - set(FORMATS))
-    if unknown:
-        raise UserError(f"unknown output format '{unknown[0]}'; choose from {', '.join(FORMATS)}")
-    if "safetensors" not in formats:
-        raise UserError("--format lora writes the adapter beside the edited checkpoint (into its adapter/ directory): "
-                        "add --format safetensors")
-
-
 def extra_outputs(prepared: Prepared, computed: Computed, formats: tuple[str, ...]) -> tuple[dict[str, bytes], dict]:
     """The files of the formats other than the checkpoint itself ({path in the output directory: bytes})
     and their provenance records ({field: record}), computed before anything is written: a format
@@ -186,7 +236,7 @@ def write(prepared: Prepared, computed: Computed, target: Path, force: bool,
         # files, hashed on a second thread while the weights are written (hashlib releases the GIL).
         base_hashes = pool.submit(_hash_files, prepared.tensors.files) if base.kind == "local" else None
         weights = write_weights(staging, prepared.tensors, computed.cast, prepared.out_dtype,
-                                prepared.recipe.output.max_shard_bytes)
+                                prepared.recipe.output.max_shard_bytes) if "safetensors" in prepared.formats else {}
         base_weights = base_hashes.result() if base_hashes else None
         files = side_files(base.path, side_file_root(base.path, base.kind), prepared.out_dtype)
         files[RECIPE_FILE] = recipe_text.encode()
@@ -196,19 +246,26 @@ def write(prepared: Prepared, computed: Computed, target: Path, force: bool,
             plot_accuracy(report, staging / BENCHMARK_PLOT)
             files[BENCHMARK_PLOT] = (staging / BENCHMARK_PLOT).read_bytes()
         weights_bytes = sum((staging / name).stat().st_size for name in weights)
+        recipe_sha256 = hashlib.sha256(files[RECIPE_FILE]).hexdigest()
+        written = {fmt: FORMAT_WRITERS[fmt](staging, target.name, prepared, computed, recipe_sha256)
+                   for fmt in prepared.formats if fmt in FORMAT_WRITERS}
         files[CARD_FILE] = model_card(
             target.name, prepared.recipe, recipe_text, base, computed.result.reports, prepared.out_dtype_name,
             (report, scrub(benchmark.text, base)) if benchmark else None, BENCHMARK_PLOT if benchmark else None,
-            weights_bytes).encode()
+            weights_bytes, formats=prepared.formats,
+            sections=[out.card_section for out in written.values() if out.card_section]).encode()
         files.update(extra_files)
         for name, data in files.items():
             (staging / name).parent.mkdir(exist_ok=True)
             (staging / name).write_bytes(data)
-        record = provenance(
-            prepared.recipe, hashlib.sha256(files[RECIPE_FILE]).hexdigest(), base, base_weights,
-            computed.result.reports, weights, {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
-            prepared.out_dtype_name, report, extra_records,
-        )
+        hashes = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+        for out in written.values():
+            hashes.update(out.files)
+            for note in out.notes or ():
+                ui.info(note)
+        record = provenance(prepared.recipe, recipe_sha256, base, base_weights, computed.result.reports, weights,
+                            dict(sorted(hashes.items())), prepared.out_dtype_name, report, formats=prepared.formats,
+                            gguf_fallback=prepared.gguf_fallback, outputs=extra_records)
         (staging / "provenance.json").write_text(strict_json.dumps(record, indent=2) + "\n")
         if base.kind in ("local", "gguf"):
             local = {"base": str(base.gguf_path or base.path)}
@@ -226,20 +283,21 @@ def report_warnings(computed: Computed) -> None:
 
 
 def apply_file(recipe: Path, out: Path | None = None, force: bool = False, benchmark: bool = True,
-               echo: Callable[[str], None] = print, formats: tuple[str, ...] = ("safetensors",)) -> Path:
+               echo: Callable[[str], None] = print, formats: tuple[str, ...] | None = None,
+               gguf_fallback: str | None = None) -> Path:
     """`th-edit apply` end to end: check the recipe and the target, compute the edit, show it,
     benchmark it (the recipe's `benchmark:` section, unless `benchmark=False`), write the checkpoint
-    and the other `formats` (FORMATS). Tables go to `echo` (stdout), status lines to th_edit.ui.
-    Returns the directory written."""
-    check_formats(formats)
+    in each of `formats` (default: the recipe's output.formats).
+    Tables go to `echo` (stdout), status lines to th_edit.ui. Returns the directory written."""
     prepared = prepare_file(recipe)
+    choose_formats(prepared, formats, gguf_fallback)
     target = resolve_target(prepared, out)
     check_target(target, force, [*prepared.base.inputs(), recipe])
     side_file_sources(prepared.base.path, side_file_root(prepared.base.path, prepared.base.kind))  # links checked now
     ui.info(f"editing {prepared.base.reference}: {len(prepared.recipe.edits)} edit(s)")
     computed = compute(prepared)
     report_warnings(computed)
-    extra = extra_outputs(prepared, computed, formats)
+    extra = extra_outputs(prepared, computed, prepared.formats)
     if ui.is_verbose():
         echo("\n".join(ui.table(EDIT_COLUMNS, edit_rows(computed.reports), left=0)))
     else:  # the full table is in the model card, and with `th-edit -v apply`
@@ -255,7 +313,7 @@ def apply_file(recipe: Path, out: Path | None = None, force: bool = False, bench
         modules = extra[1]["adapter"]["modules"]
         echo(f"wrote {target / extra[1]['adapter']['dir']}: PEFT LoRA adapter of {len(modules)} module(s), "
              f"rank {min(modules.values())} to {max(modules.values())}")
-    hint = dtype_hint(prepared.out_dtype_name, sum((target / name).stat().st_size for name in weights))
+    hint = dtype_hint(prepared.out_dtype_name, sum((target / name).stat().st_size for name in weights)) if weights else None
     if hint:
         ui.info(f"hint: {hint}")
     return target

@@ -112,7 +112,8 @@ PROVENANCE_FIELDS = ("tool", "th_edit_version", "created_at", "base", "recipe", 
 
 def provenance(recipe: Recipe, recipe_sha256: str, base: ResolvedModel, base_weights: dict[str, str] | None,
                reports: list[HeadReport], weights: dict[str, str], files: dict[str, str], out_dtype: str,
-               benchmark: dict | None = None, outputs: dict[str, object] | None = None) -> dict[str, object]:
+               benchmark: dict | None = None, formats: tuple[str, ...] = ("safetensors",),
+               gguf_fallback: str | None = None, outputs: dict[str, object] | None = None) -> dict[str, object]:
     """`weights` and `files` are {name: sha256} of the weight files and of every other file
     written beside them (provenance.json itself excepted: every claim in it is recomputed by
     `th-edit verify` instead). `outputs`: the records of the other output formats ({"adapter": ...})."""
@@ -122,7 +123,8 @@ def provenance(recipe: Recipe, recipe_sha256: str, base: ResolvedModel, base_wei
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "base": base_record(base, base_weights),
         "recipe": {"file": "recipe.yaml", "sha256": recipe_sha256},
-        "output": {"dtype": out_dtype, "max_shard_size": recipe.output.max_shard_size},
+        "output": {"dtype": out_dtype, "max_shard_size": recipe.output.max_shard_size, "formats": list(formats),
+                   **({"gguf_fallback": gguf_fallback} if "gguf" in formats and gguf_fallback else {})},
         "libraries": library_versions(),
         "conventions": CONVENTIONS,
         "edits": [report.as_dict() for report in reports],
@@ -208,7 +210,8 @@ def _not_benchmarked(recipe: Recipe, base: ResolvedModel) -> str:
 
 def model_card(name: str, recipe: Recipe, recipe_text: str, base: ResolvedModel, reports: list[HeadReport],
                out_dtype: str, benchmark: tuple[dict, str] | None = None, benchmark_plot: str | None = None,
-               weights_bytes: int | None = None) -> str:
+               weights_bytes: int | None = None, formats: tuple[str, ...] = ("safetensors",),
+               sections: list[str] | None = None) -> str:
     """The README.md of an edited checkpoint named `name` (its directory); `benchmark` is
     (paired report, rendered table). A local base is named by its directory name only."""
     front: dict[str, object] = {}
@@ -220,9 +223,10 @@ def model_card(name: str, recipe: Recipe, recipe_text: str, base: ResolvedModel,
         front["license"] = inherited.license
     if inherited.languages:
         front["language"] = list(inherited.languages)
-    front["library_name"] = "transformers"
+    # A repo of only a GGUF file is a GGUF repo to the Hub; otherwise transformers loads it.
+    front["library_name"] = "transformers" if "safetensors" in formats else "gguf"
     front["pipeline_tag"] = "text-generation"
-    front["tags"] = ["th-edit", "model-editing"]
+    front["tags"] = ["th-edit", "model-editing", *(["gguf"] if "gguf" in formats else [])]
     n_components = sum(len(r.components) for r in reports)
     base_line = f"`{public_reference(base)}`"
     if base.kind == "local":
@@ -236,7 +240,8 @@ def model_card(name: str, recipe: Recipe, recipe_text: str, base: ResolvedModel,
         f"# {name}",
         f"{base_line} with {_plural(n_components, 'singular component', 'singular components')} of "
         f"{_plural(len(reports), 'attention head matrix', 'attention head matrices')} rescaled by th-edit {__version__}. "
-        "It is an ordinary checkpoint of the same architecture: plain `transformers` loads it, th-edit is not needed.",
+        + ("It is an ordinary checkpoint of the same architecture: plain `transformers` loads it, th-edit is not needed."
+           if "safetensors" in formats else "It is a GGUF file of the same architecture as the base (see GGUF below)."),
     ]
     if inherited.license:
         parts.append(f"**License:** `{inherited.license}`, the base's (read from {inherited.source}): this checkpoint "
@@ -270,18 +275,19 @@ def model_card(name: str, recipe: Recipe, recipe_text: str, base: ResolvedModel,
         ]
         if benchmark_plot:
             parts.append(f"![candidate accuracy before and after the edit]({benchmark_plot})")
-    parts += [
-        "## Recipe",
-        "```yaml\n" + recipe_text.rstrip() + "\n```",
-        "## Usage",
-        f"Load it from this directory (`{name}`) or, once pushed, from its Hub repo id:",
-        "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-        f"model = AutoModelForCausalLM.from_pretrained({strict_json.dumps(name, ensure_ascii=False)})\n"
-        f"tokenizer = AutoTokenizer.from_pretrained({strict_json.dumps(name, ensure_ascii=False)})\n\n"
-        f"inputs = tokenizer({strict_json.dumps(GENERATE_PROMPT)}, return_tensors=\"pt\")\n"
-        "output = model.generate(**inputs, max_new_tokens=8, do_sample=False)\n"
-        "print(tokenizer.decode(output[0][inputs[\"input_ids\"].shape[1]:], skip_special_tokens=True))\n```",
-    ]
+    parts += list(sections or ())
+    parts += ["## Recipe", "```yaml\n" + recipe_text.rstrip() + "\n```"]
+    if "safetensors" in formats:
+        parts += [
+            "## Usage",
+            f"Load it from this directory (`{name}`) or, once pushed, from its Hub repo id:",
+            "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f"model = AutoModelForCausalLM.from_pretrained({strict_json.dumps(name, ensure_ascii=False)})\n"
+            f"tokenizer = AutoTokenizer.from_pretrained({strict_json.dumps(name, ensure_ascii=False)})\n\n"
+            f"inputs = tokenizer({strict_json.dumps(GENERATE_PROMPT)}, return_tensors=\"pt\")\n"
+            "output = model.generate(**inputs, max_new_tokens=8, do_sample=False)\n"
+            "print(tokenizer.decode(output[0][inputs[\"input_ids\"].shape[1]:], skip_special_tokens=True))\n```",
+        ]
     hint = dtype_hint(out_dtype, weights_bytes) if weights_bytes else None
     if hint:
         parts.append(f"Size: {hint[0].upper()}{hint[1:]}.")

@@ -75,6 +75,14 @@ CARD_FILE = "README.md"
 BENCHMARK_PLOT = "benchmark.png"
 # The files apply writes itself, besides weights, SIDE_FILES and provenance.json.
 OWN_FILES = (RECIPE_FILE, CARD_FILE, BENCHMARK_PLOT)
+MODELFILE = "Modelfile"  # ollama's, beside a GGUF output (th_edit.gguf_export)
+_GGUF_FILE = re.compile(r"[^/\\]+\.gguf")
+
+
+def is_gguf_output(name: str) -> bool:
+    """A file name the GGUF output may write beside the checkpoint (provenance may list it: push,
+    --force and verify accept it, hash-checked like the others)."""
+    return name == MODELFILE or bool(_GGUF_FILE.fullmatch(name))
 # The shard names checkpoint.write_checkpoint_weights gives (and its index lists).
 SHARD_NAME = re.compile(r"model-(\d{5})-of-(\d{5})\.safetensors")
 # Where a local base is on this machine, for verify: beside the checkpoint but never published
@@ -143,7 +151,8 @@ def checkpoint_files(directory: Path, record: dict) -> dict[str, str]:
     for listed, allowed in ((files, {*SIDE_FILES, *OWN_FILES, *ADAPTER_FILES}),
                             (weights, weight_names(directory, provenance, set(weights)))):
         for name, digest in sorted(listed.items()):
-            if name not in allowed or not isinstance(digest, str):
+            extra = listed is files and is_gguf_output(name)  # the GGUF output and its Modelfile
+            if (name not in allowed and not extra) or not isinstance(digest, str):
                 raise UserError(f"{provenance}: '{name}' is not a file name apply writes")
     if any(name.startswith(f"{ADAPTER_DIR}/") for name in files) and (directory / ADAPTER_DIR).is_symlink():
         raise UserError(f"{directory / ADAPTER_DIR} is a symbolic link; apply writes a directory there")

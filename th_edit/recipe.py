@@ -39,6 +39,11 @@ def _registered_task(name: str) -> str:
 
 TaskName = Annotated[str, AfterValidator(_registered_task)]
 OUTPUT_DTYPES = ("keep", "float32", "bfloat16", "float16")
+# What `apply` can write (output.formats, `--format`): the safetensors checkpoint, the patched GGUF
+# file of a GGUF base (th_edit.gguf_export), the edit as a PEFT LoRA adapter.
+OUTPUT_FORMATS = ("safetensors", "gguf", "lora")
+DEFAULT_FORMATS = ("safetensors",)
+OutputFormat = Literal["safetensors", "gguf", "lora"]
 # Largest scale a recipe may ask for. Useful edits are within ~0.25-4; 100 leaves room to explore
 # while keeping the edited component from swamping the head in a 16-bit output dtype.
 MAX_SCALE = 100.0
@@ -101,6 +106,15 @@ class Output(Strict):
     dir: str | None = None
     dtype: Literal["keep", "float32", "bfloat16", "float16"] = "keep"
     max_shard_size: str | int = "5GB"
+    formats: Annotated[list[OutputFormat], Field(min_length=1)] | None = None  # None: DEFAULT_FORMATS
+
+    @field_validator("formats")
+    @classmethod
+    def _no_repeated_formats(cls, values: list[str] | None) -> list[str] | None:
+        repeated = sorted({v for v in values or () if values.count(v) > 1})
+        if repeated:
+            raise ValueError(f"repeats {', '.join(repeated)}")
+        return values
 
     @field_validator("max_shard_size", mode="before")
     @classmethod

@@ -24,6 +24,7 @@ from th_edit.export import (
     PROVENANCE_FILE,
     RECIPE_FILE,
     hash_weights,
+    is_gguf_output,
     output_names,
     side_file_root,
     side_files,
@@ -84,12 +85,17 @@ def verify(out_dir: Path, base: str | None = None) -> list[str]:
     problems += _compare_edits(record["edits"], [r.as_dict() for r in computed.result.reports])
     problems += _compare_output(record.get("output"), prepared)
 
-    rebuilt = hash_weights(prepared.tensors, computed.cast, prepared.out_dtype, prepared.recipe.output.max_shard_bytes)
+    output = record.get("output") if isinstance(record.get("output"), dict) else {}
+    formats = output.get("formats", ["safetensors"])
+    rebuilt = hash_weights(prepared.tensors, computed.cast, prepared.out_dtype, prepared.recipe.output.max_shard_bytes) \
+        if "safetensors" in formats else {}
     recorded = record["weights_sha256"]
     if rebuilt != recorded:
         changed = sorted(n for n in set(rebuilt) | set(recorded) if rebuilt.get(n) != recorded.get(n))
         problems.append(f"recomputing the edit from recipe.yaml and the base gives different weights in: {', '.join(changed)}")
     problems += _compare_adapter(record, prepared, computed, derived)
+    if "gguf" in formats:
+        problems += _check_gguf(out_dir, record, prepared, computed, output.get("gguf_fallback", "q8_0"))
     problems += _compare_side_files(record["files_sha256"], derived)
     problems += _compare_benchmark_setup(record.get("benchmark"), recipe)
     unknown = sorted(set(record) - set(PROVENANCE_FIELDS))
@@ -122,6 +128,29 @@ def _same_value(recorded: object, now: object) -> bool:
         # errors near zero (1e-16) differ by rounding between machines; the claim is that they are small
         return math.isclose(now, recorded, rel_tol=1e-6, abs_tol=1e-12)
     return _same(recorded, now)
+
+
+def _check_gguf(out_dir: Path, record: dict, prepared: Prepared, computed, fallback: object) -> list[str]:
+    """The GGUF file rebuilt from the recipe and the base GGUF (in a scratch directory, removed
+    after) has the recorded sha256; otherwise the tensors that differ are named."""
+    import tempfile
+
+    from th_edit.gguf_export import differing_tensors, write_gguf
+
+    names = [name for name in record["files_sha256"] if name.endswith(".gguf")]
+    if len(names) != 1 or prepared.base.gguf_path is None or not isinstance(fallback, str):
+        return ["provenance.json: output.formats has gguf, but the record does not name one GGUF file of a GGUF base"]
+    name = names[0]
+    with tempfile.TemporaryDirectory(prefix="th-edit-verify-") as scratch:
+        rebuilt = Path(scratch) / name
+        write_gguf(rebuilt, prepared.base, prepared.adapter, prepared.tensors, computed.result, record["recipe"]["sha256"],
+                   fallback, str(record.get("th_edit_version")))
+        if sha256_file(rebuilt) == record["files_sha256"][name]:
+            return []
+        written = out_dir / name
+        changed = differing_tensors(rebuilt, written) if written.is_file() else []
+        return [f"{name}: recomputing the GGUF from recipe.yaml and the base gives different bytes"
+                + (f" (in {', '.join(changed[:5])}{' …' if len(changed) > 5 else ''})" if changed else "")]
 
 
 def _compare_benchmark_setup(recorded: object, recipe: Recipe) -> list[str]:
@@ -301,7 +330,7 @@ def _compare_side_files(recorded: dict[str, str], derived: dict[str, bytes]) -> 
     changed together with its hash in provenance.json is still caught."""
     rebuilt = {name: hashlib.sha256(data).hexdigest() for name, data in derived.items()}
     # OWN_FILES come from the recipe and the run, not from the base: hash-checked only.
-    listed = {name: digest for name, digest in recorded.items() if name not in OWN_FILES}
+    listed = {name: digest for name, digest in recorded.items() if name not in OWN_FILES and not is_gguf_output(name)}
     problems = []
     for name in sorted(listed.keys() | rebuilt.keys()):
         if name not in rebuilt:

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import click
 
-from th_edit.apply import FORMATS, apply_file
+from th_edit.apply import apply_file
 from th_edit.commands import options as opt
+from th_edit.gguf_export import FALLBACK_TYPES
+from th_edit.recipe import OUTPUT_FORMATS
 
 
 @click.command("apply")
@@ -15,9 +17,14 @@ from th_edit.commands import options as opt
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Output directory (overrides output.dir).")
 @opt.force_option("Replace an earlier th-edit checkpoint (or an empty directory) at the output path; nothing else.")
 @click.option("--no-bench", is_flag=True, help="Skip the recipe's before/after benchmark.")
-@click.option("--format", "formats", type=click.Choice(FORMATS), multiple=True, default=("safetensors",), show_default=True,
-              help="Output format, repeatable: safetensors (the edited checkpoint, always written), lora (the edit as a "
-                   "PEFT LoRA adapter, in adapter/ of the output directory).")
-def apply_command(recipe: Path, out: Path | None, force: bool, no_bench: bool, formats: tuple[str, ...]) -> None:
+@click.option("--format", "formats", type=click.Choice(OUTPUT_FORMATS), multiple=True,
+              help="What to write (repeatable; overrides output.formats, default safetensors): the safetensors "
+                   "checkpoint, the patched GGUF file of a GGUF base, a LoRA adapter.")
+@click.option("--gguf-fallback", type=click.Choice(FALLBACK_TYPES), default=None,
+              help="Type of edited GGUF tensors whose original type the gguf package cannot quantize (K-quants, "
+                   "IQ types). [default: q8_0]")
+def apply_command(recipe: Path, out: Path | None, force: bool, no_bench: bool, formats: tuple[str, ...],
+                  gguf_fallback: str | None) -> None:
     """Apply RECIPE (YAML) and write the edited model as an ordinary checkpoint."""
-    apply_file(recipe, out, force, benchmark=not no_bench, echo=click.echo, formats=formats)
+    apply_file(recipe, out, force, benchmark=not no_bench, echo=click.echo, formats=formats or None,
+               gguf_fallback=gguf_fallback)
