@@ -14,6 +14,7 @@ STAMP := $(VENV)/.th-edit-installed
 TF4_VENV ?= .venv-tf4
 TF4_TRANSFORMERS ?= transformers==4.57.6
 TF4_STAMP := $(TF4_VENV)/.installed
+PYTEST_WORKERS ?= 2
 
 .PHONY: setup tf4 demo test
 
@@ -40,5 +41,7 @@ demo: setup
 	$(BIN)/th-edit apply recipes/smollm2-135m-recall.yaml --force
 	$(BIN)/th-edit verify out/smollm2-135m-recall
 
+# Two workers (pytest-xdist), one test file each at a time: the suite is CPU-bound and files keep
+# their module fixtures; `make test PYTEST_WORKERS=0` runs it in one process.
 test: setup tf4
-	TH_EDIT_TF4_VENV=$(TF4_VENV) $(BIN)/python -m pytest -q tests
+	TH_EDIT_TF4_VENV=$(TF4_VENV) $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile tests

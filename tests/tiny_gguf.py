@@ -53,7 +53,8 @@ def write_tiny_gguf(path: Path, arch: str, seed: int = 0) -> Path:
     Q = gguf.GGMLQuantizationType
     rng = np.random.default_rng(seed)
     hidden, n_head, n_kv, ff = 64, 4, 2, 64
-    head_dim = 16 if arch == "llama" else 256  # Gemma: 256 = transformers' default query_pre_attn_scalar, llama.cpp's 1/sqrt(head_dim)
+    # Gemma: 256 = transformers' default query_pre_attn_scalar, llama.cpp's 1/sqrt(head_dim)
+    head_dim = 16 if arch == "llama" else 256
     types = ({"attn_q": Q.Q8_0, "attn_k": Q.Q5_1, "attn_v": Q.Q8_0, "attn_output": Q.Q4_1, "ffn": Q.Q4_0}
              if arch == "llama" else
              {"attn_q": Q.Q5_0, "attn_k": Q.Q4_0, "attn_v": Q.Q8_0, "attn_output": Q.Q4_K, "ffn": Q.Q8_0})

@@ -26,7 +26,6 @@ from th_edit.checkpoint import (
     DTYPE_CODES,
     FLOAT_CODES,
     INDEX_FILE,
-    SAFETENSORS_DTYPES,
     SINGLE_FILE,
     CheckpointTensors,
     PendingTensor,

@@ -288,7 +288,8 @@ def card_section(output: GGUFOutput, fallback: str, name: str) -> str:
         "```sh\nllama-cli -m " + output.file + " -p \"The capital of France is\" -n 16\n"
         f"ollama create {name} -f {MODELFILE} && ollama run {name}\n```",
         "```python\nfrom llama_cpp import Llama\n\n"
-        f"llm = Llama(model_path=\"{output.file}\")\nprint(llm(\"The capital of France is\", max_tokens=16)[\"choices\"][0][\"text\"])\n```",
+        f"llm = Llama(model_path=\"{output.file}\")\n"
+        "print(llm(\"The capital of France is\", max_tokens=16)[\"choices\"][0][\"text\"])\n```",
     ]
     return "\n\n".join(parts)
 

@@ -9,8 +9,8 @@ from th_edit.arch.base import MAX_CONFIG_COUNT, MAX_CONFIG_SIZE, Adapter, Config
 from th_edit.arch.falcon import FalconAdapter
 from th_edit.arch.family import adapter_type
 from th_edit.arch.gemma import GemmaAdapter
-from th_edit.arch.scaled import GraniteAdapter, Phi3Adapter
 from th_edit.arch.opt import OptAdapter
+from th_edit.arch.scaled import GraniteAdapter, Phi3Adapter
 from th_edit.arch.spec import BLOCKS, CORE_CONFIG_INTS, GQA_CONFIG_INTS, PER_HEAD, ConfigFlag, FamilySpec
 
 # GPT-2: fused c_attn (Conv1D, in×out: [d, 3d] = [Q | K | V]), c_proj Conv1D, pre-attention

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from th_edit.arch.base import split_rope
-from th_edit.checkpoint import TensorSource
 from th_edit.arch.family import FamilyAdapter
+from th_edit.checkpoint import TensorSource
 
 
 class GraniteAdapter(FamilyAdapter):

@@ -29,8 +29,6 @@ from th_edit.heads import HeadId, parse_head  # noqa: F401  (re-exported: th_edi
 from th_edit.linalg import HeadSVD, ov_svd, qk_svd
 
 
-
-
 @dataclass
 class HeadFactors:
     """SVD factors of every query head, stacked as [n_layers, n_heads, ...] in `dtype`.

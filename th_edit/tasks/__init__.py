@@ -3,8 +3,11 @@
 Each task module registers its `registry.Task` when imported; the lines below are the registration.
 """
 
-from th_edit.tasks import ioi, laundry  # noqa: F401  (registers the tasks; ioi imports laundry, so laundry is first)
-from th_edit.tasks import people  # noqa: F401
+from th_edit.tasks import (  # noqa: F401  (registers the tasks; ioi imports laundry, so laundry is first)
+    ioi,
+    laundry,
+    people,  # noqa: F401
+)
 from th_edit.tasks.prompts import TaskPrompt, read_jsonl, write_jsonl
 from th_edit.tasks.registry import Task, default_names, get, names
 
