@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from exactness import TOL, check_layer
-from test_models import run_cli
+from test_models import assert_user_error, run_cli
 from tiny_gguf import FAMILY_ARCHS, VOCAB, write_tiny_family_gguf
 
 from th_edit import models
@@ -55,3 +55,12 @@ def test_family_loads_from_gguf_exactly_and_edits(tmp_path, cache, arch):
     edited = models.load_model(models.resolve(str(out)), dtype="float32")
     with torch.no_grad():
         assert not torch.allclose(edited(input_ids).logits, ours)
+
+
+def test_a_family_transformers_cannot_read_from_gguf_is_one_line(tmp_path, cache):
+    """A Mistral GGUF (llama.cpp's `llama` layout named "mistral"): transformers' reader looks the name up
+    in the gguf package's tables, which lack it; th-edit says so in one line and caches nothing."""
+    path = write_tiny_family_gguf(tmp_path / "tiny-mistral.gguf", "mistral")
+    result = run_cli("--quiet", "inspect", str(path))
+    assert_user_error(result, "cannot load tiny-mistral.gguf", "mistral")
+    assert not any((tmp_path / "cache").rglob("config.json"))

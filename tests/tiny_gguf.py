@@ -148,8 +148,7 @@ def _family_tensors(arch, hidden: int, n_head: int, n_kv: int, head_dim: int, ff
         T.FFN_UP_SHEXP: (shared_ff, hidden), T.FFN_DOWN_SHEXP: (hidden, shared_ff),
     }
     name = gguf.MODEL_ARCH_NAMES[arch]
-    present = set(gguf.MODEL_TENSORS[arch])
-    moe = {T.FFN_GATE_INP, T.FFN_GATE_EXP, T.FFN_UP_EXP, T.FFN_DOWN_EXP} <= present
+    moe = name in ("qwen2moe", "qwen3moe")  # llama's table lists experts too, but a Mistral GGUF has none
     skip = {T.ATTN_ROT_EMBD, T.ROPE_FREQS, T.ROPE_FACTORS_LONG, T.ROPE_FACTORS_SHORT}
     if moe:  # experts replace the dense MLP
         skip |= {T.FFN_GATE, T.FFN_UP, T.FFN_DOWN}
@@ -170,12 +169,16 @@ def _family_tensors(arch, hidden: int, n_head: int, n_kv: int, head_dim: int, ff
 
 
 def write_tiny_family_gguf(path: Path, arch_name: str, seed: int = 0) -> Path:
-    """A tiny GGUF of llama.cpp architecture `arch_name` (one of FAMILY_ARCHS): F32 norms and biases, F16
-    embeddings, attention q (or the fused qkv) in Q8_0, everything else F16."""
+    """A tiny GGUF of llama.cpp architecture `arch_name` (one of FAMILY_ARCHS, or "mistral":
+    llama.cpp's layout of a Mistral model, which transformers cannot read with the installed gguf package):
+    F32 norms and biases, F16 embeddings, attention q (or the fused qkv) in Q8_0, everything else F16."""
     import gguf
 
     Q = gguf.GGMLQuantizationType
-    arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch_name)
+    # Mistral GGUFs are llama.cpp's `llama` architecture; transformers tells them apart by a general.name of
+    # exactly "mistral"
+    gguf_name = "llama" if arch_name == "mistral" else arch_name
+    arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == gguf_name)
     rng = np.random.default_rng(seed)
     layer_norm = arch_name in ("stablelm", "gpt2", "falcon")  # LayerNorm families: norms carry biases
     hidden, n_head, ff, ctx = 64, 4, 64, 128
@@ -187,8 +190,8 @@ def write_tiny_family_gguf(path: Path, arch_name: str, seed: int = 0) -> Path:
     # transformers' reader maps no head_dim for qwen3 nor the expert widths: those configs' defaults
     head_dim = {"gemma2": 32, "qwen3": 128}.get(arch_name, 16)
     expert_ff, shared_ff = {"qwen2moe": (1408, 5632), "qwen3moe": (768, 0)}.get(arch_name, (ff, ff))
-    writer = gguf.GGUFWriter(path, arch_name)
-    writer.add_name(f"tiny-{arch_name}")
+    writer = gguf.GGUFWriter(path, gguf_name)
+    writer.add_name("mistral" if arch_name == "mistral" else f"tiny-{arch_name}")
     writer.add_context_length(ctx)
     writer.add_embedding_length(hidden)
     writer.add_block_count(LAYERS)
