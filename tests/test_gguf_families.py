@@ -7,7 +7,7 @@ import pytest
 import torch
 from exactness import TOL, check_layer
 from test_models import assert_user_error, run_cli
-from tiny_gguf import FAMILY_ARCHS, VOCAB, write_tiny_family_gguf
+from tiny_gguf import FAMILY_ARCHS, VOCAB, write_tiny_family_gguf, write_tiny_gguf
 
 from th_edit import models
 from th_edit.arch import adapter_for
@@ -24,11 +24,12 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TH_EDIT_CACHE", str(tmp_path / "cache"))
 
 
-@pytest.mark.parametrize("arch", FAMILY_ARCHS)
+@pytest.mark.parametrize("arch", ("llama", "gemma3", *FAMILY_ARCHS))
 def test_family_loads_from_gguf_exactly_and_edits(tmp_path, cache, arch):
     from transformers import AutoModelForCausalLM
 
-    path = write_tiny_family_gguf(tmp_path / f"tiny-{arch}.gguf", arch)
+    write = write_tiny_gguf if arch in ("llama", "gemma3") else write_tiny_family_gguf  # the first two: K-quants too
+    path = write(tmp_path / f"tiny-{arch}.gguf", arch)
     model = models.load_model(models.resolve(str(path)), dtype="float32", attn_implementation="eager")
     adapter = adapter_for(model.config)
     input_ids = torch.randint(3, VOCAB, (2, 9), generator=torch.Generator().manual_seed(1))
