@@ -297,8 +297,9 @@ def _dequantize_to(gguf_path: Path, target: Path, digest: str) -> None:
             model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
                                                          dtype=torch.float32, **REFERENCE_MODULES)
             tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    # Unsupported architectures raise ValueError; a damaged file whatever the reader trips on.
-    except (ValueError, OSError, KeyError, IndexError, EOFError, UnicodeDecodeError, struct.error) as exc:
+    # Unsupported architectures raise ValueError (NotImplementedError where the installed gguf package's
+    # tables lack the architecture, as for a Mistral GGUF); a damaged file whatever the reader trips on.
+    except (ValueError, NotImplementedError, OSError, KeyError, IndexError, EOFError, UnicodeDecodeError, struct.error) as exc:
         raise UserError(f"cannot load {gguf_path.name}: {first_line(exc)}") from None
 
     staging = new_staging_dir(target)  # a killed run's leftovers are removed by the next one
