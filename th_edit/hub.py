@@ -155,7 +155,7 @@ def reply_error(exc: BaseException, prefix: str = "") -> UserError:
         what = f"did not answer with JSON ({first_line(exc)})"
     else:
         what = f"answered with JSON the Hub client cannot read ({type(exc).__name__}: {first_line(exc)})"
-    return UserError(f"the Hub endpoint {constants.ENDPOINT} {what}; check HF_ENDPOINT and any proxy in between")
+    return UserError(f"{prefix}the Hub endpoint {constants.ENDPOINT} {what}; check HF_ENDPOINT and any proxy in between")
 
 
 def _is_network_error(exc: BaseException) -> bool:
