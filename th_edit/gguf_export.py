@@ -28,15 +28,13 @@ import torch
 
 from th_edit import __version__
 from th_edit.arch import Adapter
+from th_edit.arch.gguf_layout import PATCHABLE_ARCHS
 from th_edit.checkpoint import TensorSource
 from th_edit.edit import UNTOUCHED_LIMIT, EditResult, HeadReport, Overlay, measure_realized
 from th_edit.errors import UserError
 from th_edit.export import MODELFILE
 from th_edit.models import ResolvedModel
 
-# GGUF architectures whose files th-edit can patch, and whether their q/k rows are stored in
-# llama.cpp's interleaved rotary order (convert_hf_to_gguf permutes q/k for these only).
-PATCHABLE_ARCHS = {"llama": True, "gemma3": False, "qwen2": False, "qwen3": False}
 FALLBACK_TYPES = ("q8_0", "f16")
 DEFAULT_FALLBACK = "q8_0"
 VERSION_KEY = "th_edit.version"
