@@ -50,6 +50,7 @@ def write_tiny_gguf(path: Path, arch: str, seed: int = 0) -> Path:
     attn_output Q4_K) GGUF file at `path`."""
     import gguf
 
+
     Q = gguf.GGMLQuantizationType
     rng = np.random.default_rng(seed)
     hidden, n_head, n_kv, ff = 64, 4, 2, 64
@@ -111,16 +112,7 @@ def write_tiny_gguf(path: Path, arch: str, seed: int = 0) -> Path:
     tensors.append(("output_norm.weight", (hidden,), Q.F32, norm))
     if arch == "llama":  # Gemma ties the output projection to the embedding
         tensors.append(("output.weight", (VOCAB, hidden), Q.Q8_0, 0.0))
-    for name, shape, qtype, centre in tensors:
-        if qtype == Q.F16:
-            writer.add_tensor(name, (centre + 0.08 * rng.standard_normal(shape)).astype(np.float16))
-        else:
-            writer.add_tensor(name, _tensor(rng, shape, qtype, centre), raw_dtype=qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return _finish(writer, tensors, rng, path)
 
 
 # --- one tiny GGUF per family transformers' GGUF reader supports ---------------------------------------------
@@ -173,6 +165,7 @@ def write_tiny_family_gguf(path: Path, arch_name: str, seed: int = 0) -> Path:
     llama.cpp's layout of a Mistral model, which transformers cannot read with the installed gguf package):
     F32 norms and biases, F16 embeddings, attention q (or the fused qkv) in Q8_0, everything else F16."""
     import gguf
+
 
     Q = gguf.GGMLQuantizationType
     # Mistral GGUFs are llama.cpp's `llama` architecture; transformers tells them apart by a general.name of
@@ -243,6 +236,14 @@ def write_tiny_family_gguf(path: Path, arch_name: str, seed: int = 0) -> Path:
                                                                          gguf.MODEL_TENSOR.OUTPUT))
             if has_bias:
                 tensors.append((f"{name}.bias", shape[:1], Q.F32, 0.0))
+    return _finish(writer, tensors, rng, path)
+
+
+def _finish(writer, tensors: list, rng: np.random.Generator, path: Path) -> Path:
+    """Add `tensors` ((name, shape, type, centre), random around centre) and write the file."""
+    import gguf
+
+    Q = gguf.GGMLQuantizationType
     for name, shape, qtype, centre in tensors:
         if qtype == Q.F16:
             writer.add_tensor(name, (centre + 0.08 * rng.standard_normal(shape)).astype(np.float16))
