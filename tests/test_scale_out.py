@@ -262,3 +262,46 @@ def test_redaction():
     assert store.shown == "postgresql://me:***@/db?host=/tmp/s"
     assert store.redact("failed for postgresql://me:p%40ss@/db and p@ss") == "failed for postgresql://me:***@/db and ***"
     assert StudyStore.parse("sqlite:///a.db", Path("j"), "x", 1).shown == "sqlite:///a.db"
+
+
+def test_a_process_that_loses_the_race_to_create_the_tables_looks_again(monkeypatch):
+    """What the loser of the schema race sees (SQLite: "table ... already exists"; PostgreSQL: a unique
+    key of its catalog) is retried; any other database error is not."""
+    import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    from th_edit.search import storage
+
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    errors = [OperationalError("CREATE TABLE trial_values", {}, Exception("table trial_values already exists")),
+              IntegrityError("INSERT", {}, Exception("duplicate key value violates unique constraint"))]
+    calls = []
+
+    def rdb(url, **kwargs):
+        calls.append(url)
+        if errors:
+            raise errors.pop(0)
+        return "storage"
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", rdb)
+    assert storage._rdb_storage("sqlite:///x.db", {}, {}) == "storage" and len(calls) == 3
+    monkeypatch.setattr(optuna.storages, "RDBStorage", lambda url, **kw: (_ for _ in ()).throw(
+        OperationalError("SELECT", {}, Exception("database is locked"))))
+    with pytest.raises(OperationalError):
+        storage._rdb_storage("sqlite:///x.db", {}, {})
+
+
+def test_processes_opening_one_new_sqlite_study_storage_at_once_all_succeed(tmp_path):
+    """The race the retry is for, for real: several processes open one empty SQLite file together."""
+    opener = ("import sys, time\nfrom pathlib import Path\nfrom th_edit.search.storage import StudyStore\n"
+              "while time.time() < float(sys.argv[2]): time.sleep(0.001)\n"
+              "StudyStore.parse(sys.argv[1], Path('j'), 'x', 5).optuna_storage()\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")])}
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path / f'race{round_}.db'}"
+        start = str(time.time() + 4)  # all processes have imported optuna and sqlalchemy by then
+        procs = [subprocess.Popen([sys.executable, "-c", opener, url, start], env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)]
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err

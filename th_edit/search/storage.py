@@ -155,19 +155,28 @@ class StudyStore:
             raise
 
 
-def _rdb_storage(url: str, engine: dict, heartbeat: dict, attempts: int = 5):
+def _rdb_storage(url: str, engine: dict, heartbeat: dict, attempts: int = 6):
     """Optuna's RDBStorage. Processes that start together on an empty database race to create its
-    tables: the losers' inserts fail on a unique key, and the tables are there once they look again."""
+    tables: the losers fail on a unique key (PostgreSQL's catalog) or on "table ... already exists"
+    (SQLite checks, then creates, outside one transaction), and the tables are there once they look again."""
     import optuna
-    from sqlalchemy.exc import IntegrityError
 
     for attempt in range(attempts):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine, **heartbeat)
-        except IntegrityError:
-            if attempt == attempts - 1:
+        except Exception as exc:
+            if attempt == attempts - 1 or not lost_schema_race(exc):
                 raise
             time.sleep(0.5 * (attempt + 1))
+
+
+def lost_schema_race(exc: BaseException) -> bool:
+    """Whether `exc` is what a process sees when another one created the same tables first."""
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    if isinstance(exc, IntegrityError):
+        return True
+    return isinstance(exc, (OperationalError, ProgrammingError)) and "already exists" in str(exc)
 
 
 def redact_url(text: str) -> str:
