@@ -42,6 +42,7 @@ demo: setup
 	$(BIN)/th-edit verify out/smollm2-135m-recall
 
 # Two workers (pytest-xdist), one test file each at a time: the suite is CPU-bound and files keep
-# their module fixtures; `make test PYTEST_WORKERS=0` runs it in one process.
+# their module fixtures; `make test PYTEST_WORKERS=0` runs it in one process. The 25 slowest tests are
+# listed at the end, to keep an eye on the suite's time.
 test: setup tf4
-	TH_EDIT_TF4_VENV=$(TF4_VENV) $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile tests
+	TH_EDIT_TF4_VENV=$(TF4_VENV) $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=25 tests
