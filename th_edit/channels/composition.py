@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -98,7 +98,14 @@ class ReadSide(NamedTuple):
     group_basis: torch.Tensor | None  # [L, G, d, dh] spanning the directions of a KV group, if shared
 
 
-def read_side(factors: HeadFactors, mode: str) -> ReadSide:
+def read_side(factors: HeadFactors, mode: str, unrotated: bool = False) -> ReadSide:
+    """The receiver side of `mode`; q and k through RoPE when the factors carry a rotated form
+    (docs/method.md#rotated-composition) unless `unrotated` (the editable QK components)."""
+    rotated = None if unrotated else factors.rotated
+    if rotated is not None and mode == "q":
+        return ReadSide(rotated.q_directions, rotated.q_singular_values, None)
+    if rotated is not None and mode == "k":  # every k read lies in the span of the group's W_K still
+        return ReadSide(rotated.k_directions, rotated.k_singular_values, factors.k_basis)
     if mode == "q":
         return ReadSide(factors.qk.U, factors.qk.S, None)  # W_Q is per query head: nothing to share
     if mode == "k":
@@ -227,6 +234,7 @@ class CompositionScores:
     component_std: dict[str, torch.Tensor]
     full_mean: dict[str, torch.Tensor]
     full_std: dict[str, torch.Tensor]
+    form: dict[str, object] = field(default_factory=lambda: {"form": "unrotated"})  # HeadFactors.form
 
     @property
     def baseline(self) -> float:
@@ -347,6 +355,7 @@ def composition_scores(factors: HeadFactors, modes: Sequence[str] = MODES, *, dt
         sender_singular_values=factors.ov.S.double(), components=components, full=full,
         component_mean={m: stats[m][0] for m in modes}, component_std={m: stats[m][1] for m in modes},
         full_mean={m: full_stats[m][0] for m in modes}, full_std={m: full_stats[m][1] for m in modes},
+        form=factors.form,
     )
 
 
@@ -446,7 +455,7 @@ def resolve_pair(factors: HeadFactors, sender: HeadId, receiver: HeadId, mode: s
     """The c_kj cosine matrix of one sender → receiver pair (l_A < l_B) in one mode, in float64."""
     (mode,) = check_modes(mode)
     check_pair(factors, sender, receiver)
-    side = read_side(factors, mode)
+    side = read_side(factors, mode, unrotated=True)  # receiver components are those an edit can scale
     write = factors.ov.V[sender.layer, sender.head].double()  # [d, r_A] columns v_k
     read = side.directions[receiver.layer, receiver.head].double()  # [d, r_B] a_j / b_j / u'_j
     return ReceiverResolution(
