@@ -131,7 +131,7 @@ def test_rotated_scores_equal_dense(model_type, form):
 def test_offset_zero_is_todays_form_and_other_offsets_are_not(model_type):
     _, adapter, source, factors = parts(model_type)
     today = composition_scores(factors, ("q", "k"), dtype=torch.float64)
-    at = {o: composition_scores(factors.with_rotation(rotated_reads(adapter, source, offsets_from(o), dtype=torch.float64)),
+    at = {o: composition_scores(factors.with_rotation(rotated_reads(adapter, source, offsets_from(o), torch.float64)),
                                 ("q", "k"), dtype=torch.float64) for o in ("0", "40")}
     assert today.form == {"form": "unrotated"}
     for mode in ("q", "k"):

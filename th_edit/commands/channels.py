@@ -46,7 +46,8 @@ OUT_FILES = ("channels.json", "components.png", "mover-map.png", "weight-vs-data
               help="Besides removing it (0), the data check scales each component by this.")
 @click.option("--offsets", default="unrotated", show_default=True, metavar="FORM",
               help="QK form of Q- and K-composition on rotary models: 'unrotated', an offset (0), a range (1-64, "
-                   "uniform), or 'task' (the END-to-mention offsets of the task prompts, weighted by how often they occur).")
+                   "uniform), or 'task' (the END-to-mention offsets of the task prompts, weighted by how often they "
+                   "occur).")
 @click.option("--no-data-check", is_flag=True, help="Weights and roles only (no ablations).")
 @click.option("--draft-scale", type=opt.FiniteFloat(min=0), default=2.0, show_default=True,
               help="Scale of the draft recipe's inhibition components.")
@@ -57,8 +58,8 @@ OUT_FILES = ("channels.json", "components.png", "mover-map.png", "weight-vs-data
 @opt.device_options
 def channels_command(model: str, kind: str, task: str, n_items: opt.NItems, n_prompts: int, pairs: tuple[str, ...], top: int,
                      z_threshold: float, min_share: float, check_prompts: int, check_alpha: float, offsets: str,
-                     no_data_check: bool, draft_scale: float, seed: int, out: Path | None, as_json: bool, force: bool, device: str,
-                     dtype: str) -> None:
+                     no_data_check: bool, draft_scale: float, seed: int, out: Path | None, as_json: bool, force: bool,
+                     device: str, dtype: str) -> None:
     """Find MODEL's inhibition and duplicate-token channels from its weights, check them on data,
     and write a draft recipe that `th-edit apply` accepts."""
     from th_edit.channels.render import render_channels
