@@ -28,6 +28,10 @@ with an orthonormal basis Q_g of that span, vᵀ F_h = (vᵀ Q_g)(Q_gᵀ F_h), s
 done once per group and each query head only adds a dh×r product. Every path is checked against
 dense d×d products in tests/test_composition.py.
 
+On a rotary model the q and k modes can be scored through RoPE at chosen query−key offsets instead of the
+unrotated QK (`HeadFactors.with_rotation`, channels/rotated.py, docs/method.md#rotated-composition): only the
+receiver's read factors change.
+
 Receiver resolution (`resolve_pair`): the sender component k meets receiver component j with the
 cosine c_kj = |v_kᵀ a_j| (q), |v_kᵀ b_j| (k) or |v_kᵀ u'_j| (v), and C_k² = Σ_j σ_j² c_kj² / Σ_j σ_j².
 
