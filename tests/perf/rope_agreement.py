@@ -46,14 +46,26 @@ def head_id(text: str) -> HeadId:
     return HeadId(int(layer), int(head))
 
 
+_MOMENTS: dict[tuple, torch.Tensor] = {}
+
+
 def embedding_moment(session, layer: int) -> torch.Tensor:
-    """Σ_E = Ẽᵀ Ẽ / V of the token embeddings as `layer`'s input norm normalizes them (d×d, float64)."""
-    E = session.parameters.get(session.adapter.embedding_param()).double()
-    E = session.adapter.normalize(E, layer)
-    return E.T @ E / E.shape[0]
+    """Σ_E = Ẽᵀ Ẽ / V of the token embeddings as `layer`'s input norm normalizes them (d×d, float64).
+    The normalization (before the norm's weight) depends only on the norm's kind and eps: computed once each,
+    in chunks of 16k tokens."""
+    norm = session.adapter.input_norm(layer)
+    key = (norm.kind, norm.eps)
+    if key not in _MOMENTS:
+        E = session.parameters.get(session.adapter.embedding_param())
+        total = torch.zeros(E.shape[1], E.shape[1], dtype=torch.float64)
+        for start in range(0, E.shape[0], 16384):
+            chunk = norm.normalize(E[start:start + 16384].double())
+            total += chunk.T @ chunk
+        _MOMENTS[key] = total / E.shape[0]
+    return _MOMENTS[key]
 
 
-def gram_scores(session, pair: dict, offsets, moments: dict[int, torch.Tensor], factors) -> torch.Tensor:
+def gram_scores(session, pair: dict, offsets, factors) -> torch.Tensor:
     """[r] C_k of one pair with the other side of QK_Δ read through Σ_E (q, k modes); v: as today."""
     sender, receiver, mode = head_id(pair["sender"]), head_id(pair["receiver"]), pair["mode"]
     V = factors.ov.V[sender.layer, sender.head].double()  # [d, r] write directions
@@ -66,7 +78,7 @@ def gram_scores(session, pair: dict, offsets, moments: dict[int, torch.Tensor], 
     rotations = rotary.rotation(deltas) if rotary is not None else torch.eye(w.W_Q.shape[-1], dtype=torch.float64)[None]
     if rotary is None:
         weights = torch.ones(1, dtype=torch.float64)
-    S = moments.setdefault(receiver.layer, embedding_moment(session, receiver.layer))
+    S = embedding_moment(session, receiver.layer)
     reads, other = (w.W_Q, w.W_K) if mode == "q" else (w.W_K, w.W_Q)
     W, O = reads[receiver.head], other[receiver.head]
     G = offset_gram(O.T @ S @ O, rotations, weights, transpose=mode == "k")
@@ -74,10 +86,10 @@ def gram_scores(session, pair: dict, offsets, moments: dict[int, torch.Tensor], 
     return (torch.einsum("ri,ij,rj->r", a, G, a) / torch.trace(W.T @ W @ G)).clamp_min(0).sqrt()
 
 
-def input_magnitude(session, pair: dict, moments: dict[int, torch.Tensor], factors) -> torch.Tensor:
+def input_magnitude(session, pair: dict, factors) -> torch.Tensor:
     """[r] s_k ‖Σ_E^½ u_k‖: the RMS of what the sender writes along v_k when it reads the embeddings."""
     sender = head_id(pair["sender"])
-    S = moments.setdefault(sender.layer, embedding_moment(session, sender.layer))
+    S = embedding_moment(session, sender.layer)
     U = factors.ov.U[sender.layer, sender.head].double()
     return factors.ov.S[sender.layer, sender.head].double() * torch.einsum("dr,de,er->r", U, S, U).clamp_min(0).sqrt()
 
@@ -113,9 +125,9 @@ def measure(path: Path) -> dict[str, object]:
     factors = head_factors(session.adapter, session.parameters)
     scores = {}
     for form in LIBRARY_FORMS:
-        rotated = None if form == "unrotated" else rotated_reads(session.adapter, session.parameters, offsets_from(form, task_offsets(mentions)))
+        rotated = None if form == "unrotated" else rotated_reads(session.adapter, session.parameters,
+                                                                 offsets_from(form, task_offsets(mentions)))
         scores[form] = composition_scores(factors.with_rotation(rotated), ("q", "k", "v"))
-    moments: dict[int, torch.Tensor] = {}
     table: dict[str, object] = {}
     worst = 0.0
     variants: dict[str, list] = {}
@@ -123,9 +135,9 @@ def measure(path: Path) -> dict[str, object]:
         sender, receiver, mode = head_id(pair["sender"]), head_id(pair["receiver"]), pair["mode"]
         ks = [c["sender"]["component"] for c in pair["checks"]]
         s = factors.ov.S[sender.layer, sender.head].double()
-        magnitude = input_magnitude(session, pair, moments, factors)
+        magnitude = input_magnitude(session, pair, factors)
         per_form = {f: scores[f].pair(sender, receiver, mode).components for f in LIBRARY_FORMS}
-        per_form["task+emb"] = gram_scores(session, pair, task, moments, factors)
+        per_form["task+emb"] = gram_scores(session, pair, task, factors)
         stored = torch.tensor([c["weight_score"] for c in pair["checks"]], dtype=torch.float64)
         worst = max(worst, float((per_form["unrotated"][ks] - stored).abs().max()))
         for form, C in per_form.items():
@@ -158,7 +170,8 @@ def show(result: dict[str, object]) -> None:
     print(f"task offsets: {len(offs)} distinct, {min(map(int, offs))}..{max(map(int, offs))}; "
           f"unrotated scores vs stored weight_score: max |diff| {result['max_unrotated_vs_stored']:.2e}")
     stored = result["stored_agreement"] or {}
-    print(f"stored agreement (channels.json): top-1 {stored.get('top1_agreement')}, weighted {stored.get('top1_agreement_weighted')}")
+    print(f"stored agreement (channels.json): top-1 {stored.get('top1_agreement')}, "
+          f"weighted {stored.get('top1_agreement_weighted')}")
     print(f"{'form':<22} {'pairs':>5} {'top-1':>6} {'med ρ':>6} | {'q top-1':>7} {'k top-1':>7} {'v top-1':>7}")
     for name, row in result["table"].items():
         def f(x):
