@@ -15,7 +15,10 @@ with several weight-only forms (docs/method.md#rotated-composition):
                    stream: C_k² = v_kᵀ W G Wᵀ v_k / tr(Wᵀ W G), G = Σ_Δ w_Δ R(Δ) W_oᵀ Σ_E W_o R(Δ)ᵀ
   (v mode has no rotation: every form scores it as today)
 
-and for each form also the score times what the component carries: s_k·C_k (as channels.json's
+Each form also in an "attn" reading: the data score is the receiver's attention shift, which only Q- and
+K-composition cause directly, and a k- or v-mode check removes the component at every position (the
+receiver's query at END as well as its keys), so those pairs are scored by √(C_q² + C_k²) of that form.
+For each also the score times what the component carries: s_k·C_k (as channels.json's
 "_weighted" agreement) and s_k·‖Σ_E^½ u_k‖·C_k ("×input": what the sender writes along v_k when it reads
 the embedding distribution). Per form: top-1 agreement (the component with the highest weight score is the
 one with the highest data score, per pair with ≥ 2 checked components), median Spearman ρ (pairs with ≥ 3),
@@ -136,13 +139,18 @@ def measure(path: Path) -> dict[str, object]:
         ks = [c["sender"]["component"] for c in pair["checks"]]
         s = factors.ov.S[sender.layer, sender.head].double()
         magnitude = input_magnitude(session, pair, factors)
-        per_form = {f: scores[f].pair(sender, receiver, mode).components for f in LIBRARY_FORMS}
-        per_form["task+emb"] = gram_scores(session, pair, task, factors)
+        by_mode = {f: {m: scores[f].pair(sender, receiver, m).components for m in ("q", "k", "v")} for f in LIBRARY_FORMS}
+        by_mode["task+emb"] = {m: gram_scores(session, {**pair, "mode": m}, task, factors) for m in ("q", "k", "v")}
         stored = torch.tensor([c["weight_score"] for c in pair["checks"]], dtype=torch.float64)
-        worst = max(worst, float((per_form["unrotated"][ks] - stored).abs().max()))
-        for form, C in per_form.items():
-            for suffix, factor in (("C", torch.ones_like(s)), ("s·C", s), ("×input·C", magnitude)):
-                variants.setdefault(f"{form} {suffix}", []).append((pair, [float(factor[k] * C[k]) for k in ks]))
+        worst = max(worst, float((by_mode["unrotated"][mode][ks] - stored).abs().max()))
+        for form, C in by_mode.items():
+            # "attn": the data score is an attention shift, which only Q- and K-composition cause directly; a
+            # k or v check removes the component at every position, so from the receiver's query and keys alike.
+            readings = {"": C[mode], " attn": C["q"] if mode == "q" else (C["q"].square() + C["k"].square()).sqrt()}
+            for reading, score in readings.items():
+                for suffix, factor in (("C", torch.ones_like(s)), ("s·C", s), ("×input·C", magnitude)):
+                    name = f"{form}{reading} {suffix}"
+                    variants.setdefault(name, []).append((pair, [float(factor[k] * score[k]) for k in ks]))
     for name, rows in variants.items():
         table[name] = agreement(rows)
     best = max(table, key=lambda n: (table[n]["all"]["top1"] or 0, table[n]["all"]["median_spearman"] or -1))
@@ -172,11 +180,11 @@ def show(result: dict[str, object]) -> None:
     stored = result["stored_agreement"] or {}
     print(f"stored agreement (channels.json): top-1 {stored.get('top1_agreement')}, "
           f"weighted {stored.get('top1_agreement_weighted')}")
-    print(f"{'form':<22} {'pairs':>5} {'top-1':>6} {'med ρ':>6} | {'q top-1':>7} {'k top-1':>7} {'v top-1':>7}")
+    print(f"{'form':<27} {'pairs':>5} {'top-1':>6} {'med ρ':>6} | {'q top-1':>7} {'k top-1':>7} {'v top-1':>7}")
     for name, row in result["table"].items():
         def f(x):
             return "  -  " if x is None else f"{x:6.2f}"
-        print(f"{name:<22} {row['all']['pairs']:>5} {f(row['all']['top1'])} {f(row['all']['median_spearman'])} | "
+        print(f"{name:<27} {row['all']['pairs']:>5} {f(row['all']['top1'])} {f(row['all']['median_spearman'])} | "
               f"{f(row['q']['top1']):>7} {f(row['k']['top1']):>7} {f(row['v']['top1']):>7}")
     print(f"best: {result['best']}; its disagreements ({len(result['disagreements_of_best'])}):")
     for d in result["disagreements_of_best"]:
