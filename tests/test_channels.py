@@ -119,7 +119,6 @@ def test_agreement_ranks_by_the_score_and_by_what_the_component_carries(session)
     assert overall["top1_agreement_weighted"] == sum(a["top1_agrees_weighted"] for _, a in rows) / len(rows)
 
 
-@pytest.mark.cli
 def test_channels_record_the_rotated_form_they_scored(session):
     """--offsets task: the q and k scores are the rotated ones at the prompts' END-to-mention offsets, and say so."""
     from dataclasses import replace
@@ -149,8 +148,12 @@ def test_channels_record_the_rotated_form_they_scored(session):
                                                  p["mode"]).components, atol=1e-4) for p in pairs)
     assert find_channels(session, settings=replace(settings, offsets="unrotated")).as_dict()["composition_form"] == {
         "form": "unrotated"}
+    from th_edit.channels.render import render_channels
+
+    assert "through RoPE at offsets task" in render_channels(find_channels(session, settings=settings))
 
 
+@pytest.mark.cli
 def test_channels_command_writes_everything_and_apply_accepts_the_draft(checkpoint, tmp_path):
     out = tmp_path / "ch"
     args = ["--quiet", "channels", str(checkpoint), "--n-items", "3", "--n-prompts", "6", "--top", "2",
