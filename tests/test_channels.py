@@ -119,6 +119,40 @@ def test_agreement_ranks_by_the_score_and_by_what_the_component_carries(session)
     assert overall["top1_agreement_weighted"] == sum(a["top1_agrees_weighted"] for _, a in rows) / len(rows)
 
 
+def test_channels_record_the_rotated_form_they_scored(session):
+    """--offsets task: the q and k scores are the rotated ones at the prompts' END-to-mention offsets, and say so."""
+    from dataclasses import replace
+
+    from th_edit.channels import composition_scores, head_factors
+    from th_edit.channels.find import _task_prompts
+    from th_edit.channels.rotated import offsets_from, rotated_reads, task_offsets
+    from th_edit.tasks.mentions import locate_mentions
+
+    settings = replace(SETTINGS, offsets="task", data_check=False)
+    record = find_channels(session, settings=settings).as_dict()
+    mentions = [m for _, m in locate_mentions(session.tokenizer, _task_prompts(session, settings))[0]]
+    offsets = offsets_from("task", task_offsets(mentions))
+    assert record["composition_form"] == json.loads(json.dumps(offsets.as_dict())) and record["settings"]["offsets"] == "task"
+    assert len(offsets.weights) > 1 and min(offsets.weights) > 0
+    factors = head_factors(session.adapter, session.parameters)
+    rotated = composition_scores(factors.with_rotation(rotated_reads(session.adapter, session.parameters, offsets)))
+    unrotated = composition_scores(factors)
+    pairs = [p for p in record["pairs"] if p["mode"] in ("q", "k")]
+    assert pairs
+    for p in pairs:
+        sender, receiver = (HeadId(*map(int, p[key].split("."))) for key in ("sender", "receiver"))
+        want = rotated.pair(sender, receiver, p["mode"]).components
+        torch.testing.assert_close(torch.tensor(p["components"], dtype=want.dtype), want)
+    assert any(not torch.allclose(torch.tensor(p["components"], dtype=torch.float64),
+                                  unrotated.pair(*(HeadId(*map(int, p[k].split("."))) for k in ("sender", "receiver")),
+                                                 p["mode"]).components, atol=1e-4) for p in pairs)
+    assert find_channels(session, settings=replace(settings, offsets="unrotated")).as_dict()["composition_form"] == {
+        "form": "unrotated"}
+    from th_edit.channels.render import render_channels
+
+    assert "through RoPE at offsets task" in render_channels(find_channels(session, settings=settings))
+
+
 @pytest.mark.cli
 def test_channels_command_writes_everything_and_apply_accepts_the_draft(checkpoint, tmp_path):
     out = tmp_path / "ch"
@@ -142,7 +176,7 @@ def test_channels_command_writes_everything_and_apply_accepts_the_draft(checkpoi
 @pytest.mark.cli
 def test_channels_command_one_line_errors(checkpoint):
     for args, message in ((["--pair", "20.0-23.0"], "sender:receiver"), (["--pair", "3.0:1.0"], "below the receiver"),
-                          (["--pair", "1.0:99.0"], "does not exist")):
+                          (["--pair", "1.0:99.0"], "does not exist"), (["--offsets", "9-2"], "--offsets '9-2'")):
         one_line_error(run_cli("channels", checkpoint, "--no-data-check", *args, quiet=False), message)
 
 

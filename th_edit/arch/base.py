@@ -24,6 +24,7 @@ from typing import ClassVar
 
 import torch
 
+from th_edit.arch.rotary import Rotary
 from th_edit.checkpoint import CheckpointTensors, TensorSource
 from th_edit.errors import UserError
 from th_edit.strict_json import shown
@@ -205,6 +206,11 @@ class Adapter(ABC):
 
     def output_norm(self, layer: int) -> NormSpec | None:
         """A norm applied to the attention output before it joins the residual (Gemma)."""
+        return None
+
+    def rotary(self, layer: int) -> Rotary | None:
+        """The RoPE that rotates this layer's q and k after the projections (arch/rotary.py); None for a
+        layer without one (learned positions, ALiBi, a NoPE layer)."""
         return None
 
     # Module paths, for hooks on a live model.

@@ -50,6 +50,9 @@ class FalconAdapter(FamilyAdapter):
         two_norms = self.new_decoder and getattr(self.config, "num_ln_in_parallel_attn", None) in (None, 2)
         return f"{self._prefix(layer)}.{'ln_attn' if two_norms else 'input_layernorm'}"
 
+    def rotary(self, layer: int):
+        return None if self._flag("alibi", False) else super().rotary(layer)
+
     def info(self) -> ArchInfo:
         info = super().info()
         rotary = "none (ALiBi: an additive score bias; QK is the form before it)" if self._flag("alibi", False) else info.rotary

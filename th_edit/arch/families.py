@@ -77,7 +77,7 @@ OLMOE = replace(LLAMA, family="olmoe", model_types=("olmoe",), qk_norm=("q_norm"
 
 # Llama-shaped families that differ only in what the attention is fed (RoPE scaling, NoPE layers,
 # sliding windows: all outside the per-head matrices).
-SMOLLM3 = replace(LLAMA, family="smollm3", model_types=("smollm3",))
+SMOLLM3 = replace(LLAMA, family="smollm3", model_types=("smollm3",), rope_layers_key="no_rope_layers")
 GRANITE = replace(LLAMA, family="granite", model_types=("granite",))  # multipliers: GraniteAdapter
 PHI3 = replace(LLAMA, family="phi3", model_types=("phi3",), qkv="qkv_proj", qkv_layout=BLOCKS, qkv_bias=False,
                o_bias=False)  # fused [Q | K | V] with GQA; 4.x rope spelling: Phi3Adapter
@@ -96,7 +96,7 @@ OLMO2 = replace(LLAMA, family="olmo2", model_types=("olmo2",), input_norm=None, 
 # LayerNorm (weight [heads, d_head]); logit_scale multiplies the logits by a constant.
 COHERE = replace(LLAMA, family="cohere", model_types=("cohere",), norm="layernorm", eps_key="layer_norm_eps",
                  qk_norm=("q_norm", "k_norm"), qk_norm_flag=ConfigFlag("use_qk_norm", False), parallel_residual=True,
-                 tied_default=True)
+                 tied_default=True, rotary_interleaved=True)  # its rotate_half pairs adjacent dims
 COHERE2 = replace(COHERE, family="cohere2", model_types=("cohere2",), qk_norm=None)
 
 ADAPTERS: tuple[type[Adapter], ...] = (
@@ -134,7 +134,7 @@ STABLELM = FamilySpec(
 GPTJ = FamilySpec(
     "gptj", ("gptj",), layer="transformer.h.{layer}", attention="attn", o="out_proj", input_norm="ln_1", norm="layernorm",
     norm_bias=True, eps_key="layer_norm_epsilon", parallel_residual=True, embedding="transformer.wte.weight",
-    final_norm="transformer.ln_f", rotary_dim_key="rotary_dim", rotary_interleaved=True,
+    final_norm="transformer.ln_f", rotary_dim_key="rotary_dim", rotary_interleaved=True, rope_theta_fixed=10000.0,
     config_ints=(
         ConfigInt(("n_layer", "num_hidden_layers"), MAX_CONFIG_COUNT),
         ConfigInt(("n_head", "num_attention_heads"), MAX_CONFIG_COUNT),

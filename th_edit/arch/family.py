@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import ClassVar
 
 from th_edit.arch.base import Adapter, ArchInfo, NormSpec, Slot, linear_cols, linear_rows, vector_range
+from th_edit.arch.rotary import Rotary, default_inv_freq
 from th_edit.arch.spec import BLOCKS, GROUPED, PER_HEAD, FamilySpec, flag
 from th_edit.errors import UserError
 
@@ -161,6 +162,47 @@ class FamilyAdapter(Adapter):
             if new in config and old not in config:
                 keys[old] = config[new]
         return keys
+
+    # ---- rotary positions -----------------------------------------------------------------------
+
+    def _rope_parameters(self, layer: int) -> tuple[dict, str | None]:
+        """This layer's RoPE parameters (5.x `rope_parameters`, nested by layer type for Gemma 3; 4.x's
+        top-level keys otherwise) and its layer type where they are nested by it."""
+        config = self.config
+        rope = getattr(config, "rope_parameters", None)
+        layer_types = getattr(config, "layer_types", None)
+        if isinstance(rope, dict) and layer_types and isinstance(rope.get(layer_types[layer]), dict):
+            return rope[layer_types[layer]], layer_types[layer]
+        if isinstance(rope, dict) and rope:
+            return rope, None
+        scaling = getattr(config, "rope_scaling", None) or {}
+        return {"rope_theta": getattr(config, self.spec.legacy_theta_key, None) or 10000.0,
+                "partial_rotary_factor": getattr(config, self.spec.legacy_partial_rotary_key, None) or 1.0,
+                **scaling}, None
+
+    def rotary(self, layer: int) -> Rotary | None:
+        spec = self.spec
+        if spec.positions != "rope":
+            return None
+        if spec.rope_layers_key is not None:
+            uses_rope = getattr(self.config, spec.rope_layers_key, None)
+            if uses_rope is not None and not uses_rope[layer]:
+                return None
+        params, layer_type = self._rope_parameters(layer)
+        if spec.rotary_dim_key is not None:  # GPT-J: its own rotary_dim, frequencies over those dims
+            dims = min(getattr(self.config, spec.rotary_dim_key, None) or self.d_head, self.d_head)
+            theta = spec.rope_theta_fixed or float(params.get("rope_theta") or 10000.0)
+            return Rotary(default_inv_freq(theta, dims), spec.rotary_interleaved, self.d_head)
+        rope_type = params.get("rope_type", params.get("type", "default"))
+        if rope_type == "default":
+            dims = int(self.d_head * float(params.get("partial_rotary_factor") or 1.0))
+            inv_freq = default_inv_freq(float(params["rope_theta"]), dims)
+        else:  # scaled RoPE (linear, llama3, yarn, ...): transformers' own initializer, as the model calls it
+            from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+            kwargs = {"layer_type": layer_type} if layer_type is not None else {}
+            inv_freq = ROPE_INIT_FUNCTIONS[rope_type](self.config, None, **kwargs)[0].double()
+        return Rotary(inv_freq, spec.rotary_interleaved, self.d_head)
 
     # ---- description ----------------------------------------------------------------------------
 

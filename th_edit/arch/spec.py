@@ -108,7 +108,10 @@ class FamilySpec:
     qk_norm_per_head_modules: bool = False
     # RoPE on the first `config.<rotary_dim_key>` dims of each head (GPT-J) instead of a fraction
     rotary_dim_key: str | None = None
-    rotary_interleaved: bool = False  # rotated pairs are adjacent dims (GPT-J), not the two halves
+    rotary_interleaved: bool = False  # rotated pairs are adjacent dims (GPT-J, Cohere), not the two halves
+    # ---- RoPE details beyond rope_parameters (arch/rotary.py)
+    rope_theta_fixed: float | None = None  # a base the modeling code hard-codes instead of reading it (GPT-J)
+    rope_layers_key: str | None = None  # config list, per layer, of whether it uses RoPE (SmolLM3's no_rope_layers)
 
     def __post_init__(self):
         if self.qkv_layout not in QKV_LAYOUTS:

@@ -28,6 +28,10 @@ with an orthonormal basis Q_g of that span, vᵀ F_h = (vᵀ Q_g)(Q_gᵀ F_h), s
 done once per group and each query head only adds a dh×r product. Every path is checked against
 dense d×d products in tests/test_composition.py.
 
+On a rotary model the q and k modes can be scored through RoPE at chosen query−key offsets instead of the
+unrotated QK (`HeadFactors.with_rotation`, channels/rotated.py, docs/method.md#rotated-composition): only the
+receiver's read factors change.
+
 Receiver resolution (`resolve_pair`): the sender component k meets receiver component j with the
 cosine c_kj = |v_kᵀ a_j| (q), |v_kᵀ b_j| (k) or |v_kᵀ u'_j| (v), and C_k² = Σ_j σ_j² c_kj² / Σ_j σ_j².
 
@@ -41,7 +45,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -98,7 +102,14 @@ class ReadSide(NamedTuple):
     group_basis: torch.Tensor | None  # [L, G, d, dh] spanning the directions of a KV group, if shared
 
 
-def read_side(factors: HeadFactors, mode: str) -> ReadSide:
+def read_side(factors: HeadFactors, mode: str, unrotated: bool = False) -> ReadSide:
+    """The receiver side of `mode`; q and k through RoPE when the factors carry a rotated form
+    (docs/method.md#rotated-composition) unless `unrotated` (the editable QK components)."""
+    rotated = None if unrotated else factors.rotated
+    if rotated is not None and mode == "q":
+        return ReadSide(rotated.q_directions, rotated.q_singular_values, None)
+    if rotated is not None and mode == "k":  # every k read lies in the span of the group's W_K still
+        return ReadSide(rotated.k_directions, rotated.k_singular_values, factors.k_basis)
     if mode == "q":
         return ReadSide(factors.qk.U, factors.qk.S, None)  # W_Q is per query head: nothing to share
     if mode == "k":
@@ -227,6 +238,7 @@ class CompositionScores:
     component_std: dict[str, torch.Tensor]
     full_mean: dict[str, torch.Tensor]
     full_std: dict[str, torch.Tensor]
+    form: dict[str, object] = field(default_factory=lambda: {"form": "unrotated"})  # HeadFactors.form
 
     @property
     def baseline(self) -> float:
@@ -347,6 +359,7 @@ def composition_scores(factors: HeadFactors, modes: Sequence[str] = MODES, *, dt
         sender_singular_values=factors.ov.S.double(), components=components, full=full,
         component_mean={m: stats[m][0] for m in modes}, component_std={m: stats[m][1] for m in modes},
         full_mean={m: full_stats[m][0] for m in modes}, full_std={m: full_stats[m][1] for m in modes},
+        form=factors.form,
     )
 
 
@@ -446,7 +459,7 @@ def resolve_pair(factors: HeadFactors, sender: HeadId, receiver: HeadId, mode: s
     """The c_kj cosine matrix of one sender → receiver pair (l_A < l_B) in one mode, in float64."""
     (mode,) = check_modes(mode)
     check_pair(factors, sender, receiver)
-    side = read_side(factors, mode)
+    side = read_side(factors, mode, unrotated=True)  # receiver components are those an edit can scale
     write = factors.ov.V[sender.layer, sender.head].double()  # [d, r_A] columns v_k
     read = side.directions[receiver.layer, receiver.head].double()  # [d, r_B] a_j / b_j / u'_j
     return ReceiverResolution(

@@ -16,7 +16,8 @@ instead of one per query head (see `composition.py`).
 from __future__ import annotations
 
 from concurrent.futures import as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,6 +28,9 @@ from th_edit.checkpoint import TensorSource
 from th_edit.errors import UserError
 from th_edit.heads import HeadId, parse_head  # noqa: F401  (re-exported: th_edit.channels API)
 from th_edit.linalg import HeadSVD, ov_svd, qk_svd
+
+if TYPE_CHECKING:
+    from th_edit.channels.rotated import RotatedReads
 
 
 @dataclass
@@ -48,6 +52,17 @@ class HeadFactors:
     qk: HeadSVD
     k_basis: torch.Tensor
     v_basis: torch.Tensor
+    # q/k read sides through RoPE at chosen offsets (channels/rotated.py); None: the unrotated QK
+    rotated: RotatedReads | None = None
+
+    def with_rotation(self, rotated: RotatedReads | None) -> HeadFactors:
+        """The same factors, with q- and k-composition scored through `rotated` (None: unrotated)."""
+        return replace(self, rotated=rotated)
+
+    @property
+    def form(self) -> dict[str, object]:
+        """Which QK form the q and k modes use, as channels.json records it."""
+        return {"form": "unrotated"} if self.rotated is None else self.rotated.offsets.as_dict()
 
     @property
     def rank(self) -> int:

@@ -29,11 +29,13 @@ from th_edit.channels.composition import CompositionScores, PairScores, composit
 from th_edit.channels.datacheck import ComponentCheck, Target, check_components
 from th_edit.channels.factors import HeadFactors, HeadId, head_factors
 from th_edit.channels.roles import RoleRanking, repeated_roles, task_roles
+from th_edit.channels.rotated import TASK, UNROTATED, offsets_from, parse_offsets, rotated_reads, task_offsets
 from th_edit.errors import UserError
 from th_edit.recipe import Edit
 from th_edit.session import Session
 from th_edit.stats import spearman
 from th_edit.tasks import registry
+from th_edit.tasks.mentions import locate_mentions
 
 KINDS = ("inhibition", "duplicate_token")
 Z_THRESHOLD = 3.0  # a component this many standard deviations above the receiver's earlier-layer mean
@@ -52,6 +54,8 @@ class ChannelSettings:
     z_threshold: float = Z_THRESHOLD
     min_share: float = MIN_SHARE  # × 1/rank; 0 keeps every z-outlier
     check_alpha: float = 2.0  # the data check scales each component by 0 and by this
+    # QK form of the q and k modes (docs/method.md#rotated-composition): "unrotated", "N", "A-B" or "task"
+    offsets: str = "unrotated"
     check_top: int = 2  # per pair: the top components by weight, and as many random others, are checked
     check_prompts: int = 16  # prompts of the data check (balanced over N), each ablation runs them all
     data_check: bool = True
@@ -140,6 +144,7 @@ class ChannelReport:
                            "scores per docs/method.md#composition-scores (baseline 1/sqrt(d_model), z per receiver against every "
                            "component of every earlier-layer sender)",
             "baseline": self.scores.baseline,
+            "composition_form": self.scores.form,  # the QK form of the q and k modes (unrotated or offsets)
             "roles": {name: ranking.as_dict(top=10) for name, ranking in self.roles.items()},
             "channels": {kind: self.channel(kind) for kind in KINDS if any(p.channel == kind for p in self.pairs)},
             "pairs": [p.as_dict() for p in self.pairs],
@@ -211,10 +216,11 @@ def find_channels(session: Session, kinds: Sequence[str] = KINDS, settings: Chan
         raise UserError(f"unknown channel kind {unknown[0]!r}: use inhibition or duplicate-token")
     if session.tokenizer is None:
         raise UserError("channel discovery needs the model's tokenizer (load it with th_edit.load)")
+    offsets_form = parse_offsets(settings.offsets)
     ui.info("composition scores of every head pair (weights only)")
-    factors = head_factors(session.adapter, session.parameters)
-    scores = composition_scores(factors)
     prompts = _task_prompts(session, settings)
+    factors = head_factors(session.adapter, session.parameters)
+    scores = composition_scores(_scored_form(session, factors, offsets_form, prompts))
     roles = _roles(session, kinds, settings, prompts)
     reports = [_pair_report(scores, factors, s, r, mode, kind, settings.z_threshold, settings.min_share)
                for kind in kinds for s, r, mode in _channel_pairs(kind, roles, settings.top)]
@@ -234,6 +240,14 @@ def find_channels(session: Session, kinds: Sequence[str] = KINDS, settings: Chan
                 if (p.sender, p.receiver, p.mode) == (t.sender, t.receiver, t.mode):
                     p.checks.append(check)
     return ChannelReport(session.reference, settings, roles, reports, scores, factors)
+
+
+def _scored_form(session: Session, factors: HeadFactors, form: str, prompts) -> HeadFactors:
+    """The factors whose q and k modes are scored through RoPE at the offsets of `form` (unchanged when unrotated)."""
+    if form == UNROTATED:
+        return factors
+    observed = task_offsets([m for _, m in locate_mentions(session.tokenizer, prompts)[0]]) if form == TASK else ()
+    return factors.with_rotation(rotated_reads(session.adapter, session.parameters, offsets_from(form, observed)))
 
 
 def _argmax(values: Sequence[float]) -> int:

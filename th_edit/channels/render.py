@@ -11,6 +11,11 @@ ROLES_SHOWN = ("inhibition", "mover", "negative_mover", "duplicate_token", "indu
 def render_channels(report: ChannelReport, top: int = 5) -> str:
     lines = [f"channels of {report.model} ({report.settings.task} prompts, seed {report.settings.seed}); "
              f"random-direction baseline {report.scores.baseline:.4f}", "", "roles (attention from END, mean over prompts)"]
+    form = getattr(report.scores, "form", {"form": "unrotated"})
+    if form["form"] != "unrotated":  # docs/method.md#rotated-composition
+        offsets = [int(o) for o in form["offsets"]]
+        lines.insert(1, f"Q- and K-composition through RoPE at offsets {form['form']} "
+                        f"({len(offsets)} offset{'s' * (len(offsets) > 1)}, {min(offsets)}..{max(offsets)})")
     shown = [role for role in ROLES_SHOWN if role in report.roles]
     heads = _aligned([[f"{h.name} ({h.mean:.2f})" for h in report.roles[role].top(top)] for role in shown])
     lines += ui.table(["role", "top heads (score)"], [[role, "  ".join(cells)] for role, cells in zip(shown, heads)],

@@ -13,6 +13,7 @@ from th_edit import strict_json, ui
 from th_edit.arch import adapter_for
 from th_edit.channels.composition import parse_pair
 from th_edit.channels.find import ChannelSettings, draft_edits, find_channels
+from th_edit.channels.rotated import parse_offsets
 from th_edit.commands import options as opt
 from th_edit.errors import UserError
 from th_edit.limits import MAX_HEADS, MAX_PROMPTS
@@ -43,6 +44,10 @@ OUT_FILES = ("channels.json", "components.png", "mover-map.png", "weight-vs-data
               help="Prompts of the data check (each ablation runs them all).")
 @click.option("--check-alpha", type=opt.FiniteFloat(min=0), default=2.0, show_default=True,
               help="Besides removing it (0), the data check scales each component by this.")
+@click.option("--offsets", default="unrotated", show_default=True, metavar="FORM",
+              help="QK form of Q- and K-composition on rotary models: 'unrotated', an offset (0), a range (1-64, "
+                   "uniform), or 'task' (the END-to-mention offsets of the task prompts, weighted by how often they "
+                   "occur).")
 @click.option("--no-data-check", is_flag=True, help="Weights and roles only (no ablations).")
 @click.option("--draft-scale", type=opt.FiniteFloat(min=0), default=2.0, show_default=True,
               help="Scale of the draft recipe's inhibition components.")
@@ -52,13 +57,14 @@ OUT_FILES = ("channels.json", "components.png", "mover-map.png", "weight-vs-data
 @opt.force_option()
 @opt.device_options
 def channels_command(model: str, kind: str, task: str, n_items: opt.NItems, n_prompts: int, pairs: tuple[str, ...], top: int,
-                     z_threshold: float, min_share: float, check_prompts: int, check_alpha: float, no_data_check: bool,
-                     draft_scale: float, seed: int, out: Path | None, as_json: bool, force: bool, device: str,
-                     dtype: str) -> None:
+                     z_threshold: float, min_share: float, check_prompts: int, check_alpha: float, offsets: str,
+                     no_data_check: bool, draft_scale: float, seed: int, out: Path | None, as_json: bool, force: bool,
+                     device: str, dtype: str) -> None:
     """Find MODEL's inhibition and duplicate-token channels from its weights, check them on data,
     and write a draft recipe that `th-edit apply` accepts."""
     from th_edit.channels.render import render_channels
 
+    offsets = parse_offsets(offsets)
     wanted = [parse_pair(p) for p in pairs]
     _check_pairs(model, wanted)  # from the config alone, before the model loads
     if out is not None:
@@ -66,7 +72,7 @@ def channels_command(model: str, kind: str, task: str, n_items: opt.NItems, n_pr
             check_new_file(out / name, force)
     settings = ChannelSettings(task=task, n_items=tuple(n_items), n_prompts=n_prompts, top=top,
                                z_threshold=z_threshold, min_share=min_share, check_prompts=check_prompts, check_alpha=check_alpha,
-                               data_check=not no_data_check, seed=seed)
+                               offsets=offsets, data_check=not no_data_check, seed=seed)
     session = load_session(model, device=device, dtype=dtype)
     kinds = ("inhibition", "duplicate_token") if kind == "all" else (kind.replace("-", "_"),)
     report = find_channels(session, kinds, settings, wanted)
