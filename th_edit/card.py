@@ -113,7 +113,8 @@ PROVENANCE_FIELDS = ("tool", "th_edit_version", "created_at", "base", "recipe", 
 def provenance(recipe: Recipe, recipe_sha256: str, base: ResolvedModel, base_weights: dict[str, str] | None,
                reports: list[HeadReport], weights: dict[str, str], files: dict[str, str], out_dtype: str,
                benchmark: dict | None = None, formats: tuple[str, ...] = ("safetensors",),
-               gguf_fallback: str | None = None, outputs: dict[str, object] | None = None) -> dict[str, object]:
+               gguf_fallback: str | None = None, outputs: dict[str, object] | None = None,
+               gguf_requant: str | None = None) -> dict[str, object]:
     """`weights` and `files` are {name: sha256} of the weight files and of every other file
     written beside them (provenance.json itself excepted: every claim in it is recomputed by
     `th-edit verify` instead). `outputs`: the records of the other output formats ({"adapter": ...})."""
@@ -124,7 +125,8 @@ def provenance(recipe: Recipe, recipe_sha256: str, base: ResolvedModel, base_wei
         "base": base_record(base, base_weights),
         "recipe": {"file": "recipe.yaml", "sha256": recipe_sha256},
         "output": {"dtype": out_dtype, "max_shard_size": recipe.output.max_shard_size, "formats": list(formats),
-                   **({"gguf_fallback": gguf_fallback} if "gguf" in formats and gguf_fallback else {})},
+                   **({"gguf_fallback": gguf_fallback} if "gguf" in formats and gguf_fallback else {}),
+                   **({"gguf_requant": gguf_requant} if "gguf" in formats and gguf_requant else {})},
         "libraries": library_versions(),
         "conventions": CONVENTIONS,
         "edits": [report.as_dict() for report in reports],
