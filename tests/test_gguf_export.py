@@ -85,7 +85,7 @@ def test_edited_tensors_are_the_gguf_package_s_quantization_of_the_float_edit(tm
         assert bytes(after.data) == bytes(gguf.quants.quantize(weight, expected_type))
     if arch == "gemma3":  # the Q4_K output projection fell back to Q8_0: said in one line and in the card
         assert "stored as Q8_0 instead of Q4_K" in result.output
-        assert "stored as Q8_0 instead of Q4_K" in (out / "README.md").read_text()
+        assert "stored as Q8_0 instead of Q4_K" in (out / "README.gguf.md").read_text()
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
@@ -164,7 +164,7 @@ def test_requant_auto_stores_an_edit_its_type_swallows_in_a_finer_type(tmp_path,
         assert bytes(patched[gguf_name].data) == bytes(gguf.quants.quantize(weight, patched[gguf_name].tensor_type))
     assert max(_edit_gaps(base_path, written, out)) <= 0.01
     line = "2 edited GGUF tensor(s) stored in a finer type (Q4_1→Q8_0, Q8_0→F16)"
-    assert line in " ".join(result.output.split()) and line in (out / "README.md").read_text()
+    assert line in " ".join(result.output.split()) and line in (out / "README.gguf.md").read_text()
     assert json.loads((out / "provenance.json").read_text())["output"]["gguf_requant"] == "auto"
     assert run_cli("verify", str(out)).exit_code == 0
 
@@ -191,9 +191,10 @@ def test_rotary_permutation_is_transformers_inverse():
 
 def test_the_card_and_modelfile_name_the_gguf_file(tmp_path, cache):
     _, out, written, _ = _apply(tmp_path, "llama")
-    card = (out / "README.md").read_text()
+    card = (out / "README.gguf.md").read_text()  # the GGUF repo's card (README.md is the checkpoint's)
     assert written.name == "out.Q8_0.gguf"
     assert "## GGUF" in card and f"llama-cli -m {written.name}" in card and "gguf" in card.split("---")[1]
+    assert "## GGUF" not in (out / "README.md").read_text()
     modelfile = (out / "Modelfile").read_text()
     assert modelfile.startswith(f"FROM ./{written.name}\n") and "<|im_start|>" in modelfile
 

@@ -12,13 +12,14 @@ import torch
 
 from th_edit import strict_json, ui
 from th_edit.arch import Adapter, adapter_for
-from th_edit.card import dtype_hint, model_card, provenance, publishable_recipe, scrub
+from th_edit.card import dtype_hint, formats_section, model_card, provenance, publishable_recipe, scrub
 from th_edit.checkpoint import CheckpointTensors, sha256_file
 from th_edit.edit import EDIT_COLUMNS, EditPlan, edit_rows, edit_summary, plan_edit
 from th_edit.errors import UserError
 from th_edit.export import (
     BENCHMARK_PLOT,
     CARD_FILE,
+    GGUF_CARD,
     LOCAL_RECORD,
     RECIPE_FILE,
     check_target,
@@ -257,11 +258,18 @@ def write(prepared: Prepared, computed: Computed, target: Path, force: bool,
         recipe_sha256 = hashlib.sha256(files[RECIPE_FILE]).hexdigest()
         written = {fmt: FORMAT_WRITERS[fmt](staging, target.name, prepared, computed, recipe_sha256)
                    for fmt in prepared.formats if fmt in FORMAT_WRITERS}
-        files[CARD_FILE] = model_card(
-            target.name, prepared.recipe, recipe_text, base, computed.result.reports, prepared.out_dtype_name,
-            (report, scrub(benchmark.text, base)) if benchmark else None, BENCHMARK_PLOT if benchmark else None,
-            weights_bytes, formats=prepared.formats,
-            sections=[out.card_section for out in written.values() if out.card_section]).encode()
+        # One card per Hub repo (th_edit.hub): the checkpoint's README.md (the GGUF one when GGUF is all
+        # there is), and beside a checkpoint the GGUF repo's own card; the adapter has its own in adapter/.
+        sections = {fmt: out.card_section for fmt, out in written.items() if out.card_section}
+        others = [formats_section(target.name, prepared.formats)] if len(prepared.formats) > 1 else []
+        card_args = (target.name, prepared.recipe, recipe_text, base, computed.result.reports, prepared.out_dtype_name,
+                     (report, scrub(benchmark.text, base)) if benchmark else None, BENCHMARK_PLOT if benchmark else None)
+        main = tuple(f for f in prepared.formats if f != "gguf") if "safetensors" in prepared.formats else ("gguf",)
+        files[CARD_FILE] = model_card(*card_args, weights_bytes if "safetensors" in main else None, formats=main,
+                                      sections=[*(sections[f] for f in main if f in sections), *others]).encode()
+        if "gguf" in prepared.formats and "gguf" not in main:
+            files[GGUF_CARD] = model_card(*card_args, None, formats=("gguf",),
+                                          sections=[sections["gguf"], *others]).encode()
         files.update(extra_files)
         for name, data in files.items():
             (staging / name).parent.mkdir(exist_ok=True)

@@ -210,6 +210,20 @@ def _not_benchmarked(recipe: Recipe, base: ResolvedModel) -> str:
             f"{command} compares the base with and without the edit on identical prompts.")
 
 
+# Where each format goes on the Hub (th_edit.hub.push --format): the repo-name suffixes the
+# examples use are the Hub's habit (…-GGUF, …-lora), not a rule.
+FORMAT_REPO_SUFFIX = {"safetensors": "", "gguf": "-GGUF", "lora": "-lora"}
+FORMAT_TITLES = {"safetensors": "the edited checkpoint (safetensors, transformers)", "gguf": "the patched GGUF file "
+                 "(llama.cpp, ollama, LM Studio)", "lora": "the edit as a PEFT LoRA adapter (PEFT, vLLM)"}
+
+
+def formats_section(name: str, formats: tuple[str, ...]) -> str:
+    """The card section of an output written in several formats: each one is a Hub repo of its own."""
+    rows = [f"- {FORMAT_TITLES[f]}: `th-edit push {name} USER/{name}{FORMAT_REPO_SUFFIX[f]} --format {f}`" for f in formats]
+    return ("## Formats\n\nth-edit wrote this edit in several formats; each goes to a Hub repo of its own, with the "
+            "card and metadata the Hub expects of it:\n\n" + "\n".join(rows))
+
+
 def model_card(name: str, recipe: Recipe, recipe_text: str, base: ResolvedModel, reports: list[HeadReport],
                out_dtype: str, benchmark: tuple[dict, str] | None = None, benchmark_plot: str | None = None,
                weights_bytes: int | None = None, formats: tuple[str, ...] = ("safetensors",),
