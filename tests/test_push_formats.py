@@ -66,7 +66,8 @@ def test_default_push_is_the_checkpoint_without_the_other_formats(monkeypatch, o
     upload = api.calls[-1][2]
     assert upload["folder_path"] == str(out_dir) and upload["delete_patterns"] == ["*.safetensors", "model.safetensors.index.json"]
     assert {"model.safetensors", "config.json", "README.md", "provenance.json", "recipe.yaml"} <= set(api.uploaded)
-    assert not [n for n in api.uploaded if n.endswith(".gguf") or n.startswith("adapter") or n in ("Modelfile", "README.gguf.md")]
+    others = ("Modelfile", "README.gguf.md")
+    assert not [n for n in api.uploaded if n.endswith(".gguf") or n.startswith("adapter") or n in others]
     front = _front(api.uploaded["README.md"])
     assert front["library_name"] == "transformers" and "gguf" not in front["tags"]
     assert "--format gguf" in result.output and "--format lora" in result.output  # said where the others go

@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--recall", action="store_true", help="also bench recall at N = 4..8 (minutes)")
     parser.add_argument("--n-prompts", type=int, default=200)
     parser.add_argument("--gguf-requant", choices=("auto", "keep"), default="auto")
+    parser.add_argument("--float-gains", metavar="JSON", help="the float32 gains per N that an earlier run printed "
+                        "(same model, prompts and seed): skips that bench")
     args = parser.parse_args()
     from th_edit.models import resolve
 
@@ -95,11 +97,15 @@ def main() -> None:
             bench = ["bench", args.model, "--task", "laundry", "--n-items", "4-8", "--n-prompts", str(args.n_prompts),
                      "--seed", "0", "--no-kl", "--json", "--compare"]
             gains = {}
+            if args.float_gains:
+                gains["float32"] = {int(n): gain for n, gain in json.loads(args.float_gains).items()}
             for label, other in (("float32", str(recipe)), ("gguf", str(patched))):
+                if label in gains:
+                    continue
                 seconds, text = th_edit(*bench, other)
                 rows = json.loads(text)["paired"]["laundry"]["by_n"]
                 gains[label] = {row["n_items"]: row["accuracy_change"] for row in rows}
-                print(f"bench --compare {label}: {seconds:.0f} s")
+                print(f"bench --compare {label}: {seconds:.0f} s; gains {json.dumps(gains[label])}")
             for n, float_gain in gains["float32"].items():
                 kept = gains["gguf"][n] / float_gain if float_gain else float("nan")
                 print(f"N={n}: gain float32 {100 * float_gain:+.1f} pts, GGUF {100 * gains['gguf'][n]:+.1f} pts, "
