@@ -64,7 +64,8 @@ def test_default_push_is_the_checkpoint_without_the_other_formats(monkeypatch, o
     result = run_push(monkeypatch, api, out_dir, "me/edited")
     assert result.exit_code == 0, result.output
     upload = api.calls[-1][2]
-    assert upload["folder_path"] == str(out_dir) and upload["delete_patterns"] == ["*.safetensors", "model.safetensors.index.json"]
+    assert upload["folder_path"] == str(out_dir)
+    assert upload["delete_patterns"] == ["*.safetensors", "model.safetensors.index.json"]
     assert {"model.safetensors", "config.json", "README.md", "provenance.json", "recipe.yaml"} <= set(api.uploaded)
     others = ("Modelfile", "README.gguf.md")
     assert not [n for n in api.uploaded if n.endswith(".gguf") or n.startswith("adapter") or n in others]
