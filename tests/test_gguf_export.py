@@ -29,17 +29,17 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TH_EDIT_CACHE", str(tmp_path / "cache"))
 
 
-def _recipe(tmp_path, base, extra: str = "") -> str:
+def _recipe(tmp_path, base, extra: str = "", edits: str = EDITS) -> str:
     path = tmp_path / "recipe.yaml"
-    path.write_text(f"base_model: {base}\nedits:\n{EDITS}{extra}")
+    path.write_text(f"base_model: {base}\nedits:\n{edits}{extra}")
     return str(path)
 
 
-def _apply(tmp_path, arch: str, *options: str):
+def _apply(tmp_path, arch: str, *options: str, edits: str = EDITS):
     base = write_tiny_gguf(tmp_path / f"tiny-{arch}.gguf", arch)
     out = tmp_path / "out"
-    result = run_cli("apply", _recipe(tmp_path, base), "--out", str(out), "--no-bench", "--format", "safetensors",
-                     "--format", "gguf", *options)
+    result = run_cli("apply", _recipe(tmp_path, base, edits=edits), "--out", str(out), "--no-bench", "--format",
+                     "safetensors", "--format", "gguf", *options)
     assert result.exit_code == 0, result.output
     (written,) = out.glob("*.gguf")
     return base, out, written, result
@@ -85,7 +85,7 @@ def test_edited_tensors_are_the_gguf_package_s_quantization_of_the_float_edit(tm
         assert bytes(after.data) == bytes(gguf.quants.quantize(weight, expected_type))
     if arch == "gemma3":  # the Q4_K output projection fell back to Q8_0: said in one line and in the card
         assert "stored as Q8_0 instead of Q4_K" in result.output
-        assert "stored as Q8_0 instead of Q4_K" in (out / "README.md").read_text()
+        assert "stored as Q8_0 instead of Q4_K" in (out / "README.gguf.md").read_text()
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
@@ -126,6 +126,59 @@ def test_qk_and_ov_edits_round_trip_through_gguf(tmp_path, cache, arch):
     assert torch.allclose(s_back, target, atol=0.05 * float(s_base[0])), (s_back[:4], target[:4])
 
 
+# A 5% scale: Q4_1 (and even Q8_0) rounding moves the edited singular values by more than 1% of that change.
+SMALL_EDITS = EDITS.replace("scale: 2.0", "scale: 1.05").replace("scale: 0.25", "scale: 1.05")
+
+
+def _edit_gaps(base_path, written, out) -> list[float]:
+    """How far each edited singular value of the written GGUF misses the recipe's target, relative to
+    the intended change, measured independently of th-edit's own report (from the file, re-decomposed)."""
+    from th_edit.arch import adapter_for
+    from th_edit.decompose import Decompositions
+
+    resolved = models.resolve(str(written))
+    adapter = adapter_for(models.load_config(resolved))
+    before, after = Decompositions(adapter, models.resolve(str(base_path)).tensors()), Decompositions(adapter, resolved.tensors())
+    gaps = []
+    for layer, head, circuit, components in ((1, 1, "ov", [0, 1]), (0, 2, "qk", [0, 2])):
+        old, new = before.head(layer, head, circuit), after.head(layer, head, circuit)
+        match = (old.U.T @ new.U).abs() * (old.V.T @ new.V).abs()
+        for k in components:
+            target = 1.05 * float(old.S[k])
+            gaps.append(abs(float(new.S[int(match[k].argmax())]) - target) / abs(target - float(old.S[k])))
+    return gaps
+
+
+def test_requant_auto_stores_an_edit_its_type_swallows_in_a_finer_type(tmp_path, cache):
+    """--gguf-requant auto (the default): a small edit that Q4_1/Q8_0 re-quantization misses by more than
+    1% of its change goes to the fallback type (Q8_0), then F16; said in one line and in the card; the
+    file then holds the edit within 1%, and verify rebuilds it."""
+    base_path, out, written, result = _apply(tmp_path, "llama", edits=SMALL_EDITS)
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(written).tensors}
+    assert types["blk.1.attn_output.weight"] == "Q8_0" and types["blk.0.attn_q.weight"] == "F16"  # Q4_1, Q8_0 in the base
+    float_edit = CheckpointTensors(out)
+    patched = {t.name: t for t in gguf.GGUFReader(written).tensors}
+    for gguf_name, hf_name in EDITED.items():
+        weight = float_edit.get(hf_name).numpy()
+        weight = rotary_permute(weight, 4) if "attn_q" in gguf_name else weight
+        assert bytes(patched[gguf_name].data) == bytes(gguf.quants.quantize(weight, patched[gguf_name].tensor_type))
+    assert max(_edit_gaps(base_path, written, out)) <= 0.01
+    line = "2 edited GGUF tensor(s) stored in a finer type (Q4_1→Q8_0, Q8_0→F16)"
+    assert line in " ".join(result.output.split()) and line in (out / "README.gguf.md").read_text()
+    assert json.loads((out / "provenance.json").read_text())["output"]["gguf_requant"] == "auto"
+    assert run_cli("verify", str(out)).exit_code == 0
+
+
+def test_requant_keep_writes_the_original_types_and_warns(tmp_path, cache):
+    base_path, out, written, result = _apply(tmp_path, "llama", "--gguf-requant", "keep", edits=SMALL_EDITS)
+    base_types = {t.name: t.tensor_type for t in gguf.GGUFReader(base_path).tensors}
+    assert all(t.tensor_type == base_types[t.name] for t in gguf.GGUFReader(written).tensors)
+    assert max(_edit_gaps(base_path, written, out)) > 0.01  # what auto is for
+    assert "re-quantizing misses the intended change" in result.output and "finer type" not in result.output
+    assert json.loads((out / "provenance.json").read_text())["output"]["gguf_requant"] == "keep"
+    assert run_cli("verify", str(out)).exit_code == 0
+
+
 def test_rotary_permutation_is_transformers_inverse():
     from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 
@@ -138,9 +191,10 @@ def test_rotary_permutation_is_transformers_inverse():
 
 def test_the_card_and_modelfile_name_the_gguf_file(tmp_path, cache):
     _, out, written, _ = _apply(tmp_path, "llama")
-    card = (out / "README.md").read_text()
+    card = (out / "README.gguf.md").read_text()  # the GGUF repo's card (README.md is the checkpoint's)
     assert written.name == "out.Q8_0.gguf"
     assert "## GGUF" in card and f"llama-cli -m {written.name}" in card and "gguf" in card.split("---")[1]
+    assert "## GGUF" not in (out / "README.md").read_text()
     modelfile = (out / "Modelfile").read_text()
     assert modelfile.startswith(f"FROM ./{written.name}\n") and "<|im_start|>" in modelfile
 
@@ -168,6 +222,8 @@ def test_bad_inputs_are_one_line_and_write_nothing(tmp_path, cache):
     assert_user_error(run_cli("apply", recipe, "--out", str(out), "--format", "gguf", "--gguf-fallback", "q4_k"),
                       "--gguf-fallback")
     assert_user_error(run_cli("apply", recipe, "--out", str(out), "--format", "onnx"), "--format")
+    assert_user_error(run_cli("apply", recipe, "--out", str(out), "--format", "gguf", "--gguf-requant", "never"),
+                      "--gguf-requant")
     assert_user_error(run_cli("apply", _recipe(tmp_path, base, "output: {formats: [gguf, gguf]}\n"), "--out", str(out)),
                       "output.formats repeats gguf")
     assert_user_error(run_cli("apply", _recipe(tmp_path, base, "output: {formats: []}\n"), "--out", str(out)),

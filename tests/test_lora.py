@@ -155,12 +155,18 @@ def test_write_adapter_api(outputs, tmp_path):
     assert (target / "adapter_model.safetensors").read_bytes() == (out / ADAPTER_DIR / "adapter_model.safetensors").read_bytes()
 
 
-def test_push_uploads_the_adapter_files(outputs):
+def test_push_uploads_the_adapter_files_to_a_repo_of_their_own(outputs):
+    """push --format lora: the adapter's files at the top of the repo; the checkpoint's push leaves them out
+    (the upload itself: tests/test_push_formats.py)."""
     from th_edit.hub import plan_push
 
     _, out = outputs["qwen3"]
-    names = [name for name, _ in plan_push(out, "someone/edited", private=False, revision=None).files]
-    assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/README.md"} <= set(names)
+    plan = plan_push(out, "someone/edited-lora", private=False, revision=None, fmt="lora")
+    assert {name for name, _ in plan.files} == {"adapter_config.json", "adapter_model.safetensors", "README.md",
+                                                "recipe.yaml"}
+    assert dict(plan.sources)["README.md"] == "adapter/README.md"
+    checkpoint = [name for name, _ in plan_push(out, "someone/edited", private=False, revision=None).files]
+    assert "model.safetensors" in checkpoint and not [n for n in checkpoint if n.startswith("adapter/")]
 
 
 def test_force_refuses_a_file_added_to_the_adapter_directory(outputs, tmp_path):

@@ -12,13 +12,14 @@ import torch
 
 from th_edit import strict_json, ui
 from th_edit.arch import Adapter, adapter_for
-from th_edit.card import dtype_hint, model_card, provenance, publishable_recipe, scrub
+from th_edit.card import dtype_hint, formats_section, model_card, provenance, publishable_recipe, scrub
 from th_edit.checkpoint import CheckpointTensors, sha256_file
 from th_edit.edit import EDIT_COLUMNS, EditPlan, edit_rows, edit_summary, plan_edit
 from th_edit.errors import UserError
 from th_edit.export import (
     BENCHMARK_PLOT,
     CARD_FILE,
+    GGUF_CARD,
     LOCAL_RECORD,
     RECIPE_FILE,
     check_target,
@@ -52,6 +53,7 @@ class Prepared:
     tensors: CheckpointTensors
     formats: tuple[str, ...] = DEFAULT_FORMATS  # what `write` writes (output.formats, or apply --format)
     gguf_fallback: str = "q8_0"  # type of edited GGUF tensors the gguf package cannot re-quantize
+    gguf_requant: str = "auto"  # --gguf-requant: auto moves an edit its original type swallows to a finer type
 
     @property
     def out_dtype(self) -> torch.dtype | None:
@@ -103,7 +105,8 @@ def prepare_file(path: Path) -> Prepared:
     return Prepared(validated.recipe, text, source, base, adapter, base.tensors())
 
 
-def choose_formats(prepared: Prepared, formats: tuple[str, ...] | None, gguf_fallback: str | None) -> None:
+def choose_formats(prepared: Prepared, formats: tuple[str, ...] | None, gguf_fallback: str | None,
+                   gguf_requant: str | None = None) -> None:
     """--format (repeatable) over the recipe's output.formats; every format checked against the
     base before any work (a GGUF output needs a GGUF base)."""
     chosen = tuple(dict.fromkeys(formats or prepared.recipe.output.formats or DEFAULT_FORMATS))
@@ -112,6 +115,7 @@ def choose_formats(prepared: Prepared, formats: tuple[str, ...] | None, gguf_fal
         raise UserError(f"--format: unknown format '{unknown[0]}'; choose from {', '.join(OUTPUT_FORMATS)}")
     prepared.formats = chosen
     prepared.gguf_fallback = gguf_fallback or prepared.gguf_fallback
+    prepared.gguf_requant = gguf_requant or prepared.gguf_requant
     if "gguf" in chosen or gguf_fallback is not None:
         from th_edit.gguf_export import FALLBACK_TYPES, check_gguf_base
 
@@ -120,6 +124,11 @@ def choose_formats(prepared: Prepared, formats: tuple[str, ...] | None, gguf_fal
         elif prepared.gguf_fallback not in FALLBACK_TYPES:
             raise UserError(f"--gguf-fallback: unknown type '{prepared.gguf_fallback}'; choose one of "
                             f"{', '.join(FALLBACK_TYPES)}")
+    from th_edit.gguf_export import REQUANT_POLICIES
+
+    if prepared.gguf_requant not in REQUANT_POLICIES:
+        raise UserError(f"--gguf-requant: unknown policy '{prepared.gguf_requant}'; choose one of "
+                        f"{', '.join(REQUANT_POLICIES)}")
     if "lora" in chosen and "safetensors" not in chosen:
         raise UserError("--format lora writes the adapter beside the edited checkpoint (into its adapter/ directory): "
                         "add --format safetensors")
@@ -136,16 +145,16 @@ class FormatOutput:
 
 def _write_gguf(staging: Path, name: str, prepared: Prepared, computed: Computed, recipe_sha256: str) -> FormatOutput:
     """<name>.<quantization>.gguf and its ollama Modelfile (th_edit.gguf_export)."""
-    from th_edit.gguf_export import MODELFILE, card_section, fallback_line, gguf_file_name, modelfile, write_gguf
+    from th_edit.gguf_export import MODELFILE, card_section, fallback_lines, gguf_file_name, modelfile, write_gguf
 
     assert prepared.base.gguf_path is not None
     file = gguf_file_name(name, prepared.base.gguf_path)
     output = write_gguf(staging / file, prepared.base, prepared.adapter, prepared.tensors, computed.result, recipe_sha256,
-                        prepared.gguf_fallback)
+                        prepared.gguf_fallback, requant=prepared.gguf_requant)
     (staging / MODELFILE).write_text(modelfile(file, prepared.base.gguf_path))
     for message in output.warnings:
         ui.warn(message)
-    notes = [line for line in [fallback_line(output, prepared.gguf_fallback)] if line]
+    notes = fallback_lines(output)
     return FormatOutput({n: sha256_file(staging / n) for n in (file, MODELFILE)},
                         card_section(output, prepared.gguf_fallback, name), notes)
 
@@ -249,11 +258,18 @@ def write(prepared: Prepared, computed: Computed, target: Path, force: bool,
         recipe_sha256 = hashlib.sha256(files[RECIPE_FILE]).hexdigest()
         written = {fmt: FORMAT_WRITERS[fmt](staging, target.name, prepared, computed, recipe_sha256)
                    for fmt in prepared.formats if fmt in FORMAT_WRITERS}
-        files[CARD_FILE] = model_card(
-            target.name, prepared.recipe, recipe_text, base, computed.result.reports, prepared.out_dtype_name,
-            (report, scrub(benchmark.text, base)) if benchmark else None, BENCHMARK_PLOT if benchmark else None,
-            weights_bytes, formats=prepared.formats,
-            sections=[out.card_section for out in written.values() if out.card_section]).encode()
+        # One card per Hub repo (th_edit.hub): the checkpoint's README.md (the GGUF one when GGUF is all
+        # there is), and beside a checkpoint the GGUF repo's own card; the adapter has its own in adapter/.
+        sections = {fmt: out.card_section for fmt, out in written.items() if out.card_section}
+        others = [formats_section(target.name, prepared.formats)] if len(prepared.formats) > 1 else []
+        card_args = (target.name, prepared.recipe, recipe_text, base, computed.result.reports, prepared.out_dtype_name,
+                     (report, scrub(benchmark.text, base)) if benchmark else None, BENCHMARK_PLOT if benchmark else None)
+        main = tuple(f for f in prepared.formats if f != "gguf") if "safetensors" in prepared.formats else ("gguf",)
+        files[CARD_FILE] = model_card(*card_args, weights_bytes if "safetensors" in main else None, formats=main,
+                                      sections=[*(sections[f] for f in main if f in sections), *others]).encode()
+        if "gguf" in prepared.formats and "gguf" not in main:
+            files[GGUF_CARD] = model_card(*card_args, None, formats=("gguf",),
+                                          sections=[sections["gguf"], *others]).encode()
         files.update(extra_files)
         for name, data in files.items():
             (staging / name).parent.mkdir(exist_ok=True)
@@ -265,7 +281,8 @@ def write(prepared: Prepared, computed: Computed, target: Path, force: bool,
                 ui.info(note)
         record = provenance(prepared.recipe, recipe_sha256, base, base_weights, computed.result.reports, weights,
                             dict(sorted(hashes.items())), prepared.out_dtype_name, report, formats=prepared.formats,
-                            gguf_fallback=prepared.gguf_fallback, outputs=extra_records)
+                            gguf_fallback=prepared.gguf_fallback, gguf_requant=prepared.gguf_requant,
+                            outputs=extra_records)
         (staging / "provenance.json").write_text(strict_json.dumps(record, indent=2) + "\n")
         if base.kind in ("local", "gguf"):
             local = {"base": str(base.gguf_path or base.path)}
@@ -284,13 +301,13 @@ def report_warnings(computed: Computed) -> None:
 
 def apply_file(recipe: Path, out: Path | None = None, force: bool = False, benchmark: bool = True,
                echo: Callable[[str], None] = print, formats: tuple[str, ...] | None = None,
-               gguf_fallback: str | None = None) -> Path:
+               gguf_fallback: str | None = None, gguf_requant: str | None = None) -> Path:
     """`th-edit apply` end to end: check the recipe and the target, compute the edit, show it,
     benchmark it (the recipe's `benchmark:` section, unless `benchmark=False`), write the checkpoint
     in each of `formats` (default: the recipe's output.formats).
     Tables go to `echo` (stdout), status lines to th_edit.ui. Returns the directory written."""
     prepared = prepare_file(recipe)
-    choose_formats(prepared, formats, gguf_fallback)
+    choose_formats(prepared, formats, gguf_fallback, gguf_requant)
     target = resolve_target(prepared, out)
     check_target(target, force, [*prepared.base.inputs(), recipe])
     side_file_sources(prepared.base.path, side_file_root(prepared.base.path, prepared.base.kind))  # links checked now

@@ -113,7 +113,8 @@ PROVENANCE_FIELDS = ("tool", "th_edit_version", "created_at", "base", "recipe", 
 def provenance(recipe: Recipe, recipe_sha256: str, base: ResolvedModel, base_weights: dict[str, str] | None,
                reports: list[HeadReport], weights: dict[str, str], files: dict[str, str], out_dtype: str,
                benchmark: dict | None = None, formats: tuple[str, ...] = ("safetensors",),
-               gguf_fallback: str | None = None, outputs: dict[str, object] | None = None) -> dict[str, object]:
+               gguf_fallback: str | None = None, outputs: dict[str, object] | None = None,
+               gguf_requant: str | None = None) -> dict[str, object]:
     """`weights` and `files` are {name: sha256} of the weight files and of every other file
     written beside them (provenance.json itself excepted: every claim in it is recomputed by
     `th-edit verify` instead). `outputs`: the records of the other output formats ({"adapter": ...})."""
@@ -124,7 +125,8 @@ def provenance(recipe: Recipe, recipe_sha256: str, base: ResolvedModel, base_wei
         "base": base_record(base, base_weights),
         "recipe": {"file": "recipe.yaml", "sha256": recipe_sha256},
         "output": {"dtype": out_dtype, "max_shard_size": recipe.output.max_shard_size, "formats": list(formats),
-                   **({"gguf_fallback": gguf_fallback} if "gguf" in formats and gguf_fallback else {})},
+                   **({"gguf_fallback": gguf_fallback} if "gguf" in formats and gguf_fallback else {}),
+                   **({"gguf_requant": gguf_requant} if "gguf" in formats and gguf_requant else {})},
         "libraries": library_versions(),
         "conventions": CONVENTIONS,
         "edits": [report.as_dict() for report in reports],
@@ -206,6 +208,20 @@ def _not_benchmarked(recipe: Recipe, base: ResolvedModel) -> str:
         command = f"`th-edit bench {public_reference(base)} --compare recipe.yaml`"
     return (f"**Not benchmarked**: {why}, so nothing here measures what the edit does. From this directory, "
             f"{command} compares the base with and without the edit on identical prompts.")
+
+
+# Where each format goes on the Hub (th_edit.hub.push --format): the repo-name suffixes the
+# examples use are the Hub's habit (…-GGUF, …-lora), not a rule.
+FORMAT_REPO_SUFFIX = {"safetensors": "", "gguf": "-GGUF", "lora": "-lora"}
+FORMAT_TITLES = {"safetensors": "the edited checkpoint (safetensors, transformers)", "gguf": "the patched GGUF file "
+                 "(llama.cpp, ollama, LM Studio)", "lora": "the edit as a PEFT LoRA adapter (PEFT, vLLM)"}
+
+
+def formats_section(name: str, formats: tuple[str, ...]) -> str:
+    """The card section of an output written in several formats: each one is a Hub repo of its own."""
+    rows = [f"- {FORMAT_TITLES[f]}: `th-edit push {name} USER/{name}{FORMAT_REPO_SUFFIX[f]} --format {f}`" for f in formats]
+    return ("## Formats\n\nth-edit wrote this edit in several formats; each goes to a Hub repo of its own, with the "
+            "card and metadata the Hub expects of it:\n\n" + "\n".join(rows))
 
 
 def model_card(name: str, recipe: Recipe, recipe_text: str, base: ResolvedModel, reports: list[HeadReport],

@@ -75,13 +75,16 @@ BENCHMARK_PLOT = "benchmark.png"
 # The files apply writes itself, besides weights, SIDE_FILES and provenance.json.
 OWN_FILES = (RECIPE_FILE, CARD_FILE, BENCHMARK_PLOT)
 MODELFILE = "Modelfile"  # ollama's, beside a GGUF output (th_edit.gguf_export)
+# The card of the GGUF repo when the output also holds the safetensors checkpoint (whose card is
+# README.md); `push --format gguf` uploads it as the repo's README.md.
+GGUF_CARD = "README.gguf.md"
 _GGUF_FILE = re.compile(r"[^/\\]+\.gguf")
 
 
 def is_gguf_output(name: str) -> bool:
     """A file name the GGUF output may write beside the checkpoint (provenance may list it: push,
     --force and verify accept it, hash-checked like the others)."""
-    return name == MODELFILE or bool(_GGUF_FILE.fullmatch(name))
+    return name in (MODELFILE, GGUF_CARD) or bool(_GGUF_FILE.fullmatch(name))
 # The shard names checkpoint.write_checkpoint_weights gives (and its index lists).
 SHARD_NAME = re.compile(r"model-(\d{5})-of-(\d{5})\.safetensors")
 # Where a local base is on this machine, for verify: beside the checkpoint but never published

@@ -9,6 +9,12 @@ can quantize it, else to the `--gguf-fallback` type. The written tensors are deq
 the edited heads re-decomposed, so the card reports the singular values a GGUF runtime really
 computes with.
 
+Re-quantizing can swallow an edit: a 4-bit type's rounding step is larger than a small scale's
+change (SmolLM2's Q4_1 loses most of a x1.077 edit). `--gguf-requant auto` (the default) therefore
+stores an edited tensor whose realized singular values miss the intended change by more than apply's
+1% rule in the fallback type instead, and if that still misses, in F16; `keep` always writes the
+original type (the smallest file) and only warns.
+
 Layouts (the knowledge transformers' GGUF loader, transformers/modeling_gguf_pytorch_utils.py,
 uses in reverse): tensor names follow the `gguf` package's own name map (model.layers.N.self_attn.
 q_proj.weight -> blk.N.attn_q.weight); a tensor's numpy shape is the PyTorch Linear shape (out, in);
@@ -37,6 +43,13 @@ from th_edit.models import ResolvedModel
 
 FALLBACK_TYPES = ("q8_0", "f16")
 DEFAULT_FALLBACK = "q8_0"
+REQUANT_POLICIES = ("auto", "keep")
+DEFAULT_REQUANT = "auto"
+# Files written before --gguf-requant existed re-quantized every edited tensor to its original type.
+RECORDED_REQUANT_DEFAULT = "keep"
+# Why an edited tensor is not in its original type (GGUFTensorReport.reason).
+UNSUPPORTED = "unsupported"  # the gguf package cannot quantize the original type
+IMPRECISE = "imprecise"  # the original type misses the intended change by more than the 1% rule
 VERSION_KEY = "th_edit.version"
 RECIPE_KEY = "th_edit.recipe_sha256"
 
@@ -52,6 +65,7 @@ class GGUFTensorReport:
     name: str  # GGUF tensor name, e.g. blk.20.attn_output.weight
     original_type: str
     written_type: str
+    reason: str | None = None  # UNSUPPORTED or IMPRECISE when written_type is not original_type
 
 
 @dataclass
@@ -154,14 +168,23 @@ def quantize(weight: np.ndarray, original, fallback: str):
         return gguf.quants.quantize(weight, target), target
 
 
+def _ladder(fallback: str, requant: str) -> list[str]:
+    """The types `auto` tries after the original one, coarsest first."""
+    return [] if requant == "keep" else list(dict.fromkeys([fallback, "f16"]))
+
+
 def write_gguf(path: Path, base: ResolvedModel, adapter: Adapter, source: TensorSource, result: EditResult,
-               recipe_sha256: str, fallback: str = DEFAULT_FALLBACK, version: str = __version__) -> GGUFOutput:
+               recipe_sha256: str, fallback: str = DEFAULT_FALLBACK, version: str = __version__,
+               requant: str = DEFAULT_REQUANT) -> GGUFOutput:
     """Write the patched copy of the base's GGUF file to `path` and measure the edit as written.
     `source` is the float32 dequantized base (what the edit was computed from); `version` is the
-    th-edit version recorded in the file (verify rebuilds an older file with the version it names)."""
+    th-edit version recorded in the file (verify rebuilds an older file with the version it names);
+    `requant` is the --gguf-requant policy (module docstring)."""
     import gguf
 
     arch = check_gguf_base(base, fallback)
+    if requant not in REQUANT_POLICIES:
+        raise UserError(f"--gguf-requant: unknown policy '{requant}'; choose one of {', '.join(REQUANT_POLICIES)}")
     assert base.gguf_path is not None
     reader = gguf.GGUFReader(base.gguf_path)
     layout = _Layout(reader, arch)
@@ -171,16 +194,39 @@ def write_gguf(path: Path, base: ResolvedModel, adapter: Adapter, source: Tensor
     if missing:
         raise UserError(f"--format gguf: {base.gguf_path.name} has no tensor {missing[0]}")
 
+    weights = {g: layout.to_file(g, result.tensors[h].to(torch.float32).numpy()) for g, h in by_gguf.items()}
     replaced: dict[str, tuple[np.ndarray, object]] = {}
-    tensor_reports, dequantized = [], {}
-    for gguf_name, hf_name in sorted(by_gguf.items()):
+    dequantized: dict[str, torch.Tensor] = {}
+    reasons: dict[str, str | None] = {}
+
+    def write_as(gguf_name: str, qtype=None) -> None:
+        """Quantize one edited tensor (to its original type when `qtype` is None) and read it back."""
         original = stored[gguf_name].tensor_type
-        weight = layout.to_file(gguf_name, result.tensors[hf_name].to(torch.float32).numpy())
-        data, written = quantize(weight, original, fallback)
+        if qtype is None:
+            data, written = quantize(weights[gguf_name], original, fallback)
+            reasons[gguf_name] = UNSUPPORTED if written != original else None
+        else:
+            data, written = gguf.quants.quantize(weights[gguf_name], qtype), qtype
+            reasons[gguf_name] = IMPRECISE
         replaced[gguf_name] = (data, written)
-        tensor_reports.append(GGUFTensorReport(gguf_name, original.name, written.name))
         back = layout.from_file(gguf_name, gguf.quants.dequantize(data, written))
-        dequantized[hf_name] = torch.from_numpy(np.ascontiguousarray(back, dtype=np.float32))
+        dequantized[by_gguf[gguf_name]] = torch.from_numpy(np.ascontiguousarray(back, dtype=np.float32))
+
+    for gguf_name in sorted(by_gguf):
+        write_as(gguf_name)
+    measured = _measure(adapter, source, dequantized, result)
+    for step in _ladder(fallback, requant):  # auto: the tensors that miss the edit, one type finer each round
+        qtype = _qtype(step)
+        finer = sorted(g for g in _imprecise_tensors(measured, result, layout)
+                       if gguf.GGML_QUANT_SIZES[replaced[g][1]][1] / gguf.GGML_QUANT_SIZES[replaced[g][1]][0]
+                       < gguf.GGML_QUANT_SIZES[qtype][1] / gguf.GGML_QUANT_SIZES[qtype][0])
+        if not finer:
+            break
+        for gguf_name in finer:
+            write_as(gguf_name, qtype)
+        measured = _measure(adapter, source, dequantized, result)
+    tensor_reports = [GGUFTensorReport(g, stored[g].tensor_type.name, replaced[g][1].name, reasons[g])
+                      for g in sorted(by_gguf)]
 
     writer = gguf.GGUFWriter(path, arch)
     writer.data_alignment = reader.alignment
@@ -198,10 +244,26 @@ def write_gguf(path: Path, base: ResolvedModel, adapter: Adapter, source: Tensor
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file(progress=False)
     writer.close()
+    return GGUFOutput(path.name, tensor_reports, measured.reports, quantization_warnings(measured.reports, tensor_reports))
 
+
+def _measure(adapter: Adapter, source: TensorSource, dequantized: dict[str, torch.Tensor], result: EditResult) -> EditResult:
     measured = copy.deepcopy(result)
     measure_realized(adapter, Overlay(source, dequantized), measured)
-    return GGUFOutput(path.name, tensor_reports, measured.reports, quantization_warnings(measured.reports, tensor_reports))
+    return measured
+
+
+def _edit_gap(report: HeadReport) -> float:
+    """How far the realized edited singular values miss the intended change, relative to that change."""
+    return max((abs(c.realized - c.target) / abs(c.target - c.original) for c in report.components
+                if c.realized is not None and c.target != c.original), default=0.0)
+
+
+def _imprecise_tensors(measured: EditResult, result: EditResult, layout: _Layout) -> set[str]:
+    """GGUF names of the edited tensors holding a head whose edit misses by more than the 1% rule."""
+    slots = {(e.layer, e.head, e.circuit): slot.param for e, slot in result.written}
+    return {layout.gguf_name(slots[(r.layer, r.head, r.circuit)]) for r in measured.reports
+            if _edit_gap(r) > UNTOUCHED_LIMIT}
 
 
 def quantization_warnings(reports: list[HeadReport], tensors: list[GGUFTensorReport]) -> list[str]:
@@ -210,8 +272,7 @@ def quantization_warnings(reports: list[HeadReport], tensors: list[GGUFTensorRep
     types = "/".join(sorted({t.written_type for t in tensors}))
     lines = []
     for r in reports:
-        gap = max((abs(c.realized - c.target) / abs(c.target - c.original) for c in r.components
-                   if c.realized is not None and c.target != c.original), default=0.0)
+        gap = _edit_gap(r)
         what = f"GGUF ({types}): layer {r.layer} head {r.head} {r.circuit.upper()}"
         if gap > UNTOUCHED_LIMIT:
             lines.append(f"{what}: re-quantizing misses the intended change of the edited singular values by up to "
@@ -223,16 +284,27 @@ def quantization_warnings(reports: list[HeadReport], tensors: list[GGUFTensorRep
 
 
 def worst_gap(output: GGUFOutput) -> float:
-    return max((abs(c.realized - c.target) / abs(c.target - c.original) for r in output.reports for c in r.components
-                if c.realized is not None and c.target != c.original), default=0.0)
+    return max((_edit_gap(r) for r in output.reports), default=0.0)
 
 
-def fallback_line(output: GGUFOutput, fallback: str) -> str | None:
-    if not output.fallback:
-        return None
-    kinds = "/".join(sorted({t.original_type for t in output.fallback}))
-    return (f"{len(output.fallback)} edited GGUF tensor(s) stored as {fallback.upper()} instead of {kinds}: the gguf "
-            f"package cannot quantize {kinds} (--gguf-fallback q8_0|f16 picks the type)")
+def fallback_lines(output: GGUFOutput) -> list[str]:
+    """One line per reason an edited tensor is not in its original type (empty when all are)."""
+    lines = []
+    for reason in (UNSUPPORTED, IMPRECISE):
+        moved = [t for t in output.fallback if t.reason == reason]
+        if not moved:
+            continue
+        kinds = "/".join(sorted({t.original_type for t in moved}))
+        if reason == UNSUPPORTED:
+            written = "/".join(sorted({t.written_type for t in moved}))
+            lines.append(f"{len(moved)} edited GGUF tensor(s) stored as {written} instead of {kinds}: the gguf package "
+                         f"cannot quantize {kinds} (--gguf-fallback q8_0|f16 picks the type)")
+        else:
+            pairs = ", ".join(sorted({f"{t.original_type}→{t.written_type}" for t in moved}))
+            lines.append(f"{len(moved)} edited GGUF tensor(s) stored in a finer type ({pairs}): in their original type "
+                         f"they missed the intended change of the edited singular values by more than "
+                         f"{UNTOUCHED_LIMIT:.0%} (--gguf-requant keep writes the original type anyway)")
+    return lines
 
 
 # ----------------------------------------------------------------------------------------------
@@ -279,9 +351,7 @@ def card_section(output: GGUFOutput, fallback: str, name: str) -> str:
         f"Re-quantized, the edited singular values are within {worst_gap(output):.1%} of the intended change "
         "(measured by dequantizing the written tensors and re-decomposing the edited heads).",
     ]
-    line = fallback_line(output, fallback)
-    if line:
-        parts.append(f"**Note:** {line}.")
+    parts += [f"**Note:** {line}." for line in fallback_lines(output)]
     parts += [
         "```sh\nllama-cli -m " + output.file + " -p \"The capital of France is\" -n 16\n"
         f"ollama create {name} -f {MODELFILE} && ollama run {name}\n```",

@@ -6,10 +6,15 @@ only checks that one exists and never reads, prints or stores it.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
+import os
 import re
+import shutil
+import tempfile
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,29 +26,84 @@ from huggingface_hub.utils import validate_repo_id
 from th_edit import strict_json
 from th_edit.checkpoint import sha256_file
 from th_edit.errors import UserError, first_line
-from th_edit.export import PROVENANCE_FILE, checkpoint_files, th_edit_record
+from th_edit.export import (
+    BENCHMARK_PLOT,
+    CARD_FILE,
+    GGUF_CARD,
+    PROVENANCE_FILE,
+    RECIPE_FILE,
+    checkpoint_files,
+    is_gguf_output,
+    th_edit_record,
+)
+from th_edit.lora import ADAPTER_DIR
+from th_edit.recipe import OUTPUT_FORMATS
 
-# Weight files of an earlier push that this one does not replace would mix two checkpoints.
-STALE_WEIGHTS = ["*.safetensors", "model.safetensors.index.json"]
+# Files of an earlier push that this one does not replace would mix two outputs, per format.
+STALE_FILES = {"safetensors": ["*.safetensors", "model.safetensors.index.json"], "gguf": ["*.gguf"],
+               "lora": ["*.safetensors"]}
+STALE_WEIGHTS = STALE_FILES["safetensors"]
+FORMAT_NAMES = {"safetensors": "the safetensors checkpoint", "gguf": "the GGUF file", "lora": "the LoRA adapter"}
 
 
 @dataclass(frozen=True)
 class PushPlan:
+    """What one push uploads: `files` are (path in the repo, bytes, path in the output directory).
+    A GGUF or adapter repo takes some files under another name (its card as README.md, the adapter's
+    files at the top), so those are uploaded from a scratch folder of links (`upload_folder`)."""
+
     folder: Path
     repo_id: str
     private: bool
     revision: str | None
-    files: list[tuple[str, int]]  # (relative path, bytes)
+    files: list[tuple[str, int]]  # (path in the repo, bytes)
+    format: str = "safetensors"
+    sources: tuple[tuple[str, str], ...] = ()  # (path in the repo, path in `folder`) where the two differ
+    left_out: tuple[str, ...] = ()  # the output's other formats, each for a repo of its own
+    written: tuple[str, ...] = ()  # every file apply wrote (provenance.json's list), whichever format it belongs to
 
     @property
     def total_bytes(self) -> int:
         return sum(size for _, size in self.files)
 
 
-def plan_push(folder: Path, repo_id: str, private: bool, revision: str | None) -> PushPlan:
+def output_formats(record: dict) -> list[str]:
+    output = record.get("output")
+    formats = output.get("formats") if isinstance(output, dict) else None
+    return [f for f in formats if f in OUTPUT_FORMATS] if isinstance(formats, list) else ["safetensors"]
+
+
+def _repo_files(fmt: str, names: list[str]) -> dict[str, str]:
+    """{path in the repo: path in the output directory} of the format `fmt`, from the files apply wrote."""
+    adapter = f"{ADAPTER_DIR}/"
+    if fmt == "lora":
+        chosen = {name.removeprefix(adapter): name for name in names if name.startswith(adapter)}
+        return {**chosen, RECIPE_FILE: RECIPE_FILE}
+    if fmt == "gguf":
+        card = GGUF_CARD if GGUF_CARD in names else CARD_FILE
+        chosen = {name: name for name in names if is_gguf_output(name) and name != GGUF_CARD}
+        chosen.update({n: n for n in (RECIPE_FILE, BENCHMARK_PLOT, PROVENANCE_FILE) if n in names})
+        return {**chosen, CARD_FILE: card}
+    return {name: name for name in names if not is_gguf_output(name) and not name.startswith(adapter)}
+
+
+def plan_push(folder: Path, repo_id: str, private: bool, revision: str | None, fmt: str | None = None) -> PushPlan:
+    """`fmt`: which format of the output to push (each format is a repo of its own); default the
+    safetensors checkpoint, or the GGUF file where apply wrote no checkpoint."""
     if not folder.is_dir():
         raise UserError(f"no such directory: {folder}")
     names = written_by_apply(folder)
+    formats = output_formats(th_edit_record(folder) or {})
+    if fmt is None:
+        fmt = "safetensors" if "safetensors" in formats else formats[0]
+    if fmt not in OUTPUT_FORMATS:
+        raise UserError(f"--format: unknown format '{fmt}'; choose from {', '.join(OUTPUT_FORMATS)}")
+    if fmt not in formats:
+        raise UserError(f"{folder} holds no {fmt} output (apply wrote {', '.join(formats)}); "
+                        f"`th-edit apply RECIPE --format {fmt}` writes one")
+    chosen = _repo_files(fmt, names)
+    if fmt != "safetensors" and not any(n.endswith((".gguf", ".safetensors")) for n in chosen.values()):
+        raise UserError(f"{folder}: provenance.json names no file of the {fmt} output; run `th-edit verify {folder}`")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise UserError(f"repo id '{repo_id}' must have the form user-or-org/name")
     try:
@@ -52,7 +112,29 @@ def plan_push(folder: Path, repo_id: str, private: bool, revision: str | None) -
         raise UserError(f"repo id '{repo_id}' is not a valid Hub name: {first_line(exc)}") from None
     if revision is not None:
         check_branch_name(revision)
-    return PushPlan(folder, repo_id, private, revision, sorted((name, (folder / name).stat().st_size) for name in names))
+    files = sorted((repo, (folder / local).stat().st_size) for repo, local in chosen.items())
+    sources = tuple(sorted((repo, local) for repo, local in chosen.items() if repo != local))
+    return PushPlan(folder, repo_id, private, revision, files, fmt, sources, tuple(f for f in formats if f != fmt),
+                    tuple(names))
+
+
+@contextlib.contextmanager
+def upload_source(plan: PushPlan) -> Iterator[Path]:
+    """The folder to upload from: the output directory itself, or (where files take other names in
+    the repo) a scratch folder of hard links to them (copies where links cannot be made)."""
+    if not plan.sources:
+        yield plan.folder
+        return
+    with tempfile.TemporaryDirectory(prefix="th-edit-push-") as scratch:
+        renamed = dict(plan.sources)
+        for repo_path, _ in plan.files:
+            local, target = plan.folder / renamed.get(repo_path, repo_path), Path(scratch) / repo_path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(local, target)
+            except OSError:
+                shutil.copyfile(local, target)
+        yield Path(scratch)
 
 
 _REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//")
@@ -107,11 +189,12 @@ def push(plan: PushPlan, api: HfApi | None = None) -> str:
         api.create_repo(plan.repo_id, private=plan.private, exist_ok=True, repo_type="model")
         if plan.revision:
             api.create_branch(plan.repo_id, branch=plan.revision, exist_ok=True, repo_type="model")
-        commit = api.upload_folder(
-            repo_id=plan.repo_id, folder_path=str(plan.folder), repo_type="model", revision=plan.revision,
-            commit_message=f"Upload {plan.folder.name} (edited with th-edit)",
-            allow_patterns=[glob.escape(name) for name, _ in plan.files], delete_patterns=STALE_WEIGHTS,
-        )
+        with upload_source(plan) as folder:
+            commit = api.upload_folder(
+                repo_id=plan.repo_id, folder_path=str(folder), repo_type="model", revision=plan.revision,
+                commit_message=f"Upload {plan.folder.name} ({FORMAT_NAMES[plan.format]}, edited with th-edit)",
+                allow_patterns=[glob.escape(name) for name, _ in plan.files], delete_patterns=STALE_FILES[plan.format],
+            )
     except RepositoryNotFoundError:
         raise UserError(f"hub repo '{plan.repo_id}' not found or not writable with your token") from None
     except HfHubHTTPError as exc:

@@ -29,6 +29,7 @@ from th_edit.export import (
     side_file_root,
     side_files,
 )
+from th_edit.gguf_export import RECORDED_REQUANT_DEFAULT, REQUANT_POLICIES
 from th_edit.lora import ADAPTER_DIR, checkpoint_adapter
 from th_edit.models import ResolvedModel
 from th_edit.readers import decode_json, read_json, read_text
@@ -95,7 +96,8 @@ def verify(out_dir: Path, base: str | None = None) -> list[str]:
         problems.append(f"recomputing the edit from recipe.yaml and the base gives different weights in: {', '.join(changed)}")
     problems += _compare_adapter(record, prepared, computed, derived)
     if "gguf" in formats:
-        problems += _check_gguf(out_dir, record, prepared, computed, output.get("gguf_fallback", "q8_0"))
+        problems += _check_gguf(out_dir, record, prepared, computed, output.get("gguf_fallback", "q8_0"),
+                                output.get("gguf_requant", RECORDED_REQUANT_DEFAULT))
     problems += _compare_side_files(record["files_sha256"], derived)
     problems += _compare_benchmark_setup(record.get("benchmark"), recipe)
     unknown = sorted(set(record) - set(PROVENANCE_FIELDS))
@@ -130,7 +132,8 @@ def _same_value(recorded: object, now: object) -> bool:
     return _same(recorded, now)
 
 
-def _check_gguf(out_dir: Path, record: dict, prepared: Prepared, computed, fallback: object) -> list[str]:
+def _check_gguf(out_dir: Path, record: dict, prepared: Prepared, computed, fallback: object,
+                requant: object) -> list[str]:
     """The GGUF file rebuilt from the recipe and the base GGUF (in a scratch directory, removed
     after) has the recorded sha256; otherwise the tensors that differ are named."""
     import tempfile
@@ -138,13 +141,14 @@ def _check_gguf(out_dir: Path, record: dict, prepared: Prepared, computed, fallb
     from th_edit.gguf_export import differing_tensors, write_gguf
 
     names = [name for name in record["files_sha256"] if name.endswith(".gguf")]
-    if len(names) != 1 or prepared.base.gguf_path is None or not isinstance(fallback, str):
+    if len(names) != 1 or prepared.base.gguf_path is None or not isinstance(fallback, str) \
+            or requant not in REQUANT_POLICIES:
         return ["provenance.json: output.formats has gguf, but the record does not name one GGUF file of a GGUF base"]
     name = names[0]
     with tempfile.TemporaryDirectory(prefix="th-edit-verify-") as scratch:
         rebuilt = Path(scratch) / name
         write_gguf(rebuilt, prepared.base, prepared.adapter, prepared.tensors, computed.result, record["recipe"]["sha256"],
-                   fallback, str(record.get("th_edit_version")))
+                   fallback, str(record.get("th_edit_version")), requant)
         if sha256_file(rebuilt) == record["files_sha256"][name]:
             return []
         written = out_dir / name

@@ -8,7 +8,7 @@ import click
 
 from th_edit.apply import apply_file
 from th_edit.commands import options as opt
-from th_edit.gguf_export import FALLBACK_TYPES
+from th_edit.gguf_export import DEFAULT_REQUANT, FALLBACK_TYPES, REQUANT_POLICIES
 from th_edit.recipe import OUTPUT_FORMATS
 
 
@@ -23,8 +23,12 @@ from th_edit.recipe import OUTPUT_FORMATS
 @click.option("--gguf-fallback", type=click.Choice(FALLBACK_TYPES), default=None,
               help="Type of edited GGUF tensors whose original type the gguf package cannot quantize (K-quants, "
                    "IQ types). [default: q8_0]")
+@click.option("--gguf-requant", type=click.Choice(REQUANT_POLICIES), default=None,
+              help="auto: an edited GGUF tensor whose re-quantization misses the intended change by more than 1% is "
+                   "stored in the fallback type (then F16) instead; keep: always its original type (smallest file). "
+                   f"[default: {DEFAULT_REQUANT}]")
 def apply_command(recipe: Path, out: Path | None, force: bool, no_bench: bool, formats: tuple[str, ...],
-                  gguf_fallback: str | None) -> None:
+                  gguf_fallback: str | None, gguf_requant: str | None) -> None:
     """Apply RECIPE (YAML) and write the edited model as an ordinary checkpoint."""
     apply_file(recipe, out, force, benchmark=not no_bench, echo=click.echo, formats=formats or None,
-               gguf_fallback=gguf_fallback)
+               gguf_fallback=gguf_fallback, gguf_requant=gguf_requant)
