@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from th_edit import __version__, ui
 from th_edit.channels.composition import CompositionScores, PairScores, composition_scores, resolve_pair
-from th_edit.channels.datacheck import ComponentCheck, Target, check_components
+from th_edit.channels.datacheck import CONFIRM_TOP, ComponentCheck, Target, check_components
 from th_edit.channels.factors import HeadFactors, HeadId, head_factors
 from th_edit.channels.roles import RoleRanking, repeated_roles, task_roles
 from th_edit.errors import UserError
@@ -55,6 +55,8 @@ class ChannelSettings:
     check_top: int = 2  # per pair: the top components by weight, and as many random others, are checked
     check_prompts: int = 16  # prompts of the data check (balanced over N), each ablation runs them all
     data_check: bool = True
+    check_method: str = "attribution"  # "exact": ablate every target; "attribution": estimate all, ablate the top few
+    check_confirm: int = CONFIRM_TOP  # attribution: per pair, this many targets (largest estimated effect) ablated
     seed: int = 0
     batch_size: int = 16
 
@@ -227,7 +229,8 @@ def find_channels(session: Session, kinds: Sequence[str] = KINDS, settings: Chan
         checked = [p for p in reports if p.channel is not None]
         targets = [t for p in checked for t in _targets(p, settings.check_top, rng)]
         results = check_components(session, _balanced(prompts, settings.check_prompts), targets,
-                                   (0.0, settings.check_alpha), settings.batch_size)
+                                   (0.0, settings.check_alpha), settings.batch_size, settings.check_method,
+                                   settings.check_confirm)
         for check in results:
             for p in checked:
                 t = check.target
