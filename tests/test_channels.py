@@ -1,5 +1,6 @@
 """`th-edit channels`: the data check, the channel report and its schema, the draft recipe, the command."""
 
+import dataclasses
 import json
 import math
 import re
@@ -108,6 +109,24 @@ def test_attribution_check_confirms_its_top_components_by_exact_ablation(session
     confirmed_v = any(0.0 in c.measured for c in by_pair[(HeadId(0, 4), HeadId(2, 0), "v")] if c.target.component == 1)
     assert (0.0 in shared.measured) == (confirmed_v or shared in sorted(
         by_pair[(HeadId(0, 4), HeadId(3, 1), "k")], key=lambda c: -abs(c.estimated_shift[0.0]))[:2])
+
+
+@pytest.mark.pipeline
+def test_exact_check_measures_every_target_and_attribution_checks_the_same_ones(session):
+    """--data-check exact is today's check (every target removed and scaled by hook); attribution checks
+    the same targets, each of its measured numbers being the exact one."""
+    exact = find_channels(session, settings=dataclasses.replace(SETTINGS, check_method="exact"))
+    fast = find_channels(session, settings=SETTINGS)
+    assert SETTINGS.check_method == "attribution" and exact.as_dict()["settings"]["check_method"] == "exact"
+    exact_checks = {(c.target, c.target.mode): c for p in exact.pairs for c in p.checks}
+    assert exact_checks and all(c.measured == {0.0, SETTINGS.check_alpha} and not c.estimated_shift
+                                for c in exact_checks.values())
+    fast_checks = {(c.target, c.target.mode): c for p in fast.pairs for c in p.checks}
+    assert set(fast_checks) == set(exact_checks)
+    assert any(0.0 in c.measured for c in fast_checks.values())
+    for key, check in fast_checks.items():
+        if 0.0 in check.measured:
+            assert check.data_score == pytest.approx(exact_checks[key].data_score, abs=1e-6)
 
 
 @pytest.mark.pipeline

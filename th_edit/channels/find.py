@@ -100,7 +100,7 @@ class PairReport:
                 "receiver": {"layer": self.receiver.layer, "head": self.receiver.head, **self.links[k]},
                 "mode": self.mode, "weight_score": float(self.scores.components[k]), "z": float(self.scores.z[k]),
                 "data": None if check is None else {k2: v for k2, v in check.as_dict().items()
-                                                    if k2 in ("data_score", "attention_shift", "logit_diff_change")},
+                                                    if k2 in ("data_score", "attention_shift", "logit_diff_change", "measured")},
             })
         return out
 

@@ -1,5 +1,5 @@
 """First-order effect of scaling every OV component of chosen heads, from one forward and one backward
-pass per objective (docs/method.md#search: attribution ranking; #data-check).
+pass per objective (docs/method.md#search, #data-check).
 
 Scaling OV component k of head h by α changes the head's output z (before the output projection) by
 (α − 1)(z · read_k) write_k (`hooks.ov_component`: exactly the weight edit), so the derivative at
