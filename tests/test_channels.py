@@ -197,6 +197,10 @@ def test_channels_command_writes_everything_and_apply_accepts_the_draft(checkpoi
     assert result.exit_code == 0, result.output
     assert "inhibition channel" in result.stdout and "roles" in result.stdout
     record = json.loads((out / "channels.json").read_text())
+    assert record["settings"]["check_method"] == "attribution"  # the default
+    checks = [c for p in record["pairs"] for c in p["checks"]]
+    assert checks and all("estimated_attention_shift" in c for c in checks)
+    assert any("0.0" in c["measured"] for c in checks)
     for name in ("components.png", "mover-map.png", "weight-vs-data.png"):
         assert (out / name).stat().st_size > 1000, name
     if record["channels"].get("inhibition"):
@@ -206,6 +210,17 @@ def test_channels_command_writes_everything_and_apply_accepts_the_draft(checkpoi
         assert applied.exit_code == 0, applied.output
     again = CliRunner().invoke(main, args)  # existing outputs are not overwritten without --force
     assert again.exit_code == 2 and "already exists" in again.stderr
+
+
+@pytest.mark.cli
+def test_channels_command_exact_data_check(checkpoint):
+    result = CliRunner().invoke(main, ["--quiet", "channels", str(checkpoint), "--n-items", "3", "--n-prompts", "6",
+                                       "--top", "2", "--z-threshold", "1", "--data-check", "exact", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    checks = [c for p in record["pairs"] for c in p["checks"]]
+    assert record["settings"]["check_method"] == "exact"
+    assert checks and all(c["measured"] == ["0.0", "2.0"] and "estimated_attention_shift" not in c for c in checks)
 
 
 @pytest.mark.cli
