@@ -24,6 +24,7 @@ import time
 
 import th_edit
 from th_edit import ui
+from th_edit.channels import datacheck, find
 from th_edit.channels.datacheck import CONFIRM_TOP
 from th_edit.channels.find import ChannelSettings, find_channels
 from th_edit.stats import spearman
@@ -33,11 +34,30 @@ def load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" ({os.cpu_count()} CPUs)"
 
 
+PHASES: dict[str, float] = {}
+
+
+def phase_timer(module, name: str, label: str) -> None:
+    """Wrap module.name so that the seconds spent in it add up under `label` in PHASES."""
+    inner = getattr(module, name)
+
+    def wrapped(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            PHASES[label] = PHASES.get(label, 0.0) + time.perf_counter() - started
+    setattr(module, name, wrapped)
+
+
 def timed(session, settings: ChannelSettings):
+    PHASES.clear()
     before = load()
     started = time.perf_counter()
     report = find_channels(session, settings=settings)
-    return report, time.perf_counter() - started, before, load()
+    seconds = time.perf_counter() - started
+    phases = ", ".join(f"{label} {value:.1f} s" for label, value in PHASES.items())
+    return report, seconds, f"{before} before, {load()} after; of which {phases}"
 
 
 def pair_key(pair) -> str:
@@ -56,10 +76,13 @@ def main() -> None:
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args()
     ui.configure(quiet=True, verbose=False)
+    phase_timer(find, "check_components", "data check")
+    phase_timer(datacheck, "estimate_derivatives", "attribution")
+    phase_timer(datacheck, "_ablate", "ablations")
     session = th_edit.load(args.model)
     common = dict(check_prompts=args.check_prompts, check_confirm=args.confirm)
-    fast, fast_s, fast_before, fast_after = timed(session, ChannelSettings(check_method="attribution", **common))
-    exact, exact_s, exact_before, exact_after = timed(session, ChannelSettings(check_method="exact", **common))
+    fast, fast_s, fast_load = timed(session, ChannelSettings(check_method="attribution", **common))
+    exact, exact_s, exact_load = timed(session, ChannelSettings(check_method="exact", **common))
 
     exact_pairs = {pair_key(p): p for p in exact.pairs if p.checks}
     rows, agrees, rhos = [], [], []
@@ -80,8 +103,12 @@ def main() -> None:
                      "top1_attribution": top1(pair), "agrees": agree, "spearman_estimate": rho})
 
     print(f"model {args.model}, {args.check_prompts} check prompts, seed 0, confirm top {args.confirm} per pair")
-    print(f"attribution: {fast_s:7.1f} s  ({fast_before} before, {fast_after} after)")
-    print(f"exact:       {exact_s:7.1f} s  ({exact_before} before, {exact_after} after)")
+    ablations = len({(c.target.sender, c.target.component, c.target.mode == "q", alpha)
+                     for p in fast.pairs for c in p.checks for alpha in c.measured})
+    exact_ablations = len({(c.target.sender, c.target.component, c.target.mode == "q", alpha)
+                           for p in exact.pairs for c in p.checks for alpha in c.measured})
+    print(f"attribution: {fast_s:7.1f} s  ({fast_load}; {ablations} ablations)")
+    print(f"exact:       {exact_s:7.1f} s  ({exact_load}; {exact_ablations} ablations)")
     print(f"speed-up {exact_s / fast_s:.1f}x (computation of the whole `channels` run, model load excluded)\n")
     print("| pair | channel | checked | confirmed | top-1 exact | top-1 attribution | agrees | ρ estimate |")
     print("|---|---|---|---|---|---|---|---|")
@@ -102,7 +129,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "attribution_s": fast_s, "exact_s": exact_s,
-                       "load": {"attribution": [fast_before, fast_after], "exact": [exact_before, exact_after]},
+                       "load": {"attribution": fast_load, "exact": exact_load},
                        "top1_agreement": rate, "median_spearman_estimate": median, "pairs": rows}, f, indent=2)
 
 
