@@ -1,10 +1,10 @@
 """Benchmark (run by hand): `channels` with the attribution data check vs the exact one, same run.
 
-    python tests/perf/datacheck_speed.py [--model smollm2-135m] [--check-prompts 16] [--confirm 2] [--json FILE]
+    python tests/perf/datacheck_speed.py [--model smollm2-135m] [--check-prompts 16] [--confirm 1 2] [--json FILE]
 
 Both sides run `find_channels` with the `channels` defaults (roles, weights, data check; the same
-targets: the seed fixes them) on one loaded model; the attribution run goes first, so it pays for
-the per-head SVDs both use. Prints the computation time of each (model load excluded) with the
+targets: the seed fixes them) on one loaded model; the attribution runs (one per --confirm K: the
+components per pair removed exactly) go first, so the first pays for the per-head SVDs all use. Prints the computation time of each (model load excluded) with the
 machine's load average beside it, and per checked pair (sender, receiver, mode):
   * top-1: the component with the largest data score (|attention shift| on removal) by each method,
     and whether they agree (the goal: ≥ 90% of pairs);
@@ -72,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--check-prompts", type=int, default=ChannelSettings.check_prompts)
-    parser.add_argument("--confirm", type=int, default=CONFIRM_TOP)
+    parser.add_argument("--confirm", type=int, nargs="+", default=sorted({1, 2, CONFIRM_TOP}))
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args()
     ui.configure(quiet=True, verbose=False)
@@ -80,12 +80,52 @@ def main() -> None:
     phase_timer(datacheck, "estimate_derivatives", "attribution")
     phase_timer(datacheck, "_ablate", "ablations")
     session = th_edit.load(args.model)
-    common = dict(check_prompts=args.check_prompts, check_confirm=args.confirm)
-    fast, fast_s, fast_load = timed(session, ChannelSettings(check_method="attribution", **common))
+    common = dict(check_prompts=args.check_prompts)
+    fast_runs = [(k, *timed(session, ChannelSettings(check_method="attribution", check_confirm=k, **common)))
+                 for k in args.confirm]
     exact, exact_s, exact_load = timed(session, ChannelSettings(check_method="exact", **common))
+    print(f"model {args.model}, {args.check_prompts} check prompts, seed 0; computation of the whole `channels` run, "
+          "model load excluded")
+    print(f"exact:                  {exact_s:7.1f} s  ({exact_load}; {ablations(exact)} ablations)")
+    results = []
+    for k, fast, fast_s, fast_load in fast_runs:
+        print(f"attribution, confirm {k}: {fast_s:7.1f} s  ({fast_load}; {ablations(fast)} ablations; "
+              f"speed-up {exact_s / fast_s:.1f}x)")
+    for k, fast, fast_s, fast_load in fast_runs:
+        rows, rate, median, mean, same = compare(fast, exact)
+        print(f"\nattribution, confirm {k} per pair, against exact:")
+        print("| pair | channel | checked | confirmed | top-1 exact | top-1 attribution | agrees | ρ estimate |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            rho = "-" if r["spearman_estimate"] is None else f"{r['spearman_estimate']:+.2f}"
+            print(f"| {r['pair']} | {r['channel']} | {r['checked']} | {r['confirmed']} | {r['top1_exact']} | "
+                  f"{r['top1_attribution']} | {'yes' if r['agrees'] else 'NO'} | {rho} |")
+        print(f"top-1 agrees on {sum(r['agrees'] for r in rows)}/{len(rows)} pairs ({rate:.0%}; goal ≥ 90%); Spearman of "
+              f"the estimate against the exact data score: median {median:+.2f}, mean {mean:+.2f}; same channel "
+              f"components reported: {same}")
+        results.append({"confirm": k, "seconds": fast_s, "load": fast_load, "ablations": ablations(fast),
+                        "top1_agreement": rate, "median_spearman_estimate": median, "pairs": rows})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": args.model, "exact_s": exact_s, "exact_load": exact_load, "exact_ablations": ablations(exact),
+                       "attribution": results}, f, indent=2)
 
+
+def ablations(report) -> int:
+    """Distinct hooked forward passes the report's checks were measured with."""
+    return len({(c.target.sender, c.target.component, c.target.mode == "q", alpha)
+                for p in report.pairs for c in p.checks for alpha in c.measured})
+
+
+def channel_components(report) -> dict[str, list]:
+    return {kind: sorted((e["sender"]["layer"], e["sender"]["head"], e["sender"]["component"]) for e in entries)
+            for kind, entries in report.as_dict()["channels"].items()}
+
+
+def compare(fast, exact):
+    """Per checked pair: top-1 by each method, and the estimate's Spearman against the exact data scores."""
     exact_pairs = {pair_key(p): p for p in exact.pairs if p.checks}
-    rows, agrees, rhos = [], [], []
+    rows, rhos = [], []
     for pair in fast.pairs:
         if not pair.checks:
             continue
@@ -94,43 +134,15 @@ def main() -> None:
         components = [c.target.component for c in pair.checks]
         assert components == [c.target.component for c in truth.checks], "both runs check the same components"
         rho = spearman([abs(c.estimated_shift[0.0]) for c in pair.checks], [exact_scores[k] for k in components])
-        agree = top1(pair) == top1(truth)
-        agrees.append(agree)
         if rho is not None:
             rhos.append(rho)
         rows.append({"pair": pair_key(pair), "channel": pair.channel, "checked": len(components),
                      "confirmed": sum(0.0 in c.measured for c in pair.checks), "top1_exact": top1(truth),
-                     "top1_attribution": top1(pair), "agrees": agree, "spearman_estimate": rho})
-
-    print(f"model {args.model}, {args.check_prompts} check prompts, seed 0, confirm top {args.confirm} per pair")
-    ablations = len({(c.target.sender, c.target.component, c.target.mode == "q", alpha)
-                     for p in fast.pairs for c in p.checks for alpha in c.measured})
-    exact_ablations = len({(c.target.sender, c.target.component, c.target.mode == "q", alpha)
-                           for p in exact.pairs for c in p.checks for alpha in c.measured})
-    print(f"attribution: {fast_s:7.1f} s  ({fast_load}; {ablations} ablations)")
-    print(f"exact:       {exact_s:7.1f} s  ({exact_load}; {exact_ablations} ablations)")
-    print(f"speed-up {exact_s / fast_s:.1f}x (computation of the whole `channels` run, model load excluded)\n")
-    print("| pair | channel | checked | confirmed | top-1 exact | top-1 attribution | agrees | ρ estimate |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        rho = "-" if r["spearman_estimate"] is None else f"{r['spearman_estimate']:+.2f}"
-        print(f"| {r['pair']} | {r['channel']} | {r['checked']} | {r['confirmed']} | {r['top1_exact']} | "
-              f"{r['top1_attribution']} | {'yes' if r['agrees'] else 'NO'} | {rho} |")
-    rate = sum(agrees) / len(agrees) if agrees else float("nan")
+                     "top1_attribution": top1(pair), "agrees": top1(pair) == top1(truth), "spearman_estimate": rho})
+    rate = sum(r["agrees"] for r in rows) / len(rows) if rows else float("nan")
     median = statistics.median(rhos) if rhos else float("nan")
-    print(f"\ntop-1 agrees on {sum(agrees)}/{len(agrees)} pairs ({rate:.0%}; goal ≥ 90%); Spearman of the estimate "
-          f"against the exact data score: median {median:+.2f}, mean {statistics.fmean(rhos) if rhos else float('nan'):+.2f} "
-          f"over {len(rhos)} pairs")
-    channels = {kind: sorted((e["sender"]["layer"], e["sender"]["head"], e["sender"]["component"])
-                             for e in entries) for kind, entries in exact.as_dict()["channels"].items()}
-    same = channels == {kind: sorted((e["sender"]["layer"], e["sender"]["head"], e["sender"]["component"])
-                                     for e in entries) for kind, entries in fast.as_dict()["channels"].items()}
-    print(f"same channel components reported by both: {same}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"model": args.model, "attribution_s": fast_s, "exact_s": exact_s,
-                       "load": {"attribution": fast_load, "exact": exact_load},
-                       "top1_agreement": rate, "median_spearman_estimate": median, "pairs": rows}, f, indent=2)
+    mean = statistics.fmean(rhos) if rhos else float("nan")
+    return rows, rate, median, mean, channel_components(fast) == channel_components(exact)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from th_edit.tasks.mentions import Mentions, locate_mentions
 from th_edit.tasks.prompts import TaskPrompt
 
 METHODS = ("attribution", "exact")
-CONFIRM_TOP = 2  # per pair, the targets with the largest estimated removal effect that are then ablated exactly
+CONFIRM_TOP = 1  # per pair, the targets with the largest estimated removal effect that are then ablated exactly
 
 
 @dataclass(frozen=True)
