@@ -188,6 +188,8 @@ def estimate_derivatives(session: Session, prompts: _Prompts, targets: Sequence[
                 objectives[None] = objectives.get(None, 0) + _logit_diff(last[row, ids], answer_index)
             for receiver, objective in objectives.items():
                 reached = [s for s in senders if receiver is None or s.layer < receiver.layer]
+                if not reached:
+                    continue
                 layers = sorted({s.layer for s in reached})
                 grads = dict(zip(layers, torch.autograd.grad(objective, [z[layer] for layer in layers],
                                                              retain_graph=True, allow_unused=True)))
