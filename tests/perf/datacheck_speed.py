@@ -60,12 +60,12 @@ def timed(session, settings: ChannelSettings):
     return report, seconds, f"{before} before, {load()} after; of which {phases}"
 
 
-def pair_key(pair) -> str:
-    return f"{pair.sender} -> {pair.receiver} {pair.mode}"
+def pair_key(pair: dict) -> str:
+    return f"{pair['sender']} -> {pair['receiver']} {pair['mode']}"
 
 
-def top1(pair) -> int:
-    return max(pair.checks, key=lambda c: c.data_score).target.component
+def top1(pair: dict) -> int:
+    return max(pair["checks"], key=lambda c: c["data_score"])["sender"]["component"]
 
 
 def main() -> None:
@@ -73,6 +73,8 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--check-prompts", type=int, default=ChannelSettings.check_prompts)
     parser.add_argument("--confirm", type=int, nargs="+", default=sorted({1, 2, CONFIRM_TOP}))
+    parser.add_argument("--exact-json", help="compare against this channels.json of an exact run with the same settings "
+                        "instead of running the exact check here (its time is then not measured)")
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args()
     ui.configure(quiet=True, verbose=False)
@@ -81,19 +83,29 @@ def main() -> None:
     phase_timer(datacheck, "_ablate", "ablations")
     session = th_edit.load(args.model)
     common = dict(check_prompts=args.check_prompts)
-    fast_runs = [(k, *timed(session, ChannelSettings(check_method="attribution", check_confirm=k, **common)))
-                 for k in args.confirm]
-    exact, exact_s, exact_load = timed(session, ChannelSettings(check_method="exact", **common))
     print(f"model {args.model}, {args.check_prompts} check prompts, seed 0; computation of the whole `channels` run, "
-          "model load excluded")
-    print(f"exact:                  {exact_s:7.1f} s  ({exact_load}; {ablations(exact)} ablations)")
+          "model load excluded", flush=True)
+    fast_runs = []
+    for k in args.confirm:
+        report, seconds, machine = timed(session, ChannelSettings(check_method="attribution", check_confirm=k, **common))
+        fast_runs.append((k, report.as_dict(), seconds, machine))
+        print(f"attribution, confirm {k}: {seconds:7.1f} s  ({machine}; {ablations(fast_runs[-1][1])} ablations)", flush=True)
+    if args.exact_json:
+        with open(args.exact_json) as f:
+            exact = json.load(f)
+        exact_s, exact_load = None, f"read from {args.exact_json}, not timed in this run"
+        assert exact["settings"] | {"check_method": "attribution", "check_confirm": None} == \
+            fast_runs[0][1]["settings"] | {"check_confirm": None}, "the exact run used other settings"
+    else:
+        report, exact_s, exact_load = timed(session, ChannelSettings(check_method="exact", **common))
+        exact = report.as_dict()
+    timing = "" if exact_s is None else f"{exact_s:7.1f} s  "
+    print(f"exact:                  {timing}({exact_load}; {ablations(exact)} ablations)")
     results = []
     for k, fast, fast_s, fast_load in fast_runs:
-        print(f"attribution, confirm {k}: {fast_s:7.1f} s  ({fast_load}; {ablations(fast)} ablations; "
-              f"speed-up {exact_s / fast_s:.1f}x)")
-    for k, fast, fast_s, fast_load in fast_runs:
         rows, rate, median, mean, same = compare(fast, exact)
-        print(f"\nattribution, confirm {k} per pair, against exact:")
+        speed = "" if exact_s is None else f", speed-up {exact_s / fast_s:.1f}x"
+        print(f"\nattribution, confirm {k} per pair ({fast_s:.1f} s{speed}), against exact:")
         print("| pair | channel | checked | confirmed | top-1 exact | top-1 attribution | agrees | ρ estimate |")
         print("|---|---|---|---|---|---|---|---|")
         for r in rows:
@@ -111,33 +123,34 @@ def main() -> None:
                        "attribution": results}, f, indent=2)
 
 
-def ablations(report) -> int:
-    """Distinct hooked forward passes the report's checks were measured with."""
-    return len({(c.target.sender, c.target.component, c.target.mode == "q", alpha)
-                for p in report.pairs for c in p.checks for alpha in c.measured})
+def ablations(record: dict) -> int:
+    """Distinct hooked forward passes the record's checks were measured with."""
+    return len({(c["sender"]["layer"], c["sender"]["head"], c["sender"]["component"], c["mode"] == "q", alpha)
+                for p in record["pairs"] for c in p["checks"] for alpha in c.get("measured", c["attention_shift"])})
 
 
-def channel_components(report) -> dict[str, list]:
+def channel_components(record: dict) -> dict[str, list]:
     return {kind: sorted((e["sender"]["layer"], e["sender"]["head"], e["sender"]["component"]) for e in entries)
-            for kind, entries in report.as_dict()["channels"].items()}
+            for kind, entries in record["channels"].items()}
 
 
-def compare(fast, exact):
+def compare(fast: dict, exact: dict):
     """Per checked pair: top-1 by each method, and the estimate's Spearman against the exact data scores."""
-    exact_pairs = {pair_key(p): p for p in exact.pairs if p.checks}
+    exact_pairs = {pair_key(p): p for p in exact["pairs"] if p["checks"]}
     rows, rhos = [], []
-    for pair in fast.pairs:
-        if not pair.checks:
+    for pair in fast["pairs"]:
+        if not pair["checks"]:
             continue
         truth = exact_pairs[pair_key(pair)]
-        exact_scores = {c.target.component: c.data_score for c in truth.checks}
-        components = [c.target.component for c in pair.checks]
-        assert components == [c.target.component for c in truth.checks], "both runs check the same components"
-        rho = spearman([abs(c.estimated_shift[0.0]) for c in pair.checks], [exact_scores[k] for k in components])
+        components = [c["sender"]["component"] for c in pair["checks"]]
+        assert components == [c["sender"]["component"] for c in truth["checks"]], "both runs check the same components"
+        exact_scores = {c["sender"]["component"]: c["data_score"] for c in truth["checks"]}
+        rho = spearman([abs(c["estimated_attention_shift"]["0.0"]) for c in pair["checks"]],
+                       [exact_scores[k] for k in components])
         if rho is not None:
             rhos.append(rho)
-        rows.append({"pair": pair_key(pair), "channel": pair.channel, "checked": len(components),
-                     "confirmed": sum(0.0 in c.measured for c in pair.checks), "top1_exact": top1(truth),
+        rows.append({"pair": pair_key(pair), "channel": pair["channel"], "checked": len(components),
+                     "confirmed": sum("0.0" in c["measured"] for c in pair["checks"]), "top1_exact": top1(truth),
                      "top1_attribution": top1(pair), "agrees": top1(pair) == top1(truth), "spearman_estimate": rho})
     rate = sum(r["agrees"] for r in rows) / len(rows) if rows else float("nan")
     median = statistics.median(rhos) if rhos else float("nan")
