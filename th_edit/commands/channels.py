@@ -60,8 +60,8 @@ OUT_FILES = ("channels.json", "components.png", "mover-map.png", "weight-vs-data
 @opt.device_options
 def channels_command(model: str, kind: str, task: str, n_items: opt.NItems, n_prompts: int, pairs: tuple[str, ...], top: int,
                      z_threshold: float, min_share: float, check_prompts: int, check_alpha: float, no_data_check: bool,
-                     check_method: str, check_confirm: int, draft_scale: float, seed: int, out: Path | None, as_json: bool, force: bool, device: str,
-                     dtype: str) -> None:
+                     check_method: str, check_confirm: int, draft_scale: float, seed: int, out: Path | None, as_json: bool,
+                     force: bool, device: str, dtype: str) -> None:
     """Find MODEL's inhibition and duplicate-token channels from its weights, check them on data,
     and write a draft recipe that `th-edit apply` accepts."""
     from th_edit.channels.render import render_channels
