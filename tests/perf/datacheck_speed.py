@@ -1,11 +1,13 @@
 """Benchmark (run by hand): `channels` with the attribution data check vs the exact one, same run.
 
     python tests/perf/datacheck_speed.py [--model smollm2-135m] [--check-prompts 16] [--confirm 1 2] [--json FILE]
+                                         [--exact-json channels.json]   # agreement only, against a saved exact run
 
 Both sides run `find_channels` with the `channels` defaults (roles, weights, data check; the same
 targets: the seed fixes them) on one loaded model; the attribution runs (one per --confirm K: the
 components per pair removed exactly) go first, so the first pays for the per-head SVDs all use.
-Prints the computation time of each (model load excluded) with the machine's load average beside it, and per checked pair (sender, receiver, mode):
+Prints the computation time of each (model load excluded) with the machine's load average beside it,
+and per checked pair (sender, receiver, mode):
   * top-1: the component with the largest data score (|attention shift| on removal) by each method,
     and whether they agree (the goal: ≥ 90% of pairs);
   * ρ estimate: Spearman, over the pair's checked components, between the first-order estimate of
