@@ -1,5 +1,6 @@
 """`th-edit channels`: the data check, the channel report and its schema, the draft recipe, the command."""
 
+import dataclasses
 import json
 import math
 import re
@@ -13,7 +14,7 @@ from click.testing import CliRunner
 from tiny import tiny_checkpoint
 
 import th_edit
-from th_edit.channels.datacheck import Target, _measure, _Prompts, check_components
+from th_edit.channels.datacheck import Target, _measure, _Prompts, check_components, estimate_derivatives
 from th_edit.channels.factors import HeadId
 from th_edit.channels.find import ChannelSettings, draft_edits, find_channels
 from th_edit.cli import main
@@ -58,6 +59,74 @@ def test_data_check_removal_at_every_position_equals_the_weight_edit(session):
     assert check.attention_shift[0.0] == pytest.approx(float((edited[target.receiver] - base[target.receiver]).mean()),
                                                        abs=1e-6)
     assert check.logit_diff_change[0.0] == pytest.approx(float((edited_ld - base_ld).mean()), abs=1e-5)
+
+
+# Two pairs (Q mode: the last token; V mode: every position) with several components each, and one sender
+# component shared by two receivers.
+PAIRED_TARGETS = [Target(HeadId(1, 2), k, HeadId(3, 1), "q", 0.0, 0.0) for k in (0, 1, 2, 3)] + \
+                 [Target(HeadId(0, 4), k, HeadId(2, 0), "v", 0.0, 0.0) for k in (0, 1, 2)] + \
+                 [Target(HeadId(0, 4), 1, HeadId(3, 1), "k", 0.0, 0.0)]
+
+
+def test_attribution_estimate_equals_the_finite_difference_of_the_exact_ablation(session):
+    """The first-order estimate of each component's effect is the derivative of the exact (hooked)
+    measurement: (exact(1 + ε) − exact(1 − ε)) / 2ε, for the receiver's preference and the logit difference."""
+    eps = 1e-2
+    prompts = _prompts(session)
+    with torch.no_grad(), th_edit.hooks.eager_attention(session.model):
+        derivatives = estimate_derivatives(session, _Prompts(session, prompts, 5), PAIRED_TARGETS)  # several batches
+    exact = check_components(session, prompts, PAIRED_TARGETS, alphas=(1 + eps, 1 - eps), method="exact")
+    for check in exact:
+        d_shift, d_logit_diff = derivatives[check.target]
+        finite_shift = (check.attention_shift[1 + eps] - check.attention_shift[1 - eps]) / (2 * eps)
+        finite_logit_diff = (check.logit_diff_change[1 + eps] - check.logit_diff_change[1 - eps]) / (2 * eps)
+        assert abs(finite_shift) > 1e-5 and abs(finite_logit_diff) > 1e-3  # the component matters (random model)
+        assert d_shift == pytest.approx(finite_shift, rel=2e-2, abs=1e-7)
+        assert d_logit_diff == pytest.approx(finite_logit_diff, rel=2e-2, abs=1e-5)
+
+
+def test_attribution_check_confirms_its_top_components_by_exact_ablation(session):
+    prompts = _prompts(session)
+    exact = {c.target: c for c in check_components(session, prompts, PAIRED_TARGETS, alphas=(0.0, 2.0), method="exact")}
+    checks = check_components(session, prompts, PAIRED_TARGETS, alphas=(0.0, 2.0), method="attribution", confirm_top=2)
+    by_pair: dict = {}
+    for check in checks:
+        by_pair.setdefault((check.target.sender, check.target.receiver, check.target.mode), []).append(check)
+        estimate = check.estimated_shift
+        assert estimate[2.0] == pytest.approx(-estimate[0.0])  # first order: (α − 1)·derivative
+        assert check.attention_shift[2.0] == estimate[2.0] and 2.0 not in check.measured
+        truth = exact[check.target]
+        if 0.0 in check.measured:  # ablated exactly: today's exact numbers
+            assert check.attention_shift[0.0] == pytest.approx(truth.attention_shift[0.0], abs=1e-6)
+            assert check.logit_diff_change[0.0] == pytest.approx(truth.logit_diff_change[0.0], abs=1e-5)
+        else:
+            assert check.attention_shift[0.0] == estimate[0.0]
+    for group in by_pair.values():
+        ranked = sorted(group, key=lambda c: -abs(c.estimated_shift[0.0]))
+        assert all(0.0 in c.measured for c in ranked[:2])  # the top two by estimate of every pair
+    # V-mode 0.4 component 1 was confirmed for its V pair; the same ablation serves its K check of 3.1.
+    shared = next(c for c in checks if c.target.mode == "k")
+    confirmed_v = any(0.0 in c.measured for c in by_pair[(HeadId(0, 4), HeadId(2, 0), "v")] if c.target.component == 1)
+    assert (0.0 in shared.measured) == (confirmed_v or shared in sorted(
+        by_pair[(HeadId(0, 4), HeadId(3, 1), "k")], key=lambda c: -abs(c.estimated_shift[0.0]))[:2])
+
+
+@pytest.mark.pipeline
+def test_exact_check_measures_every_target_and_attribution_checks_the_same_ones(session):
+    """--data-check exact is today's check (every target removed and scaled by hook); attribution checks
+    the same targets, each of its measured numbers being the exact one."""
+    exact = find_channels(session, settings=dataclasses.replace(SETTINGS, check_method="exact"))
+    fast = find_channels(session, settings=SETTINGS)
+    assert SETTINGS.check_method == "attribution" and exact.as_dict()["settings"]["check_method"] == "exact"
+    exact_checks = {(c.target, c.target.mode): c for p in exact.pairs for c in p.checks}
+    assert exact_checks and all(c.measured == {0.0, SETTINGS.check_alpha} and not c.estimated_shift
+                                for c in exact_checks.values())
+    fast_checks = {(c.target, c.target.mode): c for p in fast.pairs for c in p.checks}
+    assert set(fast_checks) == set(exact_checks)
+    assert any(0.0 in c.measured for c in fast_checks.values())
+    for key, check in fast_checks.items():
+        if 0.0 in check.measured:
+            assert check.data_score == pytest.approx(exact_checks[key].data_score, abs=1e-6)
 
 
 @pytest.mark.pipeline
@@ -162,6 +231,10 @@ def test_channels_command_writes_everything_and_apply_accepts_the_draft(checkpoi
     assert result.exit_code == 0, result.output
     assert "inhibition channel" in result.stdout and "roles" in result.stdout
     record = json.loads((out / "channels.json").read_text())
+    assert record["settings"]["check_method"] == "attribution"  # the default
+    checks = [c for p in record["pairs"] for c in p["checks"]]
+    assert checks and all("estimated_attention_shift" in c for c in checks)
+    assert any("0.0" in c["measured"] for c in checks)
     for name in ("components.png", "mover-map.png", "weight-vs-data.png"):
         assert (out / name).stat().st_size > 1000, name
     if record["channels"].get("inhibition"):
@@ -171,6 +244,17 @@ def test_channels_command_writes_everything_and_apply_accepts_the_draft(checkpoi
         assert applied.exit_code == 0, applied.output
     again = CliRunner().invoke(main, args)  # existing outputs are not overwritten without --force
     assert again.exit_code == 2 and "already exists" in again.stderr
+
+
+@pytest.mark.cli
+def test_channels_command_exact_data_check(checkpoint):
+    result = CliRunner().invoke(main, ["--quiet", "channels", str(checkpoint), "--n-items", "3", "--n-prompts", "6",
+                                       "--top", "2", "--z-threshold", "1", "--data-check", "exact", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    checks = [c for p in record["pairs"] for c in p["checks"]]
+    assert record["settings"]["check_method"] == "exact"
+    assert checks and all(c["measured"] == ["0.0", "2.0"] and "estimated_attention_shift" not in c for c in checks)
 
 
 @pytest.mark.cli

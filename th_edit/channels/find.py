@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from th_edit import __version__, ui
 from th_edit.channels.composition import CompositionScores, PairScores, composition_scores, resolve_pair
-from th_edit.channels.datacheck import ComponentCheck, Target, check_components
+from th_edit.channels.datacheck import CONFIRM_TOP, ComponentCheck, Target, check_components
 from th_edit.channels.factors import HeadFactors, HeadId, head_factors
 from th_edit.channels.roles import RoleRanking, repeated_roles, task_roles
 from th_edit.channels.rotated import TASK, UNROTATED, offsets_from, parse_offsets, rotated_reads, task_offsets
@@ -59,6 +59,8 @@ class ChannelSettings:
     check_top: int = 2  # per pair: the top components by weight, and as many random others, are checked
     check_prompts: int = 16  # prompts of the data check (balanced over N), each ablation runs them all
     data_check: bool = True
+    check_method: str = "attribution"  # "exact": ablate every target; "attribution": estimate all, ablate the top few
+    check_confirm: int = CONFIRM_TOP  # attribution: per pair, this many targets (largest estimated effect) ablated
     seed: int = 0
     batch_size: int = 16
 
@@ -102,7 +104,7 @@ class PairReport:
                 "receiver": {"layer": self.receiver.layer, "head": self.receiver.head, **self.links[k]},
                 "mode": self.mode, "weight_score": float(self.scores.components[k]), "z": float(self.scores.z[k]),
                 "data": None if check is None else {k2: v for k2, v in check.as_dict().items()
-                                                    if k2 in ("data_score", "attention_shift", "logit_diff_change")},
+                                                    if k2 in ("data_score", "attention_shift", "logit_diff_change", "measured")},
             })
         return out
 
@@ -233,7 +235,8 @@ def find_channels(session: Session, kinds: Sequence[str] = KINDS, settings: Chan
         checked = [p for p in reports if p.channel is not None]
         targets = [t for p in checked for t in _targets(p, settings.check_top, rng)]
         results = check_components(session, _balanced(prompts, settings.check_prompts), targets,
-                                   (0.0, settings.check_alpha), settings.batch_size)
+                                   (0.0, settings.check_alpha), settings.batch_size, settings.check_method,
+                                   settings.check_confirm)
         for check in results:
             for p in checked:
                 t = check.target

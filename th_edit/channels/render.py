@@ -34,14 +34,19 @@ def render_channels(report: ChannelReport, top: int = 5) -> str:
                            for e in entries])
         receivers = _fields([[f"{e['receiver']['layer']}.{e['receiver']['head']}", e["receiver"]["circuit"].upper(),
                               str(e["receiver"]["component"])] for e in entries])
+        estimated = False
         for e, sender, receiver in zip(entries, senders, receivers):
             s, r, data = e["sender"], e["receiver"], e["data"]
+            mark = "" if data is None or "0.0" in data["measured"] else "~"  # ~: a first-order estimate
+            estimated = estimated or bool(mark)
             rows.append([sender, receiver, e["mode"].upper(),
                          f"{e['weight_score']:.3f}", f"{e['z']:+.1f}", f"{s['share']:.1%}", f"{r['cosine']:.2f}",
-                         "-" if data is None else f"{data['data_score']:.3f}",
-                         "-" if data is None else f"{next(iter(data['logit_diff_change'].values())):+.2f}"])
+                         "-" if data is None else f"{mark}{data['data_score']:.3f}",
+                         "-" if data is None else f"{mark}{data['logit_diff_change']['0.0']:+.2f}"])
         lines += ui.table(["sender", "receiver", "mode", "weight", "z", "share", "cosine", "data", "Δ logit diff (α=0)"],
                           rows)
+        if estimated:
+            lines.append("  ~: first-order estimate (attribution), not among the pair's components removed exactly")
     agreement = report.agreement()
     if agreement["pairs_checked"]:
         lines += ["", f"weights vs data over {agreement['pairs_checked']} checked pair(s):"]

@@ -12,6 +12,7 @@ import click
 from th_edit import strict_json, ui
 from th_edit.arch import adapter_for
 from th_edit.channels.composition import parse_pair
+from th_edit.channels.datacheck import CONFIRM_TOP
 from th_edit.channels.find import ChannelSettings, draft_edits, find_channels
 from th_edit.channels.rotated import parse_offsets
 from th_edit.commands import options as opt
@@ -49,6 +50,12 @@ OUT_FILES = ("channels.json", "components.png", "mover-map.png", "weight-vs-data
                    "uniform), or 'task' (the END-to-mention offsets of the task prompts, weighted by how often they "
                    "occur).")
 @click.option("--no-data-check", is_flag=True, help="Weights and roles only (no ablations).")
+@click.option("--data-check", "check_method", type=click.Choice(["attribution", "exact"]), default="attribution",
+              show_default=True, help="attribution: a first-order estimate for every checked component from one "
+              "backward pass per receiver, then exact ablations of the top --check-confirm per pair; exact: ablate "
+              "every checked component (hundreds of forward passes).")
+@click.option("--check-confirm", type=click.IntRange(min=0, max=MAX_HEADS), default=CONFIRM_TOP, show_default=True,
+              help="With --data-check attribution: components per pair (largest estimated effect) removed exactly.")
 @click.option("--draft-scale", type=opt.FiniteFloat(min=0), default=2.0, show_default=True,
               help="Scale of the draft recipe's inhibition components.")
 @opt.seed_option()
@@ -58,8 +65,8 @@ OUT_FILES = ("channels.json", "components.png", "mover-map.png", "weight-vs-data
 @opt.device_options
 def channels_command(model: str, kind: str, task: str, n_items: opt.NItems, n_prompts: int, pairs: tuple[str, ...], top: int,
                      z_threshold: float, min_share: float, check_prompts: int, check_alpha: float, offsets: str,
-                     no_data_check: bool, draft_scale: float, seed: int, out: Path | None, as_json: bool, force: bool,
-                     device: str, dtype: str) -> None:
+                     no_data_check: bool, check_method: str, check_confirm: int, draft_scale: float, seed: int,
+                     out: Path | None, as_json: bool, force: bool, device: str, dtype: str) -> None:
     """Find MODEL's inhibition and duplicate-token channels from its weights, check them on data,
     and write a draft recipe that `th-edit apply` accepts."""
     from th_edit.channels.render import render_channels
@@ -72,7 +79,8 @@ def channels_command(model: str, kind: str, task: str, n_items: opt.NItems, n_pr
             check_new_file(out / name, force)
     settings = ChannelSettings(task=task, n_items=tuple(n_items), n_prompts=n_prompts, top=top,
                                z_threshold=z_threshold, min_share=min_share, check_prompts=check_prompts, check_alpha=check_alpha,
-                               offsets=offsets, data_check=not no_data_check, seed=seed)
+                               offsets=offsets, data_check=not no_data_check, check_method=check_method,
+                               check_confirm=check_confirm, seed=seed)
     session = load_session(model, device=device, dtype=dtype)
     kinds = ("inhibition", "duplicate_token") if kind == "all" else (kind.replace("-", "_"),)
     report = find_channels(session, kinds, settings, wanted)
