@@ -113,10 +113,10 @@ def run_search(session: Session, evaluator: TrialEvaluator, candidates: Sequence
         else:
             edit = session.compute(edits, measure=False)
             ui.warn_new(edit.warnings, warned)
-            scores, stage = evaluator.evaluate(edit, quick=True), "quick"
+            scores, stage = evaluator.evaluate(edit, quick=True, desc=f"trial {trial.number}: quick look"), "quick"
             quick_base = evaluator.quick_base
             if _worth_full(scores, quick_base, limits):
-                scores, stage = evaluator.evaluate(edit), "full"
+                scores, stage = evaluator.evaluate(edit, desc=f"trial {trial.number}: full scoring"), "full"
         violations = limits.violations(scores, base)
         for name, value in zip(("kl_over_budget", "ioi_drop_over_limit"), violations):
             trial.set_constraint(name, value)
@@ -140,7 +140,7 @@ def run_search(session: Session, evaluator: TrialEvaluator, candidates: Sequence
             pass
     except KeyboardInterrupt:
         result.interrupted = True
-        ui.warn("interrupted: keeping the best recipe found so far")
+        ui.warn("interrupted: no more trials; the ones finished are kept")
     # Every finished trial, whichever process ran it, in trial order.
     result.trials = [_restored(t) for t in study.get_trials(deepcopy=False, states=complete)]
     return result
