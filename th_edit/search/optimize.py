@@ -100,7 +100,9 @@ def run_search(session: Session, evaluator: TrialEvaluator, candidates: Sequence
     cap then decides how many trials finish. `worker`: run trials only, until the cap is reached."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Not WARNING: Optuna logs a trial stopped by Ctrl-C (or failed) with its traceback, and the
+    # exception itself is what th-edit reports.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     result = SearchResult()
     base = evaluator.base
     warned: set[str] = set()  # a warning about an edit (a near-tied component, say) is shown once per search
