@@ -42,6 +42,7 @@ def test_the_quick_demo_exits_0_and_verifies(recipe, tmp_path):
     result = run_cli("apply", recipe, "--force", "--bench", "quick", "--out", out)
     assert result.exit_code == 0, result.output
     assert "without --bench quick" in result.stdout  # says how to get the full table
+    assert result.stderr == ""  # --quiet: no bar, no status line
     benchmark = json.loads((out / "provenance.json").read_text())["benchmark"]
     assert benchmark["setup"]["n_prompts_per_n"] == QUICK_PROMPTS
     assert benchmark["side_effects"]["neutral_kl"]["n_texts"] == QUICK_KL_TEXTS
