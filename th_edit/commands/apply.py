@@ -18,8 +18,8 @@ from th_edit.recipe import OUTPUT_FORMATS
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Output directory (overrides output.dir).")
 @opt.force_option("Replace an earlier th-edit checkpoint (or an empty directory) at the output path; nothing else.")
 @click.option("--no-bench", is_flag=True, help="Skip the recipe's before/after benchmark.")
-@opt.bench_size_option("Size of the recipe's benchmark: quick (at most 30 prompts per N and IOI, 32 neutral texts; "
-                        "about a minute for SmolLM2-135M on a laptop CPU) or full (as the recipe says).")
+@opt.bench_size_option("Size of the recipe's benchmark: quick (at most 30 prompts per N and IOI, 32 neutral texts: "
+                        "a first look, same rows, wider intervals) or full (as the recipe says).")
 @opt.n_prompts_option(None, "Prompts per N (and IOI) of the benchmark, whatever the recipe or --bench say.")
 @click.option("--format", "formats", type=click.Choice(OUTPUT_FORMATS), multiple=True,
               help="What to write (repeatable; overrides output.formats, default safetensors): the safetensors "
