@@ -38,7 +38,7 @@ tf4: $(TF4_STAMP)
 
 demo: setup
 	$(BIN)/th-edit inspect smollm2-135m
-	$(BIN)/th-edit apply recipes/smollm2-135m-recall.yaml --force
+	$(BIN)/th-edit apply recipes/smollm2-135m-recall.yaml --force --bench quick
 	$(BIN)/th-edit verify out/smollm2-135m-recall
 
 # Two workers (pytest-xdist), one test file each at a time: the suite is CPU-bound and files keep

@@ -346,3 +346,66 @@ def test_search_writes_under_out_by_default():
 def test_evaluator_equals_a_plain_forward_pass_phi_to_opt(family, tmp_path):
     """The cached-prefix evaluator on other layer conventions (Falcon's layers return a tuple)."""
     test_evaluator_equals_a_plain_forward_pass(th_edit.load(str(tiny_checkpoint(tmp_path / "m", family, seed=2))))
+
+
+# ----------------------------------------------------------------------------------------------
+# Ctrl-C after the first trial: the journal is there from before the first trial, and the best
+# recipe so far is written (judged when the held-out evaluation finished, marked when it did not)
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize("where", ["trials", "held-out", "both"])
+def test_ctrl_c_after_the_first_trial_keeps_a_usable_recipe(search_args, tmp_path, monkeypatch, where):
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+
+    from th_edit.cli import main
+
+    out = tmp_path / "recipe.yaml"
+    journal = out.with_suffix(".study.log")
+    real_choices, real_held_out = optimize.choices_of, pipeline.evaluate_held_out
+    calls = {"trials": 0}
+
+    def choices(trial, candidates):
+        assert "th_edit_settings" in journal.read_text()  # the journal holds the study before the first trial
+        calls["trials"] += 1
+        if where != "held-out" and calls["trials"] == 3:
+            raise KeyboardInterrupt
+        return real_choices(trial, candidates)
+
+    def held_out(*args, **kwargs):
+        if where != "trials":
+            raise KeyboardInterrupt
+        return real_held_out(*args, **kwargs)
+
+    monkeypatch.setattr(optimize, "choices_of", choices)
+    monkeypatch.setattr(optimize, "_worth_full", lambda *args: True)  # every trial fully scored: one can be chosen
+    monkeypatch.setattr(pipeline, "evaluate_held_out", held_out)
+    result = _search([*search_args, "--trials", "4"], out)
+    report = json.loads(out.with_suffix(".search.json").read_text())
+    recipe_text = out.read_text()
+    assert report["interrupted"] == (where != "held-out") and report["held_out_interrupted"] == (where != "trials")
+    assert len(report["trials"]) == (2 if where != "held-out" else 4)
+    if where == "trials":  # judged on held-out prompts as usual
+        assert result.exit_code == 0, result.output
+        assert "NOT judged" not in recipe_text and out.with_suffix(".frontier.png").is_file()
+        assert [line for line in result.stderr.splitlines() if not line.startswith("warning: ")] == []  # --quiet
+    else:
+        assert result.exit_code == 130, result.output
+        lines = [line for line in result.stderr.splitlines() if not line.startswith("warning: ")]
+        assert len(lines) == 1 and "NOT judged on held-out prompts" in lines[0] and "--resume" in lines[0], result.stderr
+        assert "BEST SO FAR, NOT judged on held-out prompts" in recipe_text
+        assert "NOT judged" in yaml.safe_load(recipe_text)["description"]
+        assert report["held_out"] == [] and not out.with_suffix(".frontier.png").exists()
+        chosen = next(t for t in report["trials"] if t["number"] == report["chosen_trial"])
+        assert yaml.safe_load(recipe_text)["edits"] == chosen["edits"]
+    assert journal.is_file()
+    applied = CliRunner().invoke(main, ["--quiet", "apply", str(out), "--no-bench", "--out", str(tmp_path / "edited")])
+    assert applied.exit_code == 0, applied.output
+    if where != "trials":  # --resume --force judges the recipe
+        monkeypatch.undo()
+        resumed = _search([*search_args, "--trials", "4", "--resume", "--force"], out)
+        assert resumed.exit_code == 0, resumed.output
+        assert "NOT judged" not in out.read_text() and out.with_suffix(".frontier.png").is_file()

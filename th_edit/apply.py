@@ -38,7 +38,11 @@ from th_edit.recipe import (
     index_problems,
     problems_error,
     read_recipe,
+    sized_benchmark,
 )
+
+# The key of a benchmark report's setup that records how apply sized it (absent: as the recipe says).
+SIZING_KEY = "sizing"
 
 
 @dataclass
@@ -189,19 +193,37 @@ def benchmark_session(prepared: Prepared):
     return Session(model, load_tokenizer(prepared.base), reference=prepared.base.reference, resolved=prepared.base)
 
 
-def run_benchmark(prepared: Prepared, computed: Computed) -> BenchmarkRun:
-    """The recipe's `benchmark:` section: paired before/after on identical prompts, plus KL. The
-    "after" side swaps in exactly the tensors that will be written."""
-    from th_edit import bench
+def run_benchmark(prepared: Prepared, computed: Computed, bench: str = "full", n_prompts: int | None = None
+                  ) -> BenchmarkRun:
+    """The recipe's `benchmark:` section (sized by `apply --bench` / `--n-prompts`, recorded in the
+    report's setup for `verify`): paired before/after on identical prompts, plus KL. The "after"
+    side swaps in exactly the tensors that will be written."""
+    from th_edit import bench as benchmarks
 
-    settings = prepared.recipe.benchmark
-    assert settings is not None
+    assert prepared.recipe.benchmark is not None
+    settings = sized_benchmark(prepared.recipe.benchmark, bench, n_prompts)
     session = benchmark_session(prepared)
     seed = prepared.recipe.seed if settings.seed is None else settings.seed
-    report = bench.paired(session, computed, settings.tasks, settings.n_items,
-                          settings.n_prompts, seed, settings.batch_size, kl=settings.kl, kl_texts=settings.kl_texts,
-                          extra_setup={"weights": prepared.out_dtype_name, "compute": "float32"}, keep_base_logits=False)
-    return BenchmarkRun(report, report.text)
+    setup: dict[str, object] = {"weights": prepared.out_dtype_name, "compute": "float32"}
+    if settings != prepared.recipe.benchmark:
+        setup[SIZING_KEY] = {"bench": bench, "n_prompts": n_prompts}
+    report = benchmarks.paired(session, computed, settings.tasks, settings.n_items,
+                               settings.n_prompts, seed, settings.batch_size, kl=settings.kl, kl_texts=settings.kl_texts,
+                               extra_setup=setup, keep_base_logits=False)
+    note = sizing_note(report, prepared.recipe)
+    return BenchmarkRun(report, report.text + (f"\n{note}" if note else ""))
+
+
+def sizing_note(report: dict, recipe: Recipe) -> str | None:
+    """One line under a benchmark smaller than the recipe's: what was run, and how to get the full table."""
+    sizing = report["setup"].get(SIZING_KEY)
+    if not sizing or recipe.benchmark is None:
+        return None
+    kl = report.get("side_effects", {}).get("neutral_kl")
+    texts = f" and {kl['n_texts']} neutral texts" if isinstance(kl, dict) else ""
+    return (f"(a smaller benchmark than the recipe's: {report['setup']['n_prompts_per_n']} prompts per N{texts}, "
+            f"the recipe asks for {recipe.benchmark.n_prompts}; `th-edit apply` without --bench quick or --n-prompts "
+            "gives the full table)")
 
 
 def resolve_target(prepared: Prepared, out: Path | None) -> Path:
@@ -301,10 +323,12 @@ def report_warnings(computed: Computed) -> None:
 
 def apply_file(recipe: Path, out: Path | None = None, force: bool = False, benchmark: bool = True,
                echo: Callable[[str], None] = print, formats: tuple[str, ...] | None = None,
-               gguf_fallback: str | None = None, gguf_requant: str | None = None) -> Path:
+               gguf_fallback: str | None = None, gguf_requant: str | None = None, bench: str = "full",
+               n_prompts: int | None = None) -> Path:
     """`th-edit apply` end to end: check the recipe and the target, compute the edit, show it,
-    benchmark it (the recipe's `benchmark:` section, unless `benchmark=False`), write the checkpoint
-    in each of `formats` (default: the recipe's output.formats).
+    benchmark it (the recipe's `benchmark:` section, unless `benchmark=False`; `bench` "quick" and
+    `n_prompts` make it smaller), write the checkpoint in each of `formats` (default: the recipe's
+    output.formats).
     Tables go to `echo` (stdout), status lines to th_edit.ui. Returns the directory written."""
     prepared = prepare_file(recipe)
     choose_formats(prepared, formats, gguf_fallback, gguf_requant)
@@ -322,7 +346,7 @@ def apply_file(recipe: Path, out: Path | None = None, force: bool = False, bench
     run = None
     if prepared.recipe.benchmark is not None and benchmark:
         ui.info("benchmarking before and after the edit (--no-bench skips this)")
-        run = run_benchmark(prepared, computed)
+        run = run_benchmark(prepared, computed, bench, n_prompts)
         echo("\n" + run.text)
     weights = write(prepared, computed, target, force, run, extra)
     echo(f"wrote {target}")

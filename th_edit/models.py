@@ -13,6 +13,7 @@ once and cached, keyed by the file's sha256.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import importlib
 import importlib.util
@@ -277,6 +278,15 @@ def _resolve_gguf(path: Path, digest: str | None, *, reference: str, kind: str) 
                          notes=[] if kind == "alias" else [f"weights dequantized to float32 from {path.name}"])
 
 
+def _counted(tensor: PendingTensor, advance: Callable[[int], object]) -> PendingTensor:
+    """`tensor`, telling a progress bar its bytes once they are written."""
+    def write_to(out) -> None:
+        tensor.write_to(out)
+        advance(tensor.nbytes)
+
+    return dataclasses.replace(tensor, write_to=write_to)
+
+
 def _dequantize_to(gguf_path: Path, target: Path, digest: str) -> None:
     """Dequantize with transformers' GGUF reader and save an ordinary checkpoint.
 
@@ -296,6 +306,10 @@ def _dequantize_to(gguf_path: Path, target: Path, digest: str) -> None:
         with quiet_bar:
             model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
                                                          dtype=torch.float32, **REFERENCE_MODULES)
+        # After transformers' bar: building a fast tokenizer from the GGUF vocabulary (Gemma 3's has
+        # 262k entries) takes a while with nothing drawn.
+        ui.info(f"reading the tokenizer of {gguf_path.name}")
+        with quiet_bar:
             tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     # Unsupported architectures raise ValueError (NotImplementedError where the installed gguf package's
     # tables lack the architecture, as for a Mistral GGUF); a damaged file whatever the reader trips on.
@@ -312,7 +326,8 @@ def _dequantize_to(gguf_path: Path, target: Path, digest: str) -> None:
             seen.add(tensor.data_ptr())
             check_finite(tensor, name, gguf_path.name)  # a damaged GGUF must not become a cache entry
             pending.append(pending_from_tensor(name, tensor))
-        write_checkpoint_weights(staging, pending)
+        with ui.bar(sum(t.nbytes for t in pending), "writing the float32 cache", unit="B", unit_scale=True) as advance:
+            write_checkpoint_weights(staging, [_counted(t, advance) for t in pending])
         config = model.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config

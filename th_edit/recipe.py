@@ -154,6 +154,28 @@ class Benchmark(Strict):
         return values
 
 
+# `apply --bench quick`: the recipe's benchmark at most this large (prompts per N and IOI, neutral
+# texts for the KL), so that a first look at an edit takes about a minute on a laptop CPU. The
+# recipe's tasks and N stay, so the table has the same rows, with wider intervals.
+QUICK_PROMPTS = 30
+QUICK_KL_TEXTS = 32
+BENCH_SIZES = ("quick", "full")
+
+
+def sized_benchmark(settings: Benchmark, bench: str = "full", n_prompts: int | None = None) -> Benchmark:
+    """The recipe's benchmark section as `apply --bench` and `--n-prompts` size it (`verify` sizes it
+    the same way from what provenance.json records). `full`: as the recipe says."""
+    if bench not in BENCH_SIZES:
+        raise ValueError(f"bench size must be one of {BENCH_SIZES}, not {bench!r}")
+    changes: dict[str, object] = {}
+    if bench == "quick":
+        changes["n_prompts"] = min(settings.n_prompts, QUICK_PROMPTS)
+        changes["kl_texts"] = min(settings.kl_texts or QUICK_KL_TEXTS, QUICK_KL_TEXTS)
+    if n_prompts is not None:
+        changes["n_prompts"] = n_prompts
+    return settings.model_copy(update=changes)
+
+
 class Recipe(Strict):
     base_model: str
     seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] = 0

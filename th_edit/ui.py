@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
 from tqdm.auto import tqdm
@@ -39,6 +40,27 @@ def is_verbose() -> bool:
 def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
     """A tqdm bar on stderr, silenced by --quiet."""
     return iter(tqdm(items, desc=desc, total=total, unit=unit, disable=_quiet, file=sys.stderr, leave=False))
+
+
+@contextlib.contextmanager
+def bar(total: int, desc: str, unit: str = "it", unit_scale: bool = False) -> Iterator[Callable[[int], object]]:
+    """A tqdm bar (with its ETA) for work that is not one loop: yields `advance(n=1)`, to be called
+    as each of the `total` steps is done. Silenced by --quiet."""
+    with tqdm(total=total, desc=desc, unit=unit, unit_scale=unit_scale, disable=_quiet, file=sys.stderr,
+              leave=False) as shown:
+        yield lambda n=1: shown.update(n)
+
+
+@contextlib.contextmanager
+def silenced() -> Iterator[None]:
+    """No progress bars or status lines inside the block (what --quiet does for a whole command),
+    for the Python API: `with th_edit.ui.silenced(): th_edit.bench.paired(...)`. Warnings still show."""
+    global _quiet
+    before, _quiet = _quiet, True
+    try:
+        yield
+    finally:
+        _quiet = before
 
 
 def info(message: str) -> None:

@@ -14,7 +14,7 @@ import hashlib
 import math
 from pathlib import Path
 
-from th_edit.apply import Prepared, compute, prepare, resolve_base
+from th_edit.apply import SIZING_KEY, Prepared, compute, prepare, resolve_base
 from th_edit.card import PROVENANCE_FIELDS, base_record
 from th_edit.checkpoint import INDEX_FILE, sha256_file
 from th_edit.errors import UserError
@@ -30,10 +30,11 @@ from th_edit.export import (
     side_files,
 )
 from th_edit.gguf_export import RECORDED_REQUANT_DEFAULT, REQUANT_POLICIES
+from th_edit.limits import MAX_PROMPTS
 from th_edit.lora import ADAPTER_DIR, checkpoint_adapter
 from th_edit.models import ResolvedModel
 from th_edit.readers import decode_json, read_json, read_text
-from th_edit.recipe import Recipe, parse_recipe
+from th_edit.recipe import BENCH_SIZES, Recipe, parse_recipe, sized_benchmark
 from th_edit.tasks import registry
 
 REL_TOL = 1e-9  # the same computation on the same inputs: anything more is a real difference
@@ -168,6 +169,12 @@ def _compare_benchmark_setup(recorded: object, recipe: Recipe) -> list[str]:
     setup = recorded.get("setup") if isinstance(recorded, dict) else None
     if not isinstance(setup, dict):
         return ["provenance.json: benchmark.setup is missing"]
+    sizing = setup.get(SIZING_KEY)
+    if sizing is not None:  # `apply --bench quick` / `--n-prompts`: the recipe's section, sized as apply sizes it
+        bench, n_prompts = (sizing.get("bench"), sizing.get("n_prompts")) if isinstance(sizing, dict) else (None, None)
+        if bench not in BENCH_SIZES or not (n_prompts is None or (type(n_prompts) is int and 1 <= n_prompts <= MAX_PROMPTS)):
+            return [f"provenance.json: benchmark.setup.{SIZING_KEY} is {sizing!r}, not a size apply gives"]
+        settings = sized_benchmark(settings, bench, n_prompts)
     expected = {"tasks": list(settings.tasks), "seed": recipe.seed if settings.seed is None else settings.seed,
                 "n_prompts_per_n": settings.n_prompts, "batch_size": settings.batch_size}
     if any(registry.get(task).list_recall for task in settings.tasks):

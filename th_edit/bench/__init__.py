@@ -13,7 +13,9 @@ dicts), render (terminal tables); tokenizing and batching are th_edit.runtime's.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 
+from th_edit import ui
 from th_edit.bench.aggregate import accuracy_row, compare, paired_row, summarize
 from th_edit.bench.render import render_report
 from th_edit.bench.reports import Report, run_paired, run_single
@@ -69,7 +71,8 @@ def ioi(session: Session, n_prompts: int = 200, seed: int = 0, batch_size: int =
 def paired(session: Session, after: Recipe | Sequence[Edit] | ComputedEdit | Session, tasks: Sequence[str] = TASKS,
            n_items: Sequence[int] = DEFAULT_N_ITEMS, n_prompts: int = 200, seed: int = 0, batch_size: int = 16,
            prompts: Sequence[TaskPrompt] | None = None, kl: bool = True, kl_texts: int | None = None,
-           extra_setup: Mapping[str, object] | None = None, keep_base_logits: bool = True) -> Report:
+           extra_setup: Mapping[str, object] | None = None, keep_base_logits: bool = True,
+           progress: bool = True) -> Report:
     """Paired before/after on identical prompts: `session` as it is vs. `after` — an edit of it
     (swapped in only while "after" runs) or another loaded model with the same tokenizer. Exact
     McNemar tests per N, and the KL on neutral text (`kl_texts` of them; `kl=False` skips it).
@@ -77,7 +80,18 @@ def paired(session: Session, after: Recipe | Sequence[Edit] | ComputedEdit | Ses
 
     Run outside an `edited` block, the unedited model's scores and neutral-text logits are kept
     in `session` (Session.unedited), so comparing many edits on one session scores "before" once
-    (the logits up to UNEDITED_LOGITS_LIMIT_BYTES; `keep_base_logits=False` for a one-off run)."""
+    (the logits up to UNEDITED_LOGITS_LIMIT_BYTES; `keep_base_logits=False` for a one-off run).
+
+    Progress bars (scoring before, scoring after, the KL pass; each with its ETA) go to stderr
+    unless `progress=False` (or inside `th_edit.ui.silenced()`)."""
+    with nullcontext() if progress else ui.silenced():
+        return _paired(session, after, tasks, n_items, n_prompts, seed, batch_size, prompts, kl, kl_texts, extra_setup,
+                       keep_base_logits)
+
+
+def _paired(session: Session, after: Recipe | Sequence[Edit] | ComputedEdit | Session, tasks: Sequence[str],
+            n_items: Sequence[int], n_prompts: int, seed: int, batch_size: int, prompts: Sequence[TaskPrompt] | None,
+            kl: bool, kl_texts: int | None, extra_setup: Mapping[str, object] | None, keep_base_logits: bool) -> Report:
     tokenizer = _tokenizer(session)
     prompts, setup = _prompts(session, tasks, n_items, n_prompts, seed, prompts)
     tokenized = tokenize_prompts(tokenizer, prompts, max_length=session.max_length)

@@ -11,6 +11,7 @@ import click
 from th_edit.devices import DEVICES, DTYPES
 from th_edit.errors import UserError
 from th_edit.limits import MAX_BATCH_SIZE, MAX_PROMPTS, MAX_SEED, digits_at_most, shown_number
+from th_edit.recipe import BENCH_SIZES
 from th_edit.tasks import registry
 from th_edit.tasks.laundry import MAX_ITEMS, MIN_ITEMS
 
@@ -66,9 +67,15 @@ def n_items_option(default: str, help: str = f"List lengths N: a range (2-8) or 
     return click.option("--n-items", type=N_ITEMS, default=default, show_default=True, help=help)
 
 
-def n_prompts_option(default: int, help: str, minimum: int = 1):
+def n_prompts_option(default: int | None, help: str, minimum: int = 1):
+    """--n-prompts (default None: whatever the command's input says, e.g. a recipe's benchmark section)."""
     return click.option("--n-prompts", type=click.IntRange(min=minimum, max=MAX_PROMPTS), default=default,
-                        show_default=True, help=help)
+                        show_default=default is not None, help=help)
+
+
+def bench_size_option(help: str):
+    """--bench quick|full: how large a benchmark a command runs (th_edit.recipe.sized_benchmark)."""
+    return click.option("--bench", "bench", type=click.Choice(BENCH_SIZES), default="full", show_default=True, help=help)
 
 
 def seed_option(help: str | None = None):

@@ -39,6 +39,7 @@ from th_edit.session import load as load_session
 # Heads per role of the channel analysis a search runs itself (without --channels): at least this
 # many, more when --heads asks for more candidates.
 FRESH_TOP = 5
+INTERRUPTED_EXIT = 130  # as th_edit.cli gives any command stopped by Ctrl-C (128 + SIGINT)
 STORAGE_ENV = "TH_EDIT_STORAGE"  # --storage from the environment: a URL with a password stays out of `ps` and shell history
 
 
@@ -118,9 +119,20 @@ def search_command(model: str, kind: str, max_heads: int, rank_by: str, channels
                 study = open_study(store, make_sampler(seed, trials), cap=trials)
             ui.info(f"candidate heads: {', '.join(c.name for c in candidates)}")
             report = search(session, candidates, settings, draft=draft, study=study, ranked=True)
-            click.echo(held_out_table(report))
+            if report.held_out:
+                click.echo(held_out_table(report))
             written = _write_outputs(report, model, outputs, force)
     click.echo(f"wrote {', '.join(map(str, written))}")
+    if report.held_out_interrupted:  # one line, whatever --quiet says, and the exit code of an interrupted command
+        if report.chosen or report.unjudged:
+            judged = ("judged on held-out prompts, not all baselines" if report.chosen else
+                      "NOT judged on held-out prompts (tuning prompts only)")
+            what = f"{out} is the best recipe so far, {judged}"
+        else:
+            what = "no recipe was chosen"
+        click.echo(f"interrupted in the held-out evaluation: {what}; run again with --resume --force to finish it",
+                   err=True)
+        click.get_current_context().exit(INTERRUPTED_EXIT)
 
 
 def _label(store: StudyStore) -> str:
@@ -207,7 +219,8 @@ def _write_outputs(report: SearchReport, model: str, outputs: list[Path], force:
     recipe = recipe_of(report, model, output_dir=f"out/{recipe_path.stem}")
     if recipe is not None:
         writers[recipe_path] = lambda path: path.write_text(recipe.to_yaml(header=evidence_header(report)))
-        writers[plot_path] = lambda path: plot_frontier(report, path)
+        if report.held_out:  # none when Ctrl-C stopped the held-out evaluation before its first recipe
+            writers[plot_path] = lambda path: plot_frontier(report, path)
     write_files(writers, force)
     return list(writers)
 

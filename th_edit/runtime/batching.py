@@ -9,7 +9,7 @@ exactly the positions it would see alone (this matters for learned absolute posi
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -78,7 +78,8 @@ class CachedBatches:
             self.batches.append(batch)
         self._caches: dict[int, PrefixCache] = {}
 
-    def from_layer(self, layer: int) -> PrefixCache:
+    def from_layer(self, layer: int, advance: Callable[[], object] | None = None) -> PrefixCache:
+        """The cache for `layer` (computed on first use; `advance` is called per batch then)."""
         if layer not in self._caches:
-            self._caches[layer] = PrefixCache(self.model, self.adapter, layer, self.batches)
+            self._caches[layer] = PrefixCache(self.model, self.adapter, layer, self.batches, advance)
         return self._caches[layer]

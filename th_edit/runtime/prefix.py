@@ -10,7 +10,7 @@ so the result is the full forward pass of the edited model, bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -37,7 +37,10 @@ class _Handover(torch.nn.Module):
 class PrefixCache:
     """Inputs of decoder layer `layer` for each of `batches`, computed once with the model as it is now."""
 
-    def __init__(self, model: torch.nn.Module, adapter: Adapter, layer: int, batches: Sequence[Batch]):
+    def __init__(self, model: torch.nn.Module, adapter: Adapter, layer: int, batches: Sequence[Batch],
+                 advance: Callable[[], object] | None = None):
+        """`advance`: called as each batch is cached (a progress bar's; not called when layer is 0,
+        which caches nothing)."""
         if not 0 <= layer < adapter.n_layers:
             raise ValueError(f"layer {layer} out of range 0..{adapter.n_layers - 1}")
         self.model, self.adapter, self.layer = model, adapter, layer
@@ -55,6 +58,8 @@ class PrefixCache:
             with torch.no_grad(), self._skipping_from(layer + 1):  # nothing above `layer` is needed
                 for batch in self.batches:
                     model(**batch, logits_to_keep=1)
+                    if advance is not None:
+                        advance()
         finally:
             handle.remove()
 

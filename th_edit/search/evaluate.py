@@ -11,8 +11,8 @@ rest, so a trial can be judged cheaply first and only promising ones pay for the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -50,36 +50,52 @@ class TrialScores:
                 "n_prompts": self.n_prompts, "mean_laundry_logit_diff": self.logit_diff}
 
 
-class _PromptPart:
-    """Some prompts, batched once, with the residual stream entering `layer` cached."""
+Advance = Callable[[], object] | None  # a progress bar's step (th_edit.ui.bar), called once per batch run
 
-    def __init__(self, session: Session, prompts: Sequence[TaskPrompt], batch_size: int, layer: int):
+
+class _PromptPart:
+    """Some prompts, batched once; `start_at` caches the residual stream entering `layer`."""
+
+    def __init__(self, session: Session, prompts: Sequence[TaskPrompt], batch_size: int):
         self.prompts = list(prompts)
         self.tokenized = tokenize_prompts(session.tokenizer, self.prompts, max_length=session.max_length)
-        batches = CachedBatches(session.model, session.adapter, self.tokenized.encoded, batch_size,
-                                self.tokenized.pad_id, session.device)
-        self.groups, self.cache = batches.groups, batches.from_layer(layer)
+        self.batches = CachedBatches(session.model, session.adapter, self.tokenized.encoded, batch_size,
+                                     self.tokenized.pad_id, session.device)
+        self.groups = self.batches.groups
 
-    def scores(self) -> list[PromptScore]:
+    def start_at(self, layer: int, advance: Advance = None) -> None:
+        self.cache = self.batches.from_layer(layer, advance)
+
+    def scores(self, advance: Advance = None) -> list[PromptScore]:
         scores: list[PromptScore | None] = [None] * len(self.prompts)
         for b, group in enumerate(self.groups):
             last = self.cache.forward(b, logits_to_keep=1)[:, -1].float().cpu()
             for row, i in enumerate(group):
                 scores[i] = score_row(last[row], *self.tokenized.targets[i])
+            if advance is not None:
+                advance()
         return scores  # type: ignore[return-value]
 
 
 class _TextPart:
-    """Neutral texts, batched once; the unedited model's log-probs at every real position kept."""
+    """Neutral texts, batched once; `start_at` caches the residual stream entering `layer` and keeps
+    the unedited model's log-probs at every real position."""
 
-    def __init__(self, session: Session, encoded: Sequence[Sequence[int]], batch_size: int, layer: int):
+    def __init__(self, session: Session, encoded: Sequence[Sequence[int]], batch_size: int):
         vocabulary = session.model.get_output_embeddings().weight.shape[0]
         # A batch's full logits stay under 2**25 elements, as in th_edit.bench.side_effects.
         max_tokens = max(max(map(len, encoded)), 2**25 // vocabulary)
-        batches = CachedBatches(session.model, session.adapter, encoded, batch_size, pad_id(session.tokenizer),
-                                session.device, max_tokens)
-        self.groups, self.cache = batches.groups, batches.from_layer(layer)
-        self.base = [self.log_probs(b) for b in range(len(self.groups))]
+        self.batches = CachedBatches(session.model, session.adapter, encoded, batch_size, pad_id(session.tokenizer),
+                                     session.device, max_tokens)
+        self.groups = self.batches.groups
+
+    def start_at(self, layer: int, advance: Advance = None) -> None:
+        self.cache = self.batches.from_layer(layer, advance)
+        self.base = []
+        for b in range(len(self.groups)):
+            self.base.append(self.log_probs(b))
+            if advance is not None:
+                advance()
 
     def log_probs(self, b: int) -> torch.Tensor:
         """log softmax of the current model's logits at the real (non-pad) positions of batch b."""
@@ -87,12 +103,14 @@ class _TextPart:
         keep = self.cache.batches[b]["attention_mask"].reshape(-1).bool()
         return torch.log_softmax(logits.reshape(-1, logits.shape[-1])[keep].float(), dim=-1).cpu()
 
-    def kl_sum(self) -> tuple[float, int]:
+    def kl_sum(self, advance: Advance = None) -> tuple[float, int]:
         total, count = 0.0, 0
         for b, log_p in enumerate(self.base):
             # float32 terms, float64 sum: the KL of near-identical models stays exact to ~1e-6.
             total += float((log_p.exp() * (log_p - self.log_probs(b))).sum(dtype=torch.float64))
             count += log_p.shape[0]
+            if advance is not None:
+                advance()
         return total, count
 
 
@@ -125,51 +143,68 @@ class TrialEvaluator:
         # Where each given prompt sits in quick + rest, to hand scores back in the given order.
         position = {index: i for i, index in enumerate(quick + rest)}
         self._order = [position[i] for i in range(len(prompts))]
-        with torch.inference_mode():
-            ui.info(f"caching the unedited model's states below layer {layer}")
-            self.parts = [_PromptPart(session, [prompts[i] for i in part], batch_size, layer)
-                          for part in (quick, rest) if part]
-            self.texts = []
-            if neutral is not None:
-                encoded = neutral.encoded
-                self.texts = [_TextPart(session, part, batch_size, layer)
-                              for part in (encoded[:quick_texts], encoded[quick_texts:]) if part]
-            base_scores = [p.scores() for p in self.parts]
+        self.parts = [_PromptPart(session, [prompts[i] for i in part], batch_size) for part in (quick, rest) if part]
+        self.texts = []
+        if neutral is not None:
+            encoded = neutral.encoded
+            self.texts = [_TextPart(session, part, batch_size) for part in (encoded[:quick_texts], encoded[quick_texts:])
+                          if part]
+        # Every batch runs twice: once below `layer` (cached), once above it (the unedited model's scores or log-probs).
+        batches = sum(len(part.groups) for part in [*self.parts, *self.texts])
+        with torch.inference_mode(), ui.bar(batches * (2 if layer else 1), f"caching the unedited model below layer {layer}",
+                                            unit="batch") as advance:
+            for part in [*self.parts, *self.texts]:
+                part.start_at(layer, advance)
+            base_scores = [p.scores(advance) for p in self.parts]
         self.base = self._summarize(base_scores, 0.0 if self.texts else None)
         self.quick_base = self._summarize(base_scores[:1], 0.0 if self.texts else None)
         self.base_prompt_scores = self._in_order(base_scores)
 
     # ---- trials ----------------------------------------------------------------------------------
 
-    def evaluate(self, edit: ComputedEdit | None, quick: bool = False, kl: bool = True) -> TrialScores:
-        """Scores with `edit` swapped in (None: the unedited model): the quick part only, or everything."""
+    def evaluate(self, edit: ComputedEdit | None, quick: bool = False, kl: bool = True, desc: str | None = None
+                 ) -> TrialScores:
+        """Scores with `edit` swapped in (None: the unedited model): the quick part only, or everything;
+        with a progress bar named `desc` (none without one)."""
         if edit is not None:
             lowest = min(r.layer for r in edit.reports)
             if lowest < self.layer:
                 raise ValueError(f"the edit touches layer {lowest}, below the cached layer {self.layer}")
         n_parts = 1 if quick else len(self.parts)
         n_texts = (1 if quick else len(self.texts)) if kl else 0
-        with torch.inference_mode(), (self.session.edited(edit) if edit is not None else nullcontext()):
-            return self._summarize([p.scores() for p in self.parts[:n_parts]], self._kl_parts(n_texts))
+        with (torch.inference_mode(), (self.session.edited(edit) if edit is not None else nullcontext()),
+              self._bar(desc, n_parts, n_texts) as advance):
+            return self._summarize([p.scores(advance) for p in self.parts[:n_parts]], self._kl_parts(n_texts, advance))
 
-    def kl_of(self, edit: ComputedEdit) -> float | None:
+    def kl_of(self, edit: ComputedEdit, desc: str | None = None) -> float | None:
         """The KL on every neutral text with `edit` swapped in (no prompt is scored)."""
-        with torch.inference_mode(), self.session.edited(edit):
-            return self._kl_parts(len(self.texts))
+        with torch.inference_mode(), self.session.edited(edit), self._bar(desc, 0, len(self.texts)) as advance:
+            return self._kl_parts(len(self.texts), advance)
 
-    def prompt_scores(self, edit: ComputedEdit | None) -> list[PromptScore]:
+    def prompt_scores(self, edit: ComputedEdit | None, desc: str | None = None) -> list[PromptScore]:
         """Every prompt's score with `edit` swapped in, in the order the prompts were given."""
-        with torch.inference_mode(), (self.session.edited(edit) if edit is not None else nullcontext()):
-            return self._in_order([p.scores() for p in self.parts])
+        with (torch.inference_mode(), (self.session.edited(edit) if edit is not None else nullcontext()),
+              self._bar(desc, len(self.parts), 0) as advance):
+            return self._in_order([p.scores(advance) for p in self.parts])
+
+    @contextmanager
+    def _bar(self, desc: str | None, n_parts: int, n_texts: int) -> Iterator[Advance]:
+        """A progress bar over the batches of the first `n_parts` prompt parts and `n_texts` text parts."""
+        if desc is None:
+            yield None
+            return
+        total = sum(len(p.groups) for p in self.parts[:n_parts]) + sum(len(t.groups) for t in self.texts[:n_texts])
+        with ui.bar(total, desc, unit="batch") as advance:
+            yield advance
 
     def _in_order(self, part_scores: list[list[PromptScore]]) -> list[PromptScore]:
         flat = [score for scores in part_scores for score in scores]
         return [flat[i] for i in self._order]
 
-    def _kl_parts(self, n_texts: int) -> float | None:
+    def _kl_parts(self, n_texts: int, advance: Advance = None) -> float | None:
         if not n_texts or not self.texts:
             return None
-        sums = [part.kl_sum() for part in self.texts[:n_texts]]
+        sums = [part.kl_sum(advance) for part in self.texts[:n_texts]]
         return sum(s for s, _ in sums) / sum(c for _, c in sums)
 
     def _summarize(self, part_scores: list[list[PromptScore]], kl: float | None) -> TrialScores:

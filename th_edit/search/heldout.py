@@ -52,7 +52,7 @@ def evaluate_held_out(session: Session, evaluator: TrialEvaluator, label: str, k
     edit = session.compute(list(edits), measure=False)
     for message in edit.warnings:
         ui.warn(f"{label}: {message}")
-    after = evaluator.prompt_scores(edit)
-    kl = evaluator.kl_of(edit) if evaluator.texts else None
+    after = evaluator.prompt_scores(edit, desc=f"held-out prompts: {label}")
+    kl = evaluator.kl_of(edit, desc=f"held-out KL: {label}") if evaluator.texts else None
     paired = compare(evaluator.prompts, evaluator.base_prompt_scores, after)
     return HeldOut(label, kind, list(edits), paired, kl)

@@ -100,7 +100,9 @@ def run_search(session: Session, evaluator: TrialEvaluator, candidates: Sequence
     cap then decides how many trials finish. `worker`: run trials only, until the cap is reached."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Not WARNING: Optuna logs a trial stopped by Ctrl-C (or failed) with its traceback, and the
+    # exception itself is what th-edit reports.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     result = SearchResult()
     base = evaluator.base
     warned: set[str] = set()  # a warning about an edit (a near-tied component, say) is shown once per search
@@ -113,10 +115,10 @@ def run_search(session: Session, evaluator: TrialEvaluator, candidates: Sequence
         else:
             edit = session.compute(edits, measure=False)
             ui.warn_new(edit.warnings, warned)
-            scores, stage = evaluator.evaluate(edit, quick=True), "quick"
+            scores, stage = evaluator.evaluate(edit, quick=True, desc=f"trial {trial.number}: quick look"), "quick"
             quick_base = evaluator.quick_base
             if _worth_full(scores, quick_base, limits):
-                scores, stage = evaluator.evaluate(edit), "full"
+                scores, stage = evaluator.evaluate(edit, desc=f"trial {trial.number}: full scoring"), "full"
         violations = limits.violations(scores, base)
         for name, value in zip(("kl_over_budget", "ioi_drop_over_limit"), violations):
             trial.set_constraint(name, value)
@@ -140,7 +142,7 @@ def run_search(session: Session, evaluator: TrialEvaluator, candidates: Sequence
             pass
     except KeyboardInterrupt:
         result.interrupted = True
-        ui.warn("interrupted: keeping the best recipe found so far")
+        ui.warn("interrupted: no more trials; the ones finished are kept")
     # Every finished trial, whichever process ran it, in trial order.
     result.trials = [_restored(t) for t in study.get_trials(deepcopy=False, states=complete)]
     return result

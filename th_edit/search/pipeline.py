@@ -62,10 +62,17 @@ class SearchReport:
     result: SearchResult
     held_out: list[HeldOut] = field(default_factory=list)
     wall_seconds: float = 0.0
+    held_out_interrupted: bool = False  # Ctrl-C during the held-out evaluation: `held_out` is incomplete
 
     @property
     def chosen(self) -> HeldOut | None:
         return next((h for h in self.held_out if h.kind == "search"), None)
+
+    @property
+    def unjudged(self) -> bool:
+        """The search chose a recipe, but Ctrl-C stopped the held-out evaluation before it was judged:
+        the recipe written is the best so far on the tuning prompts only."""
+        return self.held_out_interrupted and self.chosen is None and self.result.best is not None
 
     def as_dict(self) -> dict[str, object]:
         best = self.result.best
@@ -77,6 +84,7 @@ class SearchReport:
             "trials": [t.as_dict() for t in self.result.trials],
             "chosen_trial": best.number if best else None,
             "interrupted": self.result.interrupted,
+            "held_out_interrupted": self.held_out_interrupted,
             "held_out": [h.as_dict() for h in self.held_out],
             "wall_seconds": self.wall_seconds,
         }
@@ -141,6 +149,8 @@ def search(session: Session, candidates: Sequence[Candidate], settings: SearchSe
         return report
     del tuning  # its cached states and log-probs: the held-out evaluator needs the memory
     best = result.best
+    if result.interrupted and best is not None:
+        ui.warn("interrupted: judging the best recipe so far on held-out prompts (Ctrl-C again writes it unjudged)")
     recipes: list[tuple[str, str, list[Edit]]] = []
     if best is not None and best.scores.mean_laundry <= base.mean_laundry:
         ui.warn("no trial raised tuning accuracy above the unedited model's: the chosen recipe only raises the "
@@ -152,26 +162,33 @@ def search(session: Session, candidates: Sequence[Candidate], settings: SearchSe
                     for scale in settings.whole_head_scales]
     if draft:
         recipes.append(("channels draft recipe", "draft", list(draft)))
-    if recipes:
-        lowest = min(e.layer for _, _, edits in recipes for e in edits)
-        evaluator = TrialEvaluator(session, held_out(session, settings), held_neutral, lowest, settings.batch_size)
-        for label, kind, edits in ui.progress(recipes, desc="held-out evaluation", unit="recipe"):
-            report.held_out.append(evaluate_held_out(session, evaluator, label, kind, edits))
+    try:
+        if recipes:
+            lowest = min(e.layer for _, _, edits in recipes for e in edits)
+            evaluator = TrialEvaluator(session, held_out(session, settings), held_neutral, lowest, settings.batch_size)
+            for label, kind, edits in ui.progress(recipes, desc="held-out evaluation", unit="recipe"):
+                report.held_out.append(evaluate_held_out(session, evaluator, label, kind, edits))
+    except KeyboardInterrupt:  # what the search found is kept: the caller writes it, marked as not (fully) judged
+        report.held_out_interrupted = True
     report.wall_seconds = time.perf_counter() - started
     return report
 
 
 def recipe_of(report: SearchReport, base_model: str, output_dir: str | None = None) -> Recipe | None:
     """The chosen edits as a recipe `th-edit apply` accepts, with a before/after benchmark on prompts
-    no search saw (a fresh seed)."""
+    no search saw (a fresh seed). After Ctrl-C in the held-out evaluation, the best trial's edits,
+    said to be judged on the tuning prompts only."""
     chosen = report.chosen
-    if chosen is None:
+    if chosen is None and not report.unjudged:
         return None
+    edits = chosen.edits if chosen is not None else report.result.best.edits  # type: ignore[union-attr]
+    found = (f"Found by th-edit search (seed {report.settings.seed}, {len(report.result.trials)} trials)" if chosen else
+             f"Best so far of an interrupted th-edit search (seed {report.settings.seed}, {len(report.result.trials)} "
+             "trials; NOT judged on held-out prompts)")
     return Recipe(base_model=base_model, seed=(report.settings.held_out_seed + 1) % (MAX_SEED + 1),
-                  description=(f"Found by th-edit search (seed {report.settings.seed}, {len(report.result.trials)} "
-                               f"trials): rescales {sum(len(e.components) for e in chosen.edits)} component(s) of channel heads "
+                  description=(f"{found}: rescales {sum(len(e.components) for e in edits)} component(s) of channel heads "
                                "to improve recall from a list."),
-                  edits=chosen.edits, output=Output(dir=output_dir),
+                  edits=edits, output=Output(dir=output_dir),
                   benchmark=Benchmark(tasks=searched_tasks(), n_items=list(range(2, 11)), n_prompts=200))
 
 
@@ -179,6 +196,13 @@ def evidence_header(report: SearchReport) -> str:
     """Comment lines for the written recipe: where each component came from and what it did."""
     chosen = report.chosen
     lines = ["Written by `th-edit search`. Held-out results (other seed, frames and templates than the search):"]
+    best = report.result.best
+    if report.unjudged and best is not None:
+        lines = ["Written by `th-edit search`, interrupted: the BEST SO FAR, NOT judged on held-out prompts.",
+                 f"  trial {best.number} of {len(report.result.trials)}, on the tuning prompts: mean accuracy "
+                 f"{100 * report.base_tuning.mean_laundry:.1f}% -> {100 * best.scores.mean_laundry:.1f}%"
+                 + ("" if best.scores.kl is None else f", neutral-text KL {best.scores.kl:.4f} nats/token"),
+                 "  (run the same search again with --resume to judge it; `th-edit apply` benchmarks it on fresh prompts)"]
     if chosen is not None:
         for row in chosen.paired[registry.objective().name]["by_n"]:
             lines.append(f"  N={row['n_items']}: {100 * row['before_accuracy']:.1f}% -> {100 * row['after_accuracy']:.1f}% "
