@@ -191,7 +191,8 @@ def run_benchmark(prepared: Prepared, computed: Computed) -> BenchmarkRun:
     seed = prepared.recipe.seed if settings.seed is None else settings.seed
     report = bench.paired(session, computed, settings.tasks, settings.n_items,
                           settings.n_prompts, seed, settings.batch_size, kl=settings.kl, kl_texts=settings.kl_texts,
-                          extra_setup={"weights": prepared.out_dtype_name, "compute": "float32"}, keep_base_logits=False)
+                          extra_setup={"weights": prepared.out_dtype_name, "compute": "float32"}, keep_base_logits=False,
+                          generation=settings.generation)
     return BenchmarkRun(report, report.text)
 
 

@@ -95,12 +95,16 @@ def _same_vocabulary(first, second) -> bool:
 @click.option("--kl-texts", type=click.IntRange(min=1, max=MAX_KL_TEXTS),
               help="With --compare: measure the KL on this many neutral texts (default: all, plain and chat-formatted).")
 @click.option("--no-kl", is_flag=True, help="With --compare: skip the neutral-text KL.")
+@click.option("--generation", is_flag=True,
+              help="Also free generation: greedy continuation of each prompt and a greedy reply to it asked in the "
+                   "model's chat template (right when the first list item named is the answer); with --compare also "
+                   "greedy agreement on neutral prompts and KL on the model's own chat replies.")
 @opt.device_options
 @click.pass_context
 def bench_command(ctx: click.Context, model: str, task: str, n_items: opt.NItems, n_prompts: int, seed: int,
                   prompts_file: Path | None, export: Path | None, batch_size: int, out: Path | None,
-                  as_json: bool, force: bool, compare: str | None, kl_texts: int | None, no_kl: bool, device: str,
-                  dtype: str) -> None:
+                  as_json: bool, force: bool, compare: str | None, kl_texts: int | None, no_kl: bool, generation: bool,
+                  device: str, dtype: str) -> None:
     """Measure list recall (laundry, N items) and IOI on MODEL (default: smollm2-135m).
 
     Accuracy is per N and per answer position with Wilson 95% intervals; with --compare the
@@ -126,11 +130,12 @@ def bench_command(ctx: click.Context, model: str, task: str, n_items: opt.NItems
     setup.update(batch_size=batch_size, device=str(session.device), dtype=str(session.dtype).removeprefix("torch."))
     if compare is None:
         report = bench.run_single(session.model, tokenizer, prompts, model_info=resolved.provenance(), setup=setup,
-                                  batch_size=batch_size, tokenized=tokenized)
+                                  batch_size=batch_size, tokenized=tokenized, generation=generation)
     else:
         after = recipe if recipe is not None else load_session(compare, device=device, dtype=dtype)
         report = bench.paired(session, after, prompts=prompts, batch_size=batch_size, kl=not no_kl, kl_texts=kl_texts,
-                              extra_setup=setup, keep_base_logits=False)  # one comparison: nothing to reuse
+                              extra_setup=setup, keep_base_logits=False,  # one comparison: nothing to reuse
+                              generation=generation)
         report["before"]["model"] = resolved.provenance()
         report["after"]["model"] = after.resolved.provenance() if recipe is None else {"reference": f"{model} + {compare}"}
     click.echo(strict_json.dumps(report, indent=2) if as_json else bench.render_report(report))

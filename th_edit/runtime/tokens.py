@@ -83,3 +83,19 @@ def tokenize_prompts(tokenizer, prompts: Sequence[TaskPrompt], source: str | Pat
                 raise UserError(f"{_where(prompt, number, source)}: the prompt is {len(ids)} tokens long, more than "
                                 f"the model's context of {max_length}")
     return Tokenized(encoded, candidate_token_ids(tokenizer, prompts, source), pad_id(tokenizer))
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def chat_prompt_ids(tokenizer, messages: Sequence[dict[str, str]]) -> list[int]:
+    """`messages` in the model's own chat format, ending where the assistant's reply starts:
+    tokenizer.apply_chat_template with add_generation_prompt=True, exactly as transformers does it
+    (the template adds the model's special tokens, BOS included). A tokenizer without a template
+    (a base model, a GGUF that carries none) is refused in one line rather than given a guessed format."""
+    if not has_chat_template(tokenizer):
+        raise UserError("the tokenizer has no chat template, so chat-formatted prompts cannot be built for this model")
+    ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    return [int(i) for i in ids]
