@@ -109,6 +109,9 @@ class FamilySpec:
     # RoPE on the first `config.<rotary_dim_key>` dims of each head (GPT-J) instead of a fraction
     rotary_dim_key: str | None = None
     rotary_interleaved: bool = False  # rotated pairs are adjacent dims (GPT-J), not the two halves
+    # ---- chat: the family's published turn format as a chat template (Jinja, as tokenizers carry them),
+    # used only for a checkpoint whose tokenizer carries none (a base model, a GGUF without one)
+    published_chat_template: str | None = None
 
     def __post_init__(self):
         if self.qkv_layout not in QKV_LAYOUTS:

@@ -29,23 +29,23 @@ def answers_right(tokenizer, prompts: Sequence[TaskPrompt], continuations: Seque
     return [first_named(text, p.candidates) == p.answer_position for p, text in zip(prompts, texts)]
 
 
-def chat_encoded(tokenizer, prompts: Sequence[TaskPrompt]) -> list[list[int]]:
-    return [chat_prompt_ids(tokenizer, chat_messages(p)) for p in prompts]
+def chat_encoded(tokenizer, prompts: Sequence[TaskPrompt], model: torch.nn.Module | None = None) -> list[list[int]]:
+    return [chat_prompt_ids(tokenizer, chat_messages(p), model) for p in prompts]
 
 
 def with_generation(model: torch.nn.Module, tokenizer, prompts: Sequence[TaskPrompt], scores: Sequence[PromptScore],
                     batch_size: int = 16, tokenized: Tokenized | None = None, chat: bool | None = None,
                     label: str = "") -> list[PromptScore]:
     """`scores` with generation_correct (and chat_correct: `chat` None means "where the tokenizer
-    has a chat template") filled in for `model` as it is now."""
+    has a chat template, or the family a published turn format") filled in for `model` as it is now."""
     tokenized = tokenized or tokenize_prompts(tokenizer, prompts)
     pad = pad_id(tokenizer)
     completions = greedy_continuations(model, tokenizer, tokenized.encoded, COMPLETION_TOKENS, batch_size, pad,
                                        desc=f"generating{label}")
     right = answers_right(tokenizer, prompts, completions)
     chat_right: list[bool | None] = [None] * len(prompts)
-    if chat or (chat is None and has_chat_template(tokenizer)):
-        replies = greedy_continuations(model, tokenizer, chat_encoded(tokenizer, prompts), CHAT_TOKENS, batch_size, pad,
+    if chat or (chat is None and has_chat_template(tokenizer, model)):
+        replies = greedy_continuations(model, tokenizer, chat_encoded(tokenizer, prompts, model), CHAT_TOKENS, batch_size, pad,
                                        desc=f"chat replies{label}")
         chat_right = list(answers_right(tokenizer, prompts, replies))
     return [dataclasses.replace(s, generation_correct=g, chat_correct=c) for s, g, c in zip(scores, right, chat_right)]

@@ -161,7 +161,7 @@ def _visible_lines(visible: Mapping[str, object] | None) -> list[str]:
         lines.append(f"own chat replies: KL = {reply['mean_nats_per_token']:.4g} nats/token over {reply['n_tokens']} tokens "
                      f"of {reply['n_replies']} replies{_spread(reply)}")
     elif "chat" not in agreement:
-        lines.append("own chat replies: not measured (the tokenizer has no chat template)")
+        lines.append("own chat replies: not measured (no chat template for this model)")
     return lines
 
 

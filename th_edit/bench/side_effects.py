@@ -114,14 +114,14 @@ def user_visible(before, after, tokenizer, batch_size: int = 16, limit: int | No
 
     greedy_agreement: the share of neutral prompts whose first AGREEMENT_TOKENS greedy tokens are
     the same after the edit — plain texts continued as completions, and the user turns of the
-    neutral chats replied to in the model's chat format (where it has a template).
+    neutral chats replied to in the model's chat format (where it has one: runtime.tokens.chat_template).
     chat_reply_kl: KL(before ‖ after) at the positions that predict the unedited model's own greedy
     reply to each neutral chat prompt (the text a chat user actually gets back).
     `limit`: at most that many prompts of each kind."""
     pad = pad_id(tokenizer)
     kinds = {"completion": encode(tokenizer, neutral_prompts()[:limit])}
-    if has_chat_template(tokenizer):
-        kinds["chat"] = [chat_prompt_ids(tokenizer, m) for m in neutral_chat_questions()[:limit]]
+    if has_chat_template(tokenizer, before.model):
+        kinds["chat"] = [chat_prompt_ids(tokenizer, m, before.model) for m in neutral_chat_questions()[:limit]]
     agreement: dict[str, object] = {}
     base_replies: list[list[int]] = []
     for kind, prompts in kinds.items():

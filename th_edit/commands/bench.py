@@ -67,6 +67,18 @@ def _load_prompts(tokenizer, tasks: tuple[str, ...], prompts_file: Path | None, 
     return prompts, setup
 
 
+def _tasks(value: str) -> tuple[str, ...]:
+    """--task: "all" or registered task names, comma-separated (one line naming an unknown one)."""
+    if value == "all":
+        return registry.default_names()
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:
+        raise UserError("--task names no task")
+    for name in names:
+        registry.get(name)  # a UserError naming the tasks there are
+    return tuple(registry.in_order(names))
+
+
 def _is_recipe(reference: str) -> bool:
     return reference.lower().endswith((".yaml", ".yml"))
 
@@ -77,7 +89,9 @@ def _same_vocabulary(first, second) -> bool:
 
 @click.command("bench")
 @click.argument("model", default=DEFAULT_MODEL)
-@opt.task_option("all", "Which task to run (all: the default set, laundry and ioi).", extra=("all",))
+@click.option("--task", default="all", show_default=True, metavar="TASK[,TASK...]",
+              help=f"Which tasks to run, comma-separated: {', '.join(registry.names())}, or all (the default set, "
+                   "laundry and ioi).")
 @opt.n_items_option("2-8")
 @opt.n_prompts_option(200, "Prompts per N (and IOI prompts).")
 @opt.seed_option("Seed of the generated prompt set.")
@@ -113,7 +127,7 @@ def bench_command(ctx: click.Context, model: str, task: str, n_items: opt.NItems
     """
     _check_option_combinations(ctx, prompts_file, export)
     _check_destinations(export, out, force)
-    tasks = registry.default_names() if task == "all" else (task,)
+    tasks = _tasks(task)
     resolved = resolve(model)
     tokenizer = load_tokenizer(resolved)
     prompts, setup = _load_prompts(tokenizer, tasks, prompts_file, n_items, n_prompts, seed)
