@@ -176,3 +176,24 @@ def test_paired_report_with_generation(tokenizer, models):
     assert kl["p95_nats"] <= kl["max_nats"] and kl["mean_nats_per_token"] <= kl["max_nats"]
     text = str(report)
     assert "generation" in text and "greedy tokens unchanged" in text and "own chat replies" in text
+
+
+def test_a_family_without_a_template_uses_its_published_turn_format():
+    """A Gemma 3 tokenizer carrying no template: the family's published turns (arch), applied by
+    transformers' own apply_chat_template; a family that publishes none is refused in one line."""
+    from th_edit.arch import published_chat_template
+
+    tok = word_tokenizer()
+    tok.chat_template = None
+    tok.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    gemma = tiny_model("gemma3_text", vocab_size=len(tok))
+    messages = [{"role": "user", "content": "the sock"}]
+    template = published_chat_template("gemma3_text")
+    expected = tok.apply_chat_template(messages, chat_template=template, add_generation_prompt=True, tokenize=True,
+                                       return_dict=False)
+    ids = chat_prompt_ids(tok, messages, gemma)
+    assert ids == list(expected)
+    rendered = tok.apply_chat_template(messages, chat_template=template, add_generation_prompt=True, tokenize=False)
+    assert rendered == "[BOS]<start_of_turn>user\nthe sock<end_of_turn>\n<start_of_turn>model\n"
+    with pytest.raises(UserError, match="no chat template"):
+        chat_prompt_ids(tok, messages, tiny_model("llama", vocab_size=len(tok)))
