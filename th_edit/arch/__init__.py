@@ -38,5 +38,5 @@ def unsupported_architecture(model_type: object) -> UserError:
     )
 
 
-__all__ = ["ADAPTERS", "SUPPORTED_MODEL_TYPES", "Adapter", "ArchInfo", "LayerWeights", "NormSpec", "Slot", "adapter_class", "published_chat_template",
-           "adapter_for", "unsupported_architecture"]
+__all__ = ["ADAPTERS", "SUPPORTED_MODEL_TYPES", "Adapter", "ArchInfo", "LayerWeights", "NormSpec", "Slot", "adapter_class",
+           "adapter_for", "published_chat_template", "unsupported_architecture"]

@@ -143,6 +143,6 @@ def _tokenizer(session: Session):
 __all__ = [
     "DEFAULT_N_ITEMS", "Batch", "PromptScore", "Report", "Tokenized", "Variant", "accuracy_row", "build_prompts",
     "candidate_token_ids", "compare", "input_device", "ioi", "kl_sum", "laundry", "left_padded", "length_batches",
-    "lexicon_record", "neutral_kl", "user_visible", "with_generation", "paired", "paired_row", "prompt_set", "render_report", "run", "run_paired",
-    "run_single", "score_prompts", "summarize", "swapped_parameters", "tokenize_prompts",
+    "lexicon_record", "neutral_kl", "paired", "paired_row", "prompt_set", "render_report", "run", "run_paired",
+    "run_single", "score_prompts", "summarize", "swapped_parameters", "tokenize_prompts", "user_visible", "with_generation",
 ]
