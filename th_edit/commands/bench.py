@@ -68,14 +68,14 @@ def _load_prompts(tokenizer, tasks: tuple[str, ...], prompts_file: Path | None, 
 
 
 def _tasks(value: str) -> tuple[str, ...]:
-    """--task: "all" or registered task names, comma-separated (one line naming an unknown one)."""
+    """--task: "all" or registered task names, comma-separated; anything else is click's usage error."""
     if value == "all":
         return registry.default_names()
     names = [name.strip() for name in value.split(",") if name.strip()]
-    if not names:
-        raise UserError("--task names no task")
-    for name in names:
-        registry.get(name)  # a UserError naming the tasks there are
+    unknown = [name for name in names if name not in registry.names()]
+    if unknown or not names:
+        raise click.BadParameter(f"{', '.join(map(repr, unknown)) or 'no task'}: tasks are {', '.join(registry.names())} "
+                                 "(comma-separated), or all")
     return tuple(registry.in_order(names))
 
 
@@ -90,6 +90,7 @@ def _same_vocabulary(first, second) -> bool:
 @click.command("bench")
 @click.argument("model", default=DEFAULT_MODEL)
 @click.option("--task", default="all", show_default=True, metavar="TASK[,TASK...]",
+              callback=lambda ctx, param, value: _tasks(value),
               help=f"Which tasks to run, comma-separated: {', '.join(registry.names())}, or all (the default set, "
                    "laundry and ioi).")
 @opt.n_items_option("2-8")
@@ -115,7 +116,7 @@ def _same_vocabulary(first, second) -> bool:
                    "greedy agreement on neutral prompts and KL on the model's own chat replies.")
 @opt.device_options
 @click.pass_context
-def bench_command(ctx: click.Context, model: str, task: str, n_items: opt.NItems, n_prompts: int, seed: int,
+def bench_command(ctx: click.Context, model: str, task: tuple[str, ...], n_items: opt.NItems, n_prompts: int, seed: int,
                   prompts_file: Path | None, export: Path | None, batch_size: int, out: Path | None,
                   as_json: bool, force: bool, compare: str | None, kl_texts: int | None, no_kl: bool, generation: bool,
                   device: str, dtype: str) -> None:
@@ -127,7 +128,7 @@ def bench_command(ctx: click.Context, model: str, task: str, n_items: opt.NItems
     """
     _check_option_combinations(ctx, prompts_file, export)
     _check_destinations(export, out, force)
-    tasks = _tasks(task)
+    tasks = task  # the callback's tuple of task names
     resolved = resolve(model)
     tokenizer = load_tokenizer(resolved)
     prompts, setup = _load_prompts(tokenizer, tasks, prompts_file, n_items, n_prompts, seed)
