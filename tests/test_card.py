@@ -1,6 +1,7 @@
 """The model card: Hub front matter (license and language from the base, pipeline_tag), a `generate`
 example that runs, plain plurals, and a card that says when the edit was not benchmarked."""
 
+import json
 import os
 import re
 import subprocess
@@ -122,3 +123,20 @@ def test_apply_no_bench_card_says_not_benchmarked_and_its_generate_example_runs(
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "work", capture_output=True, text=True,
                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert run.returncode == 0, run.stderr
+
+
+def test_apply_benchmark_with_generation_reaches_provenance_and_card(tmp_path):
+    """A recipe's `benchmark: {generation: true}`: apply reports free generation (completion and
+    chat), greedy agreement and KL on the model's own chat replies, in provenance and in the card."""
+    base = tiny_checkpoint(tmp_path / "base", "llama")
+    recipe = write_recipe(tmp_path / "r.yaml", base, EDITS, dir=str(tmp_path / "edited"))
+    recipe.write_text(recipe.read_text() + "benchmark: {tasks: [laundry], n_items: [3], n_prompts: 4, kl_texts: 8, "
+                                           "generation: true}\n")
+    result = CliRunner().invoke(main, ["--quiet", "apply", str(recipe)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "edited" / "provenance.json").read_text())["benchmark"]
+    assert set(report["paired"]["laundry"]["overall"]["metrics"]) == {"top1", "generation", "chat"}
+    visible = report["side_effects"]["user_visible"]
+    assert set(visible["greedy_agreement"]) == {"completion", "chat"} and visible["chat_reply_kl"]["n_replies"] == 32
+    card = (tmp_path / "edited" / "README.md").read_text()
+    assert "greedy tokens unchanged" in card and "own chat replies" in card and "95th percentile" in card

@@ -83,3 +83,27 @@ def test_people_through_the_cli_api_and_reports(tok, tmp_path):
 
     plot_accuracy(json.loads(json.dumps(report)), tmp_path / "accuracy.png")
     assert (tmp_path / "accuracy.png").stat().st_size > 0
+
+
+def test_held_out_forms_cannot_change_what_the_search_tunes_on(tok):
+    """The search tunes on the objective's tuning frames (and the guard's tuning templates) in
+    completion form only: rewriting every held-out frame (its phrasing and what it lists) leaves
+    the tuning prompts identical, and no other list task (people, places) or chat form enters them."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from th_edit.search.pipeline import SearchSettings, tuning_prompts
+    from th_edit.tasks.laundry import FRAMES, HELD_OUT_FRAMES, TUNING_FRAMES, list_task
+
+    def task(frames):
+        return registry.Task("laundry", "", list_task("laundry", "", "laundry-list", frames, TUNING_FRAMES,
+                                                      HELD_OUT_FRAMES).generate)
+
+    rewritten = tuple(replace(f, text="Something else entirely: {first}; {handled}; and so the", lexicon=tuple(
+        reversed(f.lexicon))) if f.name in HELD_OUT_FRAMES else f for f in FRAMES)
+    assert task(FRAMES).prompts(tok, [4, 6], 12, 3, "tuning") == task(rewritten).prompts(tok, [4, 6], 12, 3, "tuning")
+    assert task(FRAMES).prompts(tok, [4], 12, 3, "held_out") != task(rewritten).prompts(tok, [4], 12, 3, "held_out")
+
+    prompts = tuning_prompts(SimpleNamespace(tokenizer=tok), SearchSettings(n_items=(4,), tune_prompts=6))  # no model needed
+    assert {p.task for p in prompts} == {"laundry", "ioi"}
+    assert {p.template for p in prompts if p.task == "laundry"} <= set(TUNING_FRAMES)

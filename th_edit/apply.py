@@ -209,7 +209,8 @@ def run_benchmark(prepared: Prepared, computed: Computed, bench: str = "full", n
         setup[SIZING_KEY] = {"bench": bench, "n_prompts": n_prompts}
     report = benchmarks.paired(session, computed, settings.tasks, settings.n_items,
                                settings.n_prompts, seed, settings.batch_size, kl=settings.kl, kl_texts=settings.kl_texts,
-                               extra_setup=setup, keep_base_logits=False)
+                               extra_setup=setup, keep_base_logits=False,
+                               generation=settings.generation)
     note = sizing_note(report, prepared.recipe)
     return BenchmarkRun(report, report.text + (f"\n{note}" if note else ""))
 

@@ -143,6 +143,8 @@ class Benchmark(Strict):
     seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] | None = None  # default: the recipe's seed
     kl: StrictBool = True  # the side effect on neutral text (false skips it: a third of the run)
     kl_texts: Annotated[StrictInt, Field(ge=1, le=MAX_KL_TEXTS)] | None = None  # that many neutral texts (default: all)
+    # Free generation (completion and chat) and the side effects a user reads (bench --generation).
+    generation: StrictBool = False
 
     @field_validator("tasks", "n_items")
     @classmethod

@@ -23,6 +23,15 @@ def adapter_class(model_type: object) -> type[Adapter]:
     raise unsupported_architecture(model_type)
 
 
+def published_chat_template(model_type: object) -> str | None:
+    """The family's published turn format as a chat template, for tokenizers that carry none (None: not known)."""
+    try:
+        spec = getattr(adapter_class(model_type), "spec", None)
+    except UserError:
+        return None
+    return getattr(spec, "published_chat_template", None)
+
+
 def unsupported_architecture(model_type: object) -> UserError:
     return UserError(
         f"unsupported architecture: model_type '{model_type}'; supported model_types: {', '.join(SUPPORTED_MODEL_TYPES)}"
@@ -30,4 +39,4 @@ def unsupported_architecture(model_type: object) -> UserError:
 
 
 __all__ = ["ADAPTERS", "SUPPORTED_MODEL_TYPES", "Adapter", "ArchInfo", "LayerWeights", "NormSpec", "Slot", "adapter_class",
-           "adapter_for", "unsupported_architecture"]
+           "adapter_for", "published_chat_template", "unsupported_architecture"]

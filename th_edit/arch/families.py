@@ -54,6 +54,10 @@ GEMMA3 = replace(
     QWEN3, family="gemma3", model_types=("gemma3_text",), norm_offset=1.0, post_attention_norm="post_attention_layernorm",
     # The older spelling of layer_types: every N-th layer is global (transformers divides by it).
     config_ints=(*GQA_CONFIG_INTS, ConfigInt(("sliding_window_pattern",), MAX_CONFIG_COUNT, nullable=True)),
+    # Gemma's documented turns: <start_of_turn>user ... <end_of_turn>, the reply after <start_of_turn>model.
+    published_chat_template=(
+        "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+        "{{ m['content'] | trim }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"),
 )
 
 # Mixture-of-experts models with ordinary attention: only the attention is read or edited, and

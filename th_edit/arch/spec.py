@@ -112,6 +112,9 @@ class FamilySpec:
     # ---- RoPE details beyond rope_parameters (arch/rotary.py)
     rope_theta_fixed: float | None = None  # a base the modeling code hard-codes instead of reading it (GPT-J)
     rope_layers_key: str | None = None  # config list, per layer, of whether it uses RoPE (SmolLM3's no_rope_layers)
+    # ---- chat: the family's published turn format as a chat template (Jinja, as tokenizers carry them),
+    # used only for a checkpoint whose tokenizer carries none (a base model, a GGUF without one)
+    published_chat_template: str | None = None
 
     def __post_init__(self):
         if self.qkv_layout not in QKV_LAYOUTS:

@@ -5,8 +5,10 @@
     with m.edited(recipe):
         after = th_edit.bench.laundry(m, n_items=[4, 5, 6], n_prompts=200)
     paired = th_edit.bench.paired(m, recipe, n_items=[4, 5, 6])           # McNemar and neutral-text KL
+    paired = th_edit.bench.paired(m, recipe, generation=True)             # + free generation, chat, greedy agreement
 
-Modules: scoring, side_effects (KL), aggregate (accuracy rows, paired rows), reports (report
+Modules: scoring, generation (free generation, completion and chat), side_effects (KL, greedy
+agreement), aggregate (accuracy rows, paired rows), reports (report
 dicts), render (terminal tables); tokenizing and batching are th_edit.runtime's.
 """
 
@@ -17,10 +19,11 @@ from contextlib import nullcontext
 
 from th_edit import ui
 from th_edit.bench.aggregate import accuracy_row, compare, paired_row, summarize
+from th_edit.bench.generation import with_generation
 from th_edit.bench.render import render_report
 from th_edit.bench.reports import Report, run_paired, run_single
 from th_edit.bench.scoring import PromptScore, score_prompts
-from th_edit.bench.side_effects import kl_sum, neutral_kl
+from th_edit.bench.side_effects import kl_sum, neutral_kl, user_visible
 from th_edit.errors import UserError
 from th_edit.recipe import Edit, Recipe
 from th_edit.runtime.batching import Batch, input_device, left_padded, length_batches
@@ -49,12 +52,14 @@ def prompt_set(session: Session, tasks: Sequence[str] = TASKS, n_items: Sequence
 
 
 def run(session: Session, tasks: Sequence[str] = TASKS, n_items: Sequence[int] = DEFAULT_N_ITEMS, n_prompts: int = 200,
-        seed: int = 0, batch_size: int = 16, prompts: Sequence[TaskPrompt] | None = None) -> Report:
+        seed: int = 0, batch_size: int = 16, prompts: Sequence[TaskPrompt] | None = None,
+        generation: bool = False) -> Report:
     """Score `session`'s model as it is now (inside an `edited` block: the edited model)."""
     prompts, setup = _prompts(session, tasks, n_items, n_prompts, seed, prompts)
     tokenized = tokenize_prompts(_tokenizer(session), prompts, max_length=session.max_length)
     return run_single(session.model, _tokenizer(session), prompts, model_info={"reference": session.label},
-                      setup={**setup, "batch_size": batch_size}, batch_size=batch_size, tokenized=tokenized)
+                      setup={**setup, "batch_size": batch_size}, batch_size=batch_size, tokenized=tokenized,
+                      generation=generation)
 
 
 def laundry(session: Session, n_items: Sequence[int] = DEFAULT_N_ITEMS, n_prompts: int = 200, seed: int = 0,
@@ -72,11 +77,13 @@ def paired(session: Session, after: Recipe | Sequence[Edit] | ComputedEdit | Ses
            n_items: Sequence[int] = DEFAULT_N_ITEMS, n_prompts: int = 200, seed: int = 0, batch_size: int = 16,
            prompts: Sequence[TaskPrompt] | None = None, kl: bool = True, kl_texts: int | None = None,
            extra_setup: Mapping[str, object] | None = None, keep_base_logits: bool = True,
-           progress: bool = True) -> Report:
+           progress: bool = True, generation: bool = False) -> Report:
     """Paired before/after on identical prompts: `session` as it is vs. `after` — an edit of it
     (swapped in only while "after" runs) or another loaded model with the same tokenizer. Exact
     McNemar tests per N, and the KL on neutral text (`kl_texts` of them; `kl=False` skips it).
     `extra_setup` is recorded with the prompt-set description in the report's `setup`.
+    `generation`: also free-generation accuracy (completion and chat, bench.generation) and the
+    side effects a user reads (greedy agreement on neutral prompts, KL on the model's own chat replies).
 
     Run outside an `edited` block, the unedited model's scores and neutral-text logits are kept
     in `session` (Session.unedited), so comparing many edits on one session scores "before" once
@@ -86,12 +93,13 @@ def paired(session: Session, after: Recipe | Sequence[Edit] | ComputedEdit | Ses
     unless `progress=False` (or inside `th_edit.ui.silenced()`)."""
     with nullcontext() if progress else ui.silenced():
         return _paired(session, after, tasks, n_items, n_prompts, seed, batch_size, prompts, kl, kl_texts, extra_setup,
-                       keep_base_logits)
+                       keep_base_logits, generation)
 
 
 def _paired(session: Session, after: Recipe | Sequence[Edit] | ComputedEdit | Session, tasks: Sequence[str],
             n_items: Sequence[int], n_prompts: int, seed: int, batch_size: int, prompts: Sequence[TaskPrompt] | None,
-            kl: bool, kl_texts: int | None, extra_setup: Mapping[str, object] | None, keep_base_logits: bool) -> Report:
+            kl: bool, kl_texts: int | None, extra_setup: Mapping[str, object] | None, keep_base_logits: bool,
+            generation: bool) -> Report:
     tokenizer = _tokenizer(session)
     prompts, setup = _prompts(session, tasks, n_items, n_prompts, seed, prompts)
     tokenized = tokenize_prompts(tokenizer, prompts, max_length=session.max_length)
@@ -104,14 +112,23 @@ def _paired(session: Session, after: Recipe | Sequence[Edit] | ComputedEdit | Se
         after_variant, after_name = session.variant(after), f"{session.reference} + recipe edits"
     neutral = neutral_set(tokenizer, kl_texts) if kl else None
     # What depends only on the unedited model is computed once per session (see Session.unedited).
-    before_scores = session.unedited(("before-scores", tuple(prompts), batch_size), lambda: score_prompts(
-        session.model, tokenizer, prompts, batch_size, tokenized, desc="scoring before"))
+    before_scores = session.unedited(("before-scores", tuple(prompts), batch_size, generation),
+                                     lambda: _before_scores(session, prompts, batch_size, tokenized, generation))
     base_logits = _cached_base_logits(session, neutral, batch_size) if neutral is not None and keep_base_logits else None
     return run_paired(Variant(session.model), after_variant, tokenizer, prompts,
                       before_info={"reference": session.reference}, after_info={"reference": after_name},
                       setup={**setup, "batch_size": batch_size, **(extra_setup or {})}, batch_size=batch_size,
                       tokenized=tokenized, neutral_texts=neutral, measure_kl=kl, before_scores=before_scores,
-                      base_logits=base_logits)
+                      base_logits=base_logits, generation=generation)
+
+
+def _before_scores(session: Session, prompts: list[TaskPrompt], batch_size: int, tokenized: Tokenized,
+                   generation: bool) -> list[PromptScore]:
+    scores = score_prompts(session.model, _tokenizer(session), prompts, batch_size, tokenized, desc="scoring before")
+    if generation:
+        scores = with_generation(session.model, _tokenizer(session), prompts, scores, batch_size, tokenized,
+                                 label=" (before)")
+    return scores
 
 
 def _cached_base_logits(session: Session, neutral: NeutralSet, batch_size: int) -> list | None:
@@ -141,5 +158,5 @@ __all__ = [
     "DEFAULT_N_ITEMS", "Batch", "PromptScore", "Report", "Tokenized", "Variant", "accuracy_row", "build_prompts",
     "candidate_token_ids", "compare", "input_device", "ioi", "kl_sum", "laundry", "left_padded", "length_batches",
     "lexicon_record", "neutral_kl", "paired", "paired_row", "prompt_set", "render_report", "run", "run_paired",
-    "run_single", "score_prompts", "summarize", "swapped_parameters", "tokenize_prompts",
+    "run_single", "score_prompts", "summarize", "swapped_parameters", "tokenize_prompts", "user_visible", "with_generation",
 ]

@@ -26,7 +26,50 @@ def accuracy_row(scores: Sequence[PromptScore]) -> dict[str, object]:
         "candidate_accuracy": right / n, "candidate_ci95": list(wilson_interval(right, n)),
         "top1_accuracy": top1 / n, "top1_ci95": list(wilson_interval(top1, n)),
         "mean_logit_diff": mean, "logit_diff_ci95": [low, high],
+        **_generation_rows(scores),
     }
+
+
+# Free-generation metrics (bench.generation), present in a row only where they were measured.
+GENERATION_METRICS = ("generation", "chat")
+
+
+def _measured(scores: Sequence[PromptScore], metric: str) -> list[bool] | None:
+    values = [getattr(s, f"{metric}_correct") for s in scores]
+    return None if not values or any(v is None for v in values) else values
+
+
+def _generation_rows(scores: Sequence[PromptScore]) -> dict[str, object]:
+    row: dict[str, object] = {}
+    for metric in GENERATION_METRICS:
+        values = _measured(scores, metric)
+        if values is not None:
+            right = sum(values)
+            row[f"{metric}_accuracy"] = right / len(values)
+            row[f"{metric}_ci95"] = list(wilson_interval(right, len(values)))
+    return row
+
+
+def paired_metric(before: Sequence[bool], after: Sequence[bool]) -> dict[str, object]:
+    """Before/after accuracy of one right/wrong metric on paired prompts, with the exact McNemar test."""
+    n = len(before)
+    right_before, right_after = sum(before), sum(after)
+    b = sum(x and not y for x, y in zip(before, after))
+    c = sum(y and not x for x, y in zip(before, after))
+    return {"before_accuracy": right_before / n, "before_ci95": list(wilson_interval(right_before, n)),
+            "after_accuracy": right_after / n, "after_ci95": list(wilson_interval(right_after, n)),
+            "accuracy_change": (right_after - right_before) / n, "b_right_to_wrong": b, "c_wrong_to_right": c,
+            "mcnemar_p": mcnemar_exact(b, c)}
+
+
+def _paired_metrics(before: Sequence[PromptScore], after: Sequence[PromptScore]) -> dict[str, dict]:
+    """top-1 (always) and the generation metrics measured on both sides, each as paired_metric."""
+    metrics = {"top1": paired_metric([s.top1_correct for s in before], [s.top1_correct for s in after])}
+    for metric in GENERATION_METRICS:
+        values_before, values_after = _measured(before, metric), _measured(after, metric)
+        if values_before is not None and values_after is not None:
+            metrics[metric] = paired_metric(values_before, values_after)
+    return metrics
 
 
 def summarize(prompts: Sequence[TaskPrompt], scores: Sequence[PromptScore]) -> dict[str, dict]:
@@ -61,6 +104,7 @@ def paired_row(before: Sequence[PromptScore], after: Sequence[PromptScore]) -> d
         "accuracy_change": (right_after - right_before) / n,
         "b_right_to_wrong": b, "c_wrong_to_right": c, "mcnemar_p": mcnemar_exact(b, c),
         "mean_logit_diff_change": change, "logit_diff_change_ci95": [low, high],
+        "metrics": _paired_metrics(before, after),
     }
 
 

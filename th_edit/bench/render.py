@@ -45,8 +45,53 @@ def render_results(task: str, results: Mapping[str, object], title: str) -> list
                      f"{row['mean_logit_diff']:+.2f}", _ci(row["logit_diff_ci95"], percent=False)])
     lines = [title]
     lines += ui.table(["", "n", "candidate", "95% CI", "top-1", "95% CI", "logit diff", "95% CI"], rows)
+    lines += _generation_lines(task, results)
     lines += _position_lines(task, results["by_position"])
     return lines
+
+
+GENERATION_NAMES = {"generation": "generation", "chat": "chat"}
+
+
+def _generation_lines(task: str, results: Mapping[str, object]) -> list[str]:
+    """Free-generation accuracy (completion, chat) per N, where it was measured."""
+    measured = [m for m in GENERATION_NAMES if f"{m}_accuracy" in results["overall"]]
+    if not measured:
+        return []
+    rows = []
+    for row in [*results["by_n"], {"n_items": "all", **results["overall"]}]:
+        if _one_row(task) and row["n_items"] == "all":
+            continue
+        label = "all" if row["n_items"] == "all" else _label(task, row["n_items"])
+        rows.append([label, *(cell for m in measured for cell in (_pct(row[f"{m}_accuracy"]), _ci(row[f"{m}_ci95"])))])
+    return ui.table(["free generation", *(h for m in measured for h in (GENERATION_NAMES[m], "95% CI"))], rows)
+
+
+def _metric_lines(task: str, comparison: Mapping[str, object]) -> list[str]:
+    """Before/after of top-1 and the free-generation metrics per N (paired reports)."""
+    metrics = list(comparison["overall"].get("metrics", {}))
+    if not metrics:
+        return []
+    rows = []
+    for row in [*comparison["by_n"], {"n_items": "all", **comparison["overall"]}]:
+        if _one_row(task) and row["n_items"] == "all":
+            continue
+        cells = ["all" if row["n_items"] == "all" else _label(task, row["n_items"])]
+        for metric in metrics:
+            m = row["metrics"][metric]
+            cells += [f"{_pct(m['before_accuracy'])} → {_pct(m['after_accuracy'])}", f"{100 * m['accuracy_change']:+.1f}",
+                      _ci(_change_interval(m, row["n"])), f"{m['mcnemar_p']:.2g}"]
+        rows.append(cells)
+    names = {"top1": "top-1", **GENERATION_NAMES}
+    headers = [""] + [h for m in metrics for h in (names[m], "Δ pts", "Δ 95% CI", "p")]
+    return ui.table(headers, rows)
+
+
+def _change_interval(metric: Mapping[str, object], n: int) -> list[float]:
+    """An approximate 95% interval of a paired accuracy change: (c - b)/n ± 1.96·sqrt(b + c - (c - b)²/n)/n."""
+    b, c = metric["b_right_to_wrong"], metric["c_wrong_to_right"]
+    half = 1.96 * max(b + c - (c - b) ** 2 / n, 0.0) ** 0.5 / n
+    return [metric["accuracy_change"] - half, metric["accuracy_change"] + half]
 
 
 def _position_lines(task: str, by_position: Sequence[Mapping[str, object]]) -> list[str]:
@@ -66,6 +111,7 @@ def render_single(report: Mapping[str, object]) -> str:
         lines += render_results(task, results, title) + [""]
     lines.append("candidate: the answer beats the other candidates; top-1: it is the argmax over the vocabulary; "
                  "logit diff: answer minus best other candidate. Intervals: Wilson 95% (accuracy), mean ± 1.96 SE.")
+    lines += _generation_note(report["results"])
     return "\n".join(lines)
 
 
@@ -86,20 +132,49 @@ def render_paired(report: Mapping[str, object]) -> str:
                          f"{row['mean_logit_diff_change']:+.2f}"])
         lines += ui.table(["", "n", "before", "95% CI", "after", "95% CI", "Δ pts", "b", "c", "McNemar p",
                          "Δ logit diff"], rows)
+        lines += _metric_lines(task, comparison)
         lines.append("")
     kl = report["side_effects"]["neutral_kl"]
     if kl is None:
         lines.append("neutral text: KL not measured")
     else:
         lines.append(f"neutral text: KL(before ‖ after) = {kl['mean_nats_per_token']:.4g} nats/token "
-                     f"over {kl['n_tokens']} tokens ({kl['n_texts']} texts{_chat_note(kl)})")
+                     f"over {kl['n_tokens']} tokens ({kl['n_texts']} texts{_chat_note(kl)}){_spread(kl)}")
+    lines += _visible_lines(report["side_effects"].get("user_visible"))
     lines.append("b: right before, wrong after; c: wrong before, right after; McNemar: exact two-sided test on b, c.")
+    lines += _generation_note(report["after"]["results"])
     return "\n".join(lines)
+
+
+def _spread(kl: Mapping[str, object]) -> str:
+    return f"; 95th percentile {kl['p95_nats']:.4g}, max {kl['max_nats']:.4g}" if "p95_nats" in kl else ""
+
+
+def _visible_lines(visible: Mapping[str, object] | None) -> list[str]:
+    if not visible:
+        return []
+    agreement = visible["greedy_agreement"]
+    shares = ", ".join(f"{kind} {_pct(a['share'])} ({a['unchanged']}/{a['n_prompts']})" for kind, a in agreement.items())
+    lines = [f"neutral prompts: first {visible['greedy_tokens']} greedy tokens unchanged: {shares}"]
+    reply = visible.get("chat_reply_kl")
+    if reply:
+        lines.append(f"own chat replies: KL = {reply['mean_nats_per_token']:.4g} nats/token over {reply['n_tokens']} tokens "
+                     f"of {reply['n_replies']} replies{_spread(reply)}")
+    elif "chat" not in agreement:
+        lines.append("own chat replies: not measured (no chat template for this model)")
+    return lines
 
 
 def _chat_note(kl: Mapping[str, object]) -> str:
     chat = kl.get("n_chat_texts")
     return f", {chat} of them chat-formatted" if chat else ""
+
+
+def _generation_note(results: Mapping[str, object]) -> list[str]:
+    if not any("generation_accuracy" in r["overall"] for r in results.values()):
+        return []
+    return ["generation: greedy continuation of the prompt; chat: greedy reply to it asked in the model's chat template; "
+            "right when the first list item named is the answer (any case, plural counts)."]
 
 
 def render_report(report: Mapping[str, object]) -> str:

@@ -23,6 +23,10 @@ class PromptScore:
     candidate_correct: bool  # the answer's first token beats every other candidate's first token
     top1_correct: bool  # the answer's first token is the argmax over the whole vocabulary
     logit_diff: float  # answer logit minus the best other candidate's logit
+    # Free generation (bench.generation; None: not measured): the first list item the greedy
+    # continuation names is the answer, after the completion prompt / in a chat reply.
+    generation_correct: bool | None = None
+    chat_correct: bool | None = None
 
 
 def score_row(logits: torch.Tensor, ids: list[int], answer: int) -> PromptScore:

@@ -1,4 +1,5 @@
-"""Side effects of an edit: KL(base ‖ edited) of the next-token distributions on neutral text."""
+"""Side effects of an edit: KL(base ‖ edited) of the next-token distributions on neutral text (mean,
+95th percentile, maximum), and what changes in the greedy text on neutral prompts (`user_visible`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import torch
 
 from th_edit.errors import UserError
 from th_edit.runtime import Batch, batched, encode, pad_id
+from th_edit.runtime.generate import greedy_continuations
+from th_edit.runtime.tokens import chat_prompt_ids, has_chat_template
+from th_edit.tasks.neutral import neutral_chat_questions, neutral_prompts
 
 Forward = Callable[[Batch], torch.Tensor]  # batch -> logits [B, T, V]
 
@@ -33,45 +37,109 @@ def neutral_kl(forward_base: Forward, forward_edited: Forward, tokenizer, texts:
 
 def kl_sum(forward_base: Forward, forward_edited: Forward, tokenizer, texts: Sequence[str] | None,
            batch_size: int = 16, encoded: Sequence[Sequence[int]] | None = None,
-           base_cache: list[torch.Tensor] | None = None) -> tuple[float, int]:
+           base_cache: list[torch.Tensor] | None = None, per_position: list[torch.Tensor] | None = None,
+           last_positions: Sequence[int] | None = None) -> tuple[float, int]:
     """(summed KL in nats, number of positions) — what neutral_kl averages. Give `texts`, or
     `encoded` token ids (e.g. chat-formatted text that already carries its special tokens).
 
     `base_cache`: a list that keeps the base model's logits at the real positions of each batch.
     An empty list is filled; a filled one (from a call with the same texts and batch size) is read
-    instead of running `forward_base`, with the same result to the bit."""
+    instead of running `forward_base`, with the same result to the bit.
+
+    `per_position`: a list that receives each batch's per-position KLs (float64, for percentiles).
+    `last_positions`: per sequence, only its last k positions count (e.g. those predicting a reply);
+    not combined with `base_cache`."""
+    if last_positions is not None and base_cache is not None:
+        raise ValueError("last_positions cannot be combined with base_cache")
     sequences = [list(e) for e in (encoded if encoded is not None else encode(tokenizer, texts or [])) if e]
     if not sequences:
         raise UserError("no neutral text to measure KL on")
     max_tokens = max(max(len(e) for e in sequences), KL_MAX_BATCH_LOGITS // max(len(tokenizer), 1))
     total, count = 0.0, 0
     with torch.inference_mode():
-        for b, (_, batch) in enumerate(batched(sequences, batch_size, pad_id(tokenizer), max_tokens=max_tokens,
+        for b, (indices, batch) in enumerate(batched(sequences, batch_size, pad_id(tokenizer), max_tokens=max_tokens,
                                                desc="neutral-text KL")):
             cached = base_cache is not None and b < len(base_cache)
             base = base_cache[b] if cached else forward_base(batch)
             edited = forward_edited(batch)
             vocabulary = edited.shape[-1]
-            positions = batch["attention_mask"].reshape(-1).nonzero().squeeze(1).to(edited.device)
+            counted = batch["attention_mask"]
+            if last_positions is not None:
+                counted = torch.zeros_like(counted)
+                for row, i in enumerate(indices):
+                    if last_positions[i]:
+                        counted[row, -last_positions[i]:] = 1
+            positions = counted.reshape(-1).nonzero().squeeze(1).to(edited.device)
             if base_cache is not None and not cached:
                 base = base.reshape(-1, vocabulary)[positions]  # real positions only (a copy)
                 base_cache.append(base)
             base_rows = torch.arange(len(positions), device=base.device) if base_cache is not None else positions
-            total += _chunked_kl(base.reshape(-1, vocabulary), base_rows, edited.reshape(-1, vocabulary), positions)
+            kls = _chunked_kl(base.reshape(-1, vocabulary), base_rows, edited.reshape(-1, vocabulary), positions)
+            if per_position is not None:
+                per_position.append(kls)
+            total += float(kls.sum())
             count += len(positions)
     return total, count
 
 
-def _chunked_kl(base: torch.Tensor, base_rows: torch.Tensor, edited: torch.Tensor, positions: torch.Tensor) -> float:
-    """Σ_i KL(softmax(base[base_rows[i]]) ‖ softmax(edited[positions[i]])), a few rows at a time.
+def _chunked_kl(base: torch.Tensor, base_rows: torch.Tensor, edited: torch.Tensor, positions: torch.Tensor
+                ) -> torch.Tensor:
+    """Per i: KL(softmax(base[base_rows[i]]) ‖ softmax(edited[positions[i]])), a few rows at a time.
 
     Rows are gathered chunk by chunk rather than all at once, so no full copy of either logits
     tensor is made; float64 keeps small KLs (near-identical rows) from drowning in rounding.
     """
     rows = max(1, KL_CHUNK_LOGITS // base.shape[-1])
-    total = 0.0
+    parts = [torch.zeros(0, dtype=torch.float64)]
     for start in range(0, len(positions), rows):
         log_p = torch.log_softmax(base[base_rows[start:start + rows]].double(), dim=-1)
         log_q = torch.log_softmax(edited[positions[start:start + rows]].double(), dim=-1)
-        total += float((log_p.exp() * (log_p - log_q)).sum())
-    return total
+        parts.append((log_p.exp() * (log_p - log_q)).sum(-1).cpu())
+    return torch.cat(parts)
+
+
+def kl_summary(total: float, count: int, per_position: Sequence[torch.Tensor]) -> dict[str, float | int]:
+    """Mean, 95th percentile and maximum of per-position KLs (nats), and how many positions."""
+    values = torch.cat(list(per_position)) if per_position else torch.zeros(0, dtype=torch.float64)
+    return {"mean_nats_per_token": total / count, "p95_nats": float(torch.quantile(values, 0.95)),
+            "max_nats": float(values.max()), "n_tokens": count}
+
+
+# Greedy tokens compared per neutral prompt: a change within them is a change a user reads.
+AGREEMENT_TOKENS = 16
+
+
+def user_visible(before, after, tokenizer, batch_size: int = 16, limit: int | None = None) -> dict[str, object]:
+    """Side effects in what the model says on neutral prompts (`before`, `after`: session Variants).
+
+    greedy_agreement: the share of neutral prompts whose first AGREEMENT_TOKENS greedy tokens are
+    the same after the edit — plain texts continued as completions, and the user turns of the
+    neutral chats replied to in the model's chat format (where it has one: runtime.tokens.chat_template).
+    chat_reply_kl: KL(before ‖ after) at the positions that predict the unedited model's own greedy
+    reply to each neutral chat prompt (the text a chat user actually gets back).
+    `limit`: at most that many prompts of each kind."""
+    pad = pad_id(tokenizer)
+    kinds = {"completion": encode(tokenizer, neutral_prompts()[:limit])}
+    if has_chat_template(tokenizer, before.model):
+        kinds["chat"] = [chat_prompt_ids(tokenizer, m, before.model) for m in neutral_chat_questions()[:limit]]
+    agreement: dict[str, object] = {}
+    base_replies: list[list[int]] = []
+    for kind, prompts in kinds.items():
+        runs = []
+        for name, variant in (("before", before), ("after", after)):
+            with variant.active() as model:
+                runs.append(greedy_continuations(model, tokenizer, prompts, AGREEMENT_TOKENS, batch_size, pad,
+                                                 desc=f"greedy {kind} ({name})"))
+        same = sum(x == y for x, y in zip(*runs))
+        agreement[kind] = {"share": same / len(prompts), "unchanged": same, "n_prompts": len(prompts)}
+        if kind == "chat":
+            base_replies = runs[0]
+    result: dict[str, object] = {"greedy_tokens": AGREEMENT_TOKENS, "greedy_agreement": agreement, "chat_reply_kl": None}
+    if base_replies:
+        sequences = [p + r[:-1] for p, r in zip(kinds["chat"], base_replies) if r]
+        counted = [len(r) for r in base_replies if r]
+        per_position: list[torch.Tensor] = []
+        total, count = kl_sum(before.forward, after.forward, tokenizer, None, batch_size, encoded=sequences,
+                              per_position=per_position, last_positions=counted)
+        result["chat_reply_kl"] = {**kl_summary(total, count, per_position), "n_replies": len(sequences)}
+    return result

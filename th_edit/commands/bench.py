@@ -67,6 +67,18 @@ def _load_prompts(tokenizer, tasks: tuple[str, ...], prompts_file: Path | None, 
     return prompts, setup
 
 
+def _tasks(value: str) -> tuple[str, ...]:
+    """--task: "all" or registered task names, comma-separated; anything else is click's usage error."""
+    if value == "all":
+        return registry.default_names()
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in registry.names()]
+    if unknown or not names:
+        raise click.BadParameter(f"{', '.join(map(repr, unknown)) or 'no task'}: tasks are {', '.join(registry.names())} "
+                                 "(comma-separated), or all")
+    return tuple(registry.in_order(names))
+
+
 def _is_recipe(reference: str) -> bool:
     return reference.lower().endswith((".yaml", ".yml"))
 
@@ -77,7 +89,10 @@ def _same_vocabulary(first, second) -> bool:
 
 @click.command("bench")
 @click.argument("model", default=DEFAULT_MODEL)
-@opt.task_option("all", "Which task to run (all: the default set, laundry and ioi).", extra=("all",))
+@click.option("--task", default="all", show_default=True, metavar="TASK[,TASK...]",
+              callback=lambda ctx, param, value: _tasks(value),
+              help=f"Which tasks to run, comma-separated: {', '.join(registry.names())}, or all (the default set, "
+                   "laundry and ioi).")
 @opt.n_items_option("2-8")
 @opt.n_prompts_option(200, "Prompts per N (and IOI prompts).")
 @opt.seed_option("Seed of the generated prompt set.")
@@ -95,12 +110,16 @@ def _same_vocabulary(first, second) -> bool:
 @click.option("--kl-texts", type=click.IntRange(min=1, max=MAX_KL_TEXTS),
               help="With --compare: measure the KL on this many neutral texts (default: all, plain and chat-formatted).")
 @click.option("--no-kl", is_flag=True, help="With --compare: skip the neutral-text KL.")
+@click.option("--generation", is_flag=True,
+              help="Also free generation: greedy continuation of each prompt and a greedy reply to it asked in the "
+                   "model's chat template (right when the first list item named is the answer); with --compare also "
+                   "greedy agreement on neutral prompts and KL on the model's own chat replies.")
 @opt.device_options
 @click.pass_context
-def bench_command(ctx: click.Context, model: str, task: str, n_items: opt.NItems, n_prompts: int, seed: int,
+def bench_command(ctx: click.Context, model: str, task: tuple[str, ...], n_items: opt.NItems, n_prompts: int, seed: int,
                   prompts_file: Path | None, export: Path | None, batch_size: int, out: Path | None,
-                  as_json: bool, force: bool, compare: str | None, kl_texts: int | None, no_kl: bool, device: str,
-                  dtype: str) -> None:
+                  as_json: bool, force: bool, compare: str | None, kl_texts: int | None, no_kl: bool, generation: bool,
+                  device: str, dtype: str) -> None:
     """Measure list recall (laundry, N items) and IOI on MODEL (default: smollm2-135m).
 
     Accuracy is per N and per answer position with Wilson 95% intervals; with --compare the
@@ -109,7 +128,7 @@ def bench_command(ctx: click.Context, model: str, task: str, n_items: opt.NItems
     """
     _check_option_combinations(ctx, prompts_file, export)
     _check_destinations(export, out, force)
-    tasks = registry.default_names() if task == "all" else (task,)
+    tasks = task  # the callback's tuple of task names
     resolved = resolve(model)
     tokenizer = load_tokenizer(resolved)
     prompts, setup = _load_prompts(tokenizer, tasks, prompts_file, n_items, n_prompts, seed)
@@ -126,11 +145,12 @@ def bench_command(ctx: click.Context, model: str, task: str, n_items: opt.NItems
     setup.update(batch_size=batch_size, device=str(session.device), dtype=str(session.dtype).removeprefix("torch."))
     if compare is None:
         report = bench.run_single(session.model, tokenizer, prompts, model_info=resolved.provenance(), setup=setup,
-                                  batch_size=batch_size, tokenized=tokenized)
+                                  batch_size=batch_size, tokenized=tokenized, generation=generation)
     else:
         after = recipe if recipe is not None else load_session(compare, device=device, dtype=dtype)
         report = bench.paired(session, after, prompts=prompts, batch_size=batch_size, kl=not no_kl, kl_texts=kl_texts,
-                              extra_setup=setup, keep_base_logits=False)  # one comparison: nothing to reuse
+                              extra_setup=setup, keep_base_logits=False,  # one comparison: nothing to reuse
+                              generation=generation)
         report["before"]["model"] = resolved.provenance()
         report["after"]["model"] = after.resolved.provenance() if recipe is None else {"reference": f"{model} + {compare}"}
     click.echo(strict_json.dumps(report, indent=2) if as_json else bench.render_report(report))

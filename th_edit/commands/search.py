@@ -15,6 +15,7 @@ from th_edit.limits import MAX_HEADS, MAX_PROMPTS, MAX_TRIALS
 from th_edit.models import DEFAULT_MODEL, load_config, resolve
 from th_edit.outputs import check_new_file, resumable_file, write_files
 from th_edit.readers import read_json
+from th_edit.search.objective import OBJECTIVES
 from th_edit.search.optimize import POLL_SECONDS, Limits, finished_trials, make_sampler, trim_partial_record
 from th_edit.search.pipeline import SearchReport, SearchSettings, evidence_header, ranked_candidates, recipe_of, search
 from th_edit.search.report import held_out_table, plot_frontier
@@ -60,6 +61,9 @@ STORAGE_ENV = "TH_EDIT_STORAGE"  # --storage from the environment: a URL with a 
               help="Largest IOI accuracy drop, points.")
 @click.option("--trials", type=click.IntRange(min=1, max=MAX_TRIALS), default=60, show_default=True)
 @opt.seed_option("Seeds the sampler and the tuning prompts.")
+@click.option("--objective", type=click.Choice(OBJECTIVES), default="candidate", show_default=True,
+              help="What counts as right on the tuning prompts: candidate (the answer outranks the other list items) "
+                   "or top1 (it is the argmax over the vocabulary: what greedy generation says).")
 @click.option("--tune-prompts", type=click.IntRange(min=2, max=MAX_PROMPTS), default=50, show_default=True,
               help="Tuning prompts per N.")
 @click.option("--held-out-prompts", type=click.IntRange(min=2, max=MAX_PROMPTS), default=200, show_default=True,
@@ -81,7 +85,7 @@ STORAGE_ENV = "TH_EDIT_STORAGE"  # --storage from the environment: a URL with a 
 def search_command(model: str, kind: str, max_heads: int, rank_by: str, channels_file: Path | None, n_items: opt.NItems,
                    kl_budget: float, max_ioi_drop: float, trials: int, seed: int, tune_prompts: int,
                    held_out_prompts: int, out: Path, resume: bool, force: bool, storage: str | None, study_name: str,
-                   worker: bool, heartbeat: int, device: str, dtype: str) -> None:
+                   worker: bool, heartbeat: int, objective: str, device: str, dtype: str) -> None:
     """Search how many of the best components of which channel heads of MODEL to rescale, and by
     how much, to improve list recall (laundry N items) under a KL budget; report the result and
     baselines on held-out prompts."""
@@ -89,7 +93,8 @@ def search_command(model: str, kind: str, max_heads: int, rank_by: str, channels
     store = StudyStore.parse(storage, out.with_suffix(".study.log"), study_name, heartbeat)
     settings = SearchSettings(n_items=tuple(n_items), trials=trials, seed=seed,
                               limits=Limits(kl_budget, max_ioi_drop / 100), tune_prompts=tune_prompts,
-                              held_out_prompts=held_out_prompts, attribution=rank_by == "attribution")
+                              held_out_prompts=held_out_prompts, attribution=rank_by == "attribution",
+                              objective=objective)
     mine = settings_record(settings, {"kind": kind, "heads": max_heads, "rank_by": rank_by,
                                       "channels_sha256": channels_fingerprint(channels_file)})
     with store.redacting():

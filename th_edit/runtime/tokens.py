@@ -83,3 +83,37 @@ def tokenize_prompts(tokenizer, prompts: Sequence[TaskPrompt], source: str | Pat
                 raise UserError(f"{_where(prompt, number, source)}: the prompt is {len(ids)} tokens long, more than "
                                 f"the model's context of {max_length}")
     return Tokenized(encoded, candidate_token_ids(tokenizer, prompts, source), pad_id(tokenizer))
+
+
+def chat_template(tokenizer, model=None) -> str | None:
+    """The template chat prompts are built with: the tokenizer's own, else (for a tokenizer that
+    carries none: a base checkpoint, a GGUF without one) the published turn format of `model`'s
+    family (th_edit.arch), else None."""
+    own = getattr(tokenizer, "chat_template", None)
+    if own:
+        return own
+    from th_edit.arch import published_chat_template
+
+    config = getattr(model, "config", None)
+    return published_chat_template(getattr(config, "model_type", None)) if config is not None else None
+
+
+def has_chat_template(tokenizer, model=None) -> bool:
+    return chat_template(tokenizer, model) is not None
+
+
+def chat_prompt_ids(tokenizer, messages: Sequence[dict[str, str]], model=None) -> list[int]:
+    """`messages` in the model's own chat format, ending where the assistant's reply starts:
+    tokenizer.apply_chat_template with add_generation_prompt=True, exactly as transformers does it
+    (the template adds the model's special tokens, BOS included). A tokenizer without a template
+    uses the published turn format of `model`'s family (chat_template); with neither, the
+    prompts are refused in one line rather than given a guessed format."""
+    own = getattr(tokenizer, "chat_template", None)
+    template = None if own else chat_template(tokenizer, model)
+    if not own and template is None:
+        raise UserError("the tokenizer has no chat template and its family publishes none th-edit knows, so "
+                        "chat-formatted prompts cannot be built for this model")
+    ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True,
+                                        **({"chat_template": template} if template else {}))
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    return [int(i) for i in ids]

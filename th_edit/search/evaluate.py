@@ -21,6 +21,7 @@ from th_edit import ui
 from th_edit.bench.scoring import PromptScore, score_row
 from th_edit.errors import UserError
 from th_edit.runtime import CachedBatches, pad_id, tokenize_prompts
+from th_edit.search.objective import is_right
 from th_edit.session import ComputedEdit, Session
 from th_edit.tasks import registry
 from th_edit.tasks.neutral import NeutralSet
@@ -34,7 +35,7 @@ KL_CACHE_LIMIT_BYTES = 3 * 2**30
 class TrialScores:
     """One edit on one prompt set: accuracy per laundry N, IOI accuracy, KL on the neutral texts."""
 
-    laundry: dict[int, float]  # N -> candidate accuracy
+    laundry: dict[int, float]  # N -> accuracy by the search's objective (candidate or top-1, search.objective)
     ioi: float | None
     kl: float | None
     n_prompts: int
@@ -132,8 +133,10 @@ class TrialEvaluator:
     """
 
     def __init__(self, session: Session, prompts: Sequence[TaskPrompt], neutral: NeutralSet | None, layer: int,
-                 batch_size: int = 16, quick_prompts: int = 10, quick_texts: int = 16):
+                 batch_size: int = 16, quick_prompts: int = 10, quick_texts: int = 16, objective: str = "candidate"):
         self.session, self.layer = session, layer
+        is_right(PromptScore(False, False, 0.0), objective)  # an unknown objective is refused here
+        self.objective = objective
         self.prompts = list(prompts)
         vocabulary = session.model.get_output_embeddings().weight.shape[0]
         if neutral is not None and sum(map(len, neutral.encoded)) * vocabulary * 4 > KL_CACHE_LIMIT_BYTES:
@@ -215,7 +218,7 @@ class TrialEvaluator:
             for prompt, score in zip(part.prompts, scores):
                 guard = registry.get(prompt.task).guard  # IOI: kept, not improved
                 bucket = ioi if guard else by_n.setdefault(prompt.n_items, [])
-                bucket.append(score.candidate_correct)
+                bucket.append(score.candidate_correct if guard else is_right(score, self.objective))
                 if not guard:
                     diffs.append(score.logit_diff)
         laundry = {n: sum(v) / len(v) for n, v in sorted(by_n.items())}

@@ -48,6 +48,7 @@ class SearchSettings:
     batch_size: int = 16
     whole_head_scales: tuple[float, ...] = (1.25, 1.5, 2.0, 2.5, 3.0)
     attribution: bool = True  # order each head's components by their first-order effect on tuning recall
+    objective: str = "candidate"  # which tuning prompts count as right: candidate or top1 (search.objective)
 
     @property
     def held_out_seed(self) -> int:
@@ -139,7 +140,8 @@ def search(session: Session, candidates: Sequence[Candidate], settings: SearchSe
     if not ranked:
         candidates = ranked_candidates(session, candidates, settings)
     lowest = min(c.layer for c in candidates)
-    tuning = TrialEvaluator(session, prompts, tune_neutral, lowest, settings.batch_size, settings.quick_prompts)
+    tuning = TrialEvaluator(session, prompts, tune_neutral, lowest, settings.batch_size, settings.quick_prompts,
+                            objective=settings.objective)
     base, quick_base = tuning.base, tuning.quick_base
     result = run_search(session, tuning, candidates, settings.trials, settings.seed, settings.limits, storage,
                         on_trial=lambda t: ui.debug(summary_line(t, quick_base if t.stage == "quick" else base)),

@@ -26,8 +26,23 @@ def held_out_table(report: SearchReport) -> str:
                      "-" if held.kl is None else f"{held.kl:.4f}",
                      "-" if held.ioi_change is None else f"{100 * held.ioi_change:+.1f}"])
     lines += ui.table(headers, rows)
+    lines += _top1_lines(report, objective.name, ns)
     lines.append("* McNemar p < 0.01 (exact, paired on identical prompts); KL in nats/token on held-out neutral texts")
     return "\n".join(lines)
+
+
+def _top1_lines(report: SearchReport, task: str, ns: list[int]) -> list[str]:
+    """The same recipes by top-1 accuracy over the vocabulary (what greedy generation emits)."""
+    first = {row["n_items"]: row for row in report.held_out[0].paired[task]["by_n"]}
+    if not all("metrics" in row for row in first.values()):
+        return []
+    rows = [["unedited (top-1)", *(f"{100 * first[n]['metrics']['top1']['before_accuracy']:.1f}%" for n in ns), ""]]
+    for held in report.held_out:
+        by_n = {row["n_items"]: row["metrics"]["top1"] for row in held.paired[task]["by_n"]}
+        gains = [by_n[n]["accuracy_change"] for n in ns]
+        rows.append([held.label, *(_change(by_n[n]) for n in ns), f"{100 * sum(gains) / len(gains):+.1f}"])
+    return [f"change in top-1 accuracy (over the whole vocabulary), points (search objective: {report.settings.objective})",
+            *ui.table(["recipe", *(f"N={n}" for n in ns), "mean"], rows)]
 
 
 def _change(row: dict) -> str:

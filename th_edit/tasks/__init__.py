@@ -7,6 +7,7 @@ from th_edit.tasks import (  # noqa: F401  (registers the tasks; ioi imports lau
     ioi,
     laundry,
     people,  # noqa: F401
+    places,  # noqa: F401
 )
 from th_edit.tasks.prompts import TaskPrompt, read_jsonl, write_jsonl
 from th_edit.tasks.registry import Task, default_names, get, names

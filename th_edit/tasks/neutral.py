@@ -26,6 +26,11 @@ def neutral_chats() -> list[list[dict[str, str]]]:
             for e in exchanges]
 
 
+def neutral_chat_questions() -> list[list[dict[str, str]]]:
+    """The user turns of the shipped exchanges alone: prompts for the model's own replies."""
+    return [chat[:1] for chat in neutral_chats()]
+
+
 @dataclass(frozen=True)
 class NeutralSet:
     """Token ids of the neutral texts: plain ones first, then chat-formatted ones."""

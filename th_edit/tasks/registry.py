@@ -46,10 +46,17 @@ class Task:
     split_record: Mapping[str, tuple] = field(default_factory=dict)
     # Head roles read on this task's prompts (channels): the channel role -> this task's name for it.
     role_names: Mapping[str, str] = field(default_factory=lambda: {"inhibition": "inhibition", "mover": "mover"})
+    # The prompt asked as a chat user turn (bench's chat metric); default: answers.chat_question.
+    chat_question: Callable[[object], str] | None = None
 
     def label(self, n_items: object) -> str:
         """A report row: "N=5" for a list task, the task's name for a fixed-N task."""
         return f"N={n_items}" if self.list_recall else self.name
+
+    def ask_in_chat(self, prompt) -> str:
+        from th_edit.tasks.answers import chat_question
+
+        return (self.chat_question or chat_question)(prompt)
 
     def position_name(self, position: int) -> str:
         return self.position_names[position] if self.position_names else f"p{position}"
