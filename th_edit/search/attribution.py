@@ -22,6 +22,7 @@ from dataclasses import replace
 import torch
 
 from th_edit.heads import HeadId
+from th_edit.hooks import ov_components
 from th_edit.runtime import batched, input_device, tokenize_prompts
 from th_edit.search.space import MAX_COMPONENTS, Candidate
 from th_edit.session import Session
@@ -32,9 +33,7 @@ Head = HeadId  # a head is a th_edit.heads.HeadId everywhere
 
 def ov_directions(session: Session, layer: int, head: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(read, write), each [d_head, r]: column k is `hooks.ov_component`'s pair for component k."""
-    W_O = session.weights(layer).W_O[head]  # [dh, d], float64
-    read = W_O @ session.svd(layer, head, "ov").V
-    return read, torch.linalg.solve(W_O @ W_O.T, read)
+    return ov_components(session, layer, head)
 
 
 def component_gradients(session: Session, prompts: Sequence[TaskPrompt], heads: Sequence[Head],
