@@ -1,4 +1,4 @@
-"""The search by gradient: fit one continuous log-scale per candidate component, then round to a recipe.
+"""The search by gradient (docs/method.md#search): fit one log-scale per candidate component, round to a recipe.
 
 Scaling OV component k of a head by α_k is, in the head's output z, z ← z + (α_k − 1)(z · read_k) write_k
 (`hooks.components_scaled`, the same directions as the weight edit: docs/method.md#exact-edits), so the
