@@ -126,8 +126,7 @@ def fit_log_scales(session: Session, prompts: Sequence[TaskPrompt], neutral: Neu
             size = settings.batch_guard_prompts if guard else settings.batch_prompts
             parts[guard] = (_Minibatches(session, tokenized.encoded, size, layer, rng), tokenized.targets)
     texts = _Minibatches(session, neutral.encoded, settings.batch_texts, layer, rng) if neutral.encoded else None
-    with torch.no_grad():
-        base_text = [_log_probs(texts.cache, b) for b in range(len(texts))] if texts else []
+    with torch.no_grad():  # the unedited model's text log-probs are recomputed per step: a vocabulary-wide cache is GBs
         base_guard = ([_answer_log_probs(parts[True][0].cache, b, g, parts[True][1]).mean()
                        for b, g in enumerate(parts[True][0].groups)] if True in parts else [])
 
@@ -139,6 +138,9 @@ def fit_log_scales(session: Session, prompts: Sequence[TaskPrompt], neutral: Neu
     rho = settings.penalty
     kl_target = settings.kl_target * limits.kl_budget
     for step in ui.progress(range(settings.steps), desc="gradient fit", unit="step"):
+        if texts is not None:
+            with torch.no_grad():
+                base_text = _log_probs(texts.cache, step % len(texts))
         scales = [ComponentScales(c.layer, c.head, read.float(), write.float(), theta.exp())
                   for c, (read, write), theta in zip(candidates, directions, thetas)]
         with torch.enable_grad(), components_scaled(session.model, session.adapter, scales):
@@ -149,7 +151,7 @@ def fit_log_scales(session: Session, prompts: Sequence[TaskPrompt], neutral: Neu
             if texts is not None:
                 t = step % len(texts)
                 log_q = _log_probs(texts.cache, t)
-                kl = (base_text[t].exp() * (base_text[t] - log_q)).sum(-1).mean()
+                kl = (base_text.exp() * (base_text - log_q)).sum(-1).mean()
                 kl_g = kl / kl_target - 1.0
                 loss = loss + _lagrangian(kl_g, kl_multiplier, rho)
             if True in parts:
