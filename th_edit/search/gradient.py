@@ -115,7 +115,6 @@ def fit_log_scales(session: Session, prompts: Sequence[TaskPrompt], neutral: Neu
     from th_edit.hooks import ComponentScales, components_scaled, ov_components
 
     rng = random.Random(seed)
-    torch_generator_seed = rng.randrange(2**31)
     layer = min(c.layer for c in candidates)
     objective_name = registry.objective().name
     parts = {}
@@ -131,7 +130,6 @@ def fit_log_scales(session: Session, prompts: Sequence[TaskPrompt], neutral: Neu
                        for b, g in enumerate(parts[True][0].groups)] if True in parts else [])
 
     directions = [ov_components(session, c.layer, c.head, c.components) for c in candidates]
-    torch.manual_seed(torch_generator_seed)  # nothing is random below; kept for any optimizer that is
     thetas = [torch.zeros(len(c.components), dtype=torch.float32, requires_grad=True) for c in candidates]
     optimizer = torch.optim.Adam(thetas, lr=settings.learning_rate)
     kl_multiplier = ioi_multiplier = 0.0
