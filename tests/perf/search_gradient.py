@@ -56,12 +56,13 @@ def main() -> None:
     parser.add_argument("--tpe-trials", type=int, default=10)
     parser.add_argument("--shipped", help="a recipe judged on the same held-out prompts, as the baseline row")
     parser.add_argument("--steps", type=int, default=GradientSettings.steps)
+    parser.add_argument("--no-whole-head", action="store_true", help="skip the five whole-head baselines (faster)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     ui.configure(quiet=not args.verbose, verbose=args.verbose)
     print(f"cores {os.cpu_count()}, load avg {load()}", flush=True)
     session, load_seconds = timed(f"load {args.model}", lambda: th_edit.load(args.model))
-    settings = SearchSettings()
+    settings = SearchSettings(whole_head_scales=()) if args.no_whole_head else SearchSettings()
     (candidates, _draft), channel_seconds = timed("channel step (candidate heads)",
                                                   lambda: _channel_candidates(session, "inhibition", None, 0, 8))
     candidates, rank_seconds = timed("attribution ranking", lambda: ranked_candidates(session, candidates, settings))
@@ -79,7 +80,8 @@ def main() -> None:
     pipeline.gradient_search, pipeline.run_search = timing("gradient", real[0]), timing("tpe", real[1])
     shipped = load_recipe(Path(args.shipped))[0].edits if args.shipped else None
     gradient = GradientSettings(steps=args.steps)
-    report, gradient_seconds = timed("gradient search (tuning cache, fit, held-out with 5 whole-head scales"
+    report, gradient_seconds = timed("gradient search (tuning cache, fit, held-out"
+                                     + ("" if args.no_whole_head else " with 5 whole-head scales")
                                      + (" and the shipped recipe)" if shipped else ")"),
                                      lambda: search(session, candidates, settings, draft=shipped, ranked=True,
                                                     method="gradient", gradient=gradient))
