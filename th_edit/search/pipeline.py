@@ -185,7 +185,8 @@ def recipe_of(report: SearchReport, base_model: str, output_dir: str | None = No
     how = (f"{len(report.result.trials)} trials" if report.method == "tpe" else
            f"gradient fit, {report.gradient.steps if report.gradient else '?'} steps")
     return Recipe(base_model=base_model, seed=(report.settings.held_out_seed + 1) % (MAX_SEED + 1),
-                  description=(f"Found by th-edit search (seed {report.settings.seed}, {how}): rescales {sum(len(e.components) for e in chosen.edits)} component(s) of channel heads "
+                  description=(f"Found by th-edit search (seed {report.settings.seed}, {how}): rescales "
+                               f"{sum(len(e.components) for e in chosen.edits)} component(s) of channel heads "
                                "to improve recall from a list."),
                   edits=chosen.edits, output=Output(dir=output_dir),
                   benchmark=Benchmark(tasks=searched_tasks(), n_items=list(range(2, 11)), n_prompts=200))
