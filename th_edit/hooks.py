@@ -136,11 +136,19 @@ def ov_component(session, layer: int, head: int, component: int) -> tuple[torch.
     vector of W_V W_O with s > 0), so write = (W_O W_Oᵀ)⁻¹ W_O v is the z-space vector with
     write·W_O = vᵀ; then z' W_O = y + (α − 1)(y·v) vᵀ.
     """
+    read, write = ov_components(session, layer, head, [component])
+    return read[:, 0], write[:, 0]
+
+
+def ov_components(session, layer: int, head: int, components: Sequence[int] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(read, write), each [d_head, k] (float64): column j is `ov_component`'s pair for
+    components[j] (None: every component of the head). The v_k are orthonormal, so scaling several
+    coordinates at once is the weight edit OV(I + Σ_k (α_k − 1) v_k v_kᵀ)."""
     W_O = session.weights(layer).W_O[head]  # [dh, d], float64
-    v = session.svd(layer, head, "ov").V[:, component]
-    read = W_O @ v
-    write = torch.linalg.solve(W_O @ W_O.T, read)
-    return read, write
+    V = session.svd(layer, head, "ov").V
+    read = W_O @ (V if components is None else V[:, list(components)])
+    return read, torch.linalg.solve(W_O @ W_O.T, read)
 
 
 @contextmanager
@@ -160,6 +168,40 @@ def scaled(model: torch.nn.Module, adapter: Adapter, scales: Sequence[DirectionS
                     mask = _mask(s.positions, z.shape[0], z.shape[1], z.device)
                     z[..., s.head, :] += ((s.alpha - 1.0) * coordinate * mask)[..., None] * write
                 return (z.flatten(-2), *args[1:])
+            _register(stack, model.get_submodule(adapter.output_projection_module(layer)).register_forward_pre_hook(rescale))
+        yield
+
+
+@dataclass(frozen=True)
+class ComponentScales:
+    """Scale k OV components of head `head` of `layer` at once, each by its own α (a tensor, so it
+    may require grad: the edit becomes differentiable in α):
+        z_h ← z_h + ((z_h · read) ⊙ (alpha − 1)) writeᵀ     (read, write: [d_head, k], `ov_components`)
+    which changes what the head writes exactly as the weight edit with those scales."""
+
+    layer: int
+    head: int
+    read: torch.Tensor
+    write: torch.Tensor
+    alpha: torch.Tensor  # [k]
+
+
+@contextmanager
+def components_scaled(model: torch.nn.Module, adapter: Adapter, scales: Sequence[ComponentScales]) -> Iterator[None]:
+    """Apply every `ComponentScales` to the head outputs z (the output projection's input), at all positions."""
+    by_layer: dict[int, list[ComponentScales]] = defaultdict(list)
+    for scale in scales:
+        adapter.check_head(scale.layer, scale.head)
+        by_layer[scale.layer].append(scale)
+    with ExitStack() as stack:
+        for layer, layer_scales in by_layer.items():
+            def rescale(module, args, layer_scales=layer_scales):
+                z = args[0].unflatten(-1, (adapter.n_heads, adapter.d_head))
+                change = torch.zeros_like(z)
+                for s in layer_scales:
+                    read, write, alpha = s.read.to(z), s.write.to(z), s.alpha.to(z)
+                    change[..., s.head, :] = ((z[..., s.head, :] @ read) * (alpha - 1.0)) @ write.T
+                return ((z + change).flatten(-2), *args[1:])
             _register(stack, model.get_submodule(adapter.output_projection_module(layer)).register_forward_pre_hook(rescale))
         yield
 

@@ -17,6 +17,7 @@ from th_edit.outputs import check_new_file, resumable_file, write_files
 from th_edit.readers import read_json
 from th_edit.search.objective import OBJECTIVES
 from th_edit.search.optimize import POLL_SECONDS, Limits, finished_trials, make_sampler, trim_partial_record
+from th_edit.search.gradient import GradientSettings
 from th_edit.search.pipeline import SearchReport, SearchSettings, evidence_header, ranked_candidates, recipe_of, search
 from th_edit.search.report import held_out_table, plot_frontier
 from th_edit.search.shared import cap_of
@@ -59,7 +60,13 @@ STORAGE_ENV = "TH_EDIT_STORAGE"  # --storage from the environment: a URL with a 
               help="Largest mean KL on neutral text, nats/token.")
 @click.option("--max-ioi-drop", type=opt.FiniteFloat(min=0), default=2.0, show_default=True,
               help="Largest IOI accuracy drop, points.")
-@click.option("--trials", type=click.IntRange(min=1, max=MAX_TRIALS), default=60, show_default=True)
+@click.option("--method", type=click.Choice(["tpe", "gradient"]), default="tpe", show_default=True,
+              help="tpe: Optuna's sampler over each head's top-k components and one scale; gradient: fit every "
+                   "candidate component's scale by gradient descent, then round to a recipe (minutes, one process).")
+@click.option("--trials", type=click.IntRange(min=1, max=MAX_TRIALS), default=60, show_default=True,
+              help="TPE trials.")
+@click.option("--steps", type=click.IntRange(min=1, max=10000), default=GradientSettings.steps, show_default=True,
+              help="Optimizer steps of --method gradient.")
 @opt.seed_option("Seeds the sampler and the tuning prompts.")
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="candidate", show_default=True,
               help="What counts as right on the tuning prompts: candidate (the answer outranks the other list items) "
@@ -83,7 +90,8 @@ STORAGE_ENV = "TH_EDIT_STORAGE"  # --storage from the environment: a URL with a 
               help=f"With --storage: a trial silent for {GRACE_FACTOR}x this long (its worker died) is failed and run again.")
 @opt.device_options
 def search_command(model: str, kind: str, max_heads: int, rank_by: str, channels_file: Path | None, n_items: opt.NItems,
-                   kl_budget: float, max_ioi_drop: float, trials: int, seed: int, tune_prompts: int,
+                   kl_budget: float, max_ioi_drop: float, method: str, trials: int, steps: int, seed: int,
+                   tune_prompts: int,
                    held_out_prompts: int, out: Path, resume: bool, force: bool, storage: str | None, study_name: str,
                    worker: bool, heartbeat: int, objective: str, device: str, dtype: str) -> None:
     """Search how many of the best components of which channel heads of MODEL to rescale, and by
@@ -97,6 +105,13 @@ def search_command(model: str, kind: str, max_heads: int, rank_by: str, channels
                               objective=objective)
     mine = settings_record(settings, {"kind": kind, "heads": max_heads, "rank_by": rank_by,
                                       "channels_sha256": channels_fingerprint(channels_file)})
+    if method == "gradient":
+        if worker or resume:
+            raise UserError(f"{'--worker' if worker else '--resume'} is for --method tpe: a gradient search runs in one "
+                            "process and keeps no study")
+        _gradient(model, kind, channels_file, max_heads, settings, GradientSettings(steps=steps), outputs, force, device,
+                  dtype)
+        return
     with store.redacting():
         if worker:
             _work(store, mine, settings, model, device, dtype)
@@ -104,10 +119,7 @@ def search_command(model: str, kind: str, max_heads: int, rank_by: str, channels
         for path in outputs:
             check_new_file(path, force)
         recorded = _existing_study(store, resume, force, mine)
-        channels = read_json(channels_file) if channels_file is not None else None  # a damaged file: before the model loads
-        if channels is not None:  # another model's channels: refused from the config, before the model loads
-            check_channels_fit(channels, channels_file, model, adapter_for(load_config(resolve(model))).info(), kind,
-                               max_heads)
+        channels = _read_channels(channels_file, model, kind, max_heads)
         session = load_session(model, device=device, dtype=dtype)
         mine = with_model(mine, session)
         if recorded is not None:
@@ -138,6 +150,31 @@ def search_command(model: str, kind: str, max_heads: int, rank_by: str, channels
         click.echo(f"interrupted in the held-out evaluation: {what}; run again with --resume --force to finish it",
                    err=True)
         click.get_current_context().exit(INTERRUPTED_EXIT)
+
+
+def _read_channels(channels_file: Path | None, model: str, kind: str, max_heads: int) -> object | None:
+    """The --channels record, checked before the model loads: a damaged file, or another model's channels
+    (from the config), is refused."""
+    channels = read_json(channels_file) if channels_file is not None else None
+    if channels is not None:
+        check_channels_fit(channels, channels_file, model, adapter_for(load_config(resolve(model))).info(), kind, max_heads)
+    return channels
+
+
+def _gradient(model: str, kind: str, channels_file: Path | None, max_heads: int, settings: SearchSettings,
+              gradient: GradientSettings, outputs: list[Path], force: bool, device: str, dtype: str) -> None:
+    """--method gradient: candidates, the fit, the held-out judgement and the outputs, in this process."""
+    for path in outputs:
+        check_new_file(path, force)
+    channels = _read_channels(channels_file, model, kind, max_heads)
+    session = load_session(model, device=device, dtype=dtype)
+    candidates, draft = _channel_candidates(session, kind, channels, settings.seed, max_heads)
+    candidates = ranked_candidates(session, candidates, settings)
+    ui.info(f"candidate heads: {', '.join(c.name for c in candidates)}")
+    report = search(session, candidates, settings, draft=draft, ranked=True, method="gradient", gradient=gradient)
+    click.echo(held_out_table(report))
+    written = _write_outputs(report, model, outputs, force)
+    click.echo(f"wrote {', '.join(map(str, written))}")
 
 
 def _label(store: StudyStore) -> str:

@@ -29,9 +29,9 @@ from th_edit.arch import Adapter
 
 def ov_directions(session, layer: int, head: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(read, write), each [d_head, r] float64: column k is `hooks.ov_component`'s pair for component k."""
-    W_O = session.weights(layer).W_O[head]  # [dh, d], float64
-    read = W_O @ session.svd(layer, head, "ov").V
-    return read, torch.linalg.solve(W_O @ W_O.T, read)
+    from th_edit.hooks import ov_components
+
+    return ov_components(session, layer, head)
 
 
 @contextmanager

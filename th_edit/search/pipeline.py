@@ -13,6 +13,7 @@ from th_edit.limits import MAX_SEED
 from th_edit.recipe import Benchmark, Edit, Output, Recipe
 from th_edit.search.attribution import ranked_by_attribution
 from th_edit.search.evaluate import TrialEvaluator, TrialScores
+from th_edit.search.gradient import GradientSettings, gradient_search
 from th_edit.search.heldout import HeldOut, evaluate_held_out
 from th_edit.search.optimize import Limits, SearchResult, run_search, summary_line
 from th_edit.search.space import Candidate, whole_head_edits
@@ -64,6 +65,8 @@ class SearchReport:
     held_out: list[HeldOut] = field(default_factory=list)
     wall_seconds: float = 0.0
     held_out_interrupted: bool = False  # Ctrl-C during the held-out evaluation: `held_out` is incomplete
+    method: str = "tpe"  # "tpe" | "gradient"
+    gradient: GradientSettings | None = None  # the gradient fit's settings (method "gradient")
 
     @property
     def chosen(self) -> HeldOut | None:
@@ -80,6 +83,8 @@ class SearchReport:
         return {
             "settings": {**asdict(self.settings), "held_out_seed": self.settings.held_out_seed,
                          **split_record()},
+            "method": self.method,
+            **({"gradient": asdict(self.gradient)} if self.gradient is not None else {}),
             "candidates": [asdict(c) for c in self.candidates],
             "base_tuning": self.base_tuning.as_dict(),
             "trials": [t.as_dict() for t in self.result.trials],
@@ -125,13 +130,16 @@ def ranked_candidates(session: Session, candidates: Sequence[Candidate], setting
 
 def search(session: Session, candidates: Sequence[Candidate], settings: SearchSettings = SearchSettings(),
            draft: Sequence[Edit] | None = None, storage: Path | None = None, held_out=held_out_prompts,
-           study=None, worker: bool = False, ranked: bool = False) -> SearchReport:
+           study=None, worker: bool = False, ranked: bool = False, method: str = "tpe",
+           gradient: GradientSettings | None = None) -> SearchReport:
     """Search on tuning prompts, then evaluate the chosen recipe and the baselines on held-out prompts.
 
     `held_out` makes the held-out prompt set (replaceable for tests); it is called only after the
     search has chosen, so it cannot influence the choice. `study`: an opened (maybe shared) study
     instead of `storage`; `worker`: run trials only, no held-out evaluation; `ranked`: the
-    candidates are `ranked_candidates` already (the ones a shared study records).
+    candidates are `ranked_candidates` already (the ones a shared study records). `method`:
+    "tpe" (Optuna's sampler, `search.optimize`) or "gradient" (a fit of every candidate component's
+    scale, `search.gradient`, with `gradient` settings; no study); both choose on tuning prompts only.
     """
     started = time.perf_counter()
     tune_neutral, held_neutral = split_neutral(neutral_set(session.tokenizer))
@@ -143,10 +151,17 @@ def search(session: Session, candidates: Sequence[Candidate], settings: SearchSe
     tuning = TrialEvaluator(session, prompts, tune_neutral, lowest, settings.batch_size, settings.quick_prompts,
                             objective=settings.objective)
     base, quick_base = tuning.base, tuning.quick_base
-    result = run_search(session, tuning, candidates, settings.trials, settings.seed, settings.limits, storage,
-                        on_trial=lambda t: ui.debug(summary_line(t, quick_base if t.stage == "quick" else base)),
-                        study=study, worker=worker)
-    report = SearchReport(settings, list(candidates), base, result)
+    if method == "gradient":
+        gradient = gradient or GradientSettings()
+        result = gradient_search(session, tuning, candidates, tune_neutral, settings.limits, settings.seed, gradient)
+        for trial in result.trials:
+            ui.debug(summary_line(trial, base))
+    else:
+        result = run_search(session, tuning, candidates, settings.trials, settings.seed, settings.limits, storage,
+                            on_trial=lambda t: ui.debug(summary_line(t, quick_base if t.stage == "quick" else base)),
+                            study=study, worker=worker)
+    report = SearchReport(settings, list(candidates), base, result, method=method,
+                          gradient=gradient if method == "gradient" else None)
     if worker:  # the search process judges the study, once
         return report
     del tuning  # its cached states and log-probs: the held-out evaluator needs the memory
@@ -183,10 +198,12 @@ def recipe_of(report: SearchReport, base_model: str, output_dir: str | None = No
     chosen = report.chosen
     if chosen is None and not report.unjudged:
         return None
+    how = (f"{len(report.result.trials)} trials" if report.method == "tpe" else
+           f"gradient fit, {report.gradient.steps if report.gradient else '?'} steps")
     edits = chosen.edits if chosen is not None else report.result.best.edits  # type: ignore[union-attr]
-    found = (f"Found by th-edit search (seed {report.settings.seed}, {len(report.result.trials)} trials)" if chosen else
-             f"Best so far of an interrupted th-edit search (seed {report.settings.seed}, {len(report.result.trials)} "
-             "trials; NOT judged on held-out prompts)")
+    found = (f"Found by th-edit search (seed {report.settings.seed}, {how})" if chosen else
+             (f"Best so far of an interrupted th-edit search (seed {report.settings.seed}, {how}; NOT judged on "
+              "held-out prompts)"))
     return Recipe(base_model=base_model, seed=(report.settings.held_out_seed + 1) % (MAX_SEED + 1),
                   description=(f"{found}: rescales {sum(len(e.components) for e in edits)} component(s) of channel heads "
                                "to improve recall from a list."),
@@ -211,9 +228,17 @@ def evidence_header(report: SearchReport) -> str:
                          f"(McNemar p = {row['mcnemar_p']:.2g}, {row['n']} prompts)")
         if chosen.kl is not None:
             lines.append(f"  neutral-text KL {chosen.kl:.4f} nats/token; IOI change {100 * (chosen.ioi_change or 0):+.1f} pts")
-    edited = {(e.layer, e.head, e.circuit): e for e in (chosen.edits if chosen else [])}
+    edited: dict[tuple[int, int, str], list[Edit]] = {}
+    for e in chosen.edits if chosen else []:
+        edited.setdefault((e.layer, e.head, e.circuit), []).append(e)
     for candidate in report.candidates:
-        edit = edited.get((candidate.layer, candidate.head, candidate.circuit))
-        if edit is not None and candidate.evidence:
-            lines.append(f"  {candidate.name} (top {len(edit.components)} component(s) x{edit.scale:g}): {candidate.evidence}")
+        edits = edited.get((candidate.layer, candidate.head, candidate.circuit))
+        if not edits or not candidate.evidence:
+            continue
+        if len(edits) == 1:  # TPE: a head's top k components at one scale
+            what = f"top {len(edits[0].components)} component(s) x{edits[0].scale:g}"
+        else:  # a gradient fit: each component its own (rounded) scale
+            scales = sorted(e.scale for e in edits)
+            what = f"{sum(len(e.components) for e in edits)} component(s) x{scales[0]:g} to x{scales[-1]:g}"
+        lines.append(f"  {candidate.name} ({what}): {candidate.evidence}")
     return "\n".join(lines)
