@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 TIERS = ("math", "pipeline", "cli", "real")
 MODULE_TIERS = {
     **dict.fromkeys(("test_arch_exactness", "test_bench", "test_channels", "test_composition", "test_edit_math",
-                     "test_method_doc", "test_roles", "test_rotated", "test_search", "test_search_gradient", "test_session",
-                     "test_stats",                     "test_stats_math", "test_subspace", "test_tasks"), "math"),
+                     "test_method_doc", "test_roles", "test_rotated", "test_search", "test_search_gradient",
+                     "test_session", "test_stats", "test_stats_math", "test_subspace", "test_tasks"), "math"),
     "test_attribution": "pipeline",
 }
 
