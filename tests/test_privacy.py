@@ -114,7 +114,8 @@ def test_card_usage_names_the_directory_and_ioi_once(tmp_path):
     from th_edit.tasks.prompts import TaskPrompt
 
     prompts = [TaskPrompt("ioi", "When Mary and John left, John waved to", " Mary", (" Mary", " John"), 2, 0)] * 6
-    right, wrong = PromptScore(True, True, 1.0), PromptScore(False, False, -1.0)
+    # right among the candidates, not the top-1 over the vocabulary: the top-1 row shows other percentages
+    right, wrong = PromptScore(True, False, 1.0), PromptScore(False, False, -1.0)
     text = render_report({"kind": "paired", "prompt_counts": {"ioi": 6}, "before": {"model": {"reference": "a"}},
                           "after": {"model": {"reference": "b"}}, "paired": compare(prompts, [right] * 6, [right] * 5 + [wrong]),
                           "side_effects": {"neutral_kl": {"mean_nats_per_token": 0.01, "n_texts": 3, "n_tokens": 30},

@@ -142,7 +142,8 @@ def render_paired(report: Mapping[str, object]) -> str:
                      f"over {kl['n_tokens']} tokens ({kl['n_texts']} texts{_chat_note(kl)}){_spread(kl)}")
     lines += _visible_lines(report["side_effects"].get("user_visible"))
     lines.append("b: right before, wrong after; c: wrong before, right after; McNemar: exact two-sided test on b, c.")
-    lines += _generation_note(report["after"]["results"])
+    # A report written before generation metrics existed (an older provenance.json) has no per-task results.
+    lines += _generation_note(report["after"].get("results", {}))
     return "\n".join(lines)
 
 
