@@ -154,21 +154,32 @@ def ov_components(session, layer: int, head: int, components: Sequence[int] | No
 @contextmanager
 def scaled(model: torch.nn.Module, adapter: Adapter, scales: Sequence[DirectionScale]) -> Iterator[None]:
     """Apply every `DirectionScale` to the head outputs z (the output projection's input)."""
-    by_layer: dict[int, list[DirectionScale]] = defaultdict(list)
+    def rescale(z: torch.Tensor, layer_scales: list[DirectionScale]) -> torch.Tensor:
+        z = z.clone()
+        for s in layer_scales:
+            read, write = s.read.to(z), s.write.to(z)
+            coordinate = z[..., s.head, :] @ read  # [B, T]
+            mask = _mask(s.positions, z.shape[0], z.shape[1], z.device)
+            z[..., s.head, :] += ((s.alpha - 1.0) * coordinate * mask)[..., None] * write
+        return z
+    with _head_outputs_rewritten(model, adapter, scales, rescale):
+        yield
+
+
+@contextmanager
+def _head_outputs_rewritten(model: torch.nn.Module, adapter: Adapter, scales: Sequence, rewrite) -> Iterator[None]:
+    """Within the block, each layer named by a scale (its .layer, .head) passes its head outputs z
+    [B, T, H, d_head] through rewrite(z, that layer's scales) before the output projection."""
+    by_layer: dict[int, list] = defaultdict(list)
     for scale in scales:
         adapter.check_head(scale.layer, scale.head)
         by_layer[scale.layer].append(scale)
     with ExitStack() as stack:
         for layer, layer_scales in by_layer.items():
-            def rescale(module, args, layer_scales=layer_scales):
-                z = args[0].unflatten(-1, (adapter.n_heads, adapter.d_head)).clone()
-                for s in layer_scales:
-                    read, write = s.read.to(z), s.write.to(z)
-                    coordinate = z[..., s.head, :] @ read  # [B, T]
-                    mask = _mask(s.positions, z.shape[0], z.shape[1], z.device)
-                    z[..., s.head, :] += ((s.alpha - 1.0) * coordinate * mask)[..., None] * write
-                return (z.flatten(-2), *args[1:])
-            _register(stack, model.get_submodule(adapter.output_projection_module(layer)).register_forward_pre_hook(rescale))
+            def hook(module, args, layer_scales=layer_scales):
+                z = args[0].unflatten(-1, (adapter.n_heads, adapter.d_head))
+                return (rewrite(z, layer_scales).flatten(-2), *args[1:])
+            _register(stack, model.get_submodule(adapter.output_projection_module(layer)).register_forward_pre_hook(hook))
         yield
 
 
@@ -189,20 +200,13 @@ class ComponentScales:
 @contextmanager
 def components_scaled(model: torch.nn.Module, adapter: Adapter, scales: Sequence[ComponentScales]) -> Iterator[None]:
     """Apply every `ComponentScales` to the head outputs z (the output projection's input), at all positions."""
-    by_layer: dict[int, list[ComponentScales]] = defaultdict(list)
-    for scale in scales:
-        adapter.check_head(scale.layer, scale.head)
-        by_layer[scale.layer].append(scale)
-    with ExitStack() as stack:
-        for layer, layer_scales in by_layer.items():
-            def rescale(module, args, layer_scales=layer_scales):
-                z = args[0].unflatten(-1, (adapter.n_heads, adapter.d_head))
-                change = torch.zeros_like(z)
-                for s in layer_scales:
-                    read, write, alpha = s.read.to(z), s.write.to(z), s.alpha.to(z)
-                    change[..., s.head, :] = ((z[..., s.head, :] @ read) * (alpha - 1.0)) @ write.T
-                return ((z + change).flatten(-2), *args[1:])
-            _register(stack, model.get_submodule(adapter.output_projection_module(layer)).register_forward_pre_hook(rescale))
+    def rescale(z: torch.Tensor, layer_scales: list[ComponentScales]) -> torch.Tensor:
+        change = torch.zeros_like(z)  # out of place: the scales may require grad
+        for s in layer_scales:
+            read, write, alpha = s.read.to(z), s.write.to(z), s.alpha.to(z)
+            change[..., s.head, :] = ((z[..., s.head, :] @ read) * (alpha - 1.0)) @ write.T
+        return z + change
+    with _head_outputs_rewritten(model, adapter, scales, rescale):
         yield
 
 
