@@ -62,7 +62,12 @@ def test_every_search_phase_shows_a_bar_that_runs_to_its_total(session, bars):
     shown = bars.descs()
     assert "component attribution" in shown  # ranking the components (attribution)
     caching = bars.named("caching the unedited model below layer")
-    assert len(caching) == 2 and all(_complete(b) for b in caching)  # tuning prompts, then held-out prompts
+    # tuning prompts, then held-out prompts, then each form the search never saw that this tokenizer can score
+    assert report.transfer and len(caching) == 2 + len(report.transfer) and all(_complete(b) for b in caching)
+    transfer = bars.named("forms never seen: ")
+    assert len(transfer) == len(report.transfer) and all(_complete(b) for b in transfer)
+    chat = bars.named("greedy chat replies (unedited)") + bars.named("held-out chat replies: ")
+    assert len(chat) == 1 + len(report.held_out) and all(_complete(b) for b in chat)
     trials = bars.named("trial ")
     assert trials and all(_complete(b) for b in trials)
     assert {f"trial {t.number}: quick look" for t in report.result.trials if t.edits} <= set(shown)

@@ -2,6 +2,7 @@
 sees tuning prompts only, rounding drops scales near 1."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -11,9 +12,13 @@ import th_edit
 from th_edit.hooks import ComponentScales, components_scaled, ov_components
 from th_edit.recipe import Edit
 from th_edit.search import pipeline
-from th_edit.search.gradient import GradientSettings, rounded_edits
+from th_edit.edit import ambiguous_components
+from th_edit.search.gradient import GradientSettings, rounded_edits, tied_runs
+from th_edit.search.evaluate import TrialScores
 from th_edit.search.optimize import Limits
 from th_edit.search.pipeline import SearchSettings, search
+from th_edit.search.report import held_out_table
+from th_edit.tasks import registry
 from th_edit.search.space import Candidate
 from th_edit.tasks.sets import build_prompts
 
@@ -63,6 +68,61 @@ def test_rounding_drops_scales_near_one_and_groups_equal_ones():
     assert rounded_edits(candidates, [t * 0 for t in thetas], 0.05, 0.05) == []
 
 
+def test_rounding_scales_a_run_of_tied_singular_values_alike():
+    # Components 2, 3, 4 are near-tied: any rotation among them is an equally valid SVD, so a recipe
+    # must scale all three alike. 2 and 3 were fitted (ln 2, ln 4), 4 was not (0): the run's mean ln 2.
+    singular_values = torch.tensor([9.0, 5.0, 3.0, 3.0001, 2.9999, 1.0], dtype=torch.float64)
+    runs = tied_runs(singular_values)
+    assert runs == [[2, 3, 4]]
+    candidate = Candidate(0, 0, "ov", (3, 2, 0))
+    theta = torch.log(torch.tensor([4.0, 2.0, 3.0], dtype=torch.float64))
+    edits = rounded_edits([candidate], [theta], quantum=0.05, tolerance=0.05, ties=[runs])
+    assert [e.components for e in edits] == [[2, 3, 4], [0]]  # by ascending scale
+    assert [e.scale for e in edits] == pytest.approx([2.0, 3.0], rel=0.03)
+    assert not ambiguous_components({k: e.scale for e in edits for k in e.components}, singular_values)
+    # without the ties the same fit names the tied components with different scales: ambiguous
+    untied = rounded_edits([candidate], [theta], quantum=0.05, tolerance=0.05)
+    assert ambiguous_components({k: e.scale for e in untied for k in e.components}, singular_values)
+
+
+class _KLGrowsWithScale:
+    """A stand-in evaluator: KL is the sum of (ln α)² over the recipe, accuracy rises with it up to a peak."""
+
+    def __init__(self, peak: float):
+        self.prompts, self.objective, self.peak, self.scored = [], "candidate", peak, []
+        self.base = TrialScores({4: 0.2}, 1.0, 0.0, 10)
+
+    def evaluate(self, edit):
+        size = sum(math.log(a) ** 2 for head_edit, _ in edit.result.written for a in head_edit.scales.values())
+        self.scored.append(size)
+        return TrialScores({4: 0.2 + min(size, self.peak) - max(0.0, size - self.peak)}, 1.0, size, 10)
+
+
+@pytest.mark.parametrize("peak, budget, expected", [
+    (10.0, 1.0, "grown"),  # KL 0.08 at the fit's scales, target 0.7: grown while accuracy rises and the KL allows
+    (10.0, 0.05, "shrunk"),  # over the budget at the fit's scales: shrunk until within
+    (0.05, 1.0, "kept"),  # budget left but accuracy falls when grown: the fit's own scales are chosen
+])
+def test_rounded_recipe_is_grown_or_shrunk_along_the_fitted_direction(session, monkeypatch, peak, budget, expected):
+    from th_edit.search import gradient
+
+    theta = torch.full((2,), math.log(1.22), dtype=torch.float64)  # two components, KL (ln 1.22)² · 2 = 0.08
+    monkeypatch.setattr(gradient, "fit_log_scales", lambda *a, **k: [theta.clone()])
+    evaluator = _KLGrowsWithScale(peak)
+    limits = Limits(kl_budget=budget, max_ioi_drop=0.5)
+    result = gradient.gradient_search(session, evaluator, [Candidate(1, 0, "ov", (0, 1))], None, limits, 0, GradientSettings())
+    kls = [t.scores.kl for t in result.trials]
+    chosen = result.best
+    if expected == "grown":
+        assert len(kls) >= 3 and kls == sorted(kls) and chosen.scores.kl > kls[0]
+        assert all(kl < 0.7 * budget for kl in kls[:-1])  # grown only while under the fit's KL target
+    elif expected == "shrunk":
+        assert kls == sorted(kls, reverse=True) and not result.trials[0].feasible and chosen.feasible
+        assert chosen is result.trials[-1]
+    else:
+        assert len(kls) == 2 and kls[1] > kls[0] and chosen is result.trials[0]
+
+
 def _run(session, **kwargs):
     return search(session, CANDIDATES, SETTINGS, method="gradient", gradient=GRADIENT, **kwargs)
 
@@ -78,12 +138,25 @@ def test_gradient_search_is_deterministic_and_ignores_held_out_prompts(session):
         prompts = pipeline.held_out_prompts(session, settings)
         return [dataclasses.replace(p, answer=next(c for c in p.candidates if c != p.answer)) for p in prompts]
 
-    second = _run(session, held_out=corrupted)
+    def corrupted_transfer(session, settings):
+        prompts = pipeline.transfer_prompts(session, settings)
+        return [dataclasses.replace(p, answer=next(c for c in p.candidates if c != p.answer)) for p in prompts]
+
+    second = _run(session, held_out=corrupted, transfer=corrupted_transfer)
     assert [t.as_dict() for t in second.result.trials] == [t.as_dict() for t in first.result.trials]
     best = first.result.best
     assert best is not None and best.edits  # limits this loose let the first rounded recipe through
     assert second.result.best.edits == best.edits
     assert second.chosen.paired != first.chosen.paired  # the corruption did reach the held-out numbers
+    # The forms no search tunes on, judged after the choice: every transfer form, per N, candidate and top-1.
+    # (the tiny tokenizer starts two of places' cities with one token: that form is left out with a warning)
+    assert {t.name for t in registry.transfer_forms()} == {"people", "places"} and set(first.transfer) == {"people"}
+    for paired in first.transfer.values():
+        assert [row["n_items"] for row in paired["by_n"]] == list(SETTINGS.n_items)
+        assert all(row["n"] == SETTINGS.held_out_prompts and "top1" in row["metrics"] for row in paired["by_n"])
+    assert second.transfer != first.transfer
+    table = held_out_table(first)
+    assert "forms the search never saw" in table and "people (top-1)" in table and "people (candidate)" in table
     assert [h.kind for h in first.held_out] == ["search", "whole-head"]
     assert {(e.layer, e.head) for e in best.edits} <= {(c.layer, c.head) for c in CANDIDATES}
 
@@ -103,13 +176,15 @@ def test_search_command_with_method_gradient_writes_a_recipe_that_apply_accepts(
     out = tmp_path / "s" / "recipe.yaml"
     args = ["--quiet", "search", str(base), "--channels", str(channels), "--n-items", "2-3", "--method", "gradient",
             "--steps", "3", "--rank-by", "weights", "--tune-prompts", "4", "--held-out-prompts", "4", "--kl-budget", "1",
-            "--max-ioi-drop", "100", "--out", str(out)]
+            "--max-ioi-drop", "100", "--min-chat-agreement", "0", "--out", str(out)]
     refused = CliRunner().invoke(main, [*args, "--resume"])
     assert refused.exit_code == 2 and "--method tpe" in refused.stderr and not out.parent.exists()
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     report = json.loads(out.with_suffix(".search.json").read_text())
     assert report["method"] == "gradient" and report["gradient"]["steps"] == 3
+    assert report["settings"]["limits"]["min_chat_agreement"] == 0.0
+    assert all(t["scores"]["neutral_chat_agreement"] is not None for t in report["trials"])
     assert not out.with_suffix(".study.log").exists()
     applied = CliRunner().invoke(main, ["--quiet", "apply", str(out), "--no-bench", "--out", str(tmp_path / "edited")])
     assert applied.exit_code == 0, applied.output

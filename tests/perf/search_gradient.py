@@ -27,6 +27,7 @@ from th_edit.commands.search import _channel_candidates
 from th_edit.recipe import load_recipe
 from th_edit.search import pipeline
 from th_edit.search.gradient import GradientSettings
+from th_edit.search.optimize import Limits
 from th_edit.search.pipeline import SearchSettings, ranked_candidates, search
 
 
@@ -46,8 +47,9 @@ def timed(what: str, call):
 def row(label: str, held) -> str:
     gains = " ".join(f"{100 * held.gain(n):+5.1f}" for n in (4, 5, 6, 7, 8))
     ioi = held.ioi_change
+    chat = "" if held.chat_agreement is None else f"  chat same {100 * held.chat_agreement:.0f}%"
     return (f"  {label:<34} N=4..8 {gains}  mean {100 * held.mean_gain():+5.1f}  KL {held.kl:.4f}  "
-            f"IOI {100 * (ioi or 0):+.1f}")
+            f"IOI {100 * (ioi or 0):+.1f}{chat}")
 
 
 def main() -> None:
@@ -57,12 +59,17 @@ def main() -> None:
     parser.add_argument("--shipped", help="a recipe judged on the same held-out prompts, as the baseline row")
     parser.add_argument("--steps", type=int, default=GradientSettings.steps)
     parser.add_argument("--no-whole-head", action="store_true", help="skip the five whole-head baselines (faster)")
+    parser.add_argument("--objective", default="candidate", help="the search objective (candidate or top1)")
+    parser.add_argument("--min-chat-agreement", type=float, help="percent, as `search --min-chat-agreement`")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     ui.configure(quiet=not args.verbose, verbose=args.verbose)
     print(f"cores {os.cpu_count()}, load avg {load()}", flush=True)
     session, load_seconds = timed(f"load {args.model}", lambda: th_edit.load(args.model))
-    settings = SearchSettings(whole_head_scales=()) if args.no_whole_head else SearchSettings()
+    settings = dataclasses.replace(
+        SearchSettings(whole_head_scales=()) if args.no_whole_head else SearchSettings(), objective=args.objective,
+        limits=Limits(min_chat_agreement=None if args.min_chat_agreement is None else args.min_chat_agreement / 100))
+    print(f"objective {settings.objective}, limits {settings.limits}", flush=True)
     (candidates, _draft), channel_seconds = timed("channel step (candidate heads)",
                                                   lambda: _channel_candidates(session, "inhibition", None, 0, 8))
     candidates, rank_seconds = timed("attribution ranking", lambda: ranked_candidates(session, candidates, settings))
@@ -78,6 +85,18 @@ def main() -> None:
 
     real = pipeline.gradient_search, pipeline.run_search
     pipeline.gradient_search, pipeline.run_search = timing("gradient", real[0]), timing("tpe", real[1])
+    judging: dict[str, float] = {"seconds": 0.0}  # the held-out judgement and the transfer forms, per search call
+    real_judges = pipeline.evaluate_held_out, pipeline.evaluate_transfer
+
+    def judged(real_judge):
+        def wrapped(*a, **k):
+            started = time.perf_counter()
+            try:
+                return real_judge(*a, **k)
+            finally:
+                judging["seconds"] += time.perf_counter() - started
+        return wrapped
+    pipeline.evaluate_held_out, pipeline.evaluate_transfer = (judged(j) for j in real_judges)
     shipped = load_recipe(Path(args.shipped))[0].edits if args.shipped else None
     gradient = GradientSettings(steps=args.steps)
     report, gradient_seconds = timed("gradient search (tuning cache, fit, held-out"
@@ -92,24 +111,35 @@ def main() -> None:
     print("held-out (the search's held-out prompts, seed 7919):", flush=True)
     for held in report.held_out:
         print(row("shipped recipe" if held.kind == "draft" else held.label, held))
-    print(f"gradient, the whole command's work: {load_seconds + channel_seconds + rank_seconds + gradient_seconds:.1f} s "
-          f"(load {load_seconds:.1f}, channels {channel_seconds:.1f}, ranking {rank_seconds:.1f}, search call "
-          f"{gradient_seconds:.1f} of which the fit and its checks {proper.get('gradient', 0):.1f})", flush=True)
+    for task, paired in (report.transfer or {}).items():
+        for metric, pick in (("candidate", lambda r: r), ("top-1", lambda r: r["metrics"]["top1"])):
+            gains = " ".join(f"{100 * pick(r)['accuracy_change']:+5.1f}" for r in paired["by_n"])
+            print(f"  forms never seen, {task} ({metric}): N=4..8 {gains} (unedited "
+                  + " ".join(f"{100 * pick(r)['before_accuracy']:.0f}%" for r in paired["by_n"]) + ")")
+    whole = load_seconds + channel_seconds + rank_seconds + gradient_seconds
+    print(f"gradient, the whole command's work: {whole:.1f} s (load {load_seconds:.1f}, channels {channel_seconds:.1f}, "
+          f"ranking {rank_seconds:.1f}, search call {gradient_seconds:.1f} of which the fit and its checks "
+          f"{proper.get('gradient', 0):.1f} and the held-out judgement {judging['seconds']:.1f}); "
+          f"until the recipe is chosen: {whole - judging['seconds']:.1f} s", flush=True)
     if report.chosen is not None:
         print("gradient recipe: " + "; ".join(f"{e.layer}.{e.head} {len(e.components)}x{e.scale:g}"
                                               for e in report.chosen.edits))
 
     if args.tpe_trials:
         tpe_settings = dataclasses.replace(settings, trials=args.tpe_trials, whole_head_scales=())
+        judging["seconds"] = 0.0
         tpe, tpe_seconds = timed(f"TPE search call, {args.tpe_trials} trials (+ held-out of its recipe only)",
                                  lambda: search(session, candidates, tpe_settings, ranked=True))
         if tpe.chosen is not None:
             print(row(f"TPE ({args.tpe_trials} trials)", tpe.chosen))
         else:
             print("  TPE chose nothing (no feasible fully scored trial)")
+        print(f"TPE until the recipe is chosen: {channel_seconds + rank_seconds + tpe_seconds - judging['seconds']:.1f} s "
+              "(channels and ranking shared with the gradient run)")
         print(f"ratio, the search itself: TPE ({args.tpe_trials} trials) {proper.get('tpe', 0):.1f} s / gradient "
               f"{proper.get('gradient', 0):.1f} s = {proper.get('tpe', 0) / max(proper.get('gradient', 0), 1e-9):.2f}x")
     pipeline.gradient_search, pipeline.run_search = real
+    pipeline.evaluate_held_out, pipeline.evaluate_transfer = real_judges
     print(f"load avg at the end {load()}")
 
 

@@ -60,6 +60,9 @@ STORAGE_ENV = "TH_EDIT_STORAGE"  # --storage from the environment: a URL with a 
               help="Largest mean KL on neutral text, nats/token.")
 @click.option("--max-ioi-drop", type=opt.FiniteFloat(min=0), default=2.0, show_default=True,
               help="Largest IOI accuracy drop, points.")
+@click.option("--min-chat-agreement", type=opt.FiniteFloat(min=0, max=100), default=None, metavar="PCT",
+              help="Smallest share (%) of neutral chat prompts whose first 16 greedy reply tokens stay the unedited "
+                   "model's, checked on every fully scored trial (default: not constrained).")
 @click.option("--method", type=click.Choice(["tpe", "gradient"]), default="tpe", show_default=True,
               help="tpe: Optuna's sampler over each head's top-k components and one scale; gradient: fit every "
                    "candidate component's scale by gradient descent, then round to a recipe (minutes, one process).")
@@ -90,7 +93,7 @@ STORAGE_ENV = "TH_EDIT_STORAGE"  # --storage from the environment: a URL with a 
               help=f"With --storage: a trial silent for {GRACE_FACTOR}x this long (its worker died) is failed and run again.")
 @opt.device_options
 def search_command(model: str, kind: str, max_heads: int, rank_by: str, channels_file: Path | None, n_items: opt.NItems,
-                   kl_budget: float, max_ioi_drop: float, method: str, trials: int, steps: int, seed: int,
+                   kl_budget: float, max_ioi_drop: float, min_chat_agreement: float | None, method: str, trials: int, steps: int, seed: int,
                    tune_prompts: int,
                    held_out_prompts: int, out: Path, resume: bool, force: bool, storage: str | None, study_name: str,
                    worker: bool, heartbeat: int, objective: str, device: str, dtype: str) -> None:
@@ -100,7 +103,9 @@ def search_command(model: str, kind: str, max_heads: int, rank_by: str, channels
     outputs = [out, out.with_suffix(".search.json"), out.with_suffix(".frontier.png")]
     store = StudyStore.parse(storage, out.with_suffix(".study.log"), study_name, heartbeat)
     settings = SearchSettings(n_items=tuple(n_items), trials=trials, seed=seed,
-                              limits=Limits(kl_budget, max_ioi_drop / 100), tune_prompts=tune_prompts,
+                              limits=Limits(kl_budget, max_ioi_drop / 100,
+                                            None if min_chat_agreement is None else min_chat_agreement / 100),
+                              tune_prompts=tune_prompts,
                               held_out_prompts=held_out_prompts, attribution=rank_by == "attribution",
                               objective=objective)
     mine = settings_record(settings, {"kind": kind, "heads": max_heads, "rank_by": rank_by,

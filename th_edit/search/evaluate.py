@@ -11,6 +11,7 @@ rest, so a trial can be judged cheaply first and only promising ones pay for the
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -19,8 +20,10 @@ import torch
 
 from th_edit import ui
 from th_edit.bench.scoring import PromptScore, score_row
+from th_edit.bench.side_effects import AGREEMENT_TOKENS
 from th_edit.errors import UserError
 from th_edit.runtime import CachedBatches, pad_id, tokenize_prompts
+from th_edit.runtime.generate import greedy_continuations
 from th_edit.search.objective import is_right
 from th_edit.session import ComputedEdit, Session
 from th_edit.tasks import registry
@@ -40,6 +43,8 @@ class TrialScores:
     kl: float | None
     n_prompts: int
     logit_diff: float | None = None  # mean over laundry prompts: answer minus best other candidate
+    # Share of the neutral chat prompts whose first greedy reply tokens are the unedited model's (None: not measured).
+    chat_agreement: float | None = None
 
     @property
     def mean_laundry(self) -> float:
@@ -48,7 +53,8 @@ class TrialScores:
     def as_dict(self) -> dict[str, object]:
         return {"laundry_accuracy": {str(n): a for n, a in self.laundry.items()},
                 "mean_laundry_accuracy": self.mean_laundry, "ioi_accuracy": self.ioi, "neutral_kl": self.kl,
-                "n_prompts": self.n_prompts, "mean_laundry_logit_diff": self.logit_diff}
+                "n_prompts": self.n_prompts, "mean_laundry_logit_diff": self.logit_diff,
+                "neutral_chat_agreement": self.chat_agreement}
 
 
 Advance = Callable[[], object] | None  # a progress bar's step (th_edit.ui.bar), called once per batch run
@@ -133,8 +139,11 @@ class TrialEvaluator:
     """
 
     def __init__(self, session: Session, prompts: Sequence[TaskPrompt], neutral: NeutralSet | None, layer: int,
-                 batch_size: int = 16, quick_prompts: int = 10, quick_texts: int = 16, objective: str = "candidate"):
-        self.session, self.layer = session, layer
+                 batch_size: int = 16, quick_prompts: int = 10, quick_texts: int = 16, objective: str = "candidate",
+                 chat: Sequence[Sequence[int]] | None = None):
+        """`chat`: neutral chat prompts (token ids, in the model's chat format) on which a full scoring also
+        measures greedy agreement with the unedited model (`chat_agreement`)."""
+        self.session, self.layer, self.batch_size = session, layer, batch_size
         is_right(PromptScore(False, False, 0.0), objective)  # an unknown objective is refused here
         self.objective = objective
         self.prompts = list(prompts)
@@ -159,6 +168,8 @@ class TrialEvaluator:
             for part in [*self.parts, *self.texts]:
                 part.start_at(layer, advance)
             base_scores = [p.scores(advance) for p in self.parts]
+        self.chat = [list(c) for c in chat or []]
+        self.chat_base = self._replies("greedy chat replies (unedited)") if self.chat else []
         self.base = self._summarize(base_scores, 0.0 if self.texts else None)
         self.quick_base = self._summarize(base_scores[:1], 0.0 if self.texts else None)
         self.base_prompt_scores = self._in_order(base_scores)
@@ -175,9 +186,27 @@ class TrialEvaluator:
                 raise ValueError(f"the edit touches layer {lowest}, below the cached layer {self.layer}")
         n_parts = 1 if quick else len(self.parts)
         n_texts = (1 if quick else len(self.texts)) if kl else 0
-        with (torch.inference_mode(), (self.session.edited(edit) if edit is not None else nullcontext()),
-              self._bar(desc, n_parts, n_texts) as advance):
-            return self._summarize([p.scores(advance) for p in self.parts[:n_parts]], self._kl_parts(n_texts, advance))
+        with (torch.inference_mode(), (self.session.edited(edit) if edit is not None else nullcontext())):
+            with self._bar(desc, n_parts, n_texts) as advance:
+                scores = self._summarize([p.scores(advance) for p in self.parts[:n_parts]], self._kl_parts(n_texts, advance))
+            if quick or not self.chat or edit is None:
+                return scores
+            return dataclasses.replace(scores, chat_agreement=self._agreement(desc and f"{desc}: chat replies"))
+
+    def chat_agreement_of(self, edit: ComputedEdit, desc: str | None = None) -> float | None:
+        """The greedy agreement on the chat prompts with `edit` swapped in (None without chat prompts)."""
+        if not self.chat:
+            return None
+        with torch.inference_mode(), self.session.edited(edit):
+            return self._agreement(desc)
+
+    def _replies(self, desc: str | None) -> list[list[int]]:
+        return greedy_continuations(self.session.model, self.session.tokenizer, self.chat, AGREEMENT_TOKENS,
+                                    self.batch_size, pad_id(self.session.tokenizer), desc=desc)
+
+    def _agreement(self, desc: str | None) -> float:
+        """Share of the chat prompts whose greedy reply (the model as it is now) equals the unedited model's."""
+        return sum(a == b for a, b in zip(self._replies(desc), self.chat_base)) / len(self.chat)
 
     def kl_of(self, edit: ComputedEdit, desc: str | None = None) -> float | None:
         """The KL on every neutral text with `edit` swapped in (no prompt is scored)."""

@@ -8,7 +8,8 @@ standard optimizer (Adam) minimises, on minibatches of the *tuning* prompts only
     − R(θ) + ψ(KL(θ)/κ − 1, λ, ρ) + ψ(ΔIOI(θ)/δ − 1, μ, ρ)
 
 R: the mean log-probability of the objective task's answer among its candidates (the smooth version of
-candidate accuracy); KL: mean KL(unedited ‖ edited) per token on neutral tuning texts, kept under a target κ a
+candidate accuracy; with `--objective top1` over the whole vocabulary, the smooth version of top-1
+accuracy); KL: mean KL(unedited ‖ edited) per token on neutral tuning texts, kept under a target κ a
 little below the budget; ΔIOI: the fall of the guard tasks' mean answer log-probability, kept under δ;
 ψ(g, λ, ρ) = (ρ/2)·max(0, g + λ/ρ)² − λ²/(2ρ), the augmented Lagrangian term of an inequality g ≤ 0,
 whose multiplier rises by ρ·g after every step (λ ← max(0, λ + ρ g)).
@@ -17,8 +18,11 @@ The fitted scales are rounded to a recipe: each to a grid in log space (`quantum
 `tolerance` of 1 dropped, the rest grouped per head by equal scale into recipe edits. The rounded recipe
 is then scored exactly (`TrialEvaluator`, the weights written by `plan_edit`) on the full tuning set and
 judged by the same limits as a TPE trial; if over them, the fitted log-scales are shrunk towards 0 and
-rounded again, a few times. Each exact scoring is one trial of the `SearchResult`, so the held-out
-judgement, report and recipe are the TPE search's. The minibatch order is seeded: a fit is reproducible.
+rounded again, a few times. If within them with KL still under the fit's target κ (minibatch noise and
+the optimizer's step size leave a fit short of its budget), they are grown by the inverse factor while
+tuning accuracy rises: a line search along the fitted direction, every point scored exactly. Each exact
+scoring is one trial of the `SearchResult` (its best feasible one is chosen), so the held-out judgement,
+report and recipe are the TPE search's. The minibatch order is seeded: a fit is reproducible.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from th_edit import ui
+from th_edit.linalg import near_ties
 from th_edit.recipe import Edit
 from th_edit.runtime import PrefixCache, left_padded, pad_id, tokenize_prompts
 from th_edit.search.evaluate import TrialEvaluator
@@ -56,18 +61,40 @@ class GradientSettings:
     penalty: float = 10.0  # ρ of the augmented Lagrangian
     tolerance: float = 0.05  # a rounded scale within this of 1 is dropped
     quantum: float = 0.05  # rounding grid of ln α
-    shrink: float = 0.8  # factor on the fitted log-scales when the rounded recipe is over the limits
-    max_rounds: int = 5  # exact scorings of rounded recipes at most
+    shrink: float = 0.8  # per round the fitted log-scales are multiplied by it (over the limits) or divided (budget left)
+    max_rounds: int = 6  # exact scorings of rounded recipes at most
+
+
+def tied_runs(singular_values: torch.Tensor) -> list[list[int]]:
+    """The runs of near-tied singular values (linalg.near_ties) of one head, each a list of ≥ 2 indices."""
+    runs: list[list[int]] = []
+    for k in near_ties(singular_values):  # ascending: k and k + 1 are tied
+        if runs and runs[-1][-1] == k:
+            runs[-1].append(k + 1)
+        else:
+            runs.append([k, k + 1])
+    return runs
 
 
 def rounded_edits(candidates: Sequence[Candidate], log_scales: Sequence[torch.Tensor], quantum: float,
-                  tolerance: float) -> list[Edit]:
+                  tolerance: float, ties: Sequence[Sequence[Sequence[int]]] | None = None) -> list[Edit]:
     """The recipe of fitted log-scales: scales within `tolerance` of 1 dropped, the others' ln α rounded to the grid,
-    one edit per (head, scale) with its components in ascending order."""
+    one edit per (head, scale) with its components in ascending order.
+
+    `ties`: per candidate, its head's runs of near-tied singular values (`tied_runs`). Within a run the SVD's
+    directions are any rotation of each other, so only an edit that scales the whole run alike is the same
+    whatever basis the SVD picked: every member of a run that holds a fitted component gets the run's mean
+    ln α (a member that was not fitted counts as 0, unscaled)."""
     edits = []
-    for candidate, theta in sorted(zip(candidates, log_scales), key=lambda item: (item[0].layer, item[0].head)):
+    ties = ties if ties is not None else [[] for _ in candidates]
+    for candidate, theta, runs in sorted(zip(candidates, log_scales, ties), key=lambda item: (item[0].layer, item[0].head)):
+        fitted = dict(zip(candidate.components, theta.tolist()))
+        for run in runs:
+            if any(k in fitted for k in run):
+                mean = sum(fitted.get(k, 0.0) for k in run) / len(run)
+                fitted.update({k: mean for k in run})
         by_scale: dict[float, list[int]] = {}
-        for component, value in zip(candidate.components, theta.tolist()):
+        for component, value in fitted.items():
             if abs(math.exp(value) - 1.0) > tolerance:
                 by_scale.setdefault(round(math.exp(quantum * round(value / quantum)), 3), []).append(component)
         edits += [Edit(layer=candidate.layer, head=candidate.head, circuit="ov", components=sorted(components), scale=scale)
@@ -92,9 +119,13 @@ class _Minibatches:
         return len(self.groups)
 
 
-def _answer_log_probs(cache: PrefixCache, b: int, group: list[int], targets) -> torch.Tensor:
-    """[rows] log-probability of each prompt's answer among its candidates."""
+def _answer_log_probs(cache: PrefixCache, b: int, group: list[int], targets, over_vocabulary: bool = False) -> torch.Tensor:
+    """[rows] log-probability of each prompt's answer among its candidates, or over the whole vocabulary
+    (`over_vocabulary`: the smooth version of top-1 accuracy, what greedy decoding emits)."""
     last = cache.forward(b, logits_to_keep=1)[:, -1].float()
+    if over_vocabulary:
+        log_p = torch.log_softmax(last, dim=-1)
+        return torch.stack([log_p[row, targets[i][0][targets[i][1]]] for row, i in enumerate(group)])
     return torch.stack([torch.log_softmax(last[row, targets[i][0]], dim=-1)[targets[i][1]] for row, i in enumerate(group)])
 
 
@@ -110,8 +141,10 @@ def _lagrangian(g: torch.Tensor, multiplier: float, rho: float) -> torch.Tensor:
 
 
 def fit_log_scales(session: Session, prompts: Sequence[TaskPrompt], neutral: NeutralSet, candidates: Sequence[Candidate],
-                   limits: Limits, seed: int, settings: GradientSettings = GradientSettings()) -> list[torch.Tensor]:
-    """One fitted ln α per component of each (OV) candidate, float64 on the CPU."""
+                   limits: Limits, seed: int, settings: GradientSettings = GradientSettings(),
+                   objective: str = "candidate") -> list[torch.Tensor]:
+    """One fitted ln α per component of each (OV) candidate, float64 on the CPU. `objective` (search.objective):
+    candidate maximizes the answer's log-probability among the candidates, top1 over the whole vocabulary."""
     from th_edit.hooks import ComponentScales, components_scaled, ov_components
 
     rng = random.Random(seed)
@@ -144,7 +177,7 @@ def fit_log_scales(session: Session, prompts: Sequence[TaskPrompt], neutral: Neu
         with torch.enable_grad(), components_scaled(session.model, session.adapter, scales):
             batches, targets = parts[False]
             b = step % len(batches)
-            loss = -_answer_log_probs(batches.cache, b, batches.groups[b], targets).mean()
+            loss = -_answer_log_probs(batches.cache, b, batches.groups[b], targets, objective == "top1").mean()
             kl_g = ioi_g = None
             if texts is not None:
                 t = step % len(texts)
@@ -186,25 +219,31 @@ def gradient_search(session: Session, evaluator: TrialEvaluator, candidates: Seq
     if not ov:
         return result
     try:
-        log_scales = fit_log_scales(session, evaluator.prompts, neutral, ov, limits, seed, settings)
+        log_scales = fit_log_scales(session, evaluator.prompts, neutral, ov, limits, seed, settings, evaluator.objective)
     except KeyboardInterrupt:
         result.interrupted = True
         ui.warn("interrupted: the gradient fit found nothing to keep")
         return result
-    factor, tried = 1.0, set()
+    ties = [tied_runs(session.svd(c.layer, c.head, "ov").S) for c in ov]
+    kl_target = settings.kl_target * limits.kl_budget
+    factor, direction, best_accuracy, tried = 1.0, 0, -1.0, set()  # direction: +1 growing, −1 shrinking, 0 undecided
     for _ in range(settings.max_rounds):
-        edits = rounded_edits(ov, [factor * theta for theta in log_scales], settings.quantum, settings.tolerance)
+        scaled = [(factor * theta).clamp(*LOG_SCALE_RANGE) for theta in log_scales]
+        edits = rounded_edits(ov, scaled, settings.quantum, settings.tolerance, ties)
         key = tuple((e.layer, e.head, tuple(e.components), e.scale) for e in edits)
-        factor *= settings.shrink
-        if not edits or key in tried:
-            if not edits:
-                break
+        if not edits or (key in tried and direction == 0):
+            break
+        if key in tried:  # the grid rounded this factor to a recipe already scored: keep going the same way
+            factor = factor / settings.shrink if direction > 0 else factor * settings.shrink
             continue
         tried.add(key)
-        edit = session.compute(edits, measure=False)
-        scores = evaluator.evaluate(edit)
+        scores = evaluator.evaluate(session.compute(edits, measure=False))
         feasible = all(v <= 0 for v in limits.violations(scores, evaluator.base))
         result.trials.append(Trial(len(result.trials), edits, scores, "full", feasible))
-        if feasible:
+        if direction >= 0 and feasible and (scores.kl or 0.0) < kl_target and scores.mean_laundry > best_accuracy:
+            best_accuracy, direction, factor = scores.mean_laundry, 1, factor / settings.shrink  # budget left: grow
+        elif direction <= 0 and not feasible:
+            direction, factor = -1, factor * settings.shrink
+        else:
             break
     return result

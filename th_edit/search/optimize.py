@@ -3,7 +3,8 @@ rescale, and by how much.
 
 Objective: mean laundry-list candidate accuracy over the requested N on the *tuning* prompts.
 Constraints (Optuna's constrained TPE): KL on neutral tuning texts ≤ budget, IOI accuracy not more
-than `max_ioi_drop` below the unedited model's. Each trial is an in-memory edit of one loaded model,
+than `max_ioi_drop` below the unedited model's, and (when asked) the share of neutral chat prompts
+whose greedy reply stays the same at least `min_chat_agreement`. Each trial is an in-memory edit of one loaded model,
 judged first on a quick subset; only trials that look useful there are scored on the full tuning set,
 and only those fully scored can be chosen. The sampler is seeded, so a search is reproducible; its
 journal file makes it resumable. Held-out prompts play no part here.
@@ -37,12 +38,23 @@ POLL_SECONDS = 1.0  # how often a process waiting for other processes' last tria
 class Limits:
     kl_budget: float = 0.02  # nats/token on the neutral tuning texts
     max_ioi_drop: float = 0.02  # IOI candidate accuracy may fall by at most this (absolute)
+    # The share of neutral tuning chat prompts whose first greedy reply tokens must stay unchanged
+    # (None: not constrained, not measured during the search).
+    min_chat_agreement: float | None = None
 
     def violations(self, scores: TrialScores, base: TrialScores) -> list[float]:
-        """Optuna constraint values (feasible when all ≤ 0)."""
+        """Optuna constraint values (feasible when all ≤ 0), named by CONSTRAINTS. The chat agreement is
+        measured on fully scored trials only: a quick look does not count against it."""
         kl = scores.kl if scores.kl is not None else 0.0
         ioi_drop = (base.ioi - scores.ioi) if scores.ioi is not None and base.ioi is not None else 0.0
-        return [kl - self.kl_budget, ioi_drop - self.max_ioi_drop]
+        values = [kl - self.kl_budget, ioi_drop - self.max_ioi_drop]
+        if self.min_chat_agreement is not None:
+            agreement = scores.chat_agreement if scores.chat_agreement is not None else 1.0
+            values.append(self.min_chat_agreement - agreement)
+        return values
+
+
+CONSTRAINTS = ("kl_over_budget", "ioi_drop_over_limit", "chat_agreement_below_limit")
 
 
 @dataclass
@@ -120,7 +132,7 @@ def run_search(session: Session, evaluator: TrialEvaluator, candidates: Sequence
             if _worth_full(scores, quick_base, limits):
                 scores, stage = evaluator.evaluate(edit, desc=f"trial {trial.number}: full scoring"), "full"
         violations = limits.violations(scores, base)
-        for name, value in zip(("kl_over_budget", "ioi_drop_over_limit"), violations):
+        for name, value in zip(CONSTRAINTS, violations):
             trial.set_constraint(name, value)
         record = Trial(trial.number, edits, scores, stage, all(v <= 0 for v in violations))
         trial.set_user_attr("record", record.as_dict())
@@ -217,7 +229,8 @@ def _restored(frozen) -> Trial:
     record = frozen.user_attrs["record"]
     scores = record["scores"]
     trial_scores = TrialScores({int(n): a for n, a in scores["laundry_accuracy"].items()}, scores["ioi_accuracy"],
-                               scores["neutral_kl"], scores["n_prompts"], scores.get("mean_laundry_logit_diff"))
+                               scores["neutral_kl"], scores["n_prompts"], scores.get("mean_laundry_logit_diff"),
+                               scores.get("neutral_chat_agreement"))
     return Trial(record["number"], [Edit(**e) for e in record["edits"]], trial_scores, record["stage"], record["feasible"])
 
 

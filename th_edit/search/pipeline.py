@@ -14,12 +14,13 @@ from th_edit.recipe import Benchmark, Edit, Output, Recipe
 from th_edit.search.attribution import ranked_by_attribution
 from th_edit.search.evaluate import TrialEvaluator, TrialScores
 from th_edit.search.gradient import GradientSettings, gradient_search
-from th_edit.search.heldout import HeldOut, evaluate_held_out
+from th_edit.search.heldout import HeldOut, evaluate_held_out, evaluate_transfer
 from th_edit.search.optimize import Limits, SearchResult, run_search, summary_line
 from th_edit.search.space import Candidate, whole_head_edits
 from th_edit.session import Session
 from th_edit.tasks import registry
-from th_edit.tasks.neutral import NeutralSet, neutral_set
+from th_edit.runtime.tokens import chat_prompt_ids, has_chat_template
+from th_edit.tasks.neutral import NeutralSet, neutral_chat_questions, neutral_set
 
 # Tuning and held-out prompts never share a frame, a template (each task's fixed split,
 # registry.Task.split_record) or a seed. The search improves the objective task (laundry) and
@@ -65,6 +66,9 @@ class SearchReport:
     held_out: list[HeldOut] = field(default_factory=list)
     wall_seconds: float = 0.0
     held_out_interrupted: bool = False  # Ctrl-C during the held-out evaluation: `held_out` is incomplete
+    # The chosen recipe on forms the search never saw (registry.transfer_forms, held-out seed):
+    # bench.aggregate.compare()'s per-task paired rows; None when not evaluated.
+    transfer: dict | None = None
     method: str = "tpe"  # "tpe" | "gradient"
     gradient: GradientSettings | None = None  # the gradient fit's settings (method "gradient")
 
@@ -92,6 +96,7 @@ class SearchReport:
             "interrupted": self.result.interrupted,
             "held_out_interrupted": self.held_out_interrupted,
             "held_out": [h.as_dict() for h in self.held_out],
+            "transfer": self.transfer,
             "wall_seconds": self.wall_seconds,
         }
 
@@ -102,6 +107,15 @@ def split_neutral(neutral: NeutralSet) -> tuple[NeutralSet, NeutralSet]:
     plain, chats = neutral.encoded[:n_plain], neutral.encoded[n_plain:]
     return (NeutralSet(plain[0::2] + chats[0::2], len(chats[0::2])),
             NeutralSet(plain[1::2] + chats[1::2], len(chats[1::2])))
+
+
+def split_chat(session: Session) -> tuple[list[list[int]], list[list[int]]]:
+    """The neutral chat questions in the model's chat format (none without one): even-numbered ones for
+    tuning, odd-numbered ones held out, like the neutral texts."""
+    if not has_chat_template(session.tokenizer, session.model):
+        return [], []
+    chats = [chat_prompt_ids(session.tokenizer, messages, session.model) for messages in neutral_chat_questions()]
+    return chats[0::2], chats[1::2]
 
 
 def tuning_prompts(session: Session, settings: SearchSettings):
@@ -117,6 +131,13 @@ def _generated(session: Session, n_items: Sequence[int], n_prompts: int, seed: i
             for prompt in registry.get(name).prompts(session.tokenizer, n_items, n_prompts, seed, split)]
 
 
+def transfer_prompts(session: Session, settings: SearchSettings):
+    """Every frame of every transfer form (none is ever tuned on), held-out seed, as many prompts per N as held out."""
+    return [prompt for task in registry.transfer_forms()
+            for prompt in task.prompts(session.tokenizer, settings.n_items, settings.held_out_prompts,
+                                       settings.held_out_seed, None)]
+
+
 def ranked_candidates(session: Session, candidates: Sequence[Candidate], settings: SearchSettings) -> list[Candidate]:
     """The candidates as the search samples them: with --rank-by attribution, each head's components
     re-ranked on the tuning prompts (heads with no helpful component dropped)."""
@@ -130,12 +151,13 @@ def ranked_candidates(session: Session, candidates: Sequence[Candidate], setting
 
 def search(session: Session, candidates: Sequence[Candidate], settings: SearchSettings = SearchSettings(),
            draft: Sequence[Edit] | None = None, storage: Path | None = None, held_out=held_out_prompts,
-           study=None, worker: bool = False, ranked: bool = False, method: str = "tpe",
+           transfer=transfer_prompts, study=None, worker: bool = False, ranked: bool = False, method: str = "tpe",
            gradient: GradientSettings | None = None) -> SearchReport:
     """Search on tuning prompts, then evaluate the chosen recipe and the baselines on held-out prompts.
 
-    `held_out` makes the held-out prompt set (replaceable for tests); it is called only after the
-    search has chosen, so it cannot influence the choice. `study`: an opened (maybe shared) study
+    `held_out` makes the held-out prompt set and `transfer` the prompts of forms no search tunes on
+    (replaceable for tests; None: no transfer judgement); both are called only after the search has
+    chosen, so they cannot influence the choice. `study`: an opened (maybe shared) study
     instead of `storage`; `worker`: run trials only, no held-out evaluation; `ranked`: the
     candidates are `ranked_candidates` already (the ones a shared study records). `method`:
     "tpe" (Optuna's sampler, `search.optimize`) or "gradient" (a fit of every candidate component's
@@ -144,12 +166,16 @@ def search(session: Session, candidates: Sequence[Candidate], settings: SearchSe
     started = time.perf_counter()
     tune_neutral, held_neutral = split_neutral(neutral_set(session.tokenizer))
     tune_neutral = tune_neutral.limited(settings.tune_kl_texts)
+    tune_chat, held_chat = split_chat(session)
+    if settings.limits.min_chat_agreement is not None and not tune_chat:
+        raise UserError("a chat-agreement limit needs the model's chat format, and this model has none th-edit knows")
     prompts = tuning_prompts(session, settings)
     if not ranked:
         candidates = ranked_candidates(session, candidates, settings)
     lowest = min(c.layer for c in candidates)
     tuning = TrialEvaluator(session, prompts, tune_neutral, lowest, settings.batch_size, settings.quick_prompts,
-                            objective=settings.objective)
+                            objective=settings.objective,
+                            chat=tune_chat if settings.limits.min_chat_agreement is not None else None)
     base, quick_base = tuning.base, tuning.quick_base
     if method == "gradient":
         gradient = gradient or GradientSettings()
@@ -182,9 +208,14 @@ def search(session: Session, candidates: Sequence[Candidate], settings: SearchSe
     try:
         if recipes:
             lowest = min(e.layer for _, _, edits in recipes for e in edits)
-            evaluator = TrialEvaluator(session, held_out(session, settings), held_neutral, lowest, settings.batch_size)
+            evaluator = TrialEvaluator(session, held_out(session, settings), held_neutral, lowest, settings.batch_size,
+                                       chat=held_chat)
             for label, kind, edits in ui.progress(recipes, desc="held-out evaluation", unit="recipe"):
                 report.held_out.append(evaluate_held_out(session, evaluator, label, kind, edits))
+            del evaluator
+            prompts = transfer(session, settings) if transfer is not None and report.chosen is not None else []
+            if prompts:
+                report.transfer = evaluate_transfer(session, prompts, report.chosen.edits, settings.batch_size)
     except KeyboardInterrupt:  # what the search found is kept: the caller writes it, marked as not (fully) judged
         report.held_out_interrupted = True
     report.wall_seconds = time.perf_counter() - started

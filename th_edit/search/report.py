@@ -18,16 +18,22 @@ def held_out_table(report: SearchReport) -> str:
     settings = report.settings
     lines = [f"held-out prompts (seed {settings.held_out_seed}, frames {', '.join(map(str, objective.splits['held_out']))}, "
              f"{first[0]['n']} per N): change in candidate accuracy, points"]
-    headers = ["recipe", *(f"N={n}" for n in ns), "mean", "KL", "IOI Δ"]
-    rows = [["unedited (accuracy)", *(f"{100 * row['before_accuracy']:.1f}%" for row in first), "", "0", ""]]
+    chat = any(h.chat_agreement is not None for h in report.held_out)
+    headers = ["recipe", *(f"N={n}" for n in ns), "mean", "KL", "IOI Δ", *(["chat same"] if chat else [])]
+    rows = [["unedited (accuracy)", *(f"{100 * row['before_accuracy']:.1f}%" for row in first), "", "0", "",
+             *(["100%"] if chat else [])]]
     for held in report.held_out:
         by_n = {row["n_items"]: row for row in held.paired[objective.name]["by_n"]}
         rows.append([held.label, *(_change(by_n[n]) for n in ns), f"{100 * held.mean_gain():+.1f}",
                      "-" if held.kl is None else f"{held.kl:.4f}",
-                     "-" if held.ioi_change is None else f"{100 * held.ioi_change:+.1f}"])
+                     "-" if held.ioi_change is None else f"{100 * held.ioi_change:+.1f}",
+                     *([("-" if held.chat_agreement is None else f"{100 * held.chat_agreement:.0f}%")] if chat else [])])
     lines += ui.table(headers, rows)
     lines += _top1_lines(report, objective.name, ns)
-    lines.append("* McNemar p < 0.01 (exact, paired on identical prompts); KL in nats/token on held-out neutral texts")
+    lines += _transfer_lines(report)
+    lines.append("* McNemar p < 0.01 (exact, paired on identical prompts); KL in nats/token on held-out neutral texts"
+                 + ("; chat same: held-out neutral chat prompts whose first 16 greedy reply tokens are unchanged"
+                    if chat else ""))
     return "\n".join(lines)
 
 
@@ -43,6 +49,23 @@ def _top1_lines(report: SearchReport, task: str, ns: list[int]) -> list[str]:
         rows.append([held.label, *(_change(by_n[n]) for n in ns), f"{100 * sum(gains) / len(gains):+.1f}"])
     return [f"change in top-1 accuracy (over the whole vocabulary), points (search objective: {report.settings.objective})",
             *ui.table(["recipe", *(f"N={n}" for n in ns), "mean"], rows)]
+
+
+def _transfer_lines(report: SearchReport) -> list[str]:
+    """The chosen recipe on forms the search never saw: per form, candidate and top-1 accuracy per N."""
+    if not report.transfer:
+        return []
+    ns = [row["n_items"] for row in next(iter(report.transfer.values()))["by_n"]]
+    rows = []
+    for task, paired in report.transfer.items():
+        by_n = {row["n_items"]: row for row in paired["by_n"]}
+        for metric, pick in (("candidate", lambda row: row), ("top-1", lambda row: row["metrics"]["top1"])):
+            cells = [f"{100 * pick(by_n[n])['before_accuracy']:.0f}% {_change(pick(by_n[n]))}" for n in ns]
+            mean = sum(pick(by_n[n])["accuracy_change"] for n in ns) / len(ns)
+            rows.append([f"{task} ({metric})", *cells, f"{100 * mean:+.1f}"])
+    n = next(iter(report.transfer.values()))["by_n"][0]["n"]
+    return [f"the chosen recipe on forms the search never saw ({n} prompts per N, every frame): unedited accuracy and "
+            "change, points", *ui.table(["form (metric)", *(f"N={n}" for n in ns), "mean"], rows)]
 
 
 def _change(row: dict) -> str:

@@ -77,6 +77,8 @@ def check_same(recorded: dict[str, object] | None, mine: dict[str, object], stud
     for key, value in ours.items():
         if key in NOT_COMPARED:
             continue
+        if key not in theirs and value is None:  # a setting added since the study began, here off: the same search
+            continue
         if theirs.get(key, "(none)") != value:
             raise UserError(f"{study} was started with {key} = {_short(theirs.get(key))}, this run has {_short(value)}: "
                             "start it with the study's settings, or use another --study")

@@ -108,6 +108,13 @@ def guards() -> list[Task]:
     return [t for t in _REGISTRY.values() if t.default and t.guard]
 
 
+def transfer_forms() -> list[Task]:
+    """List-recall tasks outside the default set: the objective's recall in other surface forms (people,
+    places, other phrasings), which no search tunes on — where a search's chosen recipe is judged for
+    transfer to forms it never saw."""
+    return [t for t in _REGISTRY.values() if t.list_recall and not t.default and not t.guard]
+
+
 def in_order(task_names: Sequence[str] | set[str]) -> list[str]:
     """`task_names` in registration order."""
     present = set(task_names)
