@@ -89,10 +89,12 @@ class _KLGrowsWithScale:
     """A stand-in evaluator: KL is the sum of (ln α)² over the recipe, accuracy rises with it up to a peak."""
 
     def __init__(self, peak: float):
-        self.prompts, self.objective, self.peak, self.scored = [], "candidate", peak, []
+        self.prompts, self.objective, self.peak, self.scored, self.interrupt_at = [], "candidate", peak, [], None
         self.base = TrialScores({4: 0.2}, 1.0, 0.0, 10)
 
-    def evaluate(self, edit):
+    def evaluate(self, edit, desc=None):
+        if len(self.scored) == self.interrupt_at:
+            raise KeyboardInterrupt
         size = sum(math.log(a) ** 2 for head_edit, _ in edit.result.written for a in head_edit.scales.values())
         self.scored.append(size)
         return TrialScores({4: 0.2 + min(size, self.peak) - max(0.0, size - self.peak)}, 1.0, size, 10)
@@ -121,6 +123,18 @@ def test_rounded_recipe_is_grown_or_shrunk_along_the_fitted_direction(session, m
         assert chosen is result.trials[-1]
     else:
         assert len(kls) == 2 and kls[1] > kls[0] and chosen is result.trials[0]
+
+
+def test_ctrl_c_during_the_exact_scorings_keeps_the_finished_ones(session, monkeypatch):
+    from th_edit.search import gradient
+
+    theta = torch.full((2,), math.log(1.22), dtype=torch.float64)
+    monkeypatch.setattr(gradient, "fit_log_scales", lambda *a, **k: [theta.clone()])
+    evaluator = _KLGrowsWithScale(10.0)
+    evaluator.interrupt_at = 2  # the third scoring is stopped by Ctrl-C
+    result = gradient.gradient_search(session, evaluator, [Candidate(1, 0, "ov", (0, 1))], None, Limits(1.0, 0.5), 0,
+                                      GradientSettings())
+    assert result.interrupted and len(result.trials) == 2 and result.best is result.trials[1]
 
 
 def _run(session, **kwargs):

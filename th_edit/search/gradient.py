@@ -225,6 +225,18 @@ def gradient_search(session: Session, evaluator: TrialEvaluator, candidates: Seq
         ui.warn("interrupted: the gradient fit found nothing to keep")
         return result
     ties = [tied_runs(session.svd(c.layer, c.head, "ov").S) for c in ov]
+    try:
+        _line_search(session, evaluator, ov, log_scales, ties, limits, settings, result)
+    except KeyboardInterrupt:  # the exact scorings so far are kept: the best feasible one is the best so far
+        result.interrupted = True
+        ui.warn("interrupted: no more exact scorings; the ones finished are kept")
+    return result
+
+
+def _line_search(session: Session, evaluator: TrialEvaluator, ov: Sequence[Candidate], log_scales: Sequence[torch.Tensor],
+                 ties: Sequence[Sequence[Sequence[int]]], limits: Limits, settings: GradientSettings,
+                 result: SearchResult) -> None:
+    """Exact scorings of the fitted log-scales times a factor (module doc), appended to `result` as they finish."""
     kl_target = settings.kl_target * limits.kl_budget
     factor, direction, best_accuracy, tried = 1.0, 0, -1.0, set()  # direction: +1 growing, −1 shrinking, 0 undecided
     for _ in range(settings.max_rounds):
@@ -237,7 +249,8 @@ def gradient_search(session: Session, evaluator: TrialEvaluator, candidates: Seq
             factor = factor / settings.shrink if direction > 0 else factor * settings.shrink
             continue
         tried.add(key)
-        scores = evaluator.evaluate(session.compute(edits, measure=False))
+        scores = evaluator.evaluate(session.compute(edits, measure=False),
+                                    desc=f"exact scoring {len(result.trials) + 1} (scales x{factor:.3g})")
         feasible = all(v <= 0 for v in limits.violations(scores, evaluator.base))
         result.trials.append(Trial(len(result.trials), edits, scores, "full", feasible))
         if direction >= 0 and feasible and (scores.kl or 0.0) < kl_target and scores.mean_laundry > best_accuracy:
@@ -246,4 +259,3 @@ def gradient_search(session: Session, evaluator: TrialEvaluator, candidates: Seq
             direction, factor = -1, factor * settings.shrink
         else:
             break
-    return result
