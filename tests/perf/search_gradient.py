@@ -104,6 +104,7 @@ def main() -> None:
     pipeline.evaluate_held_out, pipeline.evaluate_transfer = (judged(j) for j in real_judges)
     shipped = load_recipe(Path(args.shipped))[0].edits if args.shipped else None
     gradient = GradientSettings(steps=args.steps)
+    before_search = load_seconds + channel_seconds + rank_seconds  # shared by both methods
     search_started = time.perf_counter()
     report, gradient_seconds = timed("gradient search (tuning cache, fit, held-out"
                                      + ("" if args.no_whole_head else " with 5 whole-head scales")
@@ -126,7 +127,7 @@ def main() -> None:
     print(f"gradient, the whole command's work: {whole:.1f} s (load {load_seconds:.1f}, channels {channel_seconds:.1f}, "
           f"ranking {rank_seconds:.1f}, search call {gradient_seconds:.1f} of which the fit and its checks "
           f"{proper.get('gradient', 0):.1f} and the held-out recipes' scoring {judging['seconds']:.1f}); "
-          f"until the recipe is chosen: {load_seconds + channel_seconds + rank_seconds + chosen_at['gradient'] - search_started:.1f} s "
+          f"until the recipe is chosen: {before_search + chosen_at['gradient'] - search_started:.1f} s "
           "(load, channels, ranking, the tuning set's caching, the fit and its exact scorings)", flush=True)
     if args.out is not None:
         _write_outputs(report, args.model, [args.out, args.out.with_suffix(".search.json"),
@@ -146,7 +147,7 @@ def main() -> None:
             print(row(f"TPE ({args.tpe_trials} trials)", tpe.chosen))
         else:
             print("  TPE chose nothing (no feasible fully scored trial)")
-        print(f"TPE until the recipe is chosen: {load_seconds + channel_seconds + rank_seconds + chosen_at['tpe'] - search_started:.1f} s "
+        print(f"TPE until the recipe is chosen: {before_search + chosen_at['tpe'] - search_started:.1f} s "
               "(channels and ranking shared with the gradient run)")
         print(f"ratio, the search itself: TPE ({args.tpe_trials} trials) {proper.get('tpe', 0):.1f} s / gradient "
               f"{proper.get('gradient', 0):.1f} s = {proper.get('tpe', 0) / max(proper.get('gradient', 0), 1e-9):.2f}x")

@@ -93,10 +93,10 @@ STORAGE_ENV = "TH_EDIT_STORAGE"  # --storage from the environment: a URL with a 
               help=f"With --storage: a trial silent for {GRACE_FACTOR}x this long (its worker died) is failed and run again.")
 @opt.device_options
 def search_command(model: str, kind: str, max_heads: int, rank_by: str, channels_file: Path | None, n_items: opt.NItems,
-                   kl_budget: float, max_ioi_drop: float, min_chat_agreement: float | None, method: str, trials: int, steps: int, seed: int,
-                   tune_prompts: int,
-                   held_out_prompts: int, out: Path, resume: bool, force: bool, storage: str | None, study_name: str,
-                   worker: bool, heartbeat: int, objective: str, device: str, dtype: str) -> None:
+                   kl_budget: float, max_ioi_drop: float, min_chat_agreement: float | None, method: str, trials: int,
+                   steps: int, seed: int, tune_prompts: int, held_out_prompts: int, out: Path, resume: bool,
+                   force: bool, storage: str | None, study_name: str, worker: bool, heartbeat: int, objective: str,
+                   device: str, dtype: str) -> None:
     """Search how many of the best components of which channel heads of MODEL to rescale, and by
     how much, to improve list recall (laundry N items) under a KL budget; report the result and
     baselines on held-out prompts."""

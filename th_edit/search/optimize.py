@@ -4,9 +4,9 @@ rescale, and by how much.
 Objective: mean laundry-list candidate accuracy over the requested N on the *tuning* prompts.
 Constraints (Optuna's constrained TPE): KL on neutral tuning texts ≤ budget, IOI accuracy not more
 than `max_ioi_drop` below the unedited model's, and (when asked) the share of neutral chat prompts
-whose greedy reply stays the same at least `min_chat_agreement`. Each trial is an in-memory edit of one loaded model,
-judged first on a quick subset; only trials that look useful there are scored on the full tuning set,
-and only those fully scored can be chosen. The sampler is seeded, so a search is reproducible; its
+whose greedy reply stays the same at least `min_chat_agreement`. Each trial is an in-memory edit of
+one loaded model, judged first on a quick subset; only trials that look useful there are scored on
+the full tuning set, and only those fully scored can be chosen. The sampler is seeded, so a search is reproducible; its
 journal file makes it resumable. Held-out prompts play no part here.
 """
 

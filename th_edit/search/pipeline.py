@@ -11,6 +11,7 @@ from th_edit import ui
 from th_edit.errors import UserError
 from th_edit.limits import MAX_SEED
 from th_edit.recipe import Benchmark, Edit, Output, Recipe
+from th_edit.runtime.tokens import chat_prompt_ids, has_chat_template
 from th_edit.search.attribution import ranked_by_attribution
 from th_edit.search.evaluate import TrialEvaluator, TrialScores
 from th_edit.search.gradient import GradientSettings, gradient_search
@@ -19,7 +20,6 @@ from th_edit.search.optimize import Limits, SearchResult, run_search, summary_li
 from th_edit.search.space import Candidate, whole_head_edits
 from th_edit.session import Session
 from th_edit.tasks import registry
-from th_edit.runtime.tokens import chat_prompt_ids, has_chat_template
 from th_edit.tasks.neutral import NeutralSet, neutral_chat_questions, neutral_set
 
 # Tuning and held-out prompts never share a frame, a template (each task's fixed split,
@@ -151,8 +151,8 @@ def ranked_candidates(session: Session, candidates: Sequence[Candidate], setting
 
 def search(session: Session, candidates: Sequence[Candidate], settings: SearchSettings = SearchSettings(),
            draft: Sequence[Edit] | None = None, storage: Path | None = None, held_out=held_out_prompts,
-           transfer=transfer_prompts, study=None, worker: bool = False, ranked: bool = False, method: str = "tpe",
-           gradient: GradientSettings | None = None) -> SearchReport:
+           study=None, worker: bool = False, ranked: bool = False, method: str = "tpe",
+           gradient: GradientSettings | None = None, transfer=transfer_prompts) -> SearchReport:
     """Search on tuning prompts, then evaluate the chosen recipe and the baselines on held-out prompts.
 
     `held_out` makes the held-out prompt set and `transfer` the prompts of forms no search tunes on
