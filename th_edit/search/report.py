@@ -63,8 +63,8 @@ def _transfer_lines(report: SearchReport) -> list[str]:
             cells = [f"{100 * pick(by_n[n])['before_accuracy']:.0f}% {_change(pick(by_n[n]))}" for n in ns]
             mean = sum(pick(by_n[n])["accuracy_change"] for n in ns) / len(ns)
             rows.append([f"{task} ({metric})", *cells, f"{100 * mean:+.1f}"])
-    n = next(iter(report.transfer.values()))["by_n"][0]["n"]
-    return [f"the chosen recipe on forms the search never saw ({n} prompts per N, every frame): unedited accuracy and "
+    per_n = next(iter(report.transfer.values()))["by_n"][0]["n"]
+    return [f"the chosen recipe on forms the search never saw ({per_n} prompts per N, every frame): unedited accuracy and "
             "change, points", *ui.table(["form (metric)", *(f"N={n}" for n in ns), "mean"], rows)]
 
 
