@@ -77,3 +77,26 @@ def test_a_search_with_the_limit_judges_every_full_trial_by_it(session):
         assert trial.feasible == (trial.scores.chat_agreement >= 1.0 and trial.scores.kl <= 0.5
                                   and report.base_tuning.ioi - trial.scores.ioi <= 0.5)
     assert all(h.chat_agreement is not None for h in report.held_out)  # the held-out chat prompts: always measured
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize("method", ["tpe", "gradient"])
+def test_the_limit_on_a_model_without_a_chat_format_is_one_line_and_writes_nothing(tmp_path, method):
+    import json
+
+    from click.testing import CliRunner
+
+    from th_edit.cli import main
+
+    base = tiny_checkpoint(tmp_path / "m", "llama", seed=2)
+    (base / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((base / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (base / "tokenizer_config.json").write_text(json.dumps(config))
+    out = tmp_path / "s" / "recipe.yaml"
+    result = CliRunner().invoke(main, ["--quiet", "search", str(base), "--method", method, "--min-chat-agreement", "90",
+                                       "--n-items", "2-3", "--out", str(out)])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--min-chat-agreement needs the model's chat format" in lines[0]
+    assert not out.parent.exists() or not any(out.parent.iterdir())

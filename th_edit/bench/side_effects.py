@@ -109,6 +109,14 @@ def kl_summary(total: float, count: int, per_position: Sequence[torch.Tensor]) -
 AGREEMENT_TOKENS = 16
 
 
+def neutral_chat_prompt_ids(tokenizer, model=None, limit: int | None = None) -> list[list[int]]:
+    """The user turns of the shipped neutral chats in the model's chat format, ready for a greedy reply
+    (none where the model has no chat format: runtime.tokens.chat_template)."""
+    if not has_chat_template(tokenizer, model):
+        return []
+    return [chat_prompt_ids(tokenizer, messages, model) for messages in neutral_chat_questions()[:limit]]
+
+
 def user_visible(before, after, tokenizer, batch_size: int = 16, limit: int | None = None) -> dict[str, object]:
     """Side effects in what the model says on neutral prompts (`before`, `after`: session Variants).
 
@@ -120,8 +128,9 @@ def user_visible(before, after, tokenizer, batch_size: int = 16, limit: int | No
     `limit`: at most that many prompts of each kind."""
     pad = pad_id(tokenizer)
     kinds = {"completion": encode(tokenizer, neutral_prompts()[:limit])}
-    if has_chat_template(tokenizer, before.model):
-        kinds["chat"] = [chat_prompt_ids(tokenizer, m, before.model) for m in neutral_chat_questions()[:limit]]
+    chats = neutral_chat_prompt_ids(tokenizer, before.model, limit)
+    if chats:
+        kinds["chat"] = chats
     agreement: dict[str, object] = {}
     base_replies: list[list[int]] = []
     for kind, prompts in kinds.items():

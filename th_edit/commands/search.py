@@ -18,7 +18,15 @@ from th_edit.readers import read_json
 from th_edit.search.objective import OBJECTIVES
 from th_edit.search.optimize import POLL_SECONDS, Limits, finished_trials, make_sampler, trim_partial_record
 from th_edit.search.gradient import GradientSettings
-from th_edit.search.pipeline import SearchReport, SearchSettings, evidence_header, ranked_candidates, recipe_of, search
+from th_edit.search.pipeline import (
+    SearchReport,
+    SearchSettings,
+    check_chat_limit,
+    evidence_header,
+    ranked_candidates,
+    recipe_of,
+    search,
+)
 from th_edit.search.report import held_out_table, plot_frontier
 from th_edit.search.shared import cap_of
 from th_edit.search.space import candidates_from_channels, check_channels_fit
@@ -126,6 +134,7 @@ def search_command(model: str, kind: str, max_heads: int, rank_by: str, channels
         recorded = _existing_study(store, resume, force, mine)
         channels = _read_channels(channels_file, model, kind, max_heads)
         session = load_session(model, device=device, dtype=dtype)
+        check_chat_limit(session, settings)
         mine = with_model(mine, session)
         if recorded is not None:
             check_same(recorded, mine, _label(store))
@@ -173,6 +182,7 @@ def _gradient(model: str, kind: str, channels_file: Path | None, max_heads: int,
         check_new_file(path, force)
     channels = _read_channels(channels_file, model, kind, max_heads)
     session = load_session(model, device=device, dtype=dtype)
+    check_chat_limit(session, settings)
     candidates, draft = _channel_candidates(session, kind, channels, settings.seed, max_heads)
     candidates = ranked_candidates(session, candidates, settings)
     ui.info(f"candidate heads: {', '.join(c.name for c in candidates)}")

@@ -11,7 +11,8 @@ from th_edit import ui
 from th_edit.errors import UserError
 from th_edit.limits import MAX_SEED
 from th_edit.recipe import Benchmark, Edit, Output, Recipe
-from th_edit.runtime.tokens import chat_prompt_ids, has_chat_template
+from th_edit.bench.side_effects import neutral_chat_prompt_ids
+from th_edit.runtime.tokens import has_chat_template
 from th_edit.search.attribution import ranked_by_attribution
 from th_edit.search.evaluate import TrialEvaluator, TrialScores
 from th_edit.search.gradient import GradientSettings, gradient_search
@@ -20,7 +21,7 @@ from th_edit.search.optimize import Limits, SearchResult, run_search, summary_li
 from th_edit.search.space import Candidate, whole_head_edits
 from th_edit.session import Session
 from th_edit.tasks import registry
-from th_edit.tasks.neutral import NeutralSet, neutral_chat_questions, neutral_set
+from th_edit.tasks.neutral import NeutralSet, neutral_set
 
 # Tuning and held-out prompts never share a frame, a template (each task's fixed split,
 # registry.Task.split_record) or a seed. The search improves the objective task (laundry) and
@@ -112,10 +113,15 @@ def split_neutral(neutral: NeutralSet) -> tuple[NeutralSet, NeutralSet]:
 def split_chat(session: Session) -> tuple[list[list[int]], list[list[int]]]:
     """The neutral chat questions in the model's chat format (none without one): even-numbered ones for
     tuning, odd-numbered ones held out, like the neutral texts."""
-    if not has_chat_template(session.tokenizer, session.model):
-        return [], []
-    chats = [chat_prompt_ids(session.tokenizer, messages, session.model) for messages in neutral_chat_questions()]
+    chats = neutral_chat_prompt_ids(session.tokenizer, session.model)
     return chats[0::2], chats[1::2]
+
+
+def check_chat_limit(session: Session, settings: SearchSettings) -> None:
+    """A chat-agreement limit needs the model's chat format: refused at once (before any search work) without one."""
+    if settings.limits.min_chat_agreement is not None and not has_chat_template(session.tokenizer, session.model):
+        raise UserError("--min-chat-agreement needs the model's chat format, and this model has none th-edit knows "
+                        "(no chat template in its tokenizer, no published turn format for its family)")
 
 
 def tuning_prompts(session: Session, settings: SearchSettings):
@@ -166,9 +172,8 @@ def search(session: Session, candidates: Sequence[Candidate], settings: SearchSe
     started = time.perf_counter()
     tune_neutral, held_neutral = split_neutral(neutral_set(session.tokenizer))
     tune_neutral = tune_neutral.limited(settings.tune_kl_texts)
+    check_chat_limit(session, settings)
     tune_chat, held_chat = split_chat(session)
-    if settings.limits.min_chat_agreement is not None and not tune_chat:
-        raise UserError("a chat-agreement limit needs the model's chat format, and this model has none th-edit knows")
     prompts = tuning_prompts(session, settings)
     if not ranked:
         candidates = ranked_candidates(session, candidates, settings)
