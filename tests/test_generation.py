@@ -8,13 +8,13 @@ from tiny import tiny_model, word_tokenizer
 
 from th_edit import bench
 from th_edit.bench.aggregate import paired_metric, summarize
-from th_edit.bench.generation import chat_encoded, with_generation
+from th_edit.bench.generation import chat_encoded, generation_examples, with_generation
 from th_edit.bench.side_effects import kl_sum, user_visible
 from th_edit.errors import UserError
 from th_edit.runtime.generate import greedy_continuations
 from th_edit.runtime.tokens import chat_prompt_ids, tokenize_prompts
 from th_edit.session import Session, Variant
-from th_edit.tasks.answers import chat_messages, first_named
+from th_edit.tasks.answers import chat_messages, first_named, named_kind
 from th_edit.tasks.prompts import TaskPrompt
 from th_edit.tasks.sets import build_prompts
 
@@ -53,17 +53,26 @@ def test_first_named_item(text, named):
     assert first_named(text, CANDIDATES) == named
 
 
+@pytest.mark.parametrize("text, kind", [(" shirt", "answer"), ("Socks, then shirts", "other item"),
+                                        ("I do not know", "no item"), ("the sockets", "no item")])
+def test_what_a_text_names_first(text, kind):
+    prompt = TaskPrompt("laundry", "I had a sock, a shirt, a box. Left:", " shirt", (" sock", " shirt", " box"), 3, 1)
+    assert named_kind(text, prompt) == kind
+
+
 def test_planted_generation_is_counted_right(tokenizer, prompts):
     """A stand-in model whose greedy continuation is planted: the answer (capitalized in chat) is
-    right, another candidate named first is wrong, and the rows come back in prompt order."""
+    right, another candidate named first is wrong, a text naming no item is wrong and counted apart,
+    and the rows come back in prompt order."""
     tokenized = tokenize_prompts(tokenizer, prompts)
     chats = chat_encoded(tokenizer, prompts)
-    wrong = {i for i in range(len(prompts)) if i % 3 == 0}
+    kinds = ["other item" if i % 3 == 0 else "no item" if i % 4 == 1 else "answer" for i in range(len(prompts))]
 
     def reply(i: int, chat: bool) -> list[int]:
         p = prompts[i]
-        said = p.candidates[(p.answer_position + 1) % p.n_items] if i in wrong else p.answer
-        words = f"the{said}" if not chat else f"It is the{said} ."
+        said = p.candidates[(p.answer_position + 1) % p.n_items] if kinds[i] == "other item" else p.answer
+        words = (" the end" if kinds[i] == "no item" else f"the{said}") if not chat else \
+            ("It is gone ." if kinds[i] == "no item" else f"It is the{said} .")
         return tokenizer.encode(" " + words if not chat else words, add_special_tokens=False)
 
     planted = {tuple(ids): reply(i, False) for i, ids in enumerate(tokenized.encoded)}
@@ -87,11 +96,18 @@ def test_planted_generation_is_counted_right(tokenizer, prompts):
 
     scores = bench.score_prompts(tiny_model("llama", vocab_size=len(tokenizer)), tokenizer, prompts, 4, tokenized)
     scored = with_generation(Planted(), tokenizer, prompts, scores, batch_size=4, tokenized=tokenized)
-    expected = [i not in wrong for i in range(len(prompts))]
+    expected = [kind == "answer" for kind in kinds]
     assert [s.generation_correct for s in scored] == expected
     assert [s.chat_correct for s in scored] == expected
+    assert [s.generation_named for s in scored] == [s.chat_named for s in scored] == kinds
+    assert all(s.chat_text.startswith("It is") for s in scored)
     row = summarize(prompts, scored)["laundry"]["overall"]
     assert row["generation_accuracy"] == row["chat_accuracy"] == sum(expected) / len(prompts)
+    counts = {kind: kinds.count(kind) for kind in ("answer", "other item", "no item")}
+    assert row["generation_named"] == row["chat_named"] == counts and min(counts.values()) > 0
+    examples = generation_examples(prompts, {"model": scored})  # the first prompt of each N
+    assert [(e["n_items"], e["prompt"]) for e in examples] == [(3, prompts[0].prompt), (4, prompts[6].prompt)]
+    assert examples[1]["model"]["chat"] == scored[6].chat_text and examples[1]["model"]["chat_names"] == kinds[6]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,8 +190,11 @@ def test_paired_report_with_generation(tokenizer, models):
     assert set(metrics) == {"top1", "generation", "chat"}
     kl = report["side_effects"]["neutral_kl"]
     assert kl["p95_nats"] <= kl["max_nats"] and kl["mean_nats_per_token"] <= kl["max_nats"]
+    assert sum(metrics["chat"]["after_named"].values()) == report["paired"]["laundry"]["overall"]["n"]
+    assert [e["n_items"] for e in report["examples"]] == [3] and {"before", "after"} <= set(report["examples"][0])
     text = str(report)
     assert "generation" in text and "greedy tokens unchanged" in text and "own chat replies" in text
+    assert "names first (%: answer/other item/no item)" in text
 
 
 def test_a_family_without_a_template_uses_its_published_turn_format():

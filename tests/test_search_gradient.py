@@ -137,6 +137,27 @@ def test_ctrl_c_during_the_exact_scorings_keeps_the_finished_ones(session, monke
     assert result.interrupted and len(result.trials) == 2 and result.best is result.trials[1]
 
 
+@pytest.mark.parametrize("objective", ["candidate", "top1"])
+def test_the_fit_guards_ioi_by_the_objectives_measure(session, monkeypatch, objective):
+    """Under --objective top1 the fit's recall term and its IOI guard both use the answer's log-probability
+    over the whole vocabulary (what greedy decoding emits); under candidate both use it among the candidates."""
+    from th_edit.search import gradient
+    from th_edit.tasks.neutral import neutral_set
+
+    calls = []
+    plain = gradient._answer_log_probs
+
+    def recording(cache, b, group, targets, over_vocabulary=False):
+        calls.append(over_vocabulary)
+        return plain(cache, b, group, targets, over_vocabulary)
+
+    monkeypatch.setattr(gradient, "_answer_log_probs", recording)
+    prompts = build_prompts(session.tokenizer, ("laundry", "ioi"), [2, 3], 4, 0)
+    gradient.fit_log_scales(session, prompts, neutral_set(session.tokenizer, limit=3), CANDIDATES,
+                            SETTINGS.limits, 0, dataclasses.replace(GRADIENT, steps=2), objective)
+    assert len(calls) >= 3 and set(calls) == {objective == "top1"}  # base guard, then objective + guard per step
+
+
 def _run(session, **kwargs):
     return search(session, CANDIDATES, SETTINGS, method="gradient", gradient=GRADIENT, **kwargs)
 
@@ -171,6 +192,7 @@ def test_gradient_search_is_deterministic_and_ignores_held_out_prompts(session):
     assert second.transfer != first.transfer
     table = held_out_table(first)
     assert "forms the search never saw" in table and "people (top-1)" in table and "people (candidate)" in table
+    assert "IOI top-1 Δ" in table and first.chosen.ioi_top1_change is not None
     assert [h.kind for h in first.held_out] == ["search", "whole-head"]
     assert {(e.layer, e.head) for e in best.edits} <= {(c.layer, c.head) for c in CANDIDATES}
 

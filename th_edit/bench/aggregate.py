@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 from th_edit.bench.scoring import PromptScore
 from th_edit.stats import mcnemar_exact, mean_interval, wilson_interval
+from th_edit.tasks.answers import NAMED_KINDS
 from th_edit.tasks.prompts import TaskPrompt, tasks_in
 
 
@@ -39,6 +40,12 @@ def _measured(scores: Sequence[PromptScore], metric: str) -> list[bool] | None:
     return None if not values or any(v is None for v in values) else values
 
 
+def named_counts(scores: Sequence[PromptScore], metric: str) -> dict[str, int]:
+    """How many texts name first the answer, another list item, no list item (tasks.answers.NAMED_KINDS)."""
+    kinds = [getattr(s, f"{metric}_named") for s in scores]
+    return {kind: kinds.count(kind) for kind in NAMED_KINDS}
+
+
 def _generation_rows(scores: Sequence[PromptScore]) -> dict[str, object]:
     row: dict[str, object] = {}
     for metric in GENERATION_METRICS:
@@ -47,6 +54,7 @@ def _generation_rows(scores: Sequence[PromptScore]) -> dict[str, object]:
             right = sum(values)
             row[f"{metric}_accuracy"] = right / len(values)
             row[f"{metric}_ci95"] = list(wilson_interval(right, len(values)))
+            row[f"{metric}_named"] = named_counts(scores, metric)
     return row
 
 
@@ -68,7 +76,8 @@ def _paired_metrics(before: Sequence[PromptScore], after: Sequence[PromptScore])
     for metric in GENERATION_METRICS:
         values_before, values_after = _measured(before, metric), _measured(after, metric)
         if values_before is not None and values_after is not None:
-            metrics[metric] = paired_metric(values_before, values_after)
+            metrics[metric] = {**paired_metric(values_before, values_after),
+                               "before_named": named_counts(before, metric), "after_named": named_counts(after, metric)}
     return metrics
 
 

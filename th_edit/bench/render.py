@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from th_edit import ui
 from th_edit.tasks import registry
+from th_edit.tasks.answers import NAMED_KINDS
 
 
 def _pct(x: float) -> str:
@@ -63,8 +64,15 @@ def _generation_lines(task: str, results: Mapping[str, object]) -> list[str]:
         if _one_row(task) and row["n_items"] == "all":
             continue
         label = "all" if row["n_items"] == "all" else _label(task, row["n_items"])
-        rows.append([label, *(cell for m in measured for cell in (_pct(row[f"{m}_accuracy"]), _ci(row[f"{m}_ci95"])))])
-    return ui.table(["free generation", *(h for m in measured for h in (GENERATION_NAMES[m], "95% CI"))], rows)
+        rows.append([label, *(cell for m in measured for cell in (_pct(row[f"{m}_accuracy"]), _ci(row[f"{m}_ci95"]))),
+                     *(_named(row.get(f"{m}_named"), row["n"]) for m in measured)])
+    return ui.table(["free generation", *(h for m in measured for h in (GENERATION_NAMES[m], "95% CI")),
+                     *(f"{GENERATION_NAMES[m]} names" for m in measured)], rows)
+
+
+def _named(counts: Mapping[str, int] | None, n: int) -> str:
+    """What the texts name first, as answer / another list item / no list item, % (tasks.answers.named_kind)."""
+    return "-" if counts is None else "/".join(f"{100 * counts[kind] / n:.0f}" for kind in NAMED_KINDS)
 
 
 def _metric_lines(task: str, comparison: Mapping[str, object]) -> list[str]:
@@ -84,7 +92,23 @@ def _metric_lines(task: str, comparison: Mapping[str, object]) -> list[str]:
         rows.append(cells)
     names = {"top1": "top-1", **GENERATION_NAMES}
     headers = [""] + [h for m in metrics for h in (names[m], "Δ pts", "Δ 95% CI", "p")]
-    return ui.table(headers, rows)
+    return ui.table(headers, rows) + _named_change_lines(task, comparison)
+
+
+def _named_change_lines(task: str, comparison: Mapping[str, object]) -> list[str]:
+    """What the generated texts name first, before → after, per N (paired reports with --generation)."""
+    measured = [m for m in GENERATION_NAMES if "before_named" in comparison["overall"]["metrics"].get(m, {})]
+    if not measured:
+        return []
+    rows = []
+    for row in [*comparison["by_n"], {"n_items": "all", **comparison["overall"]}]:
+        if _one_row(task) and row["n_items"] == "all":
+            continue
+        metrics = row["metrics"]
+        rows.append(["all" if row["n_items"] == "all" else _label(task, row["n_items"]),
+                     *(f"{_named(metrics[m]['before_named'], row['n'])} → {_named(metrics[m]['after_named'], row['n'])}"
+                       for m in measured)])
+    return ui.table(["names first (%: answer/other item/no item)", *(GENERATION_NAMES[m] for m in measured)], rows)
 
 
 def _change_interval(metric: Mapping[str, object], n: int) -> list[float]:
@@ -175,7 +199,8 @@ def _generation_note(results: Mapping[str, object]) -> list[str]:
     if not any("generation_accuracy" in r["overall"] for r in results.values()):
         return []
     return ["generation: greedy continuation of the prompt; chat: greedy reply to it asked in the model's chat template; "
-            "right when the first list item named is the answer (any case, plural counts)."]
+            "right when the first list item named is the answer (any case, plural counts); names: the share of texts whose "
+            "first list item named is the answer / another list item, and that name no list item."]
 
 
 def render_report(report: Mapping[str, object]) -> str:

@@ -11,7 +11,7 @@ from th_edit import __version__
 from th_edit.bench.aggregate import compare, summarize
 from th_edit.bench.render import render_report
 from th_edit.bench.scoring import PromptScore, score_prompts
-from th_edit.bench.generation import with_generation
+from th_edit.bench.generation import generation_examples, with_generation
 from th_edit.bench.side_effects import kl_sum, kl_summary, user_visible
 from th_edit.runtime.tokens import Tokenized, tokenize_prompts
 from th_edit.session import Variant
@@ -50,7 +50,9 @@ def run_single(model: torch.nn.Module | Variant, tokenizer, prompts: Sequence[Ta
         if generation:
             scores = with_generation(variant.model, tokenizer, prompts, scores, batch_size, tokenized)
     return Report({**_header("single", prompts, setup), "model": dict(model_info),
-                   "results": summarize(prompts, scores), "wall_seconds": time.perf_counter() - started})
+                   "results": summarize(prompts, scores),
+                   **({"examples": generation_examples(prompts, {"model": scores})} if generation else {}),
+                   "wall_seconds": time.perf_counter() - started})
 
 
 def run_paired(before: Variant, after: Variant, tokenizer, prompts: Sequence[TaskPrompt], *,
@@ -97,6 +99,7 @@ def run_paired(before: Variant, after: Variant, tokenizer, prompts: Sequence[Tas
         "paired": paired,
         "side_effects": {"neutral_kl": kl, "ioi_accuracy_change": ioi["accuracy_change"] if ioi else None,
                          "user_visible": visible},
+        **({"examples": generation_examples(prompts, {"before": before_scores, "after": after_scores})} if generation else {}),
         "wall_seconds": time.perf_counter() - started,
     })
 

@@ -24,9 +24,14 @@ class PromptScore:
     top1_correct: bool  # the answer's first token is the argmax over the whole vocabulary
     logit_diff: float  # answer logit minus the best other candidate's logit
     # Free generation (bench.generation; None: not measured): the first list item the greedy
-    # continuation names is the answer, after the completion prompt / in a chat reply.
+    # continuation names is the answer, after the completion prompt / in a chat reply; what it
+    # names first (tasks.answers.NAMED_KINDS); the text itself.
     generation_correct: bool | None = None
     chat_correct: bool | None = None
+    generation_named: str | None = None
+    chat_named: str | None = None
+    generation_text: str | None = None
+    chat_text: str | None = None
 
 
 def score_row(logits: torch.Tensor, ids: list[int], answer: int) -> PromptScore:

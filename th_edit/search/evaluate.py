@@ -245,9 +245,9 @@ class TrialEvaluator:
         diffs: list[float] = []
         for part, scores in zip(self.parts, part_scores):
             for prompt, score in zip(part.prompts, scores):
-                guard = registry.get(prompt.task).guard  # IOI: kept, not improved
+                guard = registry.get(prompt.task).guard  # IOI: kept, not improved — by the same measure
                 bucket = ioi if guard else by_n.setdefault(prompt.n_items, [])
-                bucket.append(score.candidate_correct if guard else is_right(score, self.objective))
+                bucket.append(is_right(score, self.objective))
                 if not guard:
                     diffs.append(score.logit_diff)
         laundry = {n: sum(v) / len(v) for n, v in sorted(by_n.items())}

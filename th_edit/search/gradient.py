@@ -10,7 +10,8 @@ standard optimizer (Adam) minimises, on minibatches of the *tuning* prompts only
 R: the mean log-probability of the objective task's answer among its candidates (the smooth version of
 candidate accuracy; with `--objective top1` over the whole vocabulary, the smooth version of top-1
 accuracy); KL: mean KL(unedited ‖ edited) per token on neutral tuning texts, kept under a target κ a
-little below the budget; ΔIOI: the fall of the guard tasks' mean answer log-probability, kept under δ;
+little below the budget; ΔIOI: the fall of the guard tasks' mean answer log-probability (among the
+candidates, or over the vocabulary under `top1`, as the objective's), kept under δ;
 ψ(g, λ, ρ) = (ρ/2)·max(0, g + λ/ρ)² − λ²/(2ρ), the augmented Lagrangian term of an inequality g ≤ 0,
 whose multiplier rises by ρ·g after every step (λ ← max(0, λ + ρ g)).
 
@@ -148,6 +149,7 @@ def fit_log_scales(session: Session, prompts: Sequence[TaskPrompt], neutral: Neu
     from th_edit.hooks import ComponentScales, components_scaled, ov_components
 
     rng = random.Random(seed)
+    over_vocabulary = objective == "top1"  # the objective's and the guard's answer log-probs alike (search.objective)
     layer = min(c.layer for c in candidates)
     objective_name = registry.objective().name
     parts = {}
@@ -159,7 +161,7 @@ def fit_log_scales(session: Session, prompts: Sequence[TaskPrompt], neutral: Neu
             parts[guard] = (_Minibatches(session, tokenized.encoded, size, layer, rng), tokenized.targets)
     texts = _Minibatches(session, neutral.encoded, settings.batch_texts, layer, rng) if neutral.encoded else None
     with torch.no_grad():  # the unedited model's text log-probs are recomputed per step: a vocabulary-wide cache is GBs
-        base_guard = ([_answer_log_probs(parts[True][0].cache, b, g, parts[True][1]).mean()
+        base_guard = ([_answer_log_probs(parts[True][0].cache, b, g, parts[True][1], over_vocabulary).mean()
                        for b, g in enumerate(parts[True][0].groups)] if True in parts else [])
 
     directions = [ov_components(session, c.layer, c.head, c.components) for c in candidates]
@@ -177,7 +179,7 @@ def fit_log_scales(session: Session, prompts: Sequence[TaskPrompt], neutral: Neu
         with torch.enable_grad(), components_scaled(session.model, session.adapter, scales):
             batches, targets = parts[False]
             b = step % len(batches)
-            loss = -_answer_log_probs(batches.cache, b, batches.groups[b], targets, objective == "top1").mean()
+            loss = -_answer_log_probs(batches.cache, b, batches.groups[b], targets, over_vocabulary).mean()
             kl_g = ioi_g = None
             if texts is not None:
                 t = step % len(texts)
@@ -188,7 +190,8 @@ def fit_log_scales(session: Session, prompts: Sequence[TaskPrompt], neutral: Neu
             if True in parts:
                 guards, guard_targets = parts[True]
                 g = step % len(guards)
-                drop = base_guard[g] - _answer_log_probs(guards.cache, g, guards.groups[g], guard_targets).mean()
+                drop = base_guard[g] - _answer_log_probs(guards.cache, g, guards.groups[g], guard_targets,
+                                                         over_vocabulary).mean()
                 ioi_g = drop / settings.ioi_slack - 1.0
                 loss = loss + _lagrangian(ioi_g, ioi_multiplier, rho)
             grads = torch.autograd.grad(loss, thetas)

@@ -44,8 +44,19 @@ class HeldOut:
 
     @property
     def ioi_change(self) -> float | None:
-        ioi = next((self.paired[t.name] for t in registry.guards() if t.name in self.paired), None)
+        """The guard task's (IOI) candidate-accuracy change, overall."""
+        ioi = self._guard()
         return ioi["overall"]["accuracy_change"] if ioi else None
+
+    @property
+    def ioi_top1_change(self) -> float | None:
+        """The guard task's top-1 accuracy change over the vocabulary: an IO kept above S can still lose
+        to another token, which candidate accuracy does not see."""
+        ioi = self._guard()
+        return ioi["overall"]["metrics"]["top1"]["accuracy_change"] if ioi and "metrics" in ioi["overall"] else None
+
+    def _guard(self) -> dict | None:
+        return next((self.paired[t.name] for t in registry.guards() if t.name in self.paired), None)
 
     def as_dict(self) -> dict[str, object]:
         return {"label": self.label, "kind": self.kind, "edits": [e.model_dump() for e in self.edits],

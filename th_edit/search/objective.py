@@ -4,7 +4,8 @@
 `top1`: the answer is the argmax over the whole vocabulary — the token greedy generation emits,
 so an edit chosen by it changes what the model says, not only how it ranks the list. Both come
 from the same last-position logits, so neither costs a trial more than the other. The guard task
-(IOI) is judged by candidate accuracy either way.
+(IOI) is judged by the same measure as the objective: under `top1` an edit that keeps IO above S
+but lets another token win over the vocabulary breaks the IOI limit, as a user would see it.
 """
 
 from __future__ import annotations

@@ -42,13 +42,16 @@ def _top1_lines(report: SearchReport, task: str, ns: list[int]) -> list[str]:
     first = {row["n_items"]: row for row in report.held_out[0].paired[task]["by_n"]}
     if not all("metrics" in row for row in first.values()):
         return []
-    rows = [["unedited (top-1)", *(f"{100 * first[n]['metrics']['top1']['before_accuracy']:.1f}%" for n in ns), ""]]
+    ioi = any(h.ioi_top1_change is not None for h in report.held_out)
+    rows = [["unedited (top-1)", *(f"{100 * first[n]['metrics']['top1']['before_accuracy']:.1f}%" for n in ns), "",
+             *([""] if ioi else [])]]
     for held in report.held_out:
         by_n = {row["n_items"]: row["metrics"]["top1"] for row in held.paired[task]["by_n"]}
         gains = [by_n[n]["accuracy_change"] for n in ns]
-        rows.append([held.label, *(_change(by_n[n]) for n in ns), f"{100 * sum(gains) / len(gains):+.1f}"])
+        rows.append([held.label, *(_change(by_n[n]) for n in ns), f"{100 * sum(gains) / len(gains):+.1f}",
+                     *([("-" if held.ioi_top1_change is None else f"{100 * held.ioi_top1_change:+.1f}")] if ioi else [])])
     return [f"change in top-1 accuracy (over the whole vocabulary), points (search objective: {report.settings.objective})",
-            *ui.table(["recipe", *(f"N={n}" for n in ns), "mean"], rows)]
+            *ui.table(["recipe", *(f"N={n}" for n in ns), "mean", *(["IOI top-1 Δ"] if ioi else [])], rows)]
 
 
 def _transfer_lines(report: SearchReport) -> list[str]:

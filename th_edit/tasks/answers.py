@@ -40,6 +40,17 @@ def first_named(text: str, candidates: Sequence[str]) -> int | None:
     return None if best is None else best[2]
 
 
+# What a free-text answer names first, by the rule above: what a user reading it would find.
+NAMED_KINDS = ("answer", "other item", "no item")
+
+
+def named_kind(text: str, prompt: TaskPrompt) -> str:
+    """`answer` when the first list item `text` names is the prompt's answer, `other item` when it is
+    another list item, `no item` when it names none (a deflection, a question back, a word off the list)."""
+    named = first_named(text, prompt.candidates)
+    return "no item" if named is None else "answer" if named == prompt.answer_position else "other item"
+
+
 def chat_question(prompt: TaskPrompt) -> str:
     """The completion prompt asked as a user turn: the text with a blank where the answer goes."""
     return f"{prompt.prompt} ___\n\nWhat goes in the blank? Answer with one word."
