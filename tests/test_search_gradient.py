@@ -193,6 +193,8 @@ def test_gradient_search_is_deterministic_and_ignores_held_out_prompts(session):
     table = held_out_table(first)
     assert "forms the search never saw" in table and "people (top-1)" in table and "people (candidate)" in table
     assert "IOI top-1 Δ" in table and first.chosen.ioi_top1_change is not None
+    header = pipeline.evidence_header(first)  # the written recipe's comment: candidate and top-1 per N, IOI both
+    assert header.count("; top-1 ") == len(SETTINGS.n_items) and "IOI change" in header and "(top-1 " in header
     assert [h.kind for h in first.held_out] == ["search", "whole-head"]
     assert {(e.layer, e.head) for e in best.edits} <= {(c.layer, c.head) for c in CANDIDATES}
 

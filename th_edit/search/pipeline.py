@@ -260,10 +260,16 @@ def evidence_header(report: SearchReport) -> str:
                  "  (run the same search again with --resume to judge it; `th-edit apply` benchmarks it on fresh prompts)"]
     if chosen is not None:
         for row in chosen.paired[registry.objective().name]["by_n"]:
+            top1 = row.get("metrics", {}).get("top1")
             lines.append(f"  N={row['n_items']}: {100 * row['before_accuracy']:.1f}% -> {100 * row['after_accuracy']:.1f}% "
-                         f"(McNemar p = {row['mcnemar_p']:.2g}, {row['n']} prompts)")
+                         f"(McNemar p = {row['mcnemar_p']:.2g}, {row['n']} prompts)"
+                         + ("" if top1 is None else f"; top-1 {100 * top1['before_accuracy']:.1f}% -> "
+                            f"{100 * top1['after_accuracy']:.1f}% (p = {top1['mcnemar_p']:.2g})"))
         if chosen.kl is not None:
-            lines.append(f"  neutral-text KL {chosen.kl:.4f} nats/token; IOI change {100 * (chosen.ioi_change or 0):+.1f} pts")
+            lines.append(f"  neutral-text KL {chosen.kl:.4f} nats/token; IOI change {100 * (chosen.ioi_change or 0):+.1f} pts"
+                         + ("" if chosen.ioi_top1_change is None else f" (top-1 {100 * chosen.ioi_top1_change:+.1f})")
+                         + ("" if chosen.chat_agreement is None else
+                            f"; neutral chat replies unchanged {100 * chosen.chat_agreement:.0f}%"))
     edited: dict[tuple[int, int, str], list[Edit]] = {}
     for e in chosen.edits if chosen else []:
         edited.setdefault((e.layer, e.head, e.circuit), []).append(e)
