@@ -137,6 +137,19 @@ def test_ctrl_c_during_the_exact_scorings_keeps_the_finished_ones(session, monke
     assert result.interrupted and len(result.trials) == 2 and result.best is result.trials[1]
 
 
+def test_a_binding_limit_is_met_by_shrinking_past_six_scorings(session, monkeypatch):
+    """A limit the fitted direction meets only at a fifth of its size (as --min-chat-agreement can be) is
+    met: the line search keeps shrinking (here 8 shrinks, 9 scorings) instead of giving up at 6."""
+    from th_edit.search import gradient
+
+    theta = torch.full((2,), math.log(2.0), dtype=torch.float64)  # KL 2·(ln 2)² = 0.96 at the fit's scales
+    monkeypatch.setattr(gradient, "fit_log_scales", lambda *a, **k: [theta.clone()])
+    result = gradient.gradient_search(session, _KLGrowsWithScale(10.0), [Candidate(1, 0, "ov", (0, 1))], None,
+                                      Limits(kl_budget=0.04, max_ioi_drop=0.5), 0, GradientSettings())
+    assert len(result.trials) > 6 and not any(t.feasible for t in result.trials[:-1])
+    assert result.best is result.trials[-1] and result.best.scores.kl <= 0.04
+
+
 @pytest.mark.parametrize("objective", ["candidate", "top1"])
 def test_the_fit_guards_ioi_by_the_objectives_measure(session, monkeypatch, objective):
     """Under --objective top1 the fit's recall term and its IOI guard both use the answer's log-probability

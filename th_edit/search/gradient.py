@@ -63,7 +63,9 @@ class GradientSettings:
     tolerance: float = 0.05  # a rounded scale within this of 1 is dropped
     quantum: float = 0.05  # rounding grid of ln α
     shrink: float = 0.8  # per round the fitted log-scales are multiplied by it (over the limits) or divided (budget left)
-    max_rounds: int = 6  # exact scorings of rounded recipes at most
+    # Exact scorings of rounded recipes at most. Growing stops by itself (KL target, accuracy); a binding
+    # --min-chat-agreement can need ten shrinks (0.8^10 ≈ 0.11 of the fitted log-scales) to be met.
+    max_rounds: int = 12
 
 
 def tied_runs(singular_values: torch.Tensor) -> list[list[int]]:
