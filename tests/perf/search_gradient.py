@@ -48,8 +48,13 @@ def row(label: str, held) -> str:
     gains = " ".join(f"{100 * held.gain(n):+5.1f}" for n in (4, 5, 6, 7, 8))
     ioi = held.ioi_change
     chat = "" if held.chat_agreement is None else f"  chat same {100 * held.chat_agreement:.0f}%"
+    by_n = {r["n_items"]: r["metrics"]["top1"]["accuracy_change"] for r in held.paired["laundry"]["by_n"]}
+    top1 = " ".join(f"{100 * by_n[n]:+5.1f}" for n in (4, 5, 6, 7, 8))
+    ioi_top1 = held.ioi_top1_change
     return (f"  {label:<34} N=4..8 {gains}  mean {100 * held.mean_gain():+5.1f}  KL {held.kl:.4f}  "
-            f"IOI {100 * (ioi or 0):+.1f}{chat}")
+            f"IOI {100 * (ioi or 0):+.1f}{chat}\n"
+            f"  {'':<34} top-1  {top1}  mean {100 * sum(by_n.values()) / len(by_n):+5.1f}  "
+            f"IOI top-1 {100 * (ioi_top1 or 0):+.1f}")
 
 
 def main() -> None:
@@ -114,7 +119,9 @@ def main() -> None:
     for trial in report.result.trials:
         print(f"  exact check {trial.number}: {sum(len(e.components) for e in trial.edits)} components, tuning "
               f"{100 * trial.scores.mean_laundry:.1f}% (unedited {100 * report.base_tuning.mean_laundry:.1f}%), "
-              f"KL {trial.scores.kl:.4f}, IOI {trial.scores.ioi}, {'ok' if trial.feasible else 'over limits'}")
+              f"KL {trial.scores.kl:.4f}, IOI {trial.scores.ioi}"
+              + ("" if trial.scores.chat_agreement is None else f", chat same {100 * trial.scores.chat_agreement:.0f}%")
+              + f", {'ok' if trial.feasible else 'over limits'}")
     print("held-out (the search's held-out prompts, seed 7919):", flush=True)
     for held in report.held_out:
         print(row("shipped recipe" if held.kind == "draft" else held.label, held))
