@@ -81,7 +81,8 @@ STORAGE_ENV = "TH_EDIT_STORAGE"  # --storage from the environment: a URL with a 
 @opt.seed_option("Seeds the sampler and the tuning prompts.")
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="candidate", show_default=True,
               help="What counts as right on the tuning prompts: candidate (the answer outranks the other list items) "
-                   "or top1 (it is the argmax over the vocabulary: what greedy generation says).")
+                   "or top1 (it is the argmax over the vocabulary: what greedy generation says); IOI's drop is "
+                   "judged the same way.")
 @click.option("--tune-prompts", type=click.IntRange(min=2, max=MAX_PROMPTS), default=50, show_default=True,
               help="Tuning prompts per N.")
 @click.option("--held-out-prompts", type=click.IntRange(min=2, max=MAX_PROMPTS), default=200, show_default=True,
