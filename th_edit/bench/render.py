@@ -35,12 +35,15 @@ def _model_name(info: Mapping[str, object]) -> str:
     return str(info.get("reference", "model"))
 
 
+def _labelled_rows(task: str, table: Mapping[str, object]) -> list[tuple[str, Mapping[str, object]]]:
+    """(label, row) per N, then the overall row as "all" (left out for a task reported in one row)."""
+    rows = [(_label(task, row["n_items"]), row) for row in table["by_n"]]
+    return rows if _one_row(task) else [*rows, ("all", table["overall"])]
+
+
 def render_results(task: str, results: Mapping[str, object], title: str) -> list[str]:
     rows = []
-    for row in [*results["by_n"], {"n_items": "all", **results["overall"]}]:
-        label = "all" if row["n_items"] == "all" else _label(task, row["n_items"])
-        if _one_row(task) and label == "all":
-            continue
+    for label, row in _labelled_rows(task, results):
         rows.append([label, str(row["n"]), _pct(row["candidate_accuracy"]), _ci(row["candidate_ci95"]),
                      _pct(row["top1_accuracy"]), _ci(row["top1_ci95"]),
                      f"{row['mean_logit_diff']:+.2f}", _ci(row["logit_diff_ci95"], percent=False)])
@@ -60,10 +63,7 @@ def _generation_lines(task: str, results: Mapping[str, object]) -> list[str]:
     if not measured:
         return []
     rows = []
-    for row in [*results["by_n"], {"n_items": "all", **results["overall"]}]:
-        if _one_row(task) and row["n_items"] == "all":
-            continue
-        label = "all" if row["n_items"] == "all" else _label(task, row["n_items"])
+    for label, row in _labelled_rows(task, results):
         rows.append([label, *(cell for m in measured for cell in (_pct(row[f"{m}_accuracy"]), _ci(row[f"{m}_ci95"]))),
                      *(_named(row.get(f"{m}_named"), row["n"]) for m in measured)])
     return ui.table(["free generation", *(h for m in measured for h in (GENERATION_NAMES[m], "95% CI")),
@@ -81,10 +81,8 @@ def _metric_lines(task: str, comparison: Mapping[str, object]) -> list[str]:
     if not metrics:
         return []
     rows = []
-    for row in [*comparison["by_n"], {"n_items": "all", **comparison["overall"]}]:
-        if _one_row(task) and row["n_items"] == "all":
-            continue
-        cells = ["all" if row["n_items"] == "all" else _label(task, row["n_items"])]
+    for label, row in _labelled_rows(task, comparison):
+        cells = [label]
         for metric in metrics:
             m = row["metrics"][metric]
             cells += [f"{_pct(m['before_accuracy'])} → {_pct(m['after_accuracy'])}", f"{100 * m['accuracy_change']:+.1f}",
@@ -101,12 +99,9 @@ def _named_change_lines(task: str, comparison: Mapping[str, object]) -> list[str
     if not measured:
         return []
     rows = []
-    for row in [*comparison["by_n"], {"n_items": "all", **comparison["overall"]}]:
-        if _one_row(task) and row["n_items"] == "all":
-            continue
+    for label, row in _labelled_rows(task, comparison):
         metrics = row["metrics"]
-        rows.append(["all" if row["n_items"] == "all" else _label(task, row["n_items"]),
-                     *(f"{_named(metrics[m]['before_named'], row['n'])} → {_named(metrics[m]['after_named'], row['n'])}"
+        rows.append([label, *(f"{_named(metrics[m]['before_named'], row['n'])} → {_named(metrics[m]['after_named'], row['n'])}"
                        for m in measured)])
     return ui.table(["names first (%: answer/other item/no item)", *(GENERATION_NAMES[m] for m in measured)], rows)
 
@@ -145,10 +140,8 @@ def render_paired(report: Mapping[str, object]) -> str:
     for task, comparison in report["paired"].items():
         lines.append(f"{task}: before = {before}, after = {after}, {report['prompt_counts'][task]} paired prompts")
         rows = []
-        for row in [*comparison["by_n"], {"n_items": "all", **comparison["overall"]}]:
-            if _one_row(task) and row["n_items"] == "all":
-                continue
-            rows.append(["all" if row["n_items"] == "all" else _label(task, row["n_items"]), str(row["n"]),
+        for label, row in _labelled_rows(task, comparison):
+            rows.append([label, str(row["n"]),
                          _pct(row["before_accuracy"]), _ci(row["before_ci95"]),
                          _pct(row["after_accuracy"]), _ci(row["after_ci95"]),
                          f"{100 * row['accuracy_change']:+.1f}", str(row["b_right_to_wrong"]),
