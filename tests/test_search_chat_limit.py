@@ -100,3 +100,21 @@ def test_the_limit_on_a_model_without_a_chat_format_is_one_line_and_writes_nothi
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--min-chat-agreement needs the model's chat format" in lines[0]
     assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_a_top1_study_recorded_before_ioi_was_judged_by_top1_is_refused_and_a_candidate_one_resumes():
+    """`--objective top1` once judged the IOI guard by candidate accuracy: resuming such a study would mix
+    trials judged two ways. A candidate study (whose guard never changed) resumes as before."""
+    from th_edit.search.pipeline import SearchSettings
+    from th_edit.search.study import settings_record
+
+    options = {"kind": "ov", "heads": 8, "rank_by": "attribution", "channels_sha256": None}
+    for objective, refused in (("candidate", False), ("top1", True)):
+        mine = settings_record(SearchSettings(objective=objective), options)
+        old = {k: v for k, v in mine.items() if k != "guard_measure"}  # what a study of the older th-edit holds
+        check_same(mine, mine, "study")
+        if refused:
+            with pytest.raises(UserError, match="recorded before IOI was judged by the objective"):
+                check_same(old, mine, "study")
+        else:
+            check_same(old, mine, "study")

@@ -22,3 +22,11 @@ def is_right(score: PromptScore, objective: str) -> bool:
     if objective == "top1":
         return score.top1_correct
     raise UserError(f"unknown search objective {objective!r}: objectives are {', '.join(OBJECTIVES)}")
+
+
+def guard_measure(objective: str) -> str | None:
+    """How the guard task is judged, as a study records it (search.study): None where it never changed
+    (candidate: IOI by candidate accuracy, as always), "top1" where it did (studies recorded before it
+    judged IOI by candidate accuracy under `top1` too, so they cannot be resumed as the same search)."""
+    is_right(PromptScore(False, False, 0.0), objective)  # an unknown objective is refused here
+    return "top1" if objective == "top1" else None

@@ -20,6 +20,10 @@ CAP_ATTR = "th_edit_trials"  # study user attribute: the number of finished tria
 # Fields that may differ: the cap is the search process's to set (a resume may raise it), and the
 # model's name is only a name (workers on other machines reach the same weights by other paths).
 NOT_COMPARED = ("settings.trials", "model.reference")
+# Fields recorded since a change of what a search means: a study without one was recorded before the
+# change and is refused (with why) where this run's value is not None, even though nothing else differs.
+ADDED_WITH_A_CHANGE = {"guard_measure": "IOI was judged by the objective's measure (under --objective top1 it was "
+                                        "judged by candidate accuracy then)"}
 
 
 def channels_fingerprint(channels_file: Path | None) -> str | None:
@@ -50,7 +54,10 @@ def model_identity(session) -> dict[str, object]:
 def settings_record(settings, options: dict[str, object]) -> dict[str, object]:
     """Everything but the model and the candidates: the search settings and the CLI options that
     choose the candidates (`options`: kind, heads, rank_by, channels fingerprint)."""
-    return {"options": dict(options), "settings": _plain(asdict(settings))}
+    from th_edit.search.objective import guard_measure
+
+    return {"options": dict(options), "settings": _plain(asdict(settings)),
+            "guard_measure": guard_measure(settings.objective)}
 
 
 def with_model(record: dict[str, object], session) -> dict[str, object]:
@@ -79,6 +86,9 @@ def check_same(recorded: dict[str, object] | None, mine: dict[str, object], stud
             continue
         if key not in theirs and value is None:  # a setting added since the study began, here off: the same search
             continue
+        if key not in theirs and key in ADDED_WITH_A_CHANGE:
+            raise UserError(f"{study} was recorded before {ADDED_WITH_A_CHANGE[key]}: its trials were judged "
+                            "differently; start over with --force or use another --study")
         if theirs.get(key, "(none)") != value:
             raise UserError(f"{study} was started with {key} = {_short(theirs.get(key))}, this run has {_short(value)}: "
                             "start it with the study's settings, or use another --study")
