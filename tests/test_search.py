@@ -185,10 +185,10 @@ def test_candidates_from_channels_json():
 def test_a_search_without_channels_json_offers_as_many_heads_as_heads_asks_for(session):
     """The search's own channel analysis examines max(5, --heads) heads per role: `--heads 8` used
     to be capped at the 5 senders of a 5-heads-per-role analysis."""
-    from th_edit.commands.search import _channel_candidates
+    from th_edit.search.candidates import channel_candidates
 
     for heads in (3, 8):
-        candidates, _ = _channel_candidates(session, "inhibition", None, 0, heads)
+        candidates, _ = channel_candidates(session, "inhibition", None, 0, heads)
         assert len(candidates) == heads
 
 

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import th_edit
 from th_edit import ui
-from th_edit.commands.search import _channel_candidates, _write_outputs
+from th_edit.commands.search import _write_outputs
+from th_edit.search.candidates import channel_candidates
 from th_edit.recipe import load_recipe
 from th_edit.search import pipeline
 from th_edit.search.gradient import GradientSettings
@@ -78,7 +79,7 @@ def main() -> None:
         limits=Limits(min_chat_agreement=None if args.min_chat_agreement is None else args.min_chat_agreement / 100))
     print(f"objective {settings.objective}, limits {settings.limits}", flush=True)
     (candidates, _draft), channel_seconds = timed("channel step (candidate heads)",
-                                                  lambda: _channel_candidates(session, "inhibition", None, 0, 8))
+                                                  lambda: channel_candidates(session, "inhibition", None, 0, 8))
     candidates, rank_seconds = timed("attribution ranking", lambda: ranked_candidates(session, candidates, settings))
     print("candidates: " + ", ".join(f"{c.name} ({len(c.components)})" for c in candidates), flush=True)
 

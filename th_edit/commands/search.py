@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import click
 
 from th_edit import strict_json, ui
-from th_edit.arch import adapter_for
 from th_edit.commands import options as opt
 from th_edit.errors import UserError
 from th_edit.limits import MAX_HEADS, MAX_PROMPTS, MAX_TRIALS
-from th_edit.models import DEFAULT_MODEL, load_config, resolve
-from th_edit.outputs import check_new_file, resumable_file, write_files
-from th_edit.readers import read_json
-from th_edit.search.objective import OBJECTIVES
-from th_edit.search.optimize import POLL_SECONDS, Limits, finished_trials, make_sampler, trim_partial_record
+from th_edit.models import DEFAULT_MODEL
+from th_edit.outputs import check_new_file, write_files
+from th_edit.search.candidates import channel_candidates, read_channels
 from th_edit.search.gradient import GradientSettings
+from th_edit.search.lifecycle import existing_study, kept_if_worth_it, study_label
+from th_edit.search.objective import OBJECTIVES
+from th_edit.search.optimize import POLL_SECONDS, Limits, make_sampler
 from th_edit.search.pipeline import (
     SearchReport,
     SearchSettings,
@@ -29,16 +28,12 @@ from th_edit.search.pipeline import (
 )
 from th_edit.search.report import held_out_table, plot_frontier
 from th_edit.search.shared import cap_of
-from th_edit.search.space import candidates_from_channels, check_channels_fit
 from th_edit.search.storage import DEFAULT_STUDY, GRACE_FACTOR, StudyStore
 from th_edit.search.study import (
     channels_fingerprint,
     check_same,
-    delete_study,
-    finished_in,
     open_study,
     recorded_candidates,
-    recorded_settings,
     settings_record,
     wait_for_study,
     with_candidates,
@@ -46,9 +41,6 @@ from th_edit.search.study import (
 )
 from th_edit.session import load as load_session
 
-# Heads per role of the channel analysis a search runs itself (without --channels): at least this
-# many, more when --heads asks for more candidates.
-FRESH_TOP = 5
 INTERRUPTED_EXIT = 130  # as th_edit.cli gives any command stopped by Ctrl-C (128 + SIGINT)
 STORAGE_ENV = "TH_EDIT_STORAGE"  # --storage from the environment: a URL with a password stays out of `ps` and shell history
 
@@ -132,17 +124,17 @@ def search_command(model: str, kind: str, max_heads: int, rank_by: str, channels
             return
         for path in outputs:
             check_new_file(path, force)
-        recorded = _existing_study(store, resume, force, mine)
-        channels = _read_channels(channels_file, model, kind, max_heads)
+        recorded = existing_study(store, resume, force, mine)
+        channels = read_channels(channels_file, model, kind, max_heads)
         session = load_session(model, device=device, dtype=dtype)
         check_chat_limit(session, settings)
         mine = with_model(mine, session)
         if recorded is not None:
-            check_same(recorded, mine, _label(store))
-        candidates, draft = _channel_candidates(session, kind, channels, seed, max_heads)
+            check_same(recorded, mine, study_label(store))
+        candidates, draft = channel_candidates(session, kind, channels, seed, max_heads)
         # Until the outputs are written, a failure removes a study this run began, unless it holds
         # finished trials (then the error line says how to resume them).
-        with _kept_if_worth_it(store):
+        with kept_if_worth_it(store):
             if recorded is None:
                 candidates = ranked_candidates(session, candidates, settings)
                 study = open_study(store, make_sampler(seed, trials), new_record=with_candidates(mine, candidates), cap=trials)
@@ -167,24 +159,15 @@ def search_command(model: str, kind: str, max_heads: int, rank_by: str, channels
         click.get_current_context().exit(INTERRUPTED_EXIT)
 
 
-def _read_channels(channels_file: Path | None, model: str, kind: str, max_heads: int) -> object | None:
-    """The --channels record, checked before the model loads: a damaged file, or another model's channels
-    (from the config), is refused."""
-    channels = read_json(channels_file) if channels_file is not None else None
-    if channels is not None:
-        check_channels_fit(channels, channels_file, model, adapter_for(load_config(resolve(model))).info(), kind, max_heads)
-    return channels
-
-
 def _gradient(model: str, kind: str, channels_file: Path | None, max_heads: int, settings: SearchSettings,
               gradient: GradientSettings, outputs: list[Path], force: bool, device: str, dtype: str) -> None:
     """--method gradient: candidates, the fit, the held-out judgement and the outputs, in this process."""
     for path in outputs:
         check_new_file(path, force)
-    channels = _read_channels(channels_file, model, kind, max_heads)
+    channels = read_channels(channels_file, model, kind, max_heads)
     session = load_session(model, device=device, dtype=dtype)
     check_chat_limit(session, settings)
-    candidates, draft = _channel_candidates(session, kind, channels, settings.seed, max_heads)
+    candidates, draft = channel_candidates(session, kind, channels, settings.seed, max_heads)
     candidates = ranked_candidates(session, candidates, settings)
     ui.info(f"candidate heads: {', '.join(c.name for c in candidates)}")
     report = search(session, candidates, settings, draft=draft, ranked=True, method="gradient", gradient=gradient)
@@ -193,81 +176,18 @@ def _gradient(model: str, kind: str, channels_file: Path | None, max_heads: int,
     click.echo(f"wrote {', '.join(map(str, written))}")
 
 
-def _label(store: StudyStore) -> str:
-    return f"study '{store.name}' in {store.shown}"
-
-
-def _existing_study(store: StudyStore, resume: bool, force: bool, mine: dict) -> dict | None:
-    """The record of the study this run continues (checked against `mine` before the model loads),
-    None when it starts a new one (after --force removed an old one)."""
-    if not store.exists():
-        if resume:
-            where = f"study journal at {store.journal}" if store.journal is not None else _label(store)
-            raise UserError(f"--resume: there is no {where} to continue (run without --resume to start)")
-        if store.journal is not None and store.journal.exists():  # a journal without this study (or any)
-            if not (resume or force):
-                raise UserError(f"{store.journal} holds an earlier search: pass --resume to continue it or --force to "
-                                "start over")
-            if force and not resume:
-                store.journal.unlink()
-        return None
-    if resume:
-        recorded = recorded_settings(store)
-        check_same(recorded, mine, _label(store))
-        return recorded
-    if not force:
-        what = f"{store.journal} holds an earlier search" if store.journal else f"{_label(store)} exists"
-        raise UserError(f"{what}: pass --resume to continue it or --force to start over")
-    if store.journal is not None:
-        store.journal.unlink()
-    else:
-        delete_study(store)
-    return None
-
-
 def _work(store: StudyStore, mine: dict, settings: SearchSettings, model: str, device: str, dtype: str) -> None:
     """--worker: join the study, check it runs this search, run trials until the study has enough."""
     if not store.shared:
         raise UserError("--worker needs --storage with a database URL (postgresql://, mysql:// or sqlite:///) "
                         "that the search process uses too")
     recorded = wait_for_study(store, POLL_SECONDS)
-    check_same(recorded, mine, _label(store))  # before the model loads
+    check_same(recorded, mine, study_label(store))  # before the model loads
     session = load_session(model, device=device, dtype=dtype)
-    check_same(recorded, with_model(mine, session), _label(store))  # nothing is written to the study before this
+    check_same(recorded, with_model(mine, session), study_label(store))  # nothing is written to the study before this
     study = open_study(store, make_sampler(None, settings.trials))  # workers sample independently of each other
     report = search(session, recorded_candidates(recorded), settings, study=study, worker=True, ranked=True)
-    ui.info(f"{_label(store)}: {len(report.result.trials)} of {cap_of(study)} trials finished")
-
-
-@contextlib.contextmanager
-def _kept_if_worth_it(store: StudyStore):
-    """resumable_file for the journal; for a database, a failed run that created the study and
-    finished no trial deletes it (it would block the next run), else the error line says how to resume."""
-    if store.journal is not None:
-        with resumable_file(store.journal, lambda journal: _resumable_trials(journal, store.name)):
-            yield
-        return
-    existed = store.exists()
-    try:
-        yield
-    except BaseException as exc:
-        done = finished_in(store)
-        if not existed and not done:
-            with contextlib.suppress(Exception):
-                delete_study(store)
-        if isinstance(exc, UserError) and done:
-            raise UserError(f"{exc}; {_label(store)} keeps {done} finished trial(s): run again with --resume to use them"
-                            ) from None
-        raise
-
-
-def _resumable_trials(journal: Path, study_name: str) -> str | None:
-    """After a failure: what the journal holds for --resume, None when nothing. A record cut short
-    by the failure is removed first, so that a resumed run appends to a readable journal."""
-    with contextlib.suppress(OSError):  # cannot trim: the count below reads past the half record anyway
-        trim_partial_record(journal)
-    done = finished_trials(journal, study_name)
-    return f"{journal} keeps {done} finished trial(s): run again with --resume to use them" if done else None
+    ui.info(f"{study_label(store)}: {len(report.result.trials)} of {cap_of(study)} trials finished")
 
 
 def _write_outputs(report: SearchReport, model: str, outputs: list[Path], force: bool) -> list[Path]:
@@ -281,17 +201,3 @@ def _write_outputs(report: SearchReport, model: str, outputs: list[Path], force:
             writers[plot_path] = lambda path: plot_frontier(report, path)
     write_files(writers, force)
     return list(writers)
-
-
-def _channel_candidates(session, kind: str, channels: object | None, seed: int, max_heads: int):
-    """Candidate heads (and the channels' draft recipe, a baseline) from a channels.json record or a fresh analysis."""
-    from th_edit.channels.find import ChannelSettings, draft_edits, find_channels
-
-    if channels is not None:
-        return candidates_from_channels(channels, kind, max_heads), draft_edits(channels)
-    # Wider than `th-edit channels`' default (as many senders and movers as --heads asks for, at
-    # least FRESH_TOP; every z-outlier whatever its share of the composition), weights and roles
-    # only: the search itself is the test on data.
-    settings = ChannelSettings(seed=seed, top=max(FRESH_TOP, max_heads), min_share=0.0, data_check=False)
-    record = find_channels(session, (kind,), settings).as_dict()
-    return candidates_from_channels(record, kind, max_heads), draft_edits(record)
