@@ -12,6 +12,7 @@ from pathlib import Path
 
 from th_edit import ui
 from th_edit.errors import UserError
+from th_edit.search.objective import guard_measure
 from th_edit.search.space import Candidate
 from th_edit.search.storage import StudyStore
 
@@ -54,8 +55,6 @@ def model_identity(session) -> dict[str, object]:
 def settings_record(settings, options: dict[str, object]) -> dict[str, object]:
     """Everything but the model and the candidates: the search settings and the CLI options that
     choose the candidates (`options`: kind, heads, rank_by, channels fingerprint)."""
-    from th_edit.search.objective import guard_measure
-
     return {"options": dict(options), "settings": _plain(asdict(settings)),
             "guard_measure": guard_measure(settings.objective)}
 
