@@ -105,7 +105,6 @@ def test_the_limit_on_a_model_without_a_chat_format_is_one_line_and_writes_nothi
 def test_a_top1_study_recorded_before_ioi_was_judged_by_top1_is_refused_and_a_candidate_one_resumes():
     """`--objective top1` once judged the IOI guard by candidate accuracy: resuming such a study would mix
     trials judged two ways. A candidate study (whose guard never changed) resumes as before."""
-    from th_edit.search.pipeline import SearchSettings
     from th_edit.search.study import settings_record
 
     options = {"kind": "ov", "heads": 8, "rank_by": "attribution", "channels_sha256": None}
